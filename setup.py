@@ -1,0 +1,16 @@
+"""Builds the native sampling core `fastmix._native` from `csrc/` (pybind11, C++17)."""
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+ext_modules = [
+    Pybind11Extension(
+        "fastmix._native",
+        sources=["csrc/module.cpp"],
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    ),
+]
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
