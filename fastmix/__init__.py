@@ -1,0 +1,52 @@
+"""fastmix: a high-performance weighted multi-dataset loader for co-training on LeRobot datasets.
+
+The public API is imported lazily (torch, numba and PyAV load only when first needed).
+Data flow: config → sources → sampler → index mapping → decode workers → batch slots → device.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # errors
+    "ConfigError": "fastmix.errors",
+    "DatasetFormatError": "fastmix.errors",
+    "DecodeError": "fastmix.errors",
+    "FastmixError": "fastmix.errors",
+    "IncompatibleDatasetsError": "fastmix.errors",
+    "MissingFileError": "fastmix.errors",
+    "WorkerError": "fastmix.errors",
+    # sampling core
+    "AliasTable": "fastmix.alias",
+    "IndexMap": "fastmix.index_map",
+    "Mixture": "fastmix.mixture",
+    "MixtureSampler": "fastmix.sampler",
+    "backend": "fastmix._backend",
+    # reader
+    "LeRobotSource": "fastmix.sources.lerobot_source",
+    "check_compatible": "fastmix.sources.compat",
+    # loader
+    "MixtureLoader": "fastmix.loader.mixture_loader",
+    # openpi surface
+    "create_data_loader": "fastmix.data_loader",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastmix' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

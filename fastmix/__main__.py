@@ -1,0 +1,3 @@
+from fastmix.cli import main
+
+raise SystemExit(main())

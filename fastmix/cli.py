@@ -1,0 +1,37 @@
+"""`fastmix` command line: one subcommand per job, each implemented in its own module.
+
+Each module listed in `_COMMANDS` defines `add_arguments(parser: argparse.ArgumentParser) -> None`
+and `run(args: argparse.Namespace) -> int` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("fastmix.demo.main", "generate the embedded default mixture and train a small policy on it"),
+    "verify": ("fastmix.verify", "check a registered config's data pipeline and its mixture (CONFIG [NUM_SAMPLES])"),
+    "equivalence": ("fastmix.equivalence", "statistical equivalence of fastmix's sampler to WeightedRandomSampler"),
+    "compute-norm-stats": ("fastmix.norm_stats", "compute norm_stats.json over a config's whole mixture"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="fastmix", description="fastmix: weighted multi-dataset loading for LeRobot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = argv[0] if argv else None
+    for name, (module_name, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        if name == chosen:  # import only the chosen command's module (keeps `fastmix --help` fast)
+            importlib.import_module(module_name).add_arguments(p)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
