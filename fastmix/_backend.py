@@ -1,0 +1,81 @@
+"""Chooses the sampling-core implementation: the C++ extension `fastmix._native`, or its numba twin.
+
+`FASTMIX_BACKEND=numba` forces the numba kernels; `FASTMIX_BACKEND=native` requires the extension.
+Without the variable, the extension is used when importable, else numba with a warning. Both give
+bit-identical streams (tests/test_backends.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import types
+import warnings
+from functools import cache, lru_cache
+
+from fastmix.errors import ConfigError
+
+_ENV = "FASTMIX_BACKEND"
+_CHOICES = ("native", "numba")
+
+
+@cache
+def _load(name: str) -> types.ModuleType:
+    return importlib.import_module("fastmix._native" if name == "native" else "fastmix._kernels_numba")
+
+
+@lru_cache(maxsize=1)
+def _resolve(requested: str) -> str:
+    if requested not in ("", *_CHOICES):
+        raise ConfigError(f"{_ENV}={requested!r} is not one of {_CHOICES}")
+    if requested == "numba":
+        return "numba"
+    try:
+        _load("native")
+        return "native"
+    except ImportError as exc:
+        if requested == "native":
+            raise ImportError(f"{_ENV}=native but the extension fastmix._native is missing: {exc}") from exc
+        warnings.warn(
+            f"fastmix._native is not built ({exc}); using the numba kernels (same stream, slower). "
+            "Build it with `pip install -e .`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "numba"
+
+
+def backend() -> str:
+    """Name of the kernels in use: "native" or "numba" (reads FASTMIX_BACKEND on every call)."""
+    return _resolve(os.environ.get(_ENV, "").strip().lower())
+
+
+def max_threads() -> int:
+    """Threads a large native draw may use: FASTMIX_THREADS, else the CPUs this process may run on (max 8)."""
+    env = os.environ.get("FASTMIX_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"FASTMIX_THREADS={env!r} must be a positive integer")
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def threads_for(n: int) -> int:
+    """Threads for a draw of n indices: 1 below 2^17 (thread start-up would dominate), else up to max_threads()."""
+    return max(1, min(max_threads(), n >> 17))
+
+
+def kernels(name: str | None = None) -> types.ModuleType:
+    """The kernel module in use, or the one named ("native" / "numba"); both expose the same functions."""
+    if name is None:
+        name = backend()
+    if name not in _CHOICES:
+        raise ConfigError(f"backend {name!r} is not one of {_CHOICES}")
+    return _load(name)
+
+
+__all__ = ["backend", "kernels", "max_threads", "threads_for"]

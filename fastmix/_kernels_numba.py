@@ -1,0 +1,266 @@
+"""Numba twin of the native core (`csrc/*.hpp` → `fastmix._native`): same functions, same signatures,
+bit-identical output. Used when the extension is missing or `FASTMIX_BACKEND=numba`.
+
+All arithmetic is uint64 with explicit np.uint64 constants (numba promotes uint64 ⊕ int64 to float64).
+The word layout of each draw is documented in `csrc/mixture.hpp`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_S32 = np.uint64(32)
+_S64M = np.uint64(0xFFFFFFFFFFFFFFFF)
+_M32 = np.uint64(0xFFFFFFFF)
+_PHILOX_M0 = np.uint64(0xD2E7470EE14C6C93)
+_PHILOX_M1 = np.uint64(0xCA5A826395121157)
+_PHILOX_W0 = np.uint64(0x9E3779B97F4A7C15)
+_PHILOX_W1 = np.uint64(0xBB67AE8584CAA73B)
+_TWO64 = 18446744073709551616.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mulhilo(a, b):
+    """(high, low) 64-bit halves of the 128-bit product a*b (uint64)."""
+    a0 = a & _M32
+    a1 = a >> _S32
+    b0 = b & _M32
+    b1 = b >> _S32
+    p00 = a0 * b0
+    p01 = a0 * b1
+    p10 = a1 * b0
+    p11 = a1 * b1
+    mid = (p00 >> _S32) + (p01 & _M32) + (p10 & _M32)
+    hi = p11 + (p01 >> _S32) + (p10 >> _S32) + (mid >> _S32)
+    return hi, a * b
+
+
+@njit(cache=True, nogil=True)
+def _philox(c0, c1, c2, c3, k0, k1):
+    """Philox4x64-10 block of counter (c0..c3) under key (k0, k1)."""
+    for r in range(10):
+        if r > 0:
+            k0 = k0 + _PHILOX_W0
+            k1 = k1 + _PHILOX_W1
+        hi0, lo0 = _mulhilo(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(_PHILOX_M1, c2)
+        c0 = hi1 ^ c1 ^ k0
+        c2 = hi0 ^ c3 ^ k1
+        c1 = lo1
+        c3 = lo0
+    return c0, c1, c2, c3
+
+
+@njit(cache=True, nogil=True)
+def _word(stream, b, attempt, slot):
+    """Word `slot` of block b (attempt `attempt`) of a stream (k0, k1, c1, c2)."""
+    w = _philox(b, stream[2], stream[3], attempt, stream[0], stream[1])
+    if slot == 0:
+        return w[0]
+    if slot == 1:
+        return w[1]
+    if slot == 2:
+        return w[2]
+    return w[3]
+
+
+@njit(cache=True, nogil=True)
+def _bounded(word, n, stream, b, slot):
+    """(value in [0, n), low half) by Lemire's method; rejected words come from attempts 1, 2, ... of block b."""
+    hi, lo = _mulhilo(word, n)
+    if lo < n:
+        threshold = (_U0 - n) % n
+        attempt = _U1
+        while lo < threshold:
+            hi, lo = _mulhilo(_word(stream, b, attempt, slot), n)
+            attempt += _U1
+    return hi, lo
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _select(j, coin, threshold, alias):
+    return j if coin < threshold[j] else alias[j]
+
+
+@njit(cache=True, nogil=True)
+def philox4x64(key, counters, out):
+    """out[i] = Philox4x64-10 block of counters[i] (4 uint64) under key (2 uint64)."""
+    c = counters.reshape(-1, 4)
+    o = out.reshape(-1, 4)
+    for i in range(c.shape[0]):
+        w = _philox(c[i, 0], c[i, 1], c[i, 2], c[i, 3], key[0], key[1])
+        o[i, 0] = w[0]
+        o[i, 1] = w[1]
+        o[i, 2] = w[2]
+        o[i, 3] = w[3]
+
+
+@njit(cache=True, nogil=True)
+def alias_build(weights, threshold, alias):
+    """Vose alias table of float64 weights (max 1, validated) into threshold (uint64), alias (int64)."""
+    n = weights.shape[0]
+    total = 0.0
+    for i in range(n):
+        total += weights[i]
+    scale = n / total
+    scaled = np.empty(n, np.float64)
+    stack = np.empty(n, np.int64)
+    n_small = 0
+    n_large = 0
+    for i in range(n):
+        scaled[i] = weights[i] * scale
+        if scaled[i] < 1.0:
+            stack[n_small] = i
+            n_small += 1
+        else:
+            stack[n - 1 - n_large] = i
+            n_large += 1
+    while n_small > 0 and n_large > 0:
+        n_small -= 1
+        s = stack[n_small]
+        g = stack[n - n_large]
+        n_large -= 1
+        threshold[s] = np.uint64(scaled[s] * _TWO64)
+        alias[s] = g
+        scaled[g] = (scaled[g] + scaled[s]) - 1.0
+        if scaled[g] < 1.0:
+            stack[n_small] = g
+            n_small += 1
+        else:
+            stack[n - 1 - n_large] = g
+            n_large += 1
+    while n_small > 0:
+        n_small -= 1
+        s = stack[n_small]
+        threshold[s] = _S64M
+        alias[s] = s
+    while n_large > 0:
+        g = stack[n - n_large]
+        n_large -= 1
+        threshold[g] = _S64M
+        alias[g] = g
+
+
+@njit(cache=True, nogil=True)
+def alias_draw(threshold, alias, stream, start, stride, out):
+    """out[i] = two-word alias draw at position p = start + i*stride (block p, words 0 and 1)."""
+    n = np.uint64(threshold.shape[0])
+    p = np.uint64(start)
+    step = np.uint64(stride)
+    for i in range(out.shape[0]):
+        w = _philox(p, stream[2], stream[3], _U0, stream[0], stream[1])
+        j, _ = _bounded(w[0], n, stream, p, 0)
+        out[i] = _select(np.int64(j), w[1], threshold, alias)
+        p += step
+
+
+@njit(cache=True, nogil=True)
+def _packed(word, threshold, alias, k, stream, b, slot):
+    j, low = _bounded(word, k, stream, b, slot)
+    return _select(np.int64(j), low, threshold, alias)
+
+
+@njit(cache=True, nogil=True)
+def _frame_local(w1, w2, d, offsets, frame_threshold, frame_alias, frame_offsets, stream, p):
+    lo = frame_offsets[d]
+    hi = frame_offsets[d + 1]
+    if hi > lo:
+        j, _ = _bounded(w1, np.uint64(hi - lo), stream, p, 1)
+        jj = np.int64(j)
+        return jj if w2 < frame_threshold[lo + jj] else frame_alias[lo + jj]
+    v, _ = _bounded(w1, np.uint64(offsets[d + 1] - offsets[d]), stream, p, 1)
+    return np.int64(v)
+
+
+@njit(cache=True, nogil=True)
+def mixture_draw(stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold, frame_alias,
+                 frame_offsets, out, threads=1):
+    """out[i] = global index of the two-level mixture draw at position start + i*stride (`threads` is
+    accepted for signature parity with the native kernel and ignored: one thread)."""
+    k = np.uint64(ds_threshold.shape[0])
+    p = np.uint64(start)
+    step = np.uint64(stride)
+    if frame_offsets.shape[0] == 0:  # uniform layout: block p >> 1, words h (dataset), h + 1 (local)
+        for i in range(out.shape[0]):
+            b = p >> _U1
+            w = _philox(b, stream[2], stream[3], _U0, stream[0], stream[1])
+            if p & _U1:
+                wd, wl, h = w[2], w[3], 2
+            else:
+                wd, wl, h = w[0], w[1], 0
+            d = _packed(wd, ds_threshold, ds_alias, k, stream, b, h)
+            v, _ = _bounded(wl, np.uint64(offsets[d + 1] - offsets[d]), stream, b, h + 1)
+            out[i] = offsets[d] + np.int64(v)
+            p += step
+        return
+    for i in range(out.shape[0]):  # frame layout: block p
+        w = _philox(p, stream[2], stream[3], _U0, stream[0], stream[1])
+        d = _packed(w[0], ds_threshold, ds_alias, k, stream, p, 0)
+        out[i] = offsets[d] + _frame_local(w[1], w[2], d, offsets, frame_threshold, frame_alias, frame_offsets,
+                                           stream, p)
+        p += step
+
+
+@njit(cache=True, nogil=True)
+def stratified_draw(stream, perm_stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold,
+                    frame_alias, frame_offsets, labels, out):
+    """Shuffle the batch's dataset labels in place, then draw each slot's local index; out = global."""
+    p0 = np.uint64(start)
+    step = np.uint64(stride)
+    count = labels.shape[0]
+    for i in range(count - 1, 0, -1):
+        p = p0 + np.uint64(i) * step
+        w = _philox(p, perm_stream[2], perm_stream[3], _U0, perm_stream[0], perm_stream[1])
+        j, _ = _bounded(w[0], np.uint64(i + 1), perm_stream, p, 0)
+        jj = np.int64(j)
+        t = labels[i]
+        labels[i] = labels[jj]
+        labels[jj] = t
+    p = p0
+    uniform = frame_offsets.shape[0] == 0
+    for i in range(count):
+        d = labels[i]
+        if uniform:
+            b = p >> _U1
+            w = _philox(b, stream[2], stream[3], _U0, stream[0], stream[1])
+            h = 2 if p & _U1 else 0
+            wl = w[3] if h == 2 else w[1]
+            v, _ = _bounded(wl, np.uint64(offsets[d + 1] - offsets[d]), stream, b, h + 1)
+            out[i] = offsets[d] + np.int64(v)
+        else:
+            w = _philox(p, stream[2], stream[3], _U0, stream[0], stream[1])
+            out[i] = offsets[d] + _frame_local(w[1], w[2], d, offsets, frame_threshold, frame_alias,
+                                               frame_offsets, stream, p)
+        p += step
+
+
+@njit(cache=True, nogil=True)
+def to_local(offsets, global_index, dataset, local):
+    """Global -> (dataset, local); returns the first out-of-range position, or -1."""
+    k = offsets.shape[0] - 1
+    total = offsets[k]
+    for i in range(global_index.shape[0]):
+        g = global_index[i]
+        if g < 0 or g >= total:
+            return i
+        d = np.searchsorted(offsets[1:k], g, side="right")
+        dataset[i] = d
+        local[i] = g - offsets[d]
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def to_global(offsets, dataset, local, global_index):
+    """(dataset, local) -> global; returns the first out-of-range position, or -1."""
+    k = offsets.shape[0] - 1
+    for i in range(dataset.shape[0]):
+        d = dataset[i]
+        ln = local[i]
+        if d < 0 or d >= k or ln < 0 or ln >= offsets[d + 1] - offsets[d]:
+            return i
+        global_index[i] = offsets[d] + ln
+    return -1

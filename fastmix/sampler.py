@@ -1,0 +1,260 @@
+"""`MixtureSampler`: a `torch.utils.data.Sampler[int]` over the concatenation of K datasets, drawing the
+mixture from the counter-based stream (drop-in for `WeightedRandomSampler(per-sample weights,
+num_samples=N, replacement=True)`), with a batch API `next_indices(n)` for the loader.
+
+Positions. Epoch e has one global stream; draw p is a pure function of (seed, e, p). Rank r of W takes
+global positions r, r+W, r+2W, ..., so the union over ranks is the single-process stream for any W.
+`len(sampler)` = ceil(num_samples / W) draws per rank (ranks stay in step; their union is the first
+W·len positions of the stream). `next_indices` does not stop at len(): the loader owns epoch boundaries;
+`__iter__` yields the rest of the current epoch, then moves to the next one.
+
+Batching. "random": every draw independent (the reference's behaviour; shares hold in expectation).
+"stratified": each `next_indices(B)` call on a rank holds every dataset's share exactly: counts by largest
+remainder of B·share_i + carry_i, where carry_i = (draws so far)·share_i − (dataset i's draws so far), so
+|carry_i| < 1 forever (long-run shares exact). Each rank stratifies its own batches (its carry is its own);
+the order of slots in a batch (permutation stream) and the local frames (mixture stream) still come from the
+rank's global positions, so stratified streams resume exactly and ranks never share randomness, but their
+union is not the single-process stratified stream. `__iter__` stratifies chunks of `batch_size` (default 1).
+
+shuffle=False: the sequential order p → p mod N (weights ignored), split by rank the same way.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from fastmix import seeds
+from fastmix._backend import kernels, threads_for
+from fastmix.errors import ConfigError
+from fastmix.index_map import IndexMap
+from fastmix.mixture import Mixture
+
+BATCHINGS = ("random", "stratified")
+_ITER_CHUNK = 8192  # indices generated at a time by __iter__ in random / sequential mode
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} should be a positive integer value, but got {name}={value!r}")
+    return int(value)
+
+
+def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """rank / world_size, defaulting to torch.distributed's when it is initialized, else (0, 1)."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        live = dist.is_available() and dist.is_initialized()
+        if world_size is None:
+            world_size = dist.get_world_size() if live else 1
+        if rank is None:
+            rank = dist.get_rank() if live else 0
+    world_size = _positive_int(world_size, "world_size")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+        raise ConfigError(f"rank should be an integer in [0, world_size={world_size}), but got rank={rank!r}")
+    return int(rank), world_size
+
+
+class MixtureSampler(Sampler[int]):
+    """Weighted sampler over K datasets (global indices of their concatenation).
+
+    Args:
+        dataset_sizes: frames per dataset (K,).
+        dataset_weights: (K,) weights, default all ones; semantics set by `weighting`.
+        weighting: "per_sample" (default; frame of dataset i ∝ w_i, like WeightedRandomSampler) or
+            "per_dataset" (dataset i's share = w_i / Σw).
+        num_samples: draws per epoch over all ranks (default: total frames, the reference's epoch).
+        seed: integer in [0, 2^128), the Philox key.
+        rank, world_size: default torch.distributed's when initialized, else 0 and 1.
+        batching: "random" or "stratified" (see the module docstring).
+        shuffle: False gives the sequential order p → p mod N.
+        frame_weights: None, or K entries each None or a float array (N_i,) of per-frame weights.
+        batch_size: chunk that `__iter__` stratifies (stratified mode only; default 1).
+        backend: "native" / "numba" / None (`fastmix.backend()`).
+
+    Example:
+        >>> s = MixtureSampler([10000, 1000], [1.0, 10.0], seed=0)
+        >>> s.next_indices(4)   # int64 (4,) global indices
+    """
+
+    EPOCH_KEY = "epoch"
+    POSITION_KEY = "position"
+    GLOBAL_POSITION_KEY = "global_position"
+
+    mixture: Mixture
+    index_map: IndexMap
+    num_samples: int
+    seed: int
+    rank: int
+    world_size: int
+    epoch: int
+
+    def __init__(
+        self,
+        dataset_sizes: Sequence[int] | np.ndarray,
+        dataset_weights: Sequence[float] | np.ndarray | None = None,
+        *,
+        weighting: str = "per_sample",
+        num_samples: int | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        batching: str = "random",
+        shuffle: bool = True,
+        frame_weights: Sequence[Sequence[float] | np.ndarray | None] | None = None,
+        batch_size: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        self.mixture = Mixture(dataset_sizes, dataset_weights, weighting=weighting, frame_weights=frame_weights,
+                               backend=backend)
+        self.index_map = IndexMap(self.mixture.sizes, backend=backend)
+        self.num_samples = self.index_map.total if num_samples is None else _positive_int(num_samples, "num_samples")
+        self.seed = seeds.check_seed(seed)
+        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        if batching not in BATCHINGS:
+            raise ConfigError(f"batching={batching!r} is not one of {BATCHINGS}")
+        self.batching = batching
+        self.shuffle = bool(shuffle)
+        self.batch_size = 1 if batch_size is None else _positive_int(batch_size, "batch_size")
+        self._k = kernels(backend)
+        self.epoch = 0
+        self._reset_epoch_state()
+
+    # ----------------------------------------------------------------- state
+    def _reset_epoch_state(self) -> None:
+        self._position = 0  # this rank's draws generated in this epoch
+        self._carry_counts = np.zeros(self.mixture.num_datasets, dtype=np.int64)  # stratified: draws per dataset
+        self._carry_total = 0  # stratified: draws so far
+        self._pending: deque[int] = deque()  # generated by __iter__ but not yet yielded
+        self._streams = (seeds.stream(self.seed, self.epoch, seeds.STREAM_MIXTURE),
+                         seeds.stream(self.seed, self.epoch, seeds.STREAM_PERMUTATION))
+
+    @property
+    def _stratified(self) -> bool:
+        return self.shuffle and self.batching == "stratified"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` at position 0; a no-op when it is already the current epoch (keeps a resume)."""
+        epoch = seeds.check_epoch(epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._reset_epoch_state()
+
+    def __len__(self) -> int:
+        """Draws per epoch on this rank: ceil(num_samples / world_size)."""
+        return -(-self.num_samples // self.world_size)
+
+    @property
+    def position(self) -> int:
+        """This rank's draws consumed in the current epoch."""
+        return self._position - len(self._pending)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, epoch, consumed position (rank-local and global) and the stratified carry."""
+        consumed = self.position
+        stratified = self._stratified
+        return {
+            "seed": self.seed,
+            self.EPOCH_KEY: self.epoch,
+            self.POSITION_KEY: self._position if stratified else consumed,
+            self.GLOBAL_POSITION_KEY: consumed * self.world_size,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "carry_counts": self._carry_counts.tolist(),
+            "carry_total": self._carry_total,
+            "pending": list(self._pending) if stratified else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state` stopped. With another world_size the rank resumes at global position
+        ceil(global_position / W) * W (never repeating a draw); stratified pending draws are then dropped."""
+        try:
+            self.seed = seeds.check_seed(state["seed"])
+            self.epoch = seeds.check_epoch(state[self.EPOCH_KEY])
+            self._reset_epoch_state()
+            if int(state["world_size"]) == self.world_size:
+                self._position = int(state[self.POSITION_KEY])
+                self._pending = deque(int(v) for v in state.get("pending", []))
+            else:
+                self._position = -(-int(state[self.GLOBAL_POSITION_KEY]) // self.world_size)
+            counts = np.asarray(state.get("carry_counts", [0] * self.mixture.num_datasets), dtype=np.int64)
+        except KeyError as exc:
+            raise ConfigError(f"MixtureSampler state is missing key {exc}; got keys {sorted(state)}") from exc
+        if counts.shape != (self.mixture.num_datasets,):
+            raise ConfigError(f"carry_counts has {counts.size} entries; this sampler has "
+                              f"{self.mixture.num_datasets} datasets")
+        self._carry_counts = counts.copy()
+        self._carry_total = int(state.get("carry_total", 0))
+
+    # ----------------------------------------------------------------- drawing
+    def _stratified_counts(self, n: int) -> np.ndarray:
+        """int64 (K,) per-dataset counts of the next n draws (largest remainder with carried remainders)."""
+        quota = (self._carry_total + n) * self.mixture.shares - self._carry_counts
+        counts = np.floor(np.maximum(quota, 0.0)).astype(np.int64)
+        short = n - int(counts.sum())
+        remainder = quota - counts
+        if short > 0:  # the largest remainders get one more (ties: lower dataset index)
+            counts[np.argsort(-remainder, kind="stable")[:short]] += 1
+        elif short < 0:  # only after clipping a negative quota: take back from the smallest remainders
+            order = [i for i in np.argsort(remainder, kind="stable") if counts[i] > 0]
+            counts[order[:-short]] -= 1
+        self._carry_counts += counts
+        self._carry_total += n
+        return counts
+
+    def _generate(self, n: int) -> np.ndarray:
+        """Draw this rank's next n indices (advancing the position, not touching `_pending`)."""
+        out = np.empty(n, dtype=np.int64)
+        start = seeds.rank_start(self.rank, self.world_size, self._position)
+        m = self.mixture
+        if n == 0:
+            pass
+        elif not self.shuffle:
+            np.remainder(np.arange(n, dtype=np.int64) * self.world_size + start, self.index_map.total, out=out)
+        elif self._stratified:
+            counts = self._stratified_counts(n)
+            labels = np.repeat(np.arange(m.num_datasets, dtype=np.int64), counts)
+            self._k.stratified_draw(self._streams[0], self._streams[1], start, self.world_size,
+                                    m.dataset_table.threshold, m.dataset_table.alias, self.index_map.offsets,
+                                    m.frame_threshold, m.frame_alias, m.frame_offsets, labels, out)
+        else:
+            self._k.mixture_draw(self._streams[0], start, self.world_size, m.dataset_table.threshold,
+                                 m.dataset_table.alias, self.index_map.offsets, m.frame_threshold, m.frame_alias,
+                                 m.frame_offsets, out, threads_for(n))
+        self._position += n
+        return out
+
+    def next_indices(self, n: int) -> np.ndarray:
+        """int64 (n,): this rank's next n global indices (a stratified batch when batching="stratified")."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ConfigError(f"next_indices(n) needs an integer n >= 0, got n={n!r}")
+        n = int(n)
+        if self._pending:  # finish what __iter__ started, in stream order
+            take = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
+            return np.concatenate([np.asarray(take, dtype=np.int64), self.next_indices(n - len(take))])
+        return self._generate(n)
+
+    def __iter__(self) -> Iterator[int]:
+        """Yields the rest of this rank's current epoch, then moves to the next epoch."""
+        if self.position >= len(self):
+            self.set_epoch(self.epoch + 1)
+        chunk = self.batch_size if self._stratified else _ITER_CHUNK
+        while self.position < len(self):
+            if not self._pending:
+                self._pending = deque(self._generate(min(chunk, len(self) - self._position)).tolist())
+            while self._pending:
+                yield self._pending.popleft()
+        self.set_epoch(self.epoch + 1)
+
+    def __repr__(self) -> str:
+        return (f"MixtureSampler(sizes={self.mixture.sizes.tolist()}, weights={self.mixture.weights.tolist()}, "
+                f"weighting={self.mixture.weighting!r}, batching={self.batching!r}, shuffle={self.shuffle}, "
+                f"seed={self.seed}, rank={self.rank}, world_size={self.world_size}, epoch={self.epoch})")
+
+
+__all__ = ["BATCHINGS", "MixtureSampler"]
