@@ -33,7 +33,16 @@ _EXPORTS: dict[str, str] = {
     # loader
     "MixtureLoader": "fastmix.loader.mixture_loader",
     # openpi surface
+    "AssetsConfig": "fastmix.config",
+    "DataConfig": "fastmix.config",
+    "LeRobotLiberoDataConfig": "fastmix.config",
+    "MultiDatasetLiberoDataConfig": "fastmix.config",
+    "Pi0Config": "fastmix.config",
+    "TrainConfig": "fastmix.config",
     "create_data_loader": "fastmix.data_loader",
+    "get_config": "fastmix.config",
+    "list_configs": "fastmix.config",
+    "register": "fastmix.config",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

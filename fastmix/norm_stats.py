@@ -1,0 +1,285 @@
+"""Normalization statistics: openpi's `NormStats`, `RunningStats` and `norm_stats.json` format, and the
+`fastmix compute-norm-stats CONFIG_NAME [--max-frames N]` command.
+
+The command computes the statistics of `state` and `actions` after the config's repack and data transforms
+(so delta actions are counted as the model sees them) over the whole mixture, every frame of every dataset
+once (or `--max-frames` frames drawn uniformly), and writes `assets_dir/asset_id/norm_stats.json`.
+Only the low-dimensional columns are read: cameras are never decoded (the data transforms see 1x1
+placeholder images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("fastmix")
+
+NORM_STATS_FILE = "norm_stats.json"
+STATS_KEYS = ("state", "actions")
+
+
+@dataclasses.dataclass
+class NormStats:
+    """Per-dimension statistics of one key: mean, std and the 1st/99th percentiles."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    q01: np.ndarray | None = None
+    q99: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.mean = np.asarray(self.mean, dtype=np.float64)
+        self.std = np.asarray(self.std, dtype=np.float64)
+        if self.q01 is not None:
+            self.q01 = np.asarray(self.q01, dtype=np.float64)
+        if self.q99 is not None:
+            self.q99 = np.asarray(self.q99, dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        def lst(a: np.ndarray | None) -> list | None:
+            return None if a is None else a.tolist()
+
+        return {"mean": lst(self.mean), "std": lst(self.std), "q01": lst(self.q01), "q99": lst(self.q99)}
+
+
+class RunningStats:
+    """Running mean/std and histogram-based q01/q99 of vectors, computed as openpi computes them.
+
+    Mean and mean of squares are updated batch by batch; std = sqrt(max(0, E[x^2] - E[x]^2)). Each dimension
+    keeps a 5000-bin histogram over [min, max]; when a new batch widens the range the counts are moved to
+    the new bins (each old bin's count placed at its left edge). A quantile q is the left edge of the first
+    bin whose cumulative count reaches q * count.
+    """
+
+    NUM_BINS = 5000
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._mean: np.ndarray | None = None
+        self._mean_sq: np.ndarray | None = None
+        self._min: np.ndarray | None = None
+        self._max: np.ndarray | None = None
+        self._hist: list[np.ndarray] = []
+        self._edges: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def update(self, batch: np.ndarray) -> None:
+        """Add vectors: every axis of `batch` but the last is a batch axis."""
+        batch = np.asarray(batch, dtype=np.float64)
+        batch = batch.reshape(-1, batch.shape[-1])
+        n, dim = batch.shape
+        if n == 0:
+            return
+        if self._count == 0:
+            self._mean = np.zeros(dim)
+            self._mean_sq = np.zeros(dim)
+            self._min = batch.min(axis=0)
+            self._max = batch.max(axis=0)
+            self._hist = [np.zeros(self.NUM_BINS) for _ in range(dim)]
+            self._edges = [
+                np.linspace(self._min[i] - 1e-10, self._max[i] + 1e-10, self.NUM_BINS + 1) for i in range(dim)
+            ]
+        else:
+            if dim != self._mean.size:
+                raise ValueError(
+                    f"vectors of length {dim} do not match the running stats' length {self._mean.size}"
+                )
+            new_min, new_max = batch.min(axis=0), batch.max(axis=0)
+            widened = bool(np.any(new_max > self._max) or np.any(new_min < self._min))
+            self._max = np.maximum(self._max, new_max)
+            self._min = np.minimum(self._min, new_min)
+            if widened:
+                self._rebin()
+        self._count += n
+        frac = n / self._count
+        self._mean += (batch.mean(axis=0) - self._mean) * frac
+        self._mean_sq += ((batch**2).mean(axis=0) - self._mean_sq) * frac
+        for i in range(dim):
+            self._hist[i] += np.histogram(batch[:, i], bins=self._edges[i])[0]
+
+    def _rebin(self) -> None:
+        for i in range(len(self._hist)):
+            new_edges = np.linspace(self._min[i], self._max[i], self.NUM_BINS + 1)
+            self._hist[i] = np.histogram(self._edges[i][:-1], bins=new_edges, weights=self._hist[i])[0]
+            self._edges[i] = new_edges
+
+    def _quantile(self, q: float) -> np.ndarray:
+        target = q * self._count
+        return np.array(
+            [edges[np.searchsorted(np.cumsum(h), target)] for h, edges in zip(self._hist, self._edges, strict=True)]
+        )
+
+    def get_statistics(self) -> NormStats:
+        """The statistics so far; needs at least 2 vectors."""
+        if self._count < 2:
+            raise ValueError(f"Cannot compute statistics for less than 2 vectors (got {self._count}).")
+        std = np.sqrt(np.maximum(0.0, self._mean_sq - self._mean**2))
+        return NormStats(mean=self._mean.copy(), std=std, q01=self._quantile(0.01), q99=self._quantile(0.99))
+
+
+def serialize_json(norm_stats: Mapping[str, NormStats]) -> str:
+    """openpi's `norm_stats.json` text: `{"norm_stats": {key: {"mean", "std", "q01", "q99"}}}`, indent 2."""
+    return json.dumps({"norm_stats": {k: _as_norm_stats(v).to_json() for k, v in norm_stats.items()}}, indent=2)
+
+
+def deserialize_json(text: str) -> dict[str, NormStats]:
+    """Parse openpi's `norm_stats.json` text."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or "norm_stats" not in data:
+        raise ValueError('norm stats JSON must be an object with a "norm_stats" key')
+    out = {}
+    for k, v in data["norm_stats"].items():
+        missing = [f for f in ("mean", "std") if f not in v]
+        if missing:
+            raise ValueError(f"norm stats for key {k!r} lack {missing}")
+        out[k] = NormStats(mean=v["mean"], std=v["std"], q01=v.get("q01"), q99=v.get("q99"))
+    return out
+
+
+def _as_norm_stats(v: Any) -> NormStats:
+    if isinstance(v, NormStats):
+        return v
+    return NormStats(mean=v.mean, std=v.std, q01=getattr(v, "q01", None), q99=getattr(v, "q99", None))
+
+
+def save(directory: pathlib.Path | str, norm_stats: Mapping[str, NormStats]) -> pathlib.Path:
+    """Write `directory/norm_stats.json`; returns its path."""
+    path = pathlib.Path(directory) / NORM_STATS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(serialize_json(norm_stats))
+    tmp.replace(path)
+    return path
+
+
+def load(directory: pathlib.Path | str) -> dict[str, NormStats]:
+    """Read `directory/norm_stats.json` (FileNotFoundError naming the path when absent)."""
+    path = pathlib.Path(directory) / NORM_STATS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"Norm stats file not found at: {path}")
+    try:
+        return deserialize_json(path.read_text())
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"malformed norm stats file {path}: {e}") from e
+
+
+def missing_norm_stats_message(config_name: str, path: pathlib.Path | str | None) -> str:
+    """The reference's "Normalization stats not found" error text, with the fastmix command to run."""
+    where = f" at {path}" if path is not None else ""
+    return (
+        f"Normalization stats not found{where} (config '{config_name}'). "
+        f"Make sure to run `fastmix compute-norm-stats {config_name}`."
+    )
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.config)")
+    parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (uniform draw)")
+    parser.add_argument("--batch-size", type=int, default=256, help="frames read per step (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-frames draw")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastmix import config as _config
+    from fastmix.errors import FastmixError
+
+    try:
+        config = _config.get_config(args.config_name)
+        path = compute_norm_stats(config, max_frames=args.max_frames, batch_size=args.batch_size, seed=args.seed)
+    except (FastmixError, FileNotFoundError) as e:
+        print(f"fastmix compute-norm-stats: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Wrote {path}")
+    return 0
+
+
+def norm_stats_dir(config: Any, data_config: Any) -> pathlib.Path:
+    """Where a config's norm stats live: `(assets.assets_dir or config.assets_dirs) / asset_id`."""
+    assets = getattr(config.data, "assets", None)
+    base = getattr(assets, "assets_dir", None) or config.assets_dirs
+    asset_id = data_config.asset_id
+    if asset_id is None:
+        raise ValueError(f"config '{config.name}' has no asset_id (set assets.asset_id or repo_ids)")
+    return pathlib.Path(base) / asset_id
+
+
+def compute_norm_stats(
+    config: Any,
+    *,
+    max_frames: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> pathlib.Path:
+    """Compute state/actions statistics over a config's whole mixture and save them; returns the file path."""
+    import tqdm
+
+    from fastmix import transforms as _t
+    from fastmix.data_loader import lowdim_batch, open_sources
+    from fastmix.index_map import IndexMap
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if max_frames is not None and max_frames < 2:
+        raise ValueError(f"--max-frames must be at least 2, got {max_frames}")
+    data_config = config.data.create(config.assets_dirs, config.model)
+    sources = open_sources(data_config)
+    sizes = [len(s) for s in sources]
+    total = int(sum(sizes))
+    if max_frames is not None and max_frames < total:
+        rng = np.random.default_rng(seed)
+        order = np.sort(rng.choice(total, size=max_frames, replace=False)).astype(np.int64)
+    else:
+        order = np.arange(total, dtype=np.int64)
+    index_map = IndexMap(sizes)
+    pipeline = [
+        *data_config.repack_transforms.inputs,
+        *data_config.data_transforms.inputs,
+        _t.RemoveStrings(),
+    ]
+    horizon = config.model.action_horizon
+    stats = {k: RunningStats() for k in STATS_KEYS}
+    steps = math.ceil(len(order) / batch_size)
+    for step in tqdm.tqdm(range(steps), desc="Computing stats", unit="batch", disable=not progress):
+        chunk = order[step * batch_size : (step + 1) * batch_size]
+        d_idx, l_idx = index_map.to_local(chunk)
+        batch = lowdim_batch(sources, d_idx, l_idx, data_config, horizon)
+        out = _t.apply_batch(pipeline, batch)
+        for k in STATS_KEYS:
+            if k not in out:
+                raise KeyError(f"key {k!r} is not in the transformed data; keys: {sorted(_t.flatten_dict(out))}")
+            stats[k].update(np.asarray(out[k]))
+    norm_stats = {k: s.get_statistics() for k, s in stats.items()}
+    return save(norm_stats_dir(config, data_config), norm_stats)
+
+
+__all__ = [
+    "NORM_STATS_FILE",
+    "NormStats",
+    "RunningStats",
+    "add_arguments",
+    "compute_norm_stats",
+    "deserialize_json",
+    "load",
+    "missing_norm_stats_message",
+    "norm_stats_dir",
+    "run",
+    "save",
+    "serialize_json",
+]

@@ -1,0 +1,363 @@
+"""`fastmix verify CONFIG_NAME [NUM_SAMPLES]`: check a config's data pipeline and its mixture.
+
+The reference's `verify_cotraining_data_loader.py` printed information; this command checks it:
+each dataset (size, format version, fps, cameras, tasks), feature compatibility, norm stats, loading,
+per-key statistics (finite), that every transform stage ran and did its job, the observed per-dataset
+shares against the shares the config declares (chi-square goodness of fit, pass when p >= alpha), the
+prompts seen per dataset (each one a task of its dataset), and a PNG bar chart of expected vs observed
+shares. The exit status is 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import math
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fastmix import transforms as _t
+
+DEFAULT_NUM_SAMPLES = 1000
+DEFAULT_ALPHA = 1e-3
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class Report:
+    config_name: str
+    checks: list[Check] = dataclasses.field(default_factory=list)
+    expected_shares: list[float] = dataclasses.field(default_factory=list)
+    observed_counts: list[int] = dataclasses.field(default_factory=list)
+    p_value: float | None = None
+    plot_path: pathlib.Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check named {name!r}; checks: {[c.name for c in self.checks]}")
+
+
+def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str) -> np.ndarray:
+    """Per-dataset shares a config declares: per_sample ∝ w_i·N_i (the reference's WeightedRandomSampler),
+    per_dataset ∝ w_i."""
+    w = np.ones(len(sizes)) if weights is None else np.asarray(weights, dtype=np.float64)
+    mass = w * np.asarray(sizes, dtype=np.float64) if weighting == "per_sample" else w
+    return mass / mass.sum()
+
+
+def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
+    """(statistic, p-value) of observed counts against expected shares; a count where the share is 0 gives p=0."""
+    from scipy import stats
+
+    n = observed.sum()
+    zero = expected_share <= 0
+    if np.any(observed[zero] > 0):
+        return math.inf, 0.0
+    obs, exp = observed[~zero], expected_share[~zero] * n
+    if obs.size < 2:
+        return 0.0, 1.0
+    res = stats.chisquare(obs, exp)
+    return float(res.statistic), float(res.pvalue)
+
+
+def plot_shares(path: pathlib.Path, names: list[str], expected: np.ndarray, observed: np.ndarray, title: str) -> None:
+    """A PNG bar chart of expected vs observed per-dataset shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names)), 3.8))
+    ax.bar(x - 0.2, expected, 0.4, label="expected (config)")
+    ax.bar(x + 0.2, observed, 0.4, label="observed (loader)")
+    ax.set_xticks(x, [n.split("/")[-1] for n in names], rotation=15)
+    ax.set_ylabel("share of samples")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class _StageMonitor:
+    """Counts every transform call per stage and checks that each stage did its job."""
+
+    def __init__(self, data_config: Any) -> None:
+        self.data_config = data_config
+        self.calls: collections.Counter = collections.Counter()
+        self.problems: list[str] = []
+        self.normalized_in_range: list[float] = []
+
+    def _problem(self, msg: str) -> None:
+        if msg not in self.problems:
+            self.problems.append(msg)
+
+    def __call__(self, stage: str, i: int, t: Any, before: dict, after: dict) -> None:
+        self.calls[(stage, i)] += 1
+        name = getattr(t, "__name__", type(t).__name__)
+        if isinstance(t, _t.RepackTransform):
+            want = set(_t.flatten_dict(t.structure))
+            got = set(_t.flatten_dict(after))
+            if not want <= got:
+                self._problem(f"repack: output lacks {sorted(want - got)}")
+        elif isinstance(t, _t.LiberoInputs):
+            if set(after.get("image", {})) != set(_t.IMAGE_KEYS) or set(after.get("image_mask", {})) != set(_t.IMAGE_KEYS):
+                self._problem(f"data: LiberoInputs gave image keys {sorted(after.get('image', {}))}")
+            if "state" not in after or "actions" not in after:
+                self._problem("data: LiberoInputs output lacks state or actions")
+        elif isinstance(t, _t.Normalize) and t.norm_stats is not None:
+            self._check_normalize(t, before, after)
+        elif isinstance(t, _t.ResizeImages):
+            shapes = {k: tuple(np.shape(v)[-3:-1]) for k, v in after["image"].items()}
+            bad = {k: s for k, s in shapes.items() if s != (t.height, t.width)}
+            if bad:
+                self._problem(f"model: ResizeImages left images at {bad}, want {(t.height, t.width)}")
+        elif isinstance(t, _t.PadStatesAndActions):
+            for k in ("state", "actions"):
+                if k in after and np.shape(after[k])[-1] < t.model_action_dim:
+                    self._problem(f"model: {k} has {np.shape(after[k])[-1]} dims after padding to {t.model_action_dim}")
+        elif isinstance(t, _t.InjectDefaultPrompt) and t.prompt is not None and "prompt" not in after:
+            self._problem(f"model: {name} did not set a prompt")
+
+    def _check_normalize(self, t: _t.Normalize, before: dict, after: dict) -> None:
+        flat_b, flat_a = _t.flatten_dict(before), _t.flatten_dict(after)
+        for key, s in t.norm_stats.items():
+            if key not in flat_b:
+                continue
+            x = np.asarray(flat_b[key], dtype=np.float64)
+            d = x.shape[-1]
+            if t.use_quantiles:
+                q01, q99 = np.asarray(s.q01)[:d], np.asarray(s.q99)[:d]
+                want = 2.0 * (x - q01) / (q99 - q01 + 1e-6) - 1.0
+            else:
+                want = (x - np.asarray(s.mean)[:d]) / (np.asarray(s.std)[:d] + 1e-6)
+            got = np.asarray(flat_a[key], dtype=np.float64)
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+                self._problem(f"normalize: {key} is not normalized with the config's norm stats")
+            if t.use_quantiles:
+                self.normalized_in_range.append(float(np.mean(np.abs(got) <= 1.0 + 1e-3)))
+
+
+def check_compatibility(sources: list) -> None:
+    """Raise `IncompatibleDatasetsError` (with the table of differences) when the datasets differ."""
+    from fastmix.sources.compat import check_compatible
+
+    check_compatible(sources)
+
+
+def _fmt_row(cells: list[Any], widths: list[int]) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+
+
+def verify(
+    config: Any,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    *,
+    plot_path: pathlib.Path | str | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    out: Callable[[str], None] = print,
+) -> Report:
+    """Run every check on `config` (a TrainConfig) drawing `num_samples` samples; returns the report."""
+    from fastmix import data_loader as _dl
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    report = Report(config.name)
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        report.checks.append(Check(name, ok, detail))
+        out(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}")
+
+    bar = "=" * 72
+    out(f"{bar}\nVerifying config: {config.name}\n{bar}")
+    data_config = config.data.create(config.assets_dirs, config.model)
+    repo_ids = _dl.repo_ids_of(data_config)
+    weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
+    weighting = getattr(data_config, "weighting", "per_sample")
+    out(f"  repo_ids: {repo_ids}\n  dataset_weights: {weights} ({weighting})\n  asset_id: {data_config.asset_id}"
+        f"\n  prompt_from_task: {data_config.prompt_from_task}\n  use_quantile_norm: {data_config.use_quantile_norm}")
+
+    # datasets
+    try:
+        sources = _dl.open_sources(data_config)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        add("datasets", False, f"{type(e).__name__}: {e}")
+        return _finish(report, out)
+    out("\nDatasets:")
+    widths = [max(8, *(len(s.name) for s in sources)), 8, 5, 8, 9, 40]
+    out(_fmt_row(["name", "version", "fps", "frames", "episodes", "cameras"], widths))
+    for s in sources:
+        cams = ", ".join(f"{k} {'x'.join(map(str, s.camera_shape(k)))}" for k in s.camera_keys)
+        out(_fmt_row([s.name, s.codebase_version, s.fps, s.num_frames, s.num_episodes, cams], widths))
+        out(f"    tasks ({len(s.tasks)}): {'; '.join(list(s.tasks.values())[:3])}{' ...' if len(s.tasks) > 3 else ''}")
+    empty = [s.name for s in sources if len(s) == 0]
+    add("datasets", not empty, f"{len(sources)} datasets, {sum(len(s) for s in sources)} frames"
+        + (f"; empty: {empty}" if empty else ""))
+
+    # compatibility
+    try:
+        check_compatibility(sources)
+        add("compatibility", True, "same keys, shapes, dtypes and fps")
+    except Exception as e:  # noqa: BLE001
+        add("compatibility", False, f"{type(e).__name__}: {e}")
+
+    # norm stats
+    skip_norm = data_config.norm_stats is None
+    if skip_norm:
+        try:
+            _dl.require_norm_stats(config, data_config)
+        except Exception as e:  # noqa: BLE001
+            add("norm stats", False, str(e))
+    else:
+        add("norm stats", True, f"keys {sorted(data_config.norm_stats)} ({'quantile' if data_config.use_quantile_norm else 'z-score'})")
+
+    # loading
+    local_bs = max(1, int(config.batch_size))
+    num_batches = max(1, math.ceil(num_samples / local_bs))
+    monitor = _StageMonitor(data_config)
+    counts = np.zeros(len(sources), dtype=np.int64)
+    prompts: list[collections.Counter] = [collections.Counter() for _ in sources]
+    finals: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    n_batches = 0
+    try:
+        loader = _dl.create_data_loader(
+            config, shuffle=True, num_batches=num_batches, skip_norm_stats=skip_norm, framework="pytorch"
+        )
+        loader.trace = monitor
+        obs_cls = _dl.observation_class()
+        try:
+            for batch, meta in loader.batches(with_meta=True):
+                n_batches += 1
+                d_idx = np.asarray(meta["dataset_index"]).astype(np.int64)
+                counts += np.bincount(d_idx, minlength=len(sources))
+                if "prompt" in batch:
+                    for d, p in zip(d_idx, batch["prompt"], strict=True):
+                        prompts[int(d)][str(p)] += 1
+                for k in ("state", "actions"):
+                    finals[k].append(np.asarray(batch[k]))
+                for k, v in batch.get("image", {}).items():
+                    if len(finals[f"image/{k}"]) < 2:
+                        finals[f"image/{k}"].append(np.asarray(v))
+                obs_cls.from_dict({**batch, "image": dict(batch["image"])})
+        finally:
+            loader.close()
+        add("loading", True, f"{n_batches} batches of {local_bs} ({int(counts.sum())} samples), Observation.from_dict ok")
+    except Exception as e:  # noqa: BLE001
+        add("loading", False, f"{type(e).__name__}: {e}")
+        return _finish(report, out)
+
+    # per-key statistics
+    out("\nPer-key statistics (after all transforms):")
+    bad = []
+    for k, arrs in finals.items():
+        a = np.concatenate(arrs).astype(np.float64)
+        finite = np.isfinite(a).all()
+        bad += [] if finite else [k]
+        out(f"  {k:28s} shape {tuple(arrs[0].shape[1:])}  min {a.min():9.4f}  max {a.max():9.4f}"
+            f"  mean {a.mean():9.4f}  std {a.std():9.4f}{'' if finite else '  NON-FINITE'}")
+    add("statistics", not bad, "all values finite" if not bad else f"non-finite values in {bad}")
+
+    # transform stages
+    missing = [
+        f"{stage}[{i}] {getattr(t, '__name__', type(t).__name__)} ran {monitor.calls[(stage, i)]}/{n_batches}"
+        for stage, ts in loader.stages
+        for i, t in enumerate(ts)
+        if monitor.calls[(stage, i)] != n_batches
+    ]
+    ran = ", ".join(f"{stage}: {len(ts)}" for stage, ts in loader.stages)
+    detail = f"transforms per stage ({ran}) each ran on every batch"
+    if monitor.normalized_in_range:
+        detail += f"; {100 * np.mean(monitor.normalized_in_range):.1f}% of normalized values in [-1, 1]"
+    problems = missing + monitor.problems
+    add("transforms", not problems, detail if not problems else "; ".join(problems))
+
+    # mixture
+    sizes = [len(s) for s in sources]
+    exp = expected_shares(sizes, weights, weighting)
+    obs_share = counts / max(1, counts.sum())
+    stat, p = chi_square(counts, exp)
+    report.expected_shares, report.observed_counts, report.p_value = exp.tolist(), counts.tolist(), p
+    out("\nMixture (expected from the config's weights vs observed from the loader):")
+    widths = [max(8, *(len(s.name) for s in sources)), 8, 8, 9, 9, 7]
+    out(_fmt_row(["dataset", "weight", "frames", "expected", "observed", "count"], widths))
+    for i, s in enumerate(sources):
+        w = 1.0 if weights is None else weights[i]
+        out(_fmt_row([s.name, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{obs_share[i]:.4f}", int(counts[i])], widths))
+    add("mixture", p >= alpha, f"chi-square {stat:.2f}, p-value {p:.4g} ({'>=' if p >= alpha else '<'} alpha {alpha:g})"
+        f" over {int(counts.sum())} samples")
+
+    # prompts
+    out("\nPrompts seen per dataset:")
+    wrong = []
+    for s, c in zip(sources, prompts, strict=True):
+        out(f"  {s.name}: " + ("; ".join(f"{p!r} x{n}" for p, n in c.most_common(3)) or "(none)"))
+        if data_config.prompt_from_task:
+            wrong += [f"{s.name}: {p!r}" for p in c if p not in set(s.tasks.values())]
+    if data_config.prompt_from_task:
+        unseen = [s.name for s, c, n in zip(sources, prompts, counts, strict=True) if n > 0 and not c]
+        ok = not wrong and not unseen
+        add("prompts", ok, "every prompt is a task of its dataset" if ok else
+            f"prompts not among their dataset's tasks: {wrong[:5]}; no prompt for {unseen}")
+    else:
+        add("prompts", True, "prompt_from_task is off: prompts come from the transforms")
+
+    # plot
+    path = pathlib.Path(plot_path) if plot_path is not None else pathlib.Path(f"verify_{config.name}.png")
+    try:
+        plot_shares(path, [s.name for s in sources], exp, obs_share, f"{config.name}: p = {p:.3g}")
+        report.plot_path = path
+        add("plot", True, f"wrote {path}")
+    except Exception as e:  # noqa: BLE001
+        add("plot", False, f"{type(e).__name__}: {e}")
+    return _finish(report, out)
+
+
+def _finish(report: Report, out: Callable[[str], None]) -> Report:
+    failed = [c.name for c in report.checks if not c.ok]
+    out("=" * 72)
+    out("Verification passed." if not failed else f"Verification FAILED: {', '.join(failed)}")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.config)")
+    parser.add_argument("num_samples", metavar="NUM_SAMPLES", nargs="?", type=int, default=DEFAULT_NUM_SAMPLES,
+                        help=f"samples to draw (default {DEFAULT_NUM_SAMPLES})")
+    parser.add_argument("--plot", default=None, help="PNG path of the shares chart (default ./verify_CONFIG.png)")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"chi-square significance level (default {DEFAULT_ALPHA:g})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastmix import config as _config
+    from fastmix.errors import FastmixError
+
+    try:
+        config = _config.get_config(args.config_name)
+    except FastmixError as e:
+        print(f"fastmix verify: error: {e}", file=sys.stderr)
+        return 2
+    report = verify(config, args.num_samples, plot_path=args.plot, alpha=args.alpha)
+    return 0 if report.ok else 1
+
+
+__all__ = ["Check", "Report", "add_arguments", "chi_square", "expected_shares", "plot_shares", "run", "verify"]

@@ -1,0 +1,194 @@
+"""Norm stats: RunningStats as openpi computes it, openpi's norm_stats.json format, the compute-norm-stats command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from fastmix import norm_stats as ns
+
+
+def test_running_stats_mean_std_match_numpy_across_batches_with_widening_range():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=i, scale=1 + i, size=(50 + 10 * i, 3, 4)) for i in range(5)]  # range grows each batch
+    rs = ns.RunningStats()
+    for b in batches:
+        rs.update(b)
+    flat = np.concatenate([b.reshape(-1, 4) for b in batches])
+    s = rs.get_statistics()
+    assert rs.count == len(flat)
+    np.testing.assert_allclose(s.mean, flat.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(s.std, flat.std(axis=0), rtol=1e-8)
+
+
+def test_running_stats_quantiles_within_a_histogram_bin_of_exact():
+    rng = np.random.default_rng(1)
+    data = rng.uniform(-3, 5, size=(20_000, 2))
+    rs = ns.RunningStats()
+    for chunk in np.array_split(data, 7):
+        rs.update(chunk)
+    s = rs.get_statistics()
+    width = (data.max(0) - data.min(0)) / ns.RunningStats.NUM_BINS
+    # openpi's quantile: the left edge of the first bin whose cumulative count reaches q*count; each of the
+    # (up to 6) re-binnings when the range widens moves counts by at most one bin (to the old left edges).
+    for q, got in [(0.01, s.q01), (0.99, s.q99)]:
+        exact = np.quantile(data, q, axis=0)
+        assert np.all(np.abs(got - exact) <= 8 * width), (q, got, exact)
+
+
+def test_running_stats_single_batch_quantile_is_left_bin_edge():
+    # 100 values 0..99 in one batch: 5000 bins over [0-1e-10, 99+1e-10]; q01 target count = 1 -> bin of value 0.
+    rs = ns.RunningStats()
+    rs.update(np.arange(100, dtype=np.float64)[:, None])
+    s = rs.get_statistics()
+    assert s.q01[0] == pytest.approx(-1e-10, abs=1e-12)
+    edges = np.linspace(-1e-10, 99 + 1e-10, 5001)
+    # q99 target = 99: the 99th value (98) is the first to reach it; its bin's left edge is <= 98 < next edge.
+    assert edges[np.searchsorted(edges, 98, side="right") - 1] == pytest.approx(s.q99[0])
+    assert s.mean[0] == pytest.approx(49.5) and s.std[0] == pytest.approx(np.arange(100).std())
+
+
+def test_running_stats_errors_name_values():
+    rs = ns.RunningStats()
+    rs.update(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"less than 2 vectors \(got 1\)"):
+        rs.get_statistics()
+    with pytest.raises(ValueError, match="length 2 do not match the running stats' length 3"):
+        rs.update(np.zeros((4, 2)))
+
+
+def test_save_load_roundtrip_in_openpi_json_format(tmp_path):
+    stats = {
+        "state": ns.NormStats(mean=[1.0, 2.0], std=[0.5, 0.25], q01=[-1.0, -2.0], q99=[3.0, 4.0]),
+        "actions": ns.NormStats(mean=[0.0], std=[1.0]),
+    }
+    path = ns.save(tmp_path / "asset", stats)
+    assert path == tmp_path / "asset" / "norm_stats.json"
+    raw = json.loads(path.read_text())
+    assert raw == {
+        "norm_stats": {
+            "state": {"mean": [1.0, 2.0], "std": [0.5, 0.25], "q01": [-1.0, -2.0], "q99": [3.0, 4.0]},
+            "actions": {"mean": [0.0], "std": [1.0], "q01": None, "q99": None},
+        }
+    }
+    assert path.read_text().startswith('{\n  "norm_stats"')  # indent=2 like openpi's model_dump_json
+    back = ns.load(tmp_path / "asset")
+    np.testing.assert_array_equal(back["state"].q99, [3.0, 4.0])
+    assert back["actions"].q01 is None
+
+
+def test_load_reads_openpi_written_file(tmp_path):
+    # Exactly what openpi's pydantic serializer writes.
+    (tmp_path / "norm_stats.json").write_text(
+        '{\n  "norm_stats": {\n    "state": {\n      "mean": [\n        0.5\n      ],\n      "std": [\n        2.0\n'
+        '      ],\n      "q01": [\n        -1.0\n      ],\n      "q99": [\n        1.0\n      ]\n    }\n  }\n}'
+    )
+    s = ns.load(tmp_path)["state"]
+    assert (s.mean[0], s.std[0], s.q01[0], s.q99[0]) == (0.5, 2.0, -1.0, 1.0)
+
+
+def test_load_missing_and_malformed_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "norm_stats.json")):
+        ns.load(tmp_path)
+    (tmp_path / "norm_stats.json").write_text('{"stats": {}}')
+    with pytest.raises(ValueError, match="malformed norm stats file .*norm_stats.json"):
+        ns.load(tmp_path)
+
+
+def test_missing_norm_stats_message_has_reference_text_and_command():
+    msg = ns.missing_norm_stats_message("my_cfg", "/a/b/norm_stats.json")
+    assert msg.startswith("Normalization stats not found at /a/b/norm_stats.json")
+    assert "`fastmix compute-norm-stats my_cfg`" in msg
+
+
+def test_cli_arguments():
+    parser = argparse.ArgumentParser()
+    ns.add_arguments(parser)
+    args = parser.parse_args(["cfg", "--max-frames", "100"])
+    assert (args.config_name, args.max_frames, args.batch_size) == ("cfg", 100, 256)
+
+
+# ------------------------------------------------------------------------------- compute-norm-stats command
+
+
+def _fake_config(tmp_path, name="ns_fake_cfg", horizon=3, **data_kw):
+    from fastmix import config as C
+
+    return C.TrainConfig(
+        name=name,
+        model=C.Pi0Config(pi05=True, action_horizon=horizon),
+        data=C.MultiDatasetLiberoDataConfig(
+            repo_ids=["fake/a", "fake/b"],
+            base_config=C.DataConfig(prompt_from_task=True),
+            assets=C.AssetsConfig(assets_dir=str(tmp_path / "assets"), asset_id="shared"),
+            **data_kw,
+        ),
+        batch_size=4,
+    )
+
+
+@pytest.fixture
+def fake_sources(monkeypatch):
+    from fastmix import data_loader
+    from fastmix.loader.testing import FakeSource
+
+    sources = [FakeSource("fake/a", num_episodes=3, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=7)]
+    monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
+    return sources
+
+
+def _expected_arrays(sources, horizon):
+    states, actions = [], []
+    for s in sources:
+        rows = np.arange(s.num_frames)
+        states.append(s.value("state", rows))
+        ep, frame = rows // s.episode_length, rows % s.episode_length
+        # an action chunk repeats the episode's last action past its end (LeRobot's clamped padding)
+        chunk_rows = ep[:, None] * s.episode_length + np.minimum(frame[:, None] + np.arange(horizon), s.episode_length - 1)
+        actions.append(s.value("actions", chunk_rows.ravel()).reshape(len(rows), horizon, -1))
+    return np.concatenate(states).astype(np.float64), np.concatenate(actions).astype(np.float64)
+
+
+def test_compute_norm_stats_over_whole_mixture(tmp_path, fake_sources):
+    cfg = _fake_config(tmp_path)
+    path = ns.compute_norm_stats(cfg, batch_size=7, progress=False)
+    assert path == tmp_path / "assets" / "shared" / "norm_stats.json"
+    stats = ns.load(path.parent)
+    state, actions = _expected_arrays(fake_sources, 3)
+    np.testing.assert_allclose(stats["state"].mean, state.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["state"].std, state.std(0), rtol=1e-5)
+    flat = actions.reshape(-1, actions.shape[-1])
+    np.testing.assert_allclose(stats["actions"].mean, flat.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["actions"].std, flat.std(0), rtol=1e-5)
+    # histogram quantiles (openpi's lossy re-binning as the range grows): within the data's range, ordered
+    assert np.all(state.min(0) - 1e-6 <= stats["state"].q01) and np.all(stats["state"].q01 < stats["state"].q99)
+    assert np.all(stats["state"].q99 <= state.max(0) + 1e-6)
+
+
+def test_compute_norm_stats_counts_delta_actions(tmp_path, fake_sources):
+    cfg = _fake_config(tmp_path, horizon=2, extra_delta_transform=True)
+    stats = ns.load(ns.compute_norm_stats(cfg, batch_size=5, progress=False).parent)
+    state, actions = _expected_arrays(fake_sources, 2)
+    actions[..., :6] -= state[:, None, :6]  # openpi: stats of the actions the model sees (deltas)
+    np.testing.assert_allclose(stats["actions"].mean, actions.reshape(-1, 7).mean(0), rtol=1e-5, atol=1e-4)
+
+
+def test_compute_norm_stats_max_frames_and_cli(tmp_path, fake_sources, capsys):
+    from fastmix import config as C
+
+    cfg = C.register(_fake_config(tmp_path, name="ns_fake_cli"))
+    try:
+        parser = argparse.ArgumentParser()
+        ns.add_arguments(parser)
+        assert ns.run(parser.parse_args(["ns_fake_cli", "--max-frames", "20", "--batch-size", "8"])) == 0
+    finally:
+        C.unregister(cfg.name)
+    assert "norm_stats.json" in capsys.readouterr().out
+    stats = ns.load(tmp_path / "assets" / "shared")
+    state, _ = _expected_arrays(fake_sources, 3)
+    assert np.all(stats["state"].mean >= state.min(0)) and np.all(stats["state"].mean <= state.max(0))
+    with pytest.raises(ValueError, match="max-frames must be at least 2, got 1"):
+        ns.compute_norm_stats(cfg, max_frames=1, progress=False)
