@@ -1,0 +1,101 @@
+"""torch.distributed helpers: rank / world size, process-group setup from torchrun's environment, the device.
+
+fastmix itself needs no process group: `MixtureSampler` / `MixtureLoader` read rank and world size from
+torch.distributed when it is initialized (rank r takes positions r, r+W, ... of one global stream). These
+helpers are for scripts and the training example launched with `torchrun --nproc_per_node=N`.
+
+Example:
+    with fastmix.distributed.process_group():          # no-op when not launched by torchrun
+        loader = MixtureLoader(sources, batch_size=32)  # picks up this rank's share of the stream
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    """Whether a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    """Rank on this node (torchrun's LOCAL_RANK; 0 when not set)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or not distributed): the process that prints, plots and writes files."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR) is present."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+def device() -> torch.device:
+    """`cuda:LOCAL_RANK` when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 120.0) -> bool:
+    """Initialize the default process group from torchrun's environment.
+
+    Args:
+        backend: "nccl" or "gloo"; default nccl when CUDA is available, else gloo.
+        timeout_s: collective timeout (seconds), so a lost peer raises instead of hanging.
+
+    Returns:
+        True when this call created the group (the caller then destroys it); False when a group already
+        existed or the process was not launched by torchrun.
+    """
+    if is_initialized() or not launched_by_torchrun():
+        return False
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(device())
+    dist.init_process_group(backend=backend, timeout=_dt.timedelta(seconds=timeout_s))
+    return True
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None, timeout_s: float = 120.0) -> Iterator[bool]:
+    """Context manager around `init_from_env`: yields whether running distributed; destroys what it created."""
+    created = init_from_env(backend, timeout_s)
+    try:
+        yield is_initialized()
+    finally:
+        if created and is_initialized():
+            dist.destroy_process_group()
+
+
+__all__ = [
+    "device",
+    "init_from_env",
+    "is_initialized",
+    "is_main_process",
+    "launched_by_torchrun",
+    "local_rank",
+    "process_group",
+    "rank",
+    "world_size",
+]
