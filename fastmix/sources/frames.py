@@ -1,0 +1,299 @@
+"""Camera frames: video (mp4, decoded with PyAV) and images stored in parquet (PNG bytes, decoded with PyAV).
+
+`FrameReader.read(requests, out)` groups requests by file. For a video it sorts the timestamps and makes one
+forward decoding pass over the file: it seeks to the keyframe before a target only when that skips frames
+(the target lies more than one keyframe interval ahead), otherwise it keeps decoding. The frame returned for
+a timestamp is the decoded frame nearest to it, which must lie within `tolerance_s` — what LeRobotDataset's
+"pyav" backend returns. Open containers live in a bounded LRU (one single-threaded codec context each).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
+
+_UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRequest:
+    """One camera frame to decode into `out[key][slot]` (uint8 HWC).
+
+    path: absolute mp4 path (video) or parquet path (image-in-parquet). timestamp: seconds in the file's own
+    timeline (v3.0: from_timestamp + frame timestamp), video only. row: row in the parquet file for image
+    features, -1 for video. episode, dataset: for error messages.
+    """
+
+    slot: int
+    key: str
+    path: str
+    timestamp: float
+    row: int
+    episode: int
+    dataset: str
+
+
+def _where(req: FrameRequest) -> str:
+    return (f"dataset '{req.dataset}', episode {req.episode}, key {req.key!r}, file {req.path}"
+            + (f", timestamp {req.timestamp:.6f} s" if req.row < 0 else f", row {req.row}"))
+
+
+class _OpenVideo:
+    """One open container, its decode position and what it has learned about the keyframe spacing."""
+
+    def __init__(self, path: str) -> None:
+        self.container = av.open(path, metadata_errors="ignore")
+        if not self.container.streams.video:
+            self.container.close()
+            raise DecodeError(f"file {path} has no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "NONE"
+        self.stream.thread_count = 1
+        self.time_base = float(self.stream.time_base)
+        self.frames: Iterable[av.VideoFrame] | None = None
+        self.prev: tuple[float, av.VideoFrame] | None = None  # frame decoded just before `cur`
+        self.cur: tuple[float, av.VideoFrame] | None = None
+        self.last_key_s: float | None = None
+        self.key_interval_s: float | None = None
+
+    def seek(self, t: float) -> None:
+        """Position the decoder at the last keyframe at or before `t` seconds."""
+        self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
+                            stream=self.stream)
+        self.frames = self.container.decode(self.stream)
+        self.prev = self.cur = None
+        self.last_key_s = None
+
+    def advance(self) -> bool:
+        """Decode the next frame into `cur` (old `cur` → `prev`); False at the end of the stream."""
+        if self.frames is None:
+            self.seek(0.0)
+        try:
+            frame = next(self.frames)  # type: ignore[arg-type]
+        except (StopIteration, av.error.EOFError):
+            return False
+        if frame.pts is None:
+            raise DecodeError("decoded a frame without a presentation timestamp")
+        pts_s = float(frame.pts * frame.time_base)
+        if frame.key_frame:
+            if self.last_key_s is not None and pts_s > self.last_key_s:
+                gap = pts_s - self.last_key_s
+                self.key_interval_s = gap if self.key_interval_s is None else max(self.key_interval_s, gap)
+            self.last_key_s = pts_s
+        self.prev, self.cur = self.cur, (pts_s, frame)
+        return True
+
+    def needs_seek(self, t: float) -> bool:
+        """Whether reaching `t` by seeking beats decoding forward from the current position."""
+        if self.cur is None:
+            return True
+        cur_s = self.cur[0]
+        if t < cur_s:  # behind us: fine only if the frame before `cur` still brackets t
+            return self.prev is None or t < self.prev[0]
+        interval = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S
+        return t - cur_s > interval
+
+    def nearest(self, t: float) -> tuple[float, av.VideoFrame]:
+        """Decode forward until a frame at or after `t` (or the end); the nearer of it and its predecessor."""
+        if self.needs_seek(t):
+            self.seek(t)
+        while self.cur is None or self.cur[0] < t:
+            if not self.advance():
+                break
+        if self.cur is None:
+            raise DecodeError(f"no frame could be decoded at or after {t:.6f} s")
+        if self.prev is not None and abs(self.prev[0] - t) <= abs(self.cur[0] - t):
+            return self.prev
+        return self.cur
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _OpenParquet:
+    """One open image parquet file: its row-group layout and the last row group read per key."""
+
+    def __init__(self, path: str) -> None:
+        self.file = pq.ParquetFile(path, memory_map=True)
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.metadata.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.cached: dict[str, tuple[int, pa.Array]] = {}
+
+    def image_bytes(self, key: str, row: int) -> bytes | None:
+        rg = int(np.searchsorted(self.starts, row, side="right")) - 1
+        if row < 0 or rg >= len(self.starts) - 1:
+            raise DecodeError(f"row {row} is outside the file ({int(self.starts[-1])} rows)")
+        hit = self.cached.get(key)
+        if hit is None or hit[0] != rg:
+            column = self.file.read_row_group(rg, columns=[key]).column(key).combine_chunks()
+            if pa.types.is_struct(column.type):
+                column = column.field("bytes")
+            hit = (rg, column)
+            self.cached[key] = hit
+        value = hit[1][row - int(self.starts[rg])].as_py()
+        return value
+
+    def close(self) -> None:
+        self.cached.clear()
+        self.file.close()
+
+
+class FrameReader:
+    """Decodes FrameRequests into caller-owned uint8 HWC arrays.
+
+    Args:
+        max_open_files: bound of the LRU of open containers / parquet files (evicted ones are closed).
+        tolerance_s: the nearest decoded frame must lie strictly within this many seconds of the request.
+
+    Picklable and lazy: nothing is opened before the first `read`, and pickling drops open files, so one
+    reader can be built in the parent and sent to each worker.
+    """
+
+    def __init__(self, max_open_files: int = 16, tolerance_s: float = 1e-4) -> None:
+        if max_open_files < 1:
+            raise ValueError(f"max_open_files should be >= 1, but got max_open_files={max_open_files}")
+        self.max_open_files = int(max_open_files)
+        self.tolerance_s = float(tolerance_s)
+        self._open: OrderedDict[str, _OpenVideo | _OpenParquet] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        return {"max_open_files": self.max_open_files, "tolerance_s": self.tolerance_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+            pass
+
+    @property
+    def num_open(self) -> int:
+        """How many files are open now (≤ max_open_files)."""
+        return len(self._open)
+
+    def close(self) -> None:
+        """Close every open file."""
+        while self._open:
+            _, f = self._open.popitem(last=False)
+            f.close()
+
+    def read(self, requests: Sequence[FrameRequest], out: dict[str, np.ndarray]) -> None:
+        """Write `out[req.key][req.slot]` (uint8 (H, W, C)) for every request; raises MissingFileError or
+        DecodeError naming dataset, episode, file, key and timestamp/row."""
+        by_path: dict[str, list[FrameRequest]] = defaultdict(list)
+        for req in requests:
+            by_path[req.path].append(req)
+        for path, reqs in by_path.items():
+            if reqs[0].row < 0:
+                self._read_video(path, reqs, out)
+            else:
+                self._read_images(path, reqs, out)
+
+    # -- files ------------------------------------------------------------------------------------------
+    def _get(self, path: str, req: FrameRequest, kind: type) -> _OpenVideo | _OpenParquet:
+        f = self._open.get(path)
+        if f is not None:
+            self._open.move_to_end(path)
+            return f
+        if not Path(path).is_file():
+            raise MissingFileError(f"{'video' if kind is _OpenVideo else 'data'} file is missing: {_where(req)}")
+        try:
+            f = kind(path)
+        except (av.error.FFmpegError, OSError, pa.ArrowException) as e:
+            raise DecodeError(f"cannot open {path} for {_where(req)}: {e}") from e
+        except DecodeError as e:
+            raise DecodeError(f"{e} ({_where(req)})") from e
+        self._open[path] = f
+        while len(self._open) > self.max_open_files:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return f
+
+    def _drop(self, path: str) -> None:
+        f = self._open.pop(path, None)
+        if f is not None:
+            f.close()
+
+    # -- video ------------------------------------------------------------------------------------------
+    def _read_video(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray]) -> None:
+        video = self._get(path, reqs[0], _OpenVideo)
+        assert isinstance(video, _OpenVideo)
+        order = sorted(reqs, key=lambda r: r.timestamp)
+        last: tuple[float, np.ndarray] | None = None  # (pts of the frame, its rgb array): duplicates reuse it
+        for req in order:
+            t = req.timestamp
+            if not math.isfinite(t):
+                raise DecodeError(f"non-finite timestamp requested: {_where(req)}")
+            try:
+                pts_s, frame = video.nearest(t)
+                if abs(pts_s - t) >= self.tolerance_s:
+                    raise DecodeError(
+                        f"nearest decoded frame is at {pts_s:.6f} s, {abs(pts_s - t):.6f} s away from the request "
+                        f"(tolerance_s={self.tolerance_s}); the timestamp may lie outside the video")
+                if last is None or last[0] != pts_s:
+                    last = (pts_s, frame.to_ndarray(format="rgb24"))
+            except DecodeError as e:
+                self._drop(path)
+                raise DecodeError(f"{e}: {_where(req)}") from e
+            except (av.error.FFmpegError, ValueError) as e:
+                self._drop(path)
+                raise DecodeError(f"decoding failed ({e}): {_where(req)}") from e
+            _store(out, req, last[1])
+
+    # -- images in parquet ------------------------------------------------------------------------------
+    def _read_images(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray]) -> None:
+        pf = self._get(path, reqs[0], _OpenParquet)
+        assert isinstance(pf, _OpenParquet)
+        for req in sorted(reqs, key=lambda r: (r.key, r.row)):
+            try:
+                data = pf.image_bytes(req.key, req.row)
+            except (KeyError, pa.ArrowException) as e:
+                raise DatasetFormatError(f"image column cannot be read ({e}): {_where(req)}") from e
+            except DecodeError as e:
+                raise DecodeError(f"{e}: {_where(req)}") from e
+            if not data:
+                raise DecodeError(f"no embedded image bytes: {_where(req)}")
+            _store(out, req, self._decode_png(data, req))
+
+    @staticmethod
+    def _decode_png(data: bytes, req: FrameRequest) -> np.ndarray:
+        # A fresh single-threaded context per image: FFmpeg's png decoder keeps state between packets
+        # (reusing one context returns wrong pixels from the second image on).
+        ctx = av.CodecContext.create("png", "r")
+        ctx.thread_type = "NONE"
+        ctx.thread_count = 1
+        try:
+            frames = ctx.decode(av.Packet(data))
+        except av.error.FFmpegError as e:
+            raise DecodeError(f"image decoding failed ({e}): {_where(req)}") from e
+        if len(frames) != 1:
+            raise DecodeError(f"image decoded into {len(frames)} frames: {_where(req)}")
+        return frames[0].to_ndarray(format="rgb24")
+
+
+def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray) -> None:
+    dest = out.get(req.key)
+    if dest is None:
+        raise KeyError(f"out has no array for camera key {req.key!r} ({_where(req)})")
+    if dest.shape[1:] != frame.shape:
+        raise DecodeError(f"decoded frame has shape {frame.shape}, the output expects {dest.shape[1:]}: "
+                          f"{_where(req)}")
+    dest[req.slot] = frame

@@ -1,0 +1,308 @@
+"""`LeRobotSource`: one LeRobot dataset (v2.0, v2.1, v3.0) read natively — metadata and low-dim columns in
+numpy, frames through `FrameReader` — with `source[i]` equal to `LeRobotDataset(...)[i]` and a vectorized batch
+path (`gather_lowdim`, `tasks_of`, `frame_requests`) for the loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastmix.errors import ConfigError
+from fastmix.sources.deltas import check_delta_timestamps, chunk_indices, delta_indices
+from fastmix.sources.frames import FrameReader, FrameRequest
+from fastmix.sources.lowdim import LowDimTable, load_lowdim
+from fastmix.sources.meta import INDEX_KEYS, DatasetMeta, lerobot_home, load_meta
+
+_CHW_NAMES = (("channels", "height", "width"), ("channel", "height", "width"))
+
+
+class LeRobotSource:
+    """A LeRobot dataset on local disk.
+
+    Args:
+        repo_id: resolved as lerobot does, to `$HF_LEROBOT_HOME/<repo_id>` (default
+            `~/.cache/huggingface/lerobot/<repo_id>`), unless `root` is given. Also the name used in errors.
+        root: the dataset directory (holding `meta/`, `data/`, `videos/`).
+        episodes: episode indices to keep (as `LeRobotDataset(episodes=...)`); None keeps all.
+        delta_timestamps: {key: [seconds, ...]} relative frames to return per sample, e.g. openpi's
+            {"actions": [t / fps for t in range(action_horizon)]}; each must be a multiple of 1/fps ± tolerance_s.
+        tolerance_s: tolerance of the delta check and of video frame timestamps, in seconds.
+        max_open_files: bound of the open-container LRU used by `source[i]`.
+
+    Example:
+        >>> src = LeRobotSource(root="/data/libero", delta_timestamps={"actions": [t / 10 for t in range(10)]})
+        >>> item = src[0]                                   # what LeRobotDataset returns
+        >>> low = src.gather_lowdim(np.arange(32))         # batch path: numpy arrays
+    """
+
+    def __init__(self, repo_id: str | None = None, *, root: str | Path | None = None,
+                 episodes: Sequence[int] | None = None,
+                 delta_timestamps: Mapping[str, Sequence[float]] | None = None, tolerance_s: float = 1e-4,
+                 max_open_files: int = 16) -> None:
+        if repo_id is None and root is None:
+            raise ConfigError("LeRobotSource needs a repo_id or a root, but got neither")
+        if tolerance_s < 0:
+            raise ConfigError(f"tolerance_s should be >= 0, but got tolerance_s={tolerance_s}")
+        self.root = Path(root).expanduser() if root is not None else lerobot_home() / str(repo_id)
+        self.name: str = repo_id if repo_id is not None else self.root.name
+        self.tolerance_s = float(tolerance_s)
+        self.meta: DatasetMeta = load_meta(self.root, self.name)
+        self._ep_positions = self._select_episodes(episodes)
+        self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
+        self.delta_timestamps: dict[str, list[float]] | None = (
+            None if delta_timestamps is None else {k: [float(d) for d in v] for k, v in delta_timestamps.items()})
+        self._offsets_cache: dict[tuple, dict[str, np.ndarray]] = {}
+        self._offsets(self.delta_timestamps)  # validates now
+        self._video_paths = {k: np.array([str(self.root / p) for p in self.meta.episodes.video_file[k]], dtype=object)
+                             for k in self.video_keys}
+        self._max_open_files = int(max_open_files)
+        self._reader: FrameReader | None = None
+
+    # -- description --------------------------------------------------------------------------------------
+    def _select_episodes(self, episodes: Sequence[int] | None) -> np.ndarray:
+        table = self.meta.episodes
+        if episodes is None:
+            return np.arange(len(table), dtype=np.int64)
+        wanted = np.unique(np.asarray(list(episodes), dtype=np.int64))
+        pos = np.searchsorted(table.episode_index, wanted)
+        ok = (pos < len(table)) & (table.episode_index[np.minimum(pos, len(table) - 1)] == wanted)
+        if not ok.all():
+            raise ConfigError(f"dataset '{self.name}': episodes {wanted[~ok].tolist()} do not exist "
+                              f"(it has {len(table)} episodes, indices {int(table.episode_index.min())}.."
+                              f"{int(table.episode_index.max())})")
+        return pos.astype(np.int64)
+
+    @property
+    def codebase_version(self) -> str:
+        return self.meta.codebase_version
+
+    @property
+    def fps(self) -> int:
+        return self.meta.fps
+
+    @property
+    def features(self) -> dict[str, dict]:
+        """info.json's features (shapes as tuples)."""
+        return self.meta.features
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the selected episodes."""
+        return self._low.num_rows
+
+    def __len__(self) -> int:
+        return self._low.num_rows
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._ep_positions)
+
+    @property
+    def episodes(self) -> list[int]:
+        """The selected episode indices, ascending."""
+        return self.meta.episodes.episode_index[self._ep_positions].tolist()
+
+    @property
+    def video_keys(self) -> list[str]:
+        return self.meta.video_keys
+
+    @property
+    def image_keys(self) -> list[str]:
+        return self.meta.image_keys
+
+    @property
+    def camera_keys(self) -> list[str]:
+        """Video and image keys, in info.json order."""
+        return self.meta.camera_keys
+
+    @property
+    def lowdim_keys(self) -> list[str]:
+        return self.meta.lowdim_keys
+
+    @property
+    def tasks(self) -> dict[int, str]:
+        return self.meta.tasks
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.meta.stats
+
+    def camera_shape(self, key: str) -> tuple[int, int, int]:
+        """(H, W, C) of the uint8 frames of camera `key` as decoded."""
+        ft = self.features.get(key)
+        if ft is None or key not in self.camera_keys:
+            raise KeyError(f"dataset '{self.name}' has no camera key {key!r}; its cameras: {self.camera_keys}")
+        shape = tuple(int(d) for d in ft["shape"])
+        names = tuple(ft.get("names") or ())
+        if names in _CHW_NAMES:
+            return (shape[1], shape[2], shape[0])
+        return shape  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return (f"LeRobotSource(name={self.name!r}, version={self.codebase_version}, episodes={self.num_episodes}, "
+                f"frames={self.num_frames}, fps={self.fps}, cameras={self.camera_keys}, lowdim={self.lowdim_keys})")
+
+    # -- batch path -------------------------------------------------------------------------------------
+    def _offsets(self, delta_timestamps: Mapping[str, Sequence[float]] | None) -> dict[str, np.ndarray]:
+        if not delta_timestamps:
+            return {}
+        cache_key = tuple((k, tuple(float(d) for d in v)) for k, v in delta_timestamps.items())
+        hit = self._offsets_cache.get(cache_key)
+        if hit is None:
+            unknown = [k for k in delta_timestamps if k not in self.features]
+            if unknown:
+                raise ConfigError(f"dataset '{self.name}': delta_timestamps keys {unknown} are not features "
+                                  f"(features: {list(self.features)})")
+            check_delta_timestamps(delta_timestamps, self.fps, self.tolerance_s, self.name)
+            hit = delta_indices(delta_timestamps, self.fps)
+            self._offsets_cache[cache_key] = hit
+        return hit
+
+    def _check_local(self, local: Any) -> np.ndarray:
+        rows = np.asarray(local, dtype=np.int64)
+        if rows.ndim != 1:
+            raise ConfigError(f"dataset '{self.name}': row positions must be 1-D, got shape {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_frames):
+            bad = rows[(rows < 0) | (rows >= self.num_frames)]
+            raise IndexError(f"dataset '{self.name}': row(s) {bad[:10].tolist()} out of range 0..{self.num_frames - 1}")
+        return rows
+
+    def chunk_positions(self, local: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions (int64 (B, H)) of each sample's chunk, clamped to its episode, and is_pad (bool (B, H))."""
+        ep = self._low.ep_pos[local]
+        query, pad = chunk_indices(self._low.values["index"][local], self.meta.episodes.dataset_from_index[ep],
+                                   self.meta.episodes.dataset_to_index[ep], offsets)
+        return self._low.positions_of(query.ravel(), self.name).reshape(query.shape), pad
+
+    def gather_lowdim(self, local: Any, delta_timestamps: Mapping[str, Sequence[float]] | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Low-dim values of rows `local` (int64 (B,)), vectorized.
+
+        Returns each low-dim key as (B, *shape) in its stored dtype ((B,) for shape-(1,) features), or
+        (B, H, *shape) with f"{key}_is_pad" bool (B, H) when the key is in `delta_timestamps` (default: the
+        source's own); plus "timestamp" float32 (B,) and "frame_index", "episode_index", "index", "task_index"
+        int64 (B,). Camera keys in `delta_timestamps` are ignored here (frames come from `frame_requests`).
+        """
+        rows = self._check_local(local)
+        offsets = self._offsets(self.delta_timestamps if delta_timestamps is None else delta_timestamps)
+        values = self._low.values
+        out: dict[str, np.ndarray] = {}
+        for key in self.lowdim_keys:
+            if key in offsets:
+                pos, pad = self.chunk_positions(rows, offsets[key])
+                out[key] = values[key][pos]
+                out[f"{key}_is_pad"] = pad
+            else:
+                out[key] = values[key][rows]
+        for key in INDEX_KEYS:
+            out[key] = values[key][rows]
+        return out
+
+    def tasks_of(self, local: Any) -> list[str]:
+        """The task string of each row in `local`."""
+        rows = self._check_local(local)
+        tasks = self.tasks
+        try:
+            return [tasks[t] for t in self._low.values["task_index"][rows].tolist()]
+        except KeyError as e:
+            raise ConfigError(f"dataset '{self.name}': task_index {e.args[0]} is not in its task table") from e
+
+    def frame_requests(self, local: Any, keys: Sequence[str] | None = None, *,
+                       slots: Sequence[int] | None = None) -> list[FrameRequest]:
+        """One FrameRequest per (row, camera key); request b of a key goes to slot b (or `slots[b]`)."""
+        rows = self._check_local(local)
+        keys = self.camera_keys if keys is None else list(keys)
+        unknown = [k for k in keys if k not in self.camera_keys]
+        if unknown:
+            raise ConfigError(f"dataset '{self.name}': {unknown} are not camera keys; cameras: {self.camera_keys}")
+        slot_of = range(len(rows)) if slots is None else list(slots)
+        ep_pos = self._low.ep_pos[rows]
+        episodes = self._low.values["episode_index"][rows].tolist()
+        out: list[FrameRequest] = []
+        for key in keys:
+            if key in self._video_paths:
+                paths = self._video_paths[key][ep_pos].tolist()
+                ts = (self.meta.episodes.video_from_ts[key][ep_pos]
+                      + self._low.values["timestamp"][rows].astype(np.float64)).tolist()
+                out += [FrameRequest(s, key, p, t, -1, e, self.name)
+                        for s, p, t, e in zip(slot_of, paths, ts, episodes, strict=True)]
+            else:
+                files = self._low.data_files
+                paths = [files[f] for f in self._low.file_id[rows].tolist()]
+                out += [FrameRequest(s, key, p, 0.0, r, e, self.name)
+                        for s, p, r, e in zip(slot_of, paths, self._low.file_row[rows].tolist(), episodes, strict=True)]
+        return out
+
+    # -- item path ----------------------------------------------------------------------------------------
+    @property
+    def reader(self) -> FrameReader:
+        """The FrameReader used by `source[i]` (created on first use)."""
+        if self._reader is None:
+            self._reader = FrameReader(max_open_files=self._max_open_files, tolerance_s=self.tolerance_s)
+        return self._reader
+
+    def close(self) -> None:
+        """Close the files `source[i]` opened."""
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> LeRobotSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _frames(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """uint8 (len(rows), H, W, C) frames of camera `key` at row positions `rows`."""
+        out = {key: np.empty((len(rows), *self.camera_shape(key)), dtype=np.uint8)}
+        self.reader.read(self.frame_requests(rows, [key]), out)
+        return out[key]
+
+    def __getitem__(self, idx: Any) -> dict[str, Any]:
+        """Sample `idx` exactly as `LeRobotDataset(...)[idx]` returns it: torch tensors (float32 CHW images in
+        [0, 1], scalars 0-d), chunks and `<key>_is_pad` for delta_timestamps keys, and "task"."""
+        import torch
+
+        i = int(idx)
+        if i < 0:
+            i += self.num_frames
+        row = self._check_local(np.array([i]))
+        offsets = self._offsets(self.delta_timestamps)
+        rows_of = {k: self.chunk_positions(row, off)[0][0] for k, off in offsets.items()}
+        pads = {f"{k}_is_pad": torch.from_numpy(self.chunk_positions(row, off)[1][0]) for k, off in offsets.items()}
+
+        item: dict[str, Any] = {}
+        for key in self.features:
+            if key in self.video_keys:
+                continue
+            if key in self.image_keys:
+                frames = _to_chw_float(torch, self._frames(key, rows_of.get(key, row)))
+                item[key] = frames if key in rows_of else frames[0]
+            elif key in self._low.values:
+                value = self._low.values[key][rows_of.get(key, row)]
+                item[key] = _to_torch(torch, value if key in rows_of else value[0])
+        item.update(pads)
+        videos = {key: _to_chw_float(torch, self._frames(key, rows_of.get(key, row))).squeeze(0)
+                  for key in self.video_keys}
+        item = {**videos, **item}
+        item["task"] = self.tasks_of(row)[0]
+        return item
+
+
+def _to_torch(torch: Any, value: np.ndarray | np.generic) -> Any:
+    """numpy → tensor with LeRobotDataset's dtypes: floats float32, integers int64, bools bool."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    elif arr.dtype.kind in "iu":
+        arr = arr.astype(np.int64, copy=False)
+    return torch.from_numpy(np.array(arr, copy=True))
+
+
+def _to_chw_float(torch: Any, frames: np.ndarray) -> Any:
+    """uint8 (T, H, W, C) → float32 (T, C, H, W) in [0, 1], computed as LeRobotDataset does (x.float() / 255)."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).type(torch.float32) / 255

@@ -1,0 +1,74 @@
+"""Session fixtures shared by every test: small generated LeRobot datasets and the real G1 dataset.
+
+The Hugging Face Hub is never touched: HF_HUB_OFFLINE=1 and HF_LEROBOT_HOME points at a temporary directory
+(set here, before anything imports lerobot, which reads them at import time).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+_LEROBOT_HOME = tempfile.mkdtemp(prefix="fastmix-test-lerobot-home-")
+os.environ["HF_LEROBOT_HOME"] = _LEROBOT_HOME
+
+# Small on purpose: 8 episodes x 30 frames (240 samples, enough for 200 distinct parity indices), 64x64 cameras.
+NUM_EPISODES = 8
+EPISODE_LENGTH = 30
+CAMERA_SHAPE = (64, 64, 3)
+FPS = 10
+VIDEO_TASKS = ("pick up the black bowl", "open the top drawer", "push the plate to the front")
+IMAGE_TASKS = ("put the cream cheese in the bowl", "turn on the stove")
+
+G1_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "g1_v21_partial"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_LEROBOT_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory holding the generated datasets of this session."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture(scope="session")
+def video_ds(dataset_dir: Path) -> Path:
+    """v3.0 root written by lerobot's writer: cameras "image", "wrist_image" as AV1 video."""
+    from fastmix.testing.synth import make_dataset
+
+    return make_dataset(dataset_dir / "video_ds", "fastmix-test/video_ds", num_episodes=NUM_EPISODES,
+                        episode_length=EPISODE_LENGTH, fps=FPS, camera_shape=CAMERA_SHAPE, use_videos=True,
+                        tasks=VIDEO_TASKS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_ds(dataset_dir: Path) -> Path:
+    """v3.0 root written by lerobot's writer: cameras "image", "wrist_image" as PNG images in parquet."""
+    from fastmix.testing.synth import make_dataset
+
+    return make_dataset(dataset_dir / "image_ds", "fastmix-test/image_ds", num_episodes=NUM_EPISODES,
+                        episode_length=EPISODE_LENGTH, fps=FPS, camera_shape=CAMERA_SHAPE, use_videos=False,
+                        tasks=IMAGE_TASKS, seed=1)
+
+
+@pytest.fixture(scope="session")
+def v21_ds(video_ds: Path, dataset_dir: Path) -> Path:
+    """`video_ds` rewritten as v2.1 (per-episode parquet and mp4) by fastmix's own writer."""
+    from fastmix.testing.v21 import write_v21
+
+    return write_v21(video_ds, dataset_dir / "v21_ds")
+
+
+@pytest.fixture(scope="session")
+def g1_root() -> Path:
+    """The real G1 v2.1 dataset in ../shared (read-only); skips when ../shared is absent."""
+    if not (G1_DIR / "meta" / "info.json").is_file():
+        pytest.skip(f"real G1 dataset not found at {G1_DIR} (../shared beside the checkout is absent)")
+    return G1_DIR
