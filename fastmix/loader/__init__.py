@@ -1,0 +1,26 @@
+"""The loader stage: `MixtureLoader` (mixture_loader.py) over a batch planner (plan.py), a shared-memory slot
+ring (slots.py), decode worker processes (workers.py) and the pinned/CUDA device stage (device.py).
+
+Imports are lazy so decode workers (which import `fastmix.loader.workers`) never load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BatchPlanner": "fastmix.loader.plan",
+    "MixtureLoader": "fastmix.loader.mixture_loader",
+    "SlotRing": "fastmix.loader.slots",
+    "WorkerPool": "fastmix.loader.workers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastmix.loader' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fastmix.errors import DatasetFormatError, MissingFileError
+from fastmix.errors import ConfigError, DatasetFormatError, MissingFileError
 from fastmix.sources.meta import INDEX_KEYS, DatasetMeta, column_to_numpy
 
 
@@ -74,6 +74,9 @@ def load_lowdim(meta: DatasetMeta, ep_positions: np.ndarray) -> LowDimTable:
     """Load the low-dim and index columns of the episodes at `ep_positions` (rows of meta.episodes)."""
     eps = meta.episodes
     dataset = meta.name
+    if len(ep_positions) == 0:
+        raise ConfigError(f"dataset '{dataset}' at {meta.root} is empty: no episode is selected "
+                          f"(it has {len(eps)} episodes); select at least one episode or drop it from the mixture")
     selected_eps = eps.episode_index[ep_positions]
     filter_eps = None if len(ep_positions) == len(eps) else selected_eps
     files = sorted(set(eps.data_file[ep_positions].tolist()))

@@ -181,8 +181,6 @@ def test_different_dtypes_and_fps_table(tiny_video, tiny_image, copy_ds, no_leak
     assert "state" in str(e.value) and "float64" in str(e.value) and "rel/state64" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="lowdim.load_lowdim concatenates an empty list: raw ValueError "
-                   "'need at least one array to concatenate', naming no dataset")
 def test_empty_dataset_source(tiny_video, no_leaks):
     with pytest.raises(FastmixError) as e:
         LeRobotSource("rel/empty", root=tiny_video, episodes=[])

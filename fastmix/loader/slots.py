@@ -1,0 +1,275 @@
+"""`SlotRing`: a preallocated ring of batch slots in one POSIX shared-memory segment.
+
+The main process creates the segment (``/dev/shm/fastmix_<pid>_<hex>``), reserves its pages up front
+(``posix_fallocate``, so a too-small ``/dev/shm`` is a clear error at start and never a SIGBUS mid-epoch),
+and unlinks it on `close()`, on garbage collection and at interpreter exit. It is also registered with
+multiprocessing's resource tracker, which unlinks it if the main process is killed. Workers attach by name
+with `SlotAttachment` (a plain ``mmap`` of the file: no resource-tracker registration, so a worker exit never
+unlinks the segment).
+
+Layout: a header of ``num_workers`` rows of `PROGRESS_WORDS` int64 (what each worker is decoding, read by
+the main process when a worker dies), then ``num_slots`` slots of identical layout; inside a slot one array
+per key (``(batch_size, *shape)``, C-contiguous, 64-byte aligned), slots 4096-byte aligned.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastmix.errors import ConfigError
+
+SHM_DIR = "/dev/shm"
+PROGRESS_WORDS = 4  # per worker: task sequence number, request index, busy flag, pid
+_ARRAY_ALIGN = 64
+_SLOT_ALIGN = 4096
+
+
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def shm_free_bytes(shm_dir: str = SHM_DIR) -> int:
+    """Bytes available to an unprivileged writer in `shm_dir` (statvfs f_bavail * f_frsize)."""
+    st = os.statvfs(shm_dir)
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def shm_too_small_message(needed: int, free: int, shm_dir: str, what: str) -> str:
+    return (f"{shm_dir} has {_fmt_bytes(free)} free but the loader's batch slots need {_fmt_bytes(needed)} "
+            f"({needed} bytes; {what}). Lower batch_size or prefetch, or enlarge {shm_dir} (e.g. "
+            f"`docker run --shm-size={max(1, -(-needed * 2 // (1 << 30)))}g`, or "
+            f"`mount -o remount,size=... {shm_dir}`).")
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Picklable description of a ring: what a worker needs to attach and build the same views.
+
+    Attributes:
+        name: segment name (file name under `shm_dir`).
+        fields: ((key, shape per sample, numpy dtype str), ...) in slot order.
+        batch_size: rows per slot. num_slots: slots. num_workers: progress-header rows.
+    """
+
+    name: str
+    fields: tuple[tuple[str, tuple[int, ...], str], ...]
+    batch_size: int
+    num_slots: int
+    num_workers: int
+    shm_dir: str = SHM_DIR
+
+    @property
+    def header_nbytes(self) -> int:
+        return _align(max(1, self.num_workers) * PROGRESS_WORDS * 8, _SLOT_ALIGN)
+
+    def field_offsets(self) -> tuple[list[int], int]:
+        """Byte offsets of each field inside a slot, and the slot stride."""
+        offsets, pos = [], 0
+        for _, shape, dtype in self.fields:
+            pos = _align(pos, _ARRAY_ALIGN)
+            offsets.append(pos)
+            pos += self.batch_size * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return offsets, _align(max(pos, 1), _SLOT_ALIGN)
+
+    @property
+    def slot_nbytes(self) -> int:
+        return self.field_offsets()[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.header_nbytes + self.num_slots * self.slot_nbytes
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.shm_dir, self.name)
+
+
+def _views(buf: Any, layout: SlotLayout) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """(progress int64 (num_workers, PROGRESS_WORDS), per-slot {key: array}) over `buf`."""
+    raw = np.frombuffer(buf, dtype=np.uint8, count=layout.nbytes)
+    progress = raw[: max(1, layout.num_workers) * PROGRESS_WORDS * 8].view(np.int64)
+    progress = progress.reshape(max(1, layout.num_workers), PROGRESS_WORDS)
+    offsets, stride = layout.field_offsets()
+    slots = []
+    for s in range(layout.num_slots):
+        base = layout.header_nbytes + s * stride
+        views = {}
+        for (key, shape, dtype), off in zip(layout.fields, offsets, strict=False):
+            dt = np.dtype(dtype)
+            count = layout.batch_size * int(np.prod(shape, dtype=np.int64))
+            start = base + off
+            views[key] = raw[start: start + count * dt.itemsize].view(dt).reshape((layout.batch_size, *shape))
+        slots.append(views)
+    return progress, slots
+
+
+def _release(name: str, path: str, mm: mmap.mmap | None, tracked: bool) -> None:
+    """Unlink the segment (idempotent) and unmap it when no view is left; used by close() and finalizers."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    if tracked:
+        try:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister("/" + name, "shared_memory")
+        except Exception:  # noqa: BLE001 - the tracker may already be gone at interpreter exit
+            pass
+    if mm is not None:
+        try:
+            mm.close()
+        except BufferError:
+            # a view is still exported (e.g. a registered pinned range); the mapping goes with the last view,
+            # the file is already unlinked so nothing is left in /dev/shm
+            pass
+
+
+class SlotRing:
+    """Main-process side: creates, owns and unlinks the segment.
+
+    Args:
+        fields: {key: (shape per sample, dtype)} in slot order (camera arrays uint8 HWC, low-dim arrays).
+        batch_size: rows per slot. num_slots: slots in the ring (FFCV: prefetch + 2).
+        num_workers: rows of the progress header. shm_dir: where the segment lives (default /dev/shm).
+
+    Raises:
+        ConfigError: `shm_dir` lacks the space for the ring (the message names the bytes needed).
+    """
+
+    def __init__(self, fields: Mapping[str, tuple[tuple[int, ...], Any]], *, batch_size: int, num_slots: int,
+                 num_workers: int = 0, shm_dir: str = SHM_DIR) -> None:
+        if batch_size < 1 or num_slots < 1:
+            raise ConfigError(f"SlotRing needs batch_size >= 1 and num_slots >= 1, got batch_size={batch_size}, "
+                              f"num_slots={num_slots}")
+        name = f"fastmix_{os.getpid()}_{secrets.token_hex(6)}"
+        self.layout = SlotLayout(
+            name=name,
+            fields=tuple((k, tuple(int(d) for d in shape), np.dtype(dt).str) for k, (shape, dt) in fields.items()),
+            batch_size=int(batch_size), num_slots=int(num_slots), num_workers=int(num_workers), shm_dir=shm_dir)
+        needed = self.layout.nbytes
+        what = f"{num_slots} slots x {_fmt_bytes(self.layout.slot_nbytes)} for batch_size={batch_size}"
+        free = shm_free_bytes(shm_dir)
+        if free < needed:
+            raise ConfigError(shm_too_small_message(needed, free, shm_dir, what))
+        path = self.layout.path
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        mm = None
+        tracked = False
+        try:
+            try:
+                os.posix_fallocate(fd, 0, needed)  # reserve now: ENOSPC here, not SIGBUS later
+            except OSError as exc:
+                raise ConfigError(shm_too_small_message(needed, shm_free_bytes(shm_dir), shm_dir, what)
+                                  + f" ({exc.strerror})") from exc
+            mm = mmap.mmap(fd, needed)
+            try:
+                from multiprocessing import resource_tracker
+
+                resource_tracker.register("/" + name, "shared_memory")  # unlinked if this process is killed
+                tracked = True
+            except Exception:  # noqa: BLE001 - no tracker (e.g. restricted platform): finalizers still unlink
+                tracked = False
+        except BaseException:
+            os.close(fd)
+            _release(name, path, mm, tracked)
+            raise
+        os.close(fd)
+        self._mm = mm
+        self.progress, self._slots = _views(mm, self.layout)
+        self._finalizer = weakref.finalize(self, _release, name, path, mm, tracked)
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    @property
+    def num_slots(self) -> int:
+        return self.layout.num_slots
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def views(self, slot: int) -> dict[str, np.ndarray]:
+        """{key: (batch_size, *shape) array} of slot `slot` (writable, shared with the workers)."""
+        if self.closed:
+            raise RuntimeError(f"SlotRing {self.name} is closed")
+        return self._slots[slot]
+
+    def buffer(self) -> np.ndarray:
+        """The whole segment as uint8 (nbytes,) (for registering it as pinned memory)."""
+        if self.closed:
+            raise RuntimeError(f"SlotRing {self.name} is closed")
+        return np.frombuffer(self._mm, dtype=np.uint8, count=self.layout.nbytes)
+
+    def close(self) -> None:
+        """Unlink the segment and unmap it (idempotent)."""
+        self.progress = None
+        self._slots = []
+        self._finalizer()
+
+    def __enter__(self) -> SlotRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"SlotRing(name={self.name!r}, slots={self.num_slots}, batch_size={self.layout.batch_size}, "
+                f"nbytes={self.layout.nbytes}, closed={self.closed})")
+
+
+class SlotAttachment:
+    """Worker side: maps an existing ring by its `SlotLayout` (never creates or unlinks it)."""
+
+    def __init__(self, layout: SlotLayout) -> None:
+        self.layout = layout
+        fd = os.open(layout.path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size < layout.nbytes:
+                raise RuntimeError(f"shared-memory segment {layout.path} has {size} bytes, expected {layout.nbytes}")
+            self._mm = mmap.mmap(fd, layout.nbytes)
+        finally:
+            os.close(fd)
+        self.progress, self._slots = _views(self._mm, layout)
+
+    def views(self, slot: int) -> dict[str, np.ndarray]:
+        return self._slots[slot]
+
+    def close(self) -> None:
+        self.progress = None
+        self._slots = []
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+
+
+def leftover_segments(shm_dir: str = SHM_DIR, pid: int | None = None) -> list[str]:
+    """Names of fastmix segments in `shm_dir` (of process `pid` when given); used by tests and benchmarks."""
+    prefix = "fastmix_" if pid is None else f"fastmix_{pid}_"
+    try:
+        return sorted(n for n in os.listdir(shm_dir) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+__all__ = ["SHM_DIR", "SlotAttachment", "SlotLayout", "SlotRing", "leftover_segments", "shm_free_bytes"]
