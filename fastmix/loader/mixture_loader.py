@@ -206,6 +206,10 @@ class MixtureLoader:
         self.drop_last = bool(drop_last)
         self.device = resolve_device(device)
         self.pin_memory = resolve_pin_memory(pin_memory)
+        empty = [getattr(s, "name", str(i)) for i, s in enumerate(self.sources) if len(s) == 0]
+        if empty:
+            raise ConfigError(f"dataset(s) {empty} have no frames; an empty dataset cannot be part of a mixture "
+                              f"(select other episodes or drop it from the mixture)")
         self.delta_timestamps = resolve_delta_timestamps(self.sources, action_horizon=action_horizon,
                                                          delta_timestamps=delta_timestamps, action_keys=action_keys)
         self.planner = BatchPlanner(self.sources, self.delta_timestamps)

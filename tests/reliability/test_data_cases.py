@@ -187,8 +187,6 @@ def test_empty_dataset_source(tiny_video, no_leaks):
     assert "rel/empty" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="MixtureLoader passes a 0-frame source to MixtureSampler, whose error "
-                   "names dataset_sizes[1] but not the dataset")
 def test_empty_dataset_in_mixture(no_leaks):
     with pytest.raises(ConfigError) as e:
         MixtureLoader([FakeSource("ds_a"), FakeSource("empty_ds", num_episodes=0)], batch_size=4, num_workers=0,
