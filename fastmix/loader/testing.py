@@ -10,24 +10,13 @@ import pathlib
 import signal
 import time
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
 from fastmix.errors import DecodeError
+from fastmix.sources.frames import FrameRequest
 
-
-@dataclass(frozen=True, slots=True)
-class FakeRequest:
-    """Same fields as `fastmix.sources.frames.FrameRequest`."""
-
-    slot: int
-    key: str
-    path: str
-    timestamp: float
-    row: int
-    episode: int
-    dataset: str
+FakeRequest = FrameRequest  # fake sources emit the real request type
 
 
 def fake_frame(dataset: str, key: str, row: int, shape: tuple[int, int, int]) -> np.ndarray:
