@@ -2,7 +2,6 @@
 // offsets has K+1 entries: offsets[0] = 0, offsets[d+1] = offsets[d] + N_d.
 // Both functions return the position of the first out-of-range entry, or -1 when all are valid.
 #pragma once
-#include <algorithm>
 #include <cstdint>
 
 namespace fastmix {
@@ -22,10 +21,20 @@ inline i64 to_local(const i64* offsets, i64 k, const i64* global, i64 n, i64* da
         }
         return -1;
     }
+    // Branch-free binary search (conditional moves; a random g defeats the branch predictor of
+    // std::upper_bound): d = number of boundaries offsets[1..k-1] that are <= g.
+    const i64* first = offsets + 1;
     for (i64 i = 0; i < n; ++i) {
         const i64 g = global[i];
         if (g < 0 || g >= total) return i;
-        const i64 d = static_cast<i64>(std::upper_bound(offsets + 1, offsets + k, g) - (offsets + 1));
+        const i64* base = first;
+        i64 len = k - 1;
+        while (len > 1) {
+            const i64 half = len >> 1;
+            base = (base[half] <= g) ? base + half : base;
+            len -= half;
+        }
+        const i64 d = (base - first) + (*base <= g);
         dataset[i] = d;
         local[i] = g - offsets[d];
     }
