@@ -130,3 +130,57 @@ def test_images_in_parquet_and_row_errors(image_ds):
         assert np.array_equal(got[b], np.asarray(Image.open(io.BytesIO(column[r]["bytes"])).convert("RGB")))
     with pytest.raises(DecodeError, match="row 100000"):
         read(FrameReader(), [FrameRequest(0, "wrist_image", reqs[0].path, 0.0, 100000, 0, "ds")], (64, 64, 3))
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 300_000, 256 << 20])
+def test_image_row_group_cache_is_bounded_and_exact(image_ds, tmp_path, cache_bytes):
+    """The image file rewritten with 8-row row groups; rows in random order with repeats decode to exactly
+    what PIL makes of the same row's PNG bytes, and the row-group cache never exceeds its byte bound
+    (beyond the one entry being read)."""
+    import dataclasses
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    src = LeRobotSource(root=image_ds)
+    rows = np.random.default_rng(3).integers(0, len(src), 60)
+    reqs = src.frame_requests(rows, ["image"])
+    table = pq.read_table(reqs[0].path)
+    small = tmp_path / "small_row_groups.parquet"
+    pq.write_table(table, small, row_group_size=8)
+    reqs = [dataclasses.replace(r, path=str(small)) for r in reqs]
+    column = table.column("image").combine_chunks().field("bytes")
+    expected = np.stack([np.asarray(Image.open(io.BytesIO(column[r.row].as_py())).convert("RGB")) for r in reqs])
+    reader = FrameReader(cache_bytes=cache_bytes)
+    got = read(reader, reqs, src.camera_shape("image"))
+    assert np.array_equal(got, expected)
+    cache = reader._row_groups
+    largest = max(e.nbytes for e in cache._entries.values())
+    assert cache.nbytes <= max(cache_bytes, largest)
+    if cache_bytes == 0:
+        assert len(cache._entries) == 1
+    if cache_bytes == 256 << 20:
+        assert len(cache._entries) == len({(r.row // 8) for r in reqs})  # every row group read exactly once
+    assert pickle.loads(pickle.dumps(reader)).cache_bytes == cache_bytes
+    reader.close()
+    assert cache.nbytes == 0 and reader.num_open == 0
+    with pytest.raises(ValueError, match="cache_bytes"):
+        FrameReader(cache_bytes=-1)
+
+
+def test_no_frame_decoded_past_the_requested_one(video_ds):
+    """LeRobot's float32 timestamps sit a few ns off the frame's pts; a request for such a timestamp stops at
+    the frame it asked for instead of decoding the next one (and still returns the right pixels)."""
+    src = LeRobotSource(root=video_ds)
+    rows = np.random.default_rng(5).integers(0, len(src), 20)
+    frames_all = None
+    for row in rows:
+        reqs = src.frame_requests(np.array([row]), ["image"])
+        reader = FrameReader()
+        got = read(reader, reqs, src.camera_shape("image"))
+        video = reader._open[reqs[0].path]
+        assert abs(video.cur[0] - reqs[0].timestamp) < reader.tolerance_s  # the last frame decoded is the target
+        frames_all = all_frames(reqs[0].path) if frames_all is None else frames_all
+        assert np.array_equal(got[0], frames_all[row])
+        reader.close()

@@ -1,4 +1,5 @@
-"""Camera frames: video (mp4, decoded with PyAV) and images stored in parquet (PNG bytes, decoded with PyAV).
+"""Camera frames: video (mp4, decoded with PyAV) and images stored in parquet (PNG bytes, decoded with PyAV;
+row groups read once into a bounded byte LRU).
 
 `FrameReader.read(requests, out)` groups requests by file. For a video it sorts the timestamps and makes one
 forward decoding pass over the file: it seeks to the keyframe before a target only when that skips frames
@@ -103,11 +104,19 @@ class _OpenVideo:
         interval = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S
         return t - cur_s > interval
 
-    def nearest(self, t: float) -> tuple[float, av.VideoFrame]:
-        """Decode forward until a frame at or after `t` (or the end); the nearer of it and its predecessor."""
+    def nearest(self, t: float, early_s: float = 0.0) -> tuple[float, av.VideoFrame]:
+        """Decode forward until a frame at or after `t - early_s` (or the end); the nearer of it and its
+        predecessor.
+
+        early_s: a frame that lies less than `early_s` before `t` ends the search without decoding the
+        frame after it. It is still the nearest frame whenever frames are at least 2 * early_s apart (the
+        next one would lie more than early_s after t); LeRobot's float32 timestamps often sit a few ns
+        above the frame's pts, so this saves one decode per such request.
+        """
         if self.needs_seek(t):
             self.seek(t)
-        while self.cur is None or self.cur[0] < t:
+        stop = t - early_s
+        while self.cur is None or self.cur[0] < stop:
             if not self.advance():
                 break
         if self.cur is None:
@@ -121,31 +130,66 @@ class _OpenVideo:
 
 
 class _OpenParquet:
-    """One open image parquet file: its row-group layout and the last row group read per key."""
+    """One open image parquet file and its row-group layout. Reads are plain (not memory-mapped): a
+    memory-mapped column chunk pays a page fault per 4 KiB and reads about 20x slower on first touch."""
 
     def __init__(self, path: str) -> None:
-        self.file = pq.ParquetFile(path, memory_map=True)
+        self.path = path
+        self.file = pq.ParquetFile(path, memory_map=False)
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.metadata.num_row_groups)]
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        self.cached: dict[str, tuple[int, pa.Array]] = {}
 
-    def image_bytes(self, key: str, row: int) -> bytes | None:
+    def locate(self, row: int) -> tuple[int, int]:
+        """(row group, row inside it) of file row `row`."""
         rg = int(np.searchsorted(self.starts, row, side="right")) - 1
         if row < 0 or rg >= len(self.starts) - 1:
             raise DecodeError(f"row {row} is outside the file ({int(self.starts[-1])} rows)")
-        hit = self.cached.get(key)
-        if hit is None or hit[0] != rg:
-            column = self.file.read_row_group(rg, columns=[key]).column(key).combine_chunks()
-            if pa.types.is_struct(column.type):
-                column = column.field("bytes")
-            hit = (rg, column)
-            self.cached[key] = hit
-        value = hit[1][row - int(self.starts[rg])].as_py()
-        return value
+        return rg, row - int(self.starts[rg])
+
+    def read_column(self, key: str, rg: int) -> pa.Array:
+        """The image bytes of column `key` in row group `rg` (binary array, one entry per row)."""
+        column = self.file.read_row_group(rg, columns=[key], use_threads=False).column(key).combine_chunks()
+        if pa.types.is_struct(column.type):
+            column = column.field("bytes")
+        return column
 
     def close(self) -> None:
-        self.cached.clear()
         self.file.close()
+
+
+class _RowGroupCache:
+    """LRU of decoded-from-parquet image columns, keyed (path, key, row group), bounded in bytes.
+
+    A random batch touches rows all over a file; without it every row would re-read its row group (about
+    3 ms for 100 rows of 256x256 PNGs). Entries hold compressed PNG bytes, not pixels.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[str, str, int], pa.Array] = OrderedDict()
+
+    def get(self, f: _OpenParquet, key: str, rg: int) -> pa.Array:
+        k = (f.path, key, rg)
+        hit = self._entries.get(k)
+        if hit is not None:
+            self._entries.move_to_end(k)
+            return hit
+        column = f.read_column(key, rg)
+        self._entries[k] = column
+        self.nbytes += column.nbytes
+        while self.nbytes > self.max_bytes and len(self._entries) > 1:  # the newest entry always stays
+            _, old = self._entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return column
+
+    def drop(self, path: str) -> None:
+        for k in [k for k in self._entries if k[0] == path]:
+            self.nbytes -= self._entries.pop(k).nbytes
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
 
 
 class FrameReader:
@@ -154,20 +198,31 @@ class FrameReader:
     Args:
         max_open_files: bound of the LRU of open containers / parquet files (evicted ones are closed).
         tolerance_s: the nearest decoded frame must lie strictly within this many seconds of the request.
+        cache_bytes: bound of the LRU of image-in-parquet row groups read (compressed PNG bytes; default
+            256 MiB per reader, so per worker process). 0 keeps only the row group being read.
 
     Picklable and lazy: nothing is opened before the first `read`, and pickling drops open files, so one
     reader can be built in the parent and sent to each worker.
     """
 
-    def __init__(self, max_open_files: int = 16, tolerance_s: float = 1e-4) -> None:
+    def __init__(self, max_open_files: int = 16, tolerance_s: float = 1e-4, cache_bytes: int = 256 << 20) -> None:
         if max_open_files < 1:
             raise ValueError(f"max_open_files should be >= 1, but got max_open_files={max_open_files}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes should be >= 0, but got cache_bytes={cache_bytes}")
         self.max_open_files = int(max_open_files)
         self.tolerance_s = float(tolerance_s)
         self._open: OrderedDict[str, _OpenVideo | _OpenParquet] = OrderedDict()
+        self._row_groups = _RowGroupCache(cache_bytes)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bound of the image row-group cache, in bytes."""
+        return self._row_groups.max_bytes
 
     def __getstate__(self) -> dict:
-        return {"max_open_files": self.max_open_files, "tolerance_s": self.tolerance_s}
+        return {"max_open_files": self.max_open_files, "tolerance_s": self.tolerance_s,
+                "cache_bytes": self.cache_bytes}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -194,6 +249,7 @@ class FrameReader:
         while self._open:
             _, f = self._open.popitem(last=False)
             f.close()
+        self._row_groups.clear()
 
     def read(self, requests: Sequence[FrameRequest], out: dict[str, np.ndarray]) -> None:
         """Write `out[req.key][req.slot]` (uint8 (H, W, C)) for every request; raises MissingFileError or
@@ -231,6 +287,7 @@ class FrameReader:
         f = self._open.pop(path, None)
         if f is not None:
             f.close()
+        self._row_groups.drop(path)
 
     # -- video ------------------------------------------------------------------------------------------
     def _read_video(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray]) -> None:
@@ -243,7 +300,7 @@ class FrameReader:
             if not math.isfinite(t):
                 raise DecodeError(f"non-finite timestamp requested: {_where(req)}")
             try:
-                pts_s, frame = video.nearest(t)
+                pts_s, frame = video.nearest(t, early_s=self.tolerance_s / 2)
                 if abs(pts_s - t) >= self.tolerance_s:
                     raise DecodeError(
                         f"nearest decoded frame is at {pts_s:.6f} s, {abs(pts_s - t):.6f} s away from the request "
@@ -264,7 +321,8 @@ class FrameReader:
         assert isinstance(pf, _OpenParquet)
         for req in sorted(reqs, key=lambda r: (r.key, r.row)):
             try:
-                data = pf.image_bytes(req.key, req.row)
+                rg, i = pf.locate(req.row)
+                data = self._row_groups.get(pf, req.key, rg)[i].as_py()
             except (KeyError, pa.ArrowException) as e:
                 raise DatasetFormatError(f"image column cannot be read ({e}): {_where(req)}") from e
             except DecodeError as e:
