@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -45,21 +46,25 @@ fastmix::Stream to_stream(const Arr<u64>& s, const char* name) {
     return fastmix::Stream{p[0], p[1], p[2], p[3]};
 }
 
-// Runs fn(begin, end) over [0, count) split into `threads` contiguous even-sized parts (even boundaries keep
-// both draws of a Philox block in one part). Results do not depend on `threads`: every draw is a pure
-// function of its position.
+// Runs fn(begin, end) over [0, count) on `threads` threads that take even-sized chunks of 2^15 draws from a
+// shared counter (even boundaries keep both draws of a Philox block in one chunk). Dynamic chunks keep both
+// cores busy when one of them is briefly taken by another process; results do not depend on `threads` or on
+// who ran which chunk: every draw is a pure function of its position.
 template <class F>
 void parallel_ranges(i64 count, int threads, F&& fn) {
-    if (threads <= 1 || count < 2 * threads) {
+    constexpr i64 kChunk = i64(1) << 15;
+    if (threads <= 1 || count < 2 * kChunk) {
         fn(0, count);
         return;
     }
-    const i64 part = ((count + threads - 1) / threads + 1) & ~i64(1);  // ceil(count / threads), even
+    std::atomic<i64> next{0};
+    auto run = [&]() {
+        for (i64 begin = next.fetch_add(kChunk); begin < count; begin = next.fetch_add(kChunk))
+            fn(begin, std::min(count, begin + kChunk));
+    };
     std::vector<std::thread> pool;
-    i64 begin = part;
-    for (int t = 1; t < threads && begin < count; ++t, begin += part)
-        pool.emplace_back(fn, begin, std::min(count, begin + part));
-    fn(0, std::min(count, part));
+    for (int t = 1; t < threads; ++t) pool.emplace_back(run);
+    run();
     for (auto& th : pool) th.join();
 }
 

@@ -96,7 +96,7 @@ def test_native_threads_do_not_change_the_stream(start: int, stride: int) -> Non
             m.dataset_table.alias, s.index_map.offsets, m.frame_threshold, m.frame_alias, m.frame_offsets)
     outs = []
     for threads in (1, 2, 3, 8):
-        out = np.empty(20_001, dtype=np.int64)
+        out = np.empty(200_001, dtype=np.int64)  # > 2 chunks of 2^15 draws, odd tail: threads really run
         _native.mixture_draw(*args, out, threads)
         outs.append(out)
     for out in outs[1:]:
