@@ -189,6 +189,24 @@ def machine_description(benchmark_machine_info: dict[str, Any] | None = None) ->
     return desc
 
 
+def resource_lines(data: dict[str, Any]) -> list[str]:
+    """One line per benchmark that recorded resource use (RSS / fds in extra_info: the soaks)."""
+    lines = []
+    for b in data.get("benchmarks", []):
+        x = b.get("extra_info") or {}
+        if "rss_start_mib" in x:
+            lines.append(f"- {b.get('name')}: {x.get('batches', '?')} batches after warm-up, process-tree RSS "
+                         f"{x['rss_start_mib']} → {x['rss_end_mib']} MiB (peak {x['rss_peak_mib']} MiB, "
+                         f"growth {100 * float(x['rss_growth']):+.2f} %, limit +5 %); /dev/shm empty after close")
+        elif "rss_mib" in x and x["rss_mib"]:
+            rss, fds = x["rss_mib"], x.get("fds") or ["?"]
+            lines.append(f"- {b.get('name')}: {x.get('duration_s', '?')} s, {x.get('epochs', '?')} epochs, "
+                         f"process-tree RSS sampled at {x.get('sample_t_s')} s: {rss} MiB "
+                         f"(steady start {rss[1] if len(rss) > 1 else rss[0]} → end {rss[-1]} MiB); open fds "
+                         f"{fds[1] if len(fds) > 1 else fds[0]} → {fds[-1]}; processes {x.get('procs')}")
+    return lines
+
+
 def build_markdown(data: dict[str, Any], machine: dict[str, str], *, command: str = "python -m benchmarks",
                    notes: str = "") -> str:
     """The full RESULTS.md text for one pytest-benchmark json."""
@@ -211,6 +229,11 @@ def build_markdown(data: dict[str, Any], machine: dict[str, str], *, command: st
         "",
         format_markdown_table(table_rows(summaries)),
         "",
+    ]
+    resources = resource_lines(data)
+    if resources:
+        parts += ["## Resource checks", "", *resources, ""]
+    parts += [
         NOTES_MARKER,
     ]
     text = "\n".join(parts) + "\n"
