@@ -18,6 +18,7 @@ import pytest
 
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
+from fastmix.loader.testing import live_pids, wait_gone
 
 QUICK = os.environ.get("FASTMIX_BENCH_QUICK", "") not in ("", "0")
 DURATION_S = 60.0 if QUICK else 600.0
@@ -109,11 +110,5 @@ def test_soak_rss_and_fds_flat(benchmark, soak_sources):
     assert all(s[3] == samples[1][3] for s in samples[1:]), f"worker processes came or went: {samples}"
     assert result["items"] > 0
     # after close: no worker left, no shared-memory segment left
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) and
-                                              psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                                              for p in result["pids"]):
-        time.sleep(0.05)
-    assert not [p for p in result["pids"] if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert wait_gone(result["pids"], within_s=5), f"workers still alive: {live_pids(result['pids'])}"
     assert set(leftover_segments(pid=os.getpid())) == segs_before

@@ -397,26 +397,50 @@ def _apply_stats(data: DataDict, stats: dict[str, Any], fn: Callable, strict: bo
 
 
 @dataclasses.dataclass(frozen=True)
-class Normalize(Transform):
-    """Normalizes the keys named in `norm_stats` (openpi's math; output keeps the input's float dtype).
-
-    z-score: `(x - mean) / (std + 1e-6)`; quantile: `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1` (q01 -> -1,
-    q99 -> 1). Stats longer than the data's last dimension are truncated to it.
-    """
+class _StatsTransform(Transform):
+    """Shared body of Normalize / Unnormalize: applies `_zscore` or `_quantile` to every key in `norm_stats`
+    (None: identity); `_require_all_keys` says whether a stats key missing from the data is an error."""
 
     norm_stats: Mapping[str, NormStats] | None
     use_quantiles: bool = False
-    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.norm_stats is not None and self.use_quantiles:
             _check_quantile_stats(self.norm_stats)
 
+    @property
+    def _require_all_keys(self) -> bool:
+        return True
+
     def __call__(self, data: DataDict) -> DataDict:
         if self.norm_stats is None:
             return data
         fn = self._quantile if self.use_quantiles else self._zscore
-        return _apply_stats(data, _flat_stats(self.norm_stats), fn, self.strict)
+        return _apply_stats(data, _flat_stats(self.norm_stats), fn, self._require_all_keys)
+
+    @staticmethod
+    def _zscore(x: np.ndarray, s: NormStats) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def _quantile(x: np.ndarray, s: NormStats) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize(_StatsTransform):
+    """Normalizes the keys named in `norm_stats` (openpi's math; output keeps the input's float dtype).
+
+    z-score: `(x - mean) / (std + 1e-6)`; quantile: `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1` (q01 -> -1,
+    q99 -> 1). Stats longer than the data's last dimension are truncated to it. strict: a stats key missing
+    from the data raises KeyError.
+    """
+
+    strict: bool = False
+
+    @property
+    def _require_all_keys(self) -> bool:
+        return self.strict
 
     @staticmethod
     def _zscore(x: np.ndarray, s: NormStats) -> np.ndarray:
@@ -432,21 +456,9 @@ class Normalize(Transform):
 
 
 @dataclasses.dataclass(frozen=True)
-class Unnormalize(Transform):
-    """Inverse of `Normalize`; data dimensions beyond the stats' length pass through (mean 0, std 1)."""
-
-    norm_stats: Mapping[str, NormStats] | None
-    use_quantiles: bool = False
-
-    def __post_init__(self) -> None:
-        if self.norm_stats is not None and self.use_quantiles:
-            _check_quantile_stats(self.norm_stats)
-
-    def __call__(self, data: DataDict) -> DataDict:
-        if self.norm_stats is None:
-            return data
-        fn = self._quantile if self.use_quantiles else self._zscore
-        return _apply_stats(data, _flat_stats(self.norm_stats), fn, True)
+class Unnormalize(_StatsTransform):
+    """Inverse of `Normalize`; data dimensions beyond the stats' length pass through (mean 0, std 1). Every
+    stats key must be in the data (openpi's behaviour)."""
 
     @staticmethod
     def _zscore(x: np.ndarray, s: NormStats) -> np.ndarray:

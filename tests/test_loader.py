@@ -15,7 +15,7 @@ from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.index_map import IndexMap
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import FakeReader, FakeSource, fake_frame
+from fastmix.loader.testing import FakeReader, FakeSource, fake_frame, live_pids
 from fastmix.sampler import MixtureSampler
 
 H = 5
@@ -273,7 +273,7 @@ def test_nothing_left_after_close_and_gc():
     pids = loader.worker_pids
     assert pids and loader.shm_name in leftover_segments()
     loader.close()
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert live_pids(pids) == []
     assert set(leftover_segments(pid=os.getpid())) == before
     with pytest.raises(RuntimeError, match="closed"):
         iter(loader)
@@ -283,7 +283,7 @@ def test_nothing_left_after_close_and_gc():
     next(it)
     pids = loader.worker_pids
     del loader, it  # no reference cycle: freed at once, without gc.collect()
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert live_pids(pids) == []
     assert set(leftover_segments(pid=os.getpid())) == before
     assert worker_children() == []
 

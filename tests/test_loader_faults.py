@@ -15,14 +15,13 @@ import textwrap
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.loader.testing import FakeReader, FakeSource, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,15 +35,6 @@ def make(reader=FakeReader, **kw):
                 reader_factory=reader)
     args.update(kw)
     return MixtureLoader(sources(), **args)
-
-
-def dead(pids, within=5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def first_episode_drawn(ds_name: str) -> int:
@@ -78,7 +68,7 @@ def test_worker_exception_names_where(no_leaks):
     assert "'ds_b'" in msg and f"episode {ep}" in msg and f"episode_{ep:06d}.mp4" in msg
     assert "timestamp" in msg and "key" in msg and "injected decode failure" in msg
     assert isinstance(info.value.__cause__, DecodeError)
-    assert pids == [] or dead(pids)
+    assert pids == [] or wait_gone(pids)
 
 
 def test_inline_decode_raises_the_original_error(no_leaks):
@@ -118,7 +108,7 @@ def test_external_sigkill_then_resume_equals_uninterrupted_stream(no_leaks):
                 got.append(b["index"].numpy().copy())
                 state = loader.state_dict()
         assert time.monotonic() - t0 < 10
-        assert dead([victim])
+        assert wait_gone([victim])
         # restart from the last state_dict with another num_workers: the stream continues exactly
     with make(num_workers=1) as fresh:
         fresh.load_state_dict(state)
@@ -166,7 +156,7 @@ def test_consumer_exception_then_gc_leaves_nothing(no_leaks):
             if i == 2:
                 1 / 0  # noqa: B018 - the consumer fails mid-epoch while workers are busy
     del loader  # collected while its workers hold prefetched work
-    assert dead(pids)
+    assert wait_gone(pids)
 
 
 def test_keyboard_interrupt_in_consumer(no_leaks):
@@ -176,7 +166,7 @@ def test_keyboard_interrupt_in_consumer(no_leaks):
                 raise KeyboardInterrupt
         pids = loader.worker_pids
         assert len(list(loader)) > 0  # still usable after the interrupt
-    assert dead(pids)
+    assert wait_gone(pids)
 
 
 CTRL_C_SCRIPT = textwrap.dedent("""
@@ -209,7 +199,7 @@ def test_ctrl_c_to_the_process_group_leaves_nothing(tmp_path):
             proc.kill()
             proc.wait()
     assert "KeyboardInterrupt" in err
-    assert dead(pids)
+    assert wait_gone(pids)
     assert name not in leftover_segments()
 
 

@@ -139,4 +139,28 @@ class FakeReader:
         pass
 
 
-__all__ = ["FakeReader", "FakeRequest", "FakeSource", "fake_frame"]
+def live_pids(pids: list[int]) -> list[int]:
+    """The pids that still name a running process (zombies and vanished ones excluded). Needs psutil."""
+    import psutil
+
+    live = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                live.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return live
+
+
+def wait_gone(pids: list[int], within_s: float = 5.0) -> bool:
+    """Whether every process of `pids` has ended within `within_s` seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + within_s
+    while live_pids(pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+__all__ = ["FakeReader", "FakeRequest", "FakeSource", "fake_frame", "live_pids", "wait_gone"]

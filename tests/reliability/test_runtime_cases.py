@@ -13,13 +13,12 @@ import signal
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.loader.testing import FakeReader, FakeSource, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 NAMES = ["ds_a", "ds_b"]
@@ -45,15 +44,6 @@ def key(b) -> np.ndarray:
 def reference():
     with make(num_workers=0) as ld:
         return [key(b) for b in ld]
-
-
-def gone(pids, within=5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def drawn_episode(reference, ds: int) -> int:
@@ -109,7 +99,7 @@ def test_killed_worker_restart_from_state_dict_equals_uninterrupted(reference, n
             for b in it:
                 got.append(key(b))
                 state = ld.state_dict()
-        assert gone([victim])
+        assert wait_gone([victim])
     with make(num_workers=1) as fresh:
         fresh.load_state_dict(state)
         got += [key(b) for b in fresh]
@@ -129,7 +119,7 @@ def test_consumer_exception_mid_epoch_then_continue(reference, no_leaks):
         pids = ld.worker_pids
         assert ld.state_dict()["batch"] == 3
         got += [key(b) for b in ld]  # iterating again continues after the last delivered batch
-    assert gone(pids)
+    assert wait_gone(pids)
     assert len(got) == len(reference)
     for a, r in zip(got, reference, strict=True):
         np.testing.assert_array_equal(a, r)
@@ -145,7 +135,7 @@ def test_keyboard_interrupt_in_consumer(reference, no_leaks):
         assert time.monotonic() - t0 < 15
         assert ld.state_dict()["batch"] == 2
         pids = ld.worker_pids
-    assert gone(pids)  # close() (the with block) stops them
+    assert wait_gone(pids)  # close() (the with block) stops them
 
 
 def test_keyboard_interrupt_while_waiting_for_workers(reference, no_leaks):
@@ -175,7 +165,7 @@ def test_loader_collected_while_workers_busy(no_leaks):
     assert pids and name
     del it, ld
     gc.collect()
-    assert gone(pids, within=10)
+    assert wait_gone(pids, within_s=10)
     assert name not in slots.leftover_segments()
 
 
