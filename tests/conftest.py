@@ -72,3 +72,15 @@ def g1_root() -> Path:
     if not (G1_DIR / "meta" / "info.json").is_file():
         pytest.skip(f"real G1 dataset not found at {G1_DIR} (../shared beside the checkout is absent)")
     return G1_DIR
+
+
+@pytest.fixture
+def fake_sources(monkeypatch: pytest.MonkeyPatch) -> list:
+    """create_data_loader opens two in-memory FakeSources (2×5 and 1×4 frames) instead of LeRobot roots."""
+    from fastmix import data_loader
+    from fastmix.loader.testing import FakeSource
+
+    sources = [FakeSource("fake/a", num_episodes=2, episode_length=5),
+               FakeSource("fake/b", num_episodes=1, episode_length=4)]
+    monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
+    return sources

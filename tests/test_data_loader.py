@@ -32,15 +32,6 @@ def _cfg(tmp_path, repo_ids=("fake/a", "fake/b"), *, name="dl_cfg", batch_size=4
     )
 
 
-@pytest.fixture
-def fake_sources(monkeypatch):
-    from fastmix.loader.testing import FakeSource
-
-    sources = [FakeSource("fake/a", num_episodes=2, episode_length=5), FakeSource("fake/b", num_episodes=1, episode_length=4)]
-    monkeypatch.setattr(DL, "open_sources", lambda data_config: sources)
-    return sources
-
-
 # ----------------------------------------------------------------------------------------------- errors
 
 

@@ -44,13 +44,6 @@ def train_cfg(tmp_path, repo_ids=("fake/a", "fake/b"), *, name="rel_cfg", batch_
         batch_size=batch_size, num_workers=0, seed=0)
 
 
-@pytest.fixture
-def fake_open(monkeypatch):
-    srcs = [FakeSource("fake/a", num_episodes=2, episode_length=5), FakeSource("fake/b", num_episodes=1, episode_length=4)]
-    monkeypatch.setattr(DL, "open_sources", lambda data_config: srcs)
-    return srcs
-
-
 # ------------------------------------------------------------------------------------------- weights
 def test_weights_length_mismatch(no_leaks):
     with pytest.raises(ConfigError, match=r"dataset_weights has 3 entries but there are 2 datasets") as e:
@@ -144,7 +137,7 @@ def test_missing_norm_stats(tmp_path, no_leaks):
     assert "compute-norm-stats rel_no_stats" in msg
 
 
-def test_batch_larger_than_mixture(tmp_path, fake_open, no_leaks):
+def test_batch_larger_than_mixture(tmp_path, fake_sources, no_leaks):
     with pytest.raises(ConfigError, match=r"Local batch size \(15\) is larger than the dataset size \(14\)") as e:
         DL.create_data_loader(train_cfg(tmp_path, batch_size=15), skip_norm_stats=True)
     assert "fake/a=10" in str(e.value) and "fake/b=4" in str(e.value)
@@ -170,7 +163,7 @@ def test_action_horizon_longer_than_episode_pads(no_leaks):
         assert seen == 4
 
 
-def test_unknown_action_key(tmp_path, fake_open, no_leaks):
+def test_unknown_action_key(tmp_path, fake_sources, no_leaks):
     with pytest.raises(ConfigError, match=r"action_sequence_keys \['action'\] are not features of dataset 'fake/a'"):
         DL.create_data_loader(train_cfg(tmp_path, keys=("action",)), skip_norm_stats=True)
     with pytest.raises(ConfigError) as e:
