@@ -16,6 +16,8 @@ import importlib
 import logging
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger("fastmix")
 
 TARGET_MODULE = "openpi.training.data_loader"
@@ -101,6 +103,44 @@ def install() -> bool:
     return True
 
 
+def _concat_of(dataset: Any) -> Any:
+    """The `ConcatDataset` (or the single dataset) under openpi's dataset wrappers (`TransformedDataset`)."""
+    seen = 0
+    while not hasattr(dataset, "cumulative_sizes") and hasattr(dataset, "_dataset") and seen < 16:
+        dataset, seen = dataset._dataset, seen + 1  # noqa: SLF001 - openpi's wrapper keeps it there
+    return dataset
+
+
+def openpi_draws(config: Any, num_samples: int) -> tuple[list[int], np.ndarray, str]:
+    """Measure what openpi's own (un-patched) training loader draws for `config`.
+
+    Builds the loader as training does (`create_data_loader(config, shuffle=True, framework="pytorch")`) and
+    takes `num_samples` indices from the batch sampler its torch `DataLoader` iterates (nothing is decoded).
+    Returns (dataset sizes, draws per dataset int64 (K,), the sampler's class name).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples should be a positive integer, but got num_samples={num_samples}")
+    module = importlib.import_module(TARGET_MODULE)
+    create = _ORIGINALS.get("create_data_loader", module.create_data_loader)
+    loader = create(config, shuffle=True, num_batches=1, framework="pytorch")
+    torch_loader = getattr(getattr(loader, "_data_loader", None), "torch_loader", None)
+    if torch_loader is None:
+        raise TypeError(f"openpi's loader for config '{config.name}' has no torch DataLoader (RLDS or fake data?)")
+    dataset = _concat_of(torch_loader.dataset)
+    bounds = np.asarray(getattr(dataset, "cumulative_sizes", [len(dataset)]), dtype=np.int64)
+    counts = np.zeros(len(bounds), dtype=np.int64)
+    taken = 0
+    while taken < num_samples:
+        for batch in torch_loader.batch_sampler:
+            idx = np.asarray(batch, dtype=np.int64)[: num_samples - taken]
+            counts += np.bincount(np.searchsorted(bounds, idx, side="right"), minlength=len(bounds))
+            taken += len(idx)
+            if taken >= num_samples:
+                break
+    sizes = np.diff(np.concatenate([[0], bounds])).tolist()
+    return sizes, counts, type(torch_loader.sampler).__name__
+
+
 def uninstall() -> None:
     """Restore openpi's original functions (no-op when not installed)."""
     try:
@@ -124,4 +164,4 @@ def is_installed() -> bool:
     return bool(getattr(module, "_fastmix_installed", False))
 
 
-__all__ = ["create_data_loader", "create_torch_dataset", "install", "is_installed", "uninstall"]
+__all__ = ["create_data_loader", "create_torch_dataset", "install", "is_installed", "openpi_draws", "uninstall"]

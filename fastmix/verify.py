@@ -331,6 +331,57 @@ def verify(
     return _finish(report, out)
 
 
+def verify_openpi(
+    config: Any,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    out: Callable[[str], None] = print,
+) -> Report:
+    """Measure the per-dataset shares openpi's own loader draws for `config` (for users still on the fork).
+
+    Draws `num_samples` indices through openpi's un-patched training loader (`fastmix.openpi.openpi_draws`)
+    and tests them against the shares the config declares (per-sample weights, ∝ w_i·N_i, as openpi's
+    COTRAINING_GUIDE describes them). FAIL when they differ, e.g. because openpi's loader ignores
+    `dataset_weights` (it wraps the ConcatDataset before checking for one, so it draws with RandomSampler:
+    uniform over frames, shares N_i / N).
+    """
+    from fastmix.openpi import openpi_draws
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    report = Report(config.name)
+    bar = "=" * 72
+    out(f"{bar}\nMeasuring openpi's own loader for config: {config.name}\n{bar}")
+    data_config = config.data.create(config.assets_dirs, config.model)
+    repo_ids = list(getattr(data_config, "repo_ids", None) or [data_config.repo_id])
+    weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
+    sizes, counts, sampler = openpi_draws(config, num_samples)
+    exp = expected_shares(sizes, weights, "per_sample")
+    uniform = expected_shares(sizes, None, "per_sample")
+    stat, p = chi_square(counts, exp)
+    _, p_uniform = chi_square(counts, uniform)
+    report.expected_shares, report.observed_counts, report.p_value = exp.tolist(), counts.tolist(), p
+    out(f"  sampler: {sampler}\n  dataset_weights: {weights}\n")
+    widths = [max(8, *(len(r) for r in repo_ids)), 8, 8, 9, 9, 9, 7]
+    out(_fmt_row(["dataset", "weight", "frames", "expected", "uniform", "observed", "count"], widths))
+    total = max(1, int(counts.sum()))
+    for i, r in enumerate(repo_ids):
+        w = 1.0 if weights is None else weights[i]
+        out(_fmt_row([r, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{uniform[i]:.4f}", f"{counts[i] / total:.4f}",
+                      int(counts[i])], widths))
+    detail = (f"chi-square {stat:.2f}, p-value {p:.4g} ({'>=' if p >= alpha else '<'} alpha {alpha:g}) against "
+              f"the declared weights over {total} draws; against uniform-over-frames p = {p_uniform:.4g}")
+    ignored = weights is not None and p < alpha <= p_uniform
+    if ignored:
+        detail += (f"; openpi's loader ignores dataset_weights={weights} ({sampler} draws uniformly over frames):"
+                   f" expected {np.round(exp, 4).tolist()}, observed {np.round(counts / total, 4).tolist()}."
+                   " fastmix.openpi.install() applies them")
+    report.checks.append(Check("mixture", p >= alpha, detail))
+    out(f"[{'PASS' if p >= alpha else 'FAIL'}] mixture: {detail}")
+    return _finish(report, out)
+
+
 def _finish(report: Report, out: Callable[[str], None]) -> Report:
     failed = [c.name for c in report.checks if not c.ok]
     out("=" * 72)
@@ -345,12 +396,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="PNG path of the shares chart (default ./verify_CONFIG.png)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help=f"chi-square significance level (default {DEFAULT_ALPHA:g})")
+    parser.add_argument("--openpi", action="store_true",
+                        help="measure openpi's own loader instead (CONFIG_NAME from openpi's registry): its "
+                             "observed per-dataset shares against the config's dataset_weights")
 
 
 def run(args: argparse.Namespace) -> int:
     from fastmix import config as _config
     from fastmix.errors import FastmixError
 
+    if args.openpi:
+        try:
+            import openpi.training.config as openpi_config
+        except ImportError as e:
+            print(f"fastmix verify --openpi: error: openpi is not importable ({e})", file=sys.stderr)
+            return 2
+        try:
+            config = openpi_config.get_config(args.config_name)
+        except ValueError as e:  # openpi's "Config '...' not found"
+            print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
+            return 2
+        return 0 if verify_openpi(config, args.num_samples, alpha=args.alpha).ok else 1
     try:
         config = _config.get_config(args.config_name)
     except FastmixError as e:
@@ -360,4 +426,5 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-__all__ = ["Check", "Report", "add_arguments", "chi_square", "expected_shares", "plot_shares", "run", "verify"]
+__all__ = ["Check", "Report", "add_arguments", "chi_square", "expected_shares", "plot_shares", "run", "verify",
+           "verify_openpi"]

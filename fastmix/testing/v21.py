@@ -4,7 +4,9 @@
 (`data/chunk-XXX/episode_XXXXXX.parquet`), one mp4 per episode and camera
 (`videos/chunk-XXX/<key>/episode_XXXXXX.mp4`, the episode's packets remuxed from the concatenated v3.0 file
 without re-encoding, so every decoded frame is bit-identical), and `meta/info.json`, `episodes.jsonl`,
-`tasks.jsonl`, `episodes_stats.jsonl`. The two copies hold the same samples.
+`tasks.jsonl`, `episodes_stats.jsonl`. The two copies hold the same samples. The parquet files carry their
+`datasets` features as datasets 3.x writes them (`Sequence`, not datasets 4's `List`), so the v2.1 lerobot
+(datasets 3.6) reads them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,32 @@ def remux_segment(src: Path, dst: Path, start_s: float, end_s: float) -> int:
     return written
 
 
+def datasets3_features(feature: Any) -> Any:
+    """A `datasets` features dict as datasets 3.x (the v2.1 era, the fork's pin) writes it: datasets 4's
+    `{"_type": "List", ...}` becomes `{"_type": "Sequence", ...}` (same Arrow type), recursively."""
+    if isinstance(feature, list):
+        return [datasets3_features(f) for f in feature]
+    if not isinstance(feature, dict):
+        return feature
+    out = {k: datasets3_features(v) for k, v in feature.items()}
+    if out.get("_type") == "List":
+        out["_type"] = "Sequence"
+    return out
+
+
+def _v21_schema_metadata(table: pa.Table) -> pa.Table:
+    """`table` with its `huggingface` schema metadata rewritten by `datasets3_features` (datasets 3.6 fails
+    on "Feature type 'List' not found" otherwise)."""
+    meta = dict(table.schema.metadata or {})
+    if b"huggingface" not in meta:
+        return table
+    hf = json.loads(meta[b"huggingface"])
+    if "info" in hf and "features" in hf["info"]:
+        hf["info"]["features"] = datasets3_features(hf["info"]["features"])
+    meta[b"huggingface"] = json.dumps(hf).encode()
+    return table.replace_schema_metadata(meta)
+
+
 def _episode_stats(v30_root: Path) -> dict[int, dict[str, dict[str, Any]]]:
     """{episode: {feature: {stat: list}}} from the `stats/<feature>/<stat>` columns of meta/episodes."""
     table = pa.concat_tables([pq.read_table(p) for p in sorted((v30_root / "meta" / "episodes").glob("*/*.parquet"))])
@@ -88,7 +116,7 @@ def write_v21(v30_root: str | Path, root: str | Path, *, chunks_size: int = 1000
     eps = meta.episodes
     # data: one parquet per episode, rows in index order, every column kept (image structs included)
     for rel in sorted(set(eps.data_file.tolist())):
-        table = pq.read_table(v30_root / rel)
+        table = _v21_schema_metadata(pq.read_table(v30_root / rel))
         ep_col = table.column("episode_index")
         for e in np.unique(ep_col.to_numpy()).tolist():
             part = table.filter(pc.equal(ep_col, pa.scalar(e, ep_col.type)))

@@ -1,0 +1,59 @@
+"""Bad input through the fork's own entry points, with and without `fastmix.openpi.install()`: the errors stay
+clear (the fork's own validation where the fork validates; fastmix's named errors where it reads data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.seed.conftest import FASTMIX_REPO, FORK_REPO
+from tests.seed.pipelines import fastmix_installed, openpi_batches
+
+
+def test_install_and_uninstall_restore_the_forks_functions():
+    import openpi.training.data_loader as dl
+
+    import fastmix.openpi
+
+    before = (dl.create_data_loader, dl.create_torch_dataset)
+    with fastmix_installed():
+        assert fastmix.openpi.is_installed()
+        assert dl.create_data_loader is fastmix.openpi.create_data_loader
+        assert dl.create_torch_dataset is fastmix.openpi.create_torch_dataset
+    assert (dl.create_data_loader, dl.create_torch_dataset) == before
+    assert not fastmix.openpi.is_installed()
+
+
+def test_weights_length_mismatch_is_the_forks_error(datasets, assets_dir, norm_stats_dir):
+    from tests.seed.seed_data import fork_train_config
+
+    config = fork_train_config("seed_bad_weights", [FORK_REPO, FASTMIX_REPO], [1.0, 2.0, 3.0], assets_dir,
+                               assets_dir=norm_stats_dir, batch_size=6, num_workers=0)
+    with pytest.raises(ValueError, match=r"dataset_weights length \(3\) must match repo_ids length \(2\)"):
+        openpi_batches(config, framework="pytorch", num_batches=1)
+    with fastmix_installed(), pytest.raises(ValueError, match=r"dataset_weights length \(3\) must match"):
+        openpi_batches(config, framework="pytorch", num_batches=1)
+
+
+def test_missing_dataset_names_the_repo(datasets, assets_dir, norm_stats_dir):
+    """A repo id with no dataset under lerobot's home: the fork tries the (offline) hub; fastmix names the repo
+    id and the path it looked at."""
+    from fastmix.errors import FastmixError
+    from tests.seed.seed_data import fork_train_config
+
+    config = fork_train_config("seed_missing_repo", [FORK_REPO, "seed/does_not_exist"], None, assets_dir,
+                               assets_dir=norm_stats_dir, batch_size=6, num_workers=0)
+    with fastmix_installed(), pytest.raises(FastmixError, match=r"seed/does_not_exist") as info:
+        openpi_batches(config, framework="pytorch", num_batches=1)
+    assert "seed/does_not_exist" in str(info.value) and "lerobot" in str(info.value)
+
+
+def test_missing_norm_stats_is_openpis_message(datasets, assets_dir):
+    from tests.seed.seed_data import fork_train_config
+
+    config = fork_train_config("seed_no_stats", [FORK_REPO, FASTMIX_REPO], None, assets_dir, batch_size=6,
+                               num_workers=0)
+    with pytest.raises(ValueError, match="Normalization stats not found"):
+        openpi_batches(config, framework="pytorch", num_batches=1)
+    with fastmix_installed(), pytest.raises(Exception, match="Normalization stats not found") as info:
+        openpi_batches(config, framework="pytorch", num_batches=1)
+    assert "compute-norm-stats" in str(info.value) or "compute_norm_stats" in str(info.value)
