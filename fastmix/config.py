@@ -22,12 +22,11 @@ import enum
 import logging
 import math
 import numbers
-import os
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastmix import norm_stats as _normalize
+from fastmix import norm_stats as _normalize  # the leaf: NormStats, load
 from fastmix import transforms as _transforms
 from fastmix.errors import ConfigError
 
@@ -498,18 +497,6 @@ def cli(args: Sequence[str] | None = None) -> TrainConfig:
     return tyro.extras.overridable_config_cli({k: (k, v) for k, v in configs.items()}, args=args)
 
 
-def resolve_root(repo_id: str, lerobot_home: str | os.PathLike | None) -> pathlib.Path:
-    """Where a repo id's dataset lives: `lerobot_home/repo_id`, else lerobot's `$HF_LEROBOT_HOME/repo_id`."""
-    if lerobot_home is not None:
-        return pathlib.Path(lerobot_home).expanduser() / repo_id
-    home = os.environ.get("HF_LEROBOT_HOME")
-    if home is None:
-        xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-        hf_home = os.environ.get("HF_HOME", os.path.join(xdg, "huggingface"))
-        home = os.path.join(hf_home, "lerobot")
-    return pathlib.Path(home).expanduser() / repo_id
-
-
 __all__ = [
     "AssetsConfig",
     "DataConfig",
@@ -527,7 +514,6 @@ __all__ = [
     "get_config",
     "list_configs",
     "register",
-    "resolve_root",
     "unregister",
     "validate_dataset_weights",
 ]

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from fastmix import transforms as _t
-from fastmix.config import resolve_root
 from fastmix.errors import ConfigError
+from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
 
 logger = logging.getLogger("fastmix")
 
@@ -114,6 +116,15 @@ def repo_ids_of(data_config: Any) -> list[str]:
     return [rid]
 
 
+def resolve_root(repo_id: str, lerobot_home: str | os.PathLike | None) -> pathlib.Path:
+    """Where a repo id's dataset lives: `lerobot_home/repo_id`, else lerobot's dataset home
+    (`fastmix.sources.meta.lerobot_home()`, as `LeRobotSource` resolves it) / repo_id."""
+    from fastmix.sources.meta import lerobot_home as default_home
+
+    home = default_home() if lerobot_home is None else pathlib.Path(lerobot_home).expanduser()
+    return home / repo_id
+
+
 def open_sources(data_config: Any) -> list:
     """One `LeRobotSource` per repo id, rooted at `lerobot_home/<repo_id>` (or lerobot's default home)."""
     from fastmix.sources.lerobot_source import LeRobotSource
@@ -185,8 +196,6 @@ def require_norm_stats(config: Any, data_config: Any) -> None:
     """The reference's "Normalization stats not found" error (with the command to run) when stats are absent."""
     if data_config.norm_stats is not None or getattr(data_config, "repo_id", None) == "fake":
         return
-    from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
-
     try:
         path = norm_stats_dir(config, data_config) / NORM_STATS_FILE
     except ValueError:

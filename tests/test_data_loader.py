@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fastmix import compute_norm_stats as cns
 from fastmix import config as C
 from fastmix import data_loader as DL
-from fastmix import norm_stats as ns
 from fastmix.errors import ConfigError
 
 
@@ -127,7 +127,7 @@ def fake_loader(monkeypatch, fake_sources):
 
 def _with_stats(tmp_path, **kw):
     cfg = _cfg(tmp_path, **kw)
-    ns.compute_norm_stats(cfg, progress=False)
+    cns.compute_norm_stats(cfg, progress=False)
     return cfg
 
 
@@ -269,7 +269,7 @@ def test_real_datasets_batches_equal_openpi_per_sample_path(real_home, tmp_path)
     cfg = _cfg(tmp_path, ("t/video", "t/images"), name="real_cfg", lerobot_home=str(real_home), weights=[1.0, 2.0],
                extra_delta_transform=True)
     cfg = dataclasses.replace(cfg, num_workers=1)
-    ns.compute_norm_stats(cfg, progress=False)
+    cns.compute_norm_stats(cfg, progress=False)
     with DL.create_data_loader(cfg, shuffle=True, num_batches=3, framework="jax") as loader:
         pairs = list(loader.batches(with_meta=True))
         dc = loader.data_config()
@@ -302,3 +302,14 @@ def test_create_torch_dataset_is_concat_of_lerobot_like_items(real_home, tmp_pat
     item = ds[18 + 5]  # last frame of the image dataset's first episode
     assert item["prompt"] == "open" and tuple(item["actions"].shape) == (3, 7)
     assert item["actions_is_pad"].tolist() == [False, True, True]
+
+
+def test_resolve_root_follows_the_sources_dataset_home(monkeypatch, tmp_path):
+    from fastmix.sources.meta import lerobot_home
+
+    assert DL.resolve_root("org/ds", str(tmp_path)) == tmp_path / "org/ds"
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lr"))
+    assert DL.resolve_root("org/ds", None) == tmp_path / "lr" / "org/ds" == lerobot_home() / "org/ds"
+    monkeypatch.delenv("HF_LEROBOT_HOME")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert DL.resolve_root("org/ds", None) == tmp_path / "hf" / "lerobot" / "org/ds" == lerobot_home() / "org/ds"
