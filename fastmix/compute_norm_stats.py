@@ -21,8 +21,8 @@ import numpy as np
 
 from fastmix import data_loader as _dl
 from fastmix import transforms as _t
+from fastmix._checks import check_int, check_optional_int
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError
-from fastmix.index_map import IndexMap
 from fastmix.norm_stats import RunningStats, norm_stats_dir, save
 
 STATS_KEYS = ("state", "actions")
@@ -87,32 +87,27 @@ def compute_norm_stats(
     DatasetFormatError (nothing written) when a value reaching the statistics is NaN or inf."""
     import tqdm
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer, got batch_size={batch_size!r}")
-    if max_frames is not None and max_frames < 2:
-        raise ConfigError(f"--max-frames must be at least 2, got {max_frames}")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    max_frames = check_optional_int(max_frames, "max_frames", minimum=2)
     data_config = config.data.create(config.assets_dirs, config.model)
     sources = (open_sources or _dl.open_sources)(data_config)
-    sizes = [len(s) for s in sources]
-    total = int(sum(sizes))
+    planner = _dl.lowdim_planner(sources, data_config, config.model.action_horizon)
+    total = planner.index_map.total
     if max_frames is not None and max_frames < total:
         rng = np.random.default_rng(seed)
         order = np.sort(rng.choice(total, size=max_frames, replace=False)).astype(np.int64)
     else:
         order = np.arange(total, dtype=np.int64)
-    index_map = IndexMap(sizes)
     pipeline = [
         *data_config.repack_transforms.inputs,
         *data_config.data_transforms.inputs,
         _t.RemoveStrings(),
     ]
-    horizon = config.model.action_horizon
     stats = {k: RunningStats() for k in STATS_KEYS}
     steps = math.ceil(len(order) / batch_size)
     for step in tqdm.tqdm(range(steps), desc="Computing stats", unit="batch", disable=not progress):
         chunk = order[step * batch_size : (step + 1) * batch_size]
-        d_idx, l_idx = index_map.to_local(chunk)
-        batch = _dl.lowdim_batch(sources, d_idx, l_idx, data_config, horizon)
+        batch = _dl.lowdim_batch(planner, chunk, data_config)
         out = _t.apply_batch(pipeline, dict(batch))
         for k in STATS_KEYS:
             if k not in out:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastmix import norm_stats as _normalize  # the leaf: NormStats, load
 from fastmix import transforms as _transforms
+from fastmix._checks import check_int
 from fastmix.errors import ConfigError
 
 if TYPE_CHECKING:  # tyro is optional at run time (a test/CLI dependency)
@@ -80,8 +81,8 @@ class Pi0Config:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
         if self.discrete_state_input is None:
             object.__setattr__(self, "discrete_state_input", self.pi05)
-        _check_positive(self.action_dim, "action_dim")
-        _check_positive(self.action_horizon, "action_horizon")
+        check_int(self.action_dim, "action_dim", minimum=1)
+        check_int(self.action_horizon, "action_horizon", minimum=1)
 
     @property
     def model_type(self) -> ModelType:
@@ -99,17 +100,12 @@ class Pi0FASTConfig:
     max_token_len: int = 250
 
     def __post_init__(self) -> None:
-        _check_positive(self.action_dim, "action_dim")
-        _check_positive(self.action_horizon, "action_horizon")
+        check_int(self.action_dim, "action_dim", minimum=1)
+        check_int(self.action_horizon, "action_horizon", minimum=1)
 
     @property
     def model_type(self) -> ModelType:
         return ModelType.PI0_FAST
-
-
-def _check_positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {name}={value!r}")
 
 
 def _model_type(model_config: Any) -> ModelType:
@@ -392,9 +388,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"TrainConfig.name must be a non-empty string, got {self.name!r}")
-        _check_positive(self.batch_size, "batch_size")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ConfigError(f"num_workers must be a non-negative integer, got num_workers={self.num_workers!r}")
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.num_workers, "num_workers", minimum=0)
         if self.resume and self.overwrite:
             raise ConfigError("Cannot resume and overwrite at the same time.")
 

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fastmix._checks import check_int
 from fastmix.errors import ConfigError
 from fastmix.mixture import WEIGHTINGS, Mixture
 from fastmix.sampler import MixtureSampler
@@ -228,8 +229,7 @@ def check_equivalence(
     """Compare fastmix's draws with WeightedRandomSampler's and with the exact expected distribution of the
     mixture (sizes, weights, weighting, frame_weights). `sampler` replaces the fastmix sampler under test
     (default: a MixtureSampler of that same mixture, seeded with `seed`); the reference uses `seed` too."""
-    if draws < 1:
-        raise ConfigError(f"draws should be a positive integer value, but got draws={draws}")
+    draws = check_int(draws, "draws", minimum=1)
     mixture = Mixture(sizes, weights, weighting=weighting, frame_weights=frame_weights)
     if sampler is None:
         sampler = MixtureSampler(sizes, weights, weighting=weighting, frame_weights=frame_weights, seed=seed,

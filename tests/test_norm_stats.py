@@ -202,13 +202,13 @@ def test_compute_norm_stats_max_frames_and_cli(tmp_path, fake_sources, capsys, m
     state, _ = _expected_arrays(fake_sources, 3)
     assert np.all(stats["state"].mean >= state.min(0)) and np.all(stats["state"].mean <= state.max(0))
     cfg = _fake_config(tmp_path)
-    with pytest.raises(ConfigError, match="max-frames must be at least 2, got 1"):
+    with pytest.raises(ConfigError, match="max_frames must be an integer >= 2 or None, got max_frames=1"):
         _compute(cfg, fake_sources, max_frames=1)
-    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got batch_size=0"):
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1, got batch_size=0"):
         _compute(cfg, fake_sources, batch_size=0)
 
 
-@pytest.mark.parametrize("argv, message", [(["--max-frames", "1"], "max-frames must be at least 2, got 1"),
+@pytest.mark.parametrize("argv, message", [(["--max-frames", "1"], "max_frames must be an integer >= 2 or None, got max_frames=1"),
                                            (["--batch-size", "0"], "batch_size=0")])
 def test_bad_arguments_are_one_error_line_exit_2(tmp_path, fake_sources, capsys, monkeypatch, argv, message):
     assert _run_cli(monkeypatch, tmp_path, fake_sources, argv) == 2
