@@ -3,8 +3,8 @@ bit-identical output. Used when the extension is missing or `FASTMIX_BACKEND=num
 
 One helper per C++ helper, named alike (`_philox4x64_10`, `_block` = Stream::block, `_bounded`, `_alias_select`,
 `_alias_pick`, `_alias_pick_packed`, `_dataset_size`, `_frame_local`, `_pair_block` = the per-draw step of
-for_each_pair_block), so a change to a .hpp helper has one place to go here. With NUMBA_DISABLE_JIT=1 the same
-code runs as plain Python on numpy scalars (tests/test_backends.py checks that too).
+for_each_pair_block; `_push` is alias_build's worklist step), so a change to a .hpp helper has one place to go
+here. With NUMBA_DISABLE_JIT=1 the same code runs as plain Python on numpy scalars (tests/test_backends.py).
 
 All arithmetic is uint64 with explicit np.uint64 constants (numba promotes uint64 ⊕ int64 to float64).
 The word layout of each draw is documented in `csrc/mixture.hpp`.
@@ -113,6 +113,17 @@ def philox4x64(key, counters, out):
             o[i, j] = w[j]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _push(stack, item, small, n_small, n_large):
+    """alias_build's worklists in one array: a small item onto the front stack (`stack[n_small++]`), a large one
+    onto the back stack (`stack[n - 1 - n_large++]`); returns (n_small, n_large)."""
+    if small:
+        stack[n_small] = item
+        return n_small + 1, n_large
+    stack[stack.shape[0] - 1 - n_large] = item
+    return n_small, n_large + 1
+
+
 @njit(cache=True, nogil=True)
 def alias_build(weights, threshold, alias):
     """Vose alias table of float64 weights (max 1, validated) into threshold (uint64), alias (int64)."""
@@ -127,12 +138,7 @@ def alias_build(weights, threshold, alias):
     n_large = 0
     for i in range(n):
         scaled[i] = weights[i] * scale
-        if scaled[i] < 1.0:
-            stack[n_small] = i
-            n_small += 1
-        else:
-            stack[n - 1 - n_large] = i
-            n_large += 1
+        n_small, n_large = _push(stack, i, scaled[i] < 1.0, n_small, n_large)
     while n_small > 0 and n_large > 0:
         n_small -= 1
         s = stack[n_small]
@@ -141,12 +147,7 @@ def alias_build(weights, threshold, alias):
         threshold[s] = np.uint64(scaled[s] * _TWO64)
         alias[s] = g
         scaled[g] = (scaled[g] + scaled[s]) - 1.0
-        if scaled[g] < 1.0:
-            stack[n_small] = g
-            n_small += 1
-        else:
-            stack[n - 1 - n_large] = g
-            n_large += 1
+        n_small, n_large = _push(stack, g, scaled[g] < 1.0, n_small, n_large)
     while n_small > 0:
         n_small -= 1
         s = stack[n_small]

@@ -83,15 +83,6 @@ def fake(sources) -> Injected:
 # ----------------------------------------------------------------------------------------------- errors
 
 
-def test_missing_norm_stats_error_has_reference_text_path_and_command(tmp_path):
-    cfg = _cfg(tmp_path, name="no_stats_cfg")
-    with pytest.raises(ConfigError, match="Normalization stats not found") as e:
-        DL.create_data_loader(cfg)
-    msg = str(e.value)
-    assert str(tmp_path / "assets" / "shared" / "norm_stats.json") in msg
-    assert "`fastmix compute-norm-stats no_stats_cfg`" in msg
-
-
 def test_local_batch_size_larger_than_dataset_error_names_sizes(tmp_path, fake):
     cfg = _cfg(tmp_path, batch_size=15)  # 10 + 4 frames
     with pytest.raises(ConfigError, match=r"Local batch size \(15\) is larger than the dataset size \(14\)\.") as e:
