@@ -1,6 +1,11 @@
 """Numba twin of the native core (`csrc/*.hpp` → `fastmix._native`): same functions, same signatures,
 bit-identical output. Used when the extension is missing or `FASTMIX_BACKEND=numba`.
 
+One helper per C++ helper, named alike (`_philox4x64_10`, `_block` = Stream::block, `_bounded`, `_alias_select`,
+`_alias_pick`, `_alias_pick_packed`, `_dataset_size`, `_frame_local`, `_pair_block` = the per-draw step of
+for_each_pair_block; `_push` is alias_build's worklist step), so a change to a .hpp helper has one place to go
+here. With NUMBA_DISABLE_JIT=1 the same code runs as plain Python on numpy scalars (tests/test_backends.py).
+
 All arithmetic is uint64 with explicit np.uint64 constants (numba promotes uint64 ⊕ int64 to float64).
 The word layout of each draw is documented in `csrc/mixture.hpp`.
 """
@@ -39,9 +44,10 @@ def _mulhilo(a, b):
     return hi, a * b
 
 
+# ----------------------------------------------------------------- csrc/philox.hpp
 @njit(cache=True, nogil=True)
-def _philox(c0, c1, c2, c3, k0, k1):
-    """Philox4x64-10 block of counter (c0..c3) under key (k0, k1)."""
+def _philox4x64_10(c0, c1, c2, c3, k0, k1):
+    """philox4x64_10: Philox4x64-10 block (4 uint64) of counter (c0..c3) under key (k0, k1)."""
     for r in range(10):
         if r > 0:
             k0 = k0 + _PHILOX_W0
@@ -55,35 +61,45 @@ def _philox(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@njit(cache=True, nogil=True)
-def _word(stream, b, attempt, slot):
-    """Word `slot` of block b (attempt `attempt`) of a stream (k0, k1, c1, c2)."""
-    w = _philox(b, stream[2], stream[3], attempt, stream[0], stream[1])
-    if slot == 0:
-        return w[0]
-    if slot == 1:
-        return w[1]
-    if slot == 2:
-        return w[2]
-    return w[3]
+@njit(cache=True, nogil=True, inline="always")
+def _block(stream, b, attempt):
+    """Stream::block: block b (attempt `attempt`) of a stream [k0, k1, c1, c2] (counter (b, c1, c2, attempt))."""
+    return _philox4x64_10(b, stream[2], stream[3], attempt, stream[0], stream[1])
 
 
 @njit(cache=True, nogil=True)
 def _bounded(word, n, stream, b, slot):
-    """(value in [0, n), low half) by Lemire's method; rejected words come from attempts 1, 2, ... of block b."""
+    """bounded: (value in [0, n), low half of the accepted product) by Lemire's method; a rejected word is
+    replaced by word `slot` of block b at attempts 1, 2, ..."""
     hi, lo = _mulhilo(word, n)
     if lo < n:
         threshold = (_U0 - n) % n
         attempt = _U1
         while lo < threshold:
-            hi, lo = _mulhilo(_word(stream, b, attempt, slot), n)
+            hi, lo = _mulhilo(_block(stream, b, attempt)[slot], n)
             attempt += _U1
     return hi, lo
 
 
+# ----------------------------------------------------------------- csrc/alias.hpp
 @njit(cache=True, nogil=True, inline="always")
-def _select(j, coin, threshold, alias):
+def _alias_select(j, coin, threshold, alias):
+    """alias_select: column j, or alias[j] when the coin fails."""
     return j if coin < threshold[j] else alias[j]
+
+
+@njit(cache=True, nogil=True)
+def _alias_pick(column_word, coin_word, threshold, alias, n, stream, b, slot):
+    """alias_pick: two-word draw, column from `column_word` (word `slot` of block b), coin = `coin_word`."""
+    j, _ = _bounded(column_word, n, stream, b, slot)
+    return _alias_select(np.int64(j), coin_word, threshold, alias)
+
+
+@njit(cache=True, nogil=True)
+def _alias_pick_packed(word, threshold, alias, n, stream, b, slot):
+    """alias_pick_packed: one-word draw, column = Lemire high half of word*n, coin = the low half."""
+    j, low = _bounded(word, n, stream, b, slot)
+    return _alias_select(np.int64(j), low, threshold, alias)
 
 
 @njit(cache=True, nogil=True)
@@ -92,11 +108,20 @@ def philox4x64(key, counters, out):
     c = counters.reshape(-1, 4)
     o = out.reshape(-1, 4)
     for i in range(c.shape[0]):
-        w = _philox(c[i, 0], c[i, 1], c[i, 2], c[i, 3], key[0], key[1])
-        o[i, 0] = w[0]
-        o[i, 1] = w[1]
-        o[i, 2] = w[2]
-        o[i, 3] = w[3]
+        w = _philox4x64_10(c[i, 0], c[i, 1], c[i, 2], c[i, 3], key[0], key[1])
+        for j in range(4):
+            o[i, j] = w[j]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _push(stack, item, small, n_small, n_large):
+    """alias_build's worklists in one array: a small item onto the front stack (`stack[n_small++]`), a large one
+    onto the back stack (`stack[n - 1 - n_large++]`); returns (n_small, n_large)."""
+    if small:
+        stack[n_small] = item
+        return n_small + 1, n_large
+    stack[stack.shape[0] - 1 - n_large] = item
+    return n_small, n_large + 1
 
 
 @njit(cache=True, nogil=True)
@@ -113,12 +138,7 @@ def alias_build(weights, threshold, alias):
     n_large = 0
     for i in range(n):
         scaled[i] = weights[i] * scale
-        if scaled[i] < 1.0:
-            stack[n_small] = i
-            n_small += 1
-        else:
-            stack[n - 1 - n_large] = i
-            n_large += 1
+        n_small, n_large = _push(stack, i, scaled[i] < 1.0, n_small, n_large)
     while n_small > 0 and n_large > 0:
         n_small -= 1
         s = stack[n_small]
@@ -127,12 +147,7 @@ def alias_build(weights, threshold, alias):
         threshold[s] = np.uint64(scaled[s] * _TWO64)
         alias[s] = g
         scaled[g] = (scaled[g] + scaled[s]) - 1.0
-        if scaled[g] < 1.0:
-            stack[n_small] = g
-            n_small += 1
-        else:
-            stack[n - 1 - n_large] = g
-            n_large += 1
+        n_small, n_large = _push(stack, g, scaled[g] < 1.0, n_small, n_large)
     while n_small > 0:
         n_small -= 1
         s = stack[n_small]
@@ -152,28 +167,38 @@ def alias_draw(threshold, alias, stream, start, stride, out):
     p = np.uint64(start)
     step = np.uint64(stride)
     for i in range(out.shape[0]):
-        w = _philox(p, stream[2], stream[3], _U0, stream[0], stream[1])
-        j, _ = _bounded(w[0], n, stream, p, 0)
-        out[i] = _select(np.int64(j), w[1], threshold, alias)
+        w = _block(stream, p, _U0)
+        out[i] = _alias_pick(w[0], w[1], threshold, alias, n, stream, p, 0)
         p += step
 
 
-@njit(cache=True, nogil=True)
-def _packed(word, threshold, alias, k, stream, b, slot):
-    j, low = _bounded(word, k, stream, b, slot)
-    return _select(np.int64(j), low, threshold, alias)
+# ----------------------------------------------------------------- csrc/mixture.hpp
+@njit(cache=True, nogil=True, inline="always")
+def _dataset_size(offsets, d):
+    """dataset_size: frames of dataset d (uint64)."""
+    return np.uint64(offsets[d + 1] - offsets[d])
 
 
 @njit(cache=True, nogil=True)
-def _frame_local(w1, w2, d, offsets, frame_threshold, frame_alias, frame_offsets, stream, p):
+def _frame_local(blk, d, offsets, frame_threshold, frame_alias, frame_offsets, stream, p):
+    """frame_local: local index of dataset d in the frame layout (block `blk` at position p)."""
     lo = frame_offsets[d]
     hi = frame_offsets[d + 1]
     if hi > lo:
-        j, _ = _bounded(w1, np.uint64(hi - lo), stream, p, 1)
-        jj = np.int64(j)
-        return jj if w2 < frame_threshold[lo + jj] else frame_alias[lo + jj]
-    v, _ = _bounded(w1, np.uint64(offsets[d + 1] - offsets[d]), stream, p, 1)
+        return _alias_pick(blk[1], blk[2], frame_threshold[lo:hi], frame_alias[lo:hi], np.uint64(hi - lo),
+                           stream, p, 1)
+    v, _ = _bounded(blk[1], _dataset_size(offsets, d), stream, p, 1)
     return np.int64(v)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair_block(stream, p, cached_b, cached):
+    """for_each_pair_block's step: (block index b = p >> 1, its block, h = 2 * (p & 1)) of position p in the
+    uniform layout; `cached` (block `cached_b`) is reused when consecutive draws share the block."""
+    b = p >> _U1
+    if b != cached_b:
+        cached = _block(stream, b, _U0)
+    return b, cached, 2 * np.int64(p & _U1)
 
 
 @njit(cache=True, nogil=True)
@@ -185,23 +210,18 @@ def mixture_draw(stream, start, stride, ds_threshold, ds_alias, offsets, frame_t
     p = np.uint64(start)
     step = np.uint64(stride)
     if frame_offsets.shape[0] == 0:  # uniform layout: block p >> 1, words h (dataset), h + 1 (local)
+        b, blk = _S64M, (_U0, _U0, _U0, _U0)  # no block index reaches 2^64 - 1
         for i in range(out.shape[0]):
-            b = p >> _U1
-            w = _philox(b, stream[2], stream[3], _U0, stream[0], stream[1])
-            if p & _U1:
-                wd, wl, h = w[2], w[3], 2
-            else:
-                wd, wl, h = w[0], w[1], 0
-            d = _packed(wd, ds_threshold, ds_alias, k, stream, b, h)
-            v, _ = _bounded(wl, np.uint64(offsets[d + 1] - offsets[d]), stream, b, h + 1)
+            b, blk, h = _pair_block(stream, p, b, blk)
+            d = _alias_pick_packed(blk[h], ds_threshold, ds_alias, k, stream, b, h)
+            v, _ = _bounded(blk[h + 1], _dataset_size(offsets, d), stream, b, h + 1)
             out[i] = offsets[d] + np.int64(v)
             p += step
         return
     for i in range(out.shape[0]):  # frame layout: block p
-        w = _philox(p, stream[2], stream[3], _U0, stream[0], stream[1])
-        d = _packed(w[0], ds_threshold, ds_alias, k, stream, p, 0)
-        out[i] = offsets[d] + _frame_local(w[1], w[2], d, offsets, frame_threshold, frame_alias, frame_offsets,
-                                           stream, p)
+        blk = _block(stream, p, _U0)
+        d = _alias_pick_packed(blk[0], ds_threshold, ds_alias, k, stream, p, 0)
+        out[i] = offsets[d] + _frame_local(blk, d, offsets, frame_threshold, frame_alias, frame_offsets, stream, p)
         p += step
 
 
@@ -214,27 +234,25 @@ def stratified_draw(stream, perm_stream, start, stride, ds_threshold, ds_alias, 
     count = labels.shape[0]
     for i in range(count - 1, 0, -1):
         p = p0 + np.uint64(i) * step
-        w = _philox(p, perm_stream[2], perm_stream[3], _U0, perm_stream[0], perm_stream[1])
-        j, _ = _bounded(w[0], np.uint64(i + 1), perm_stream, p, 0)
+        j, _ = _bounded(_block(perm_stream, p, _U0)[0], np.uint64(i + 1), perm_stream, p, 0)
         jj = np.int64(j)
         t = labels[i]
         labels[i] = labels[jj]
         labels[jj] = t
     p = p0
-    uniform = frame_offsets.shape[0] == 0
+    if frame_offsets.shape[0] == 0:  # uniform layout: the local word h + 1 of block p >> 1
+        b, blk = _S64M, (_U0, _U0, _U0, _U0)
+        for i in range(count):
+            b, blk, h = _pair_block(stream, p, b, blk)
+            d = labels[i]
+            v, _ = _bounded(blk[h + 1], _dataset_size(offsets, d), stream, b, h + 1)
+            out[i] = offsets[d] + np.int64(v)
+            p += step
+        return
     for i in range(count):
         d = labels[i]
-        if uniform:
-            b = p >> _U1
-            w = _philox(b, stream[2], stream[3], _U0, stream[0], stream[1])
-            h = 2 if p & _U1 else 0
-            wl = w[3] if h == 2 else w[1]
-            v, _ = _bounded(wl, np.uint64(offsets[d + 1] - offsets[d]), stream, b, h + 1)
-            out[i] = offsets[d] + np.int64(v)
-        else:
-            w = _philox(p, stream[2], stream[3], _U0, stream[0], stream[1])
-            out[i] = offsets[d] + _frame_local(w[1], w[2], d, offsets, frame_threshold, frame_alias,
-                                               frame_offsets, stream, p)
+        out[i] = offsets[d] + _frame_local(_block(stream, p, _U0), d, offsets, frame_threshold, frame_alias,
+                                           frame_offsets, stream, p)
         p += step
 
 

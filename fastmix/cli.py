@@ -15,11 +15,13 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastmix.demo.main", "generate the embedded default mixture and train a small policy on it"),
     "verify": ("fastmix.verify", "check a registered config's data pipeline and its mixture (CONFIG [NUM_SAMPLES])"),
     "equivalence": ("fastmix.equivalence", "statistical equivalence of fastmix's sampler to WeightedRandomSampler"),
-    "compute-norm-stats": ("fastmix.norm_stats", "compute norm_stats.json over a config's whole mixture"),
+    "compute-norm-stats": ("fastmix.compute_norm_stats", "compute norm_stats.json over a config's whole mixture"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit status. Bad input (any `FastmixError` a command lets through) is one
+    `fastmix COMMAND: error: ...` line on stderr and exit status 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="fastmix", description="fastmix: weighted multi-dataset loading for LeRobot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:  # import only the chosen command's module (keeps `fastmix --help` fast)
             importlib.import_module(module_name).add_arguments(p)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    from fastmix.errors import FastmixError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except FastmixError as e:
+        print(f"fastmix {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

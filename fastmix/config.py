@@ -22,13 +22,13 @@ import enum
 import logging
 import math
 import numbers
-import os
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastmix import norm_stats as _normalize
+from fastmix import norm_stats as _normalize  # the leaf: NormStats, load
 from fastmix import transforms as _transforms
+from fastmix._checks import check_int
 from fastmix.errors import ConfigError
 
 if TYPE_CHECKING:  # tyro is optional at run time (a test/CLI dependency)
@@ -81,8 +81,8 @@ class Pi0Config:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
         if self.discrete_state_input is None:
             object.__setattr__(self, "discrete_state_input", self.pi05)
-        _check_positive(self.action_dim, "action_dim")
-        _check_positive(self.action_horizon, "action_horizon")
+        check_int(self.action_dim, "action_dim", minimum=1)
+        check_int(self.action_horizon, "action_horizon", minimum=1)
 
     @property
     def model_type(self) -> ModelType:
@@ -100,17 +100,12 @@ class Pi0FASTConfig:
     max_token_len: int = 250
 
     def __post_init__(self) -> None:
-        _check_positive(self.action_dim, "action_dim")
-        _check_positive(self.action_horizon, "action_horizon")
+        check_int(self.action_dim, "action_dim", minimum=1)
+        check_int(self.action_horizon, "action_horizon", minimum=1)
 
     @property
     def model_type(self) -> ModelType:
         return ModelType.PI0_FAST
-
-
-def _check_positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {name}={value!r}")
 
 
 def _model_type(model_config: Any) -> ModelType:
@@ -393,9 +388,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"TrainConfig.name must be a non-empty string, got {self.name!r}")
-        _check_positive(self.batch_size, "batch_size")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ConfigError(f"num_workers must be a non-negative integer, got num_workers={self.num_workers!r}")
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.num_workers, "num_workers", minimum=0)
         if self.resume and self.overwrite:
             raise ConfigError("Cannot resume and overwrite at the same time.")
 
@@ -498,18 +492,6 @@ def cli(args: Sequence[str] | None = None) -> TrainConfig:
     return tyro.extras.overridable_config_cli({k: (k, v) for k, v in configs.items()}, args=args)
 
 
-def resolve_root(repo_id: str, lerobot_home: str | os.PathLike | None) -> pathlib.Path:
-    """Where a repo id's dataset lives: `lerobot_home/repo_id`, else lerobot's `$HF_LEROBOT_HOME/repo_id`."""
-    if lerobot_home is not None:
-        return pathlib.Path(lerobot_home).expanduser() / repo_id
-    home = os.environ.get("HF_LEROBOT_HOME")
-    if home is None:
-        xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-        hf_home = os.environ.get("HF_HOME", os.path.join(xdg, "huggingface"))
-        home = os.path.join(hf_home, "lerobot")
-    return pathlib.Path(home).expanduser() / repo_id
-
-
 __all__ = [
     "AssetsConfig",
     "DataConfig",
@@ -527,7 +509,6 @@ __all__ = [
     "get_config",
     "list_configs",
     "register",
-    "resolve_root",
     "unregister",
     "validate_dataset_weights",
 ]

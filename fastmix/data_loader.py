@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from fastmix import transforms as _t
-from fastmix.config import resolve_root
+from fastmix._checks import check_optional_int
 from fastmix.errors import ConfigError
+from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
+from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
 
 logger = logging.getLogger("fastmix")
 
@@ -114,6 +118,15 @@ def repo_ids_of(data_config: Any) -> list[str]:
     return [rid]
 
 
+def resolve_root(repo_id: str, lerobot_home: str | os.PathLike | None) -> pathlib.Path:
+    """Where a repo id's dataset lives: `lerobot_home/repo_id`, else lerobot's dataset home
+    (`fastmix.sources.meta.lerobot_home()`, as `LeRobotSource` resolves it) / repo_id."""
+    from fastmix.sources.meta import lerobot_home as default_home
+
+    home = default_home() if lerobot_home is None else pathlib.Path(lerobot_home).expanduser()
+    return home / repo_id
+
+
 def open_sources(data_config: Any) -> list:
     """One `LeRobotSource` per repo id, rooted at `lerobot_home/<repo_id>` (or lerobot's default home)."""
     from fastmix.sources.lerobot_source import LeRobotSource
@@ -122,51 +135,45 @@ def open_sources(data_config: Any) -> list:
     return [LeRobotSource(r, root=resolve_root(r, home)) for r in repo_ids_of(data_config)]
 
 
-def action_delta_timestamps(source: Any, keys: Sequence[str], horizon: int) -> dict[str, list[float]]:
-    """openpi's action chunk: `{key: [t / fps for t in range(horizon)]}` for each action key."""
-    missing = [k for k in keys if k not in source.lowdim_keys]
-    if missing:
-        raise ConfigError(
-            f"action_sequence_keys {missing} are not features of dataset '{source.name}' "
-            f"(its numeric features: {source.lowdim_keys})"
-        )
-    return {k: [t / source.fps for t in range(horizon)] for k in keys}
+def _default_open_sources(data_config: Any) -> list:
+    """`open_sources`, looked up when called (so a replaced module attribute is what runs)."""
+    return open_sources(data_config)
 
 
-def lowdim_batch(
-    sources: Sequence[Any], d_idx: np.ndarray, l_idx: np.ndarray, data_config: Any, horizon: int
-) -> dict[str, Any]:
-    """A raw batch of low-dimensional data for (dataset, local row) pairs, cameras as 1x1 black placeholders.
+def action_delta_timestamps(sources: Sequence[Any], keys: Sequence[str], horizon: int) -> list[dict[str, list[float]]]:
+    """openpi's action chunk of each source, `{key: [t / fps for t in range(horizon)]}` for each action key
+    (`fastmix.loader.plan.resolve_delta_timestamps`); a key a dataset lacks is an error naming the dataset."""
+    for source in sources:
+        missing = [k for k in keys if k not in source.lowdim_keys]
+        if missing:
+            raise ConfigError(
+                f"action_sequence_keys {missing} are not features of dataset '{source.name}' "
+                f"(its numeric features: {source.lowdim_keys})"
+            )
+    return resolve_delta_timestamps(sources, action_horizon=horizon, delta_timestamps=None, action_keys=list(keys))
 
-    Same keys as the loader's batches (action chunks of `horizon` steps, `<key>_is_pad`, indices, "task",
-    "prompt" when `prompt_from_task`); used where images are not needed (norm stats).
-    """
-    n = int(d_idx.size)
+
+def lowdim_planner(sources: Sequence[Any], data_config: Any, horizon: int) -> BatchPlanner:
+    """The loader's `BatchPlanner` over `sources` with openpi's action chunks of `horizon` steps."""
     keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
-    out: dict[str, Any] = {}
-    tasks: list[str] = [""] * n
-    for d in np.unique(d_idx):
-        src = sources[int(d)]
-        pos = np.flatnonzero(d_idx == d)
-        part = src.gather_lowdim(l_idx[pos].astype(np.int64), action_delta_timestamps(src, keys, horizon))
-        for k, v in part.items():
-            v = np.asarray(v)
-            if k not in out:
-                out[k] = np.zeros((n, *v.shape[1:]), dtype=v.dtype)
-            elif out[k].shape[1:] != v.shape[1:]:
-                raise ConfigError(
-                    f"key {k!r} has shape {v.shape[1:]} in dataset '{src.name}' but {out[k].shape[1:]} in "
-                    f"another dataset of the mixture"
-                )
-            out[k][pos] = v
-        for p, task in zip(pos, src.tasks_of(l_idx[pos]), strict=True):
-            tasks[p] = task
-    for key in sources[0].camera_keys:
+    return BatchPlanner(sources, action_delta_timestamps(sources, keys, horizon))
+
+
+def lowdim_batch(planner: BatchPlanner, global_index: np.ndarray, data_config: Any) -> dict[str, Any]:
+    """A raw batch of the low-dimensional data of `global_index` (n,) (global indices of the planner's mixture),
+    gathered as the loader gathers it (`BatchPlanner.plan`: same keys, dtypes, action chunks, `<key>_is_pad`,
+    indices), plus "task", "prompt" when `prompt_from_task`, and cameras as 1x1 black placeholders.
+    Used where images are not needed (norm stats)."""
+    global_index = np.asarray(global_index, dtype=np.int64)
+    n = int(global_index.size)
+    out: dict[str, Any] = {k: np.zeros((n, *planner.fields[k][0]), dtype=planner.fields[k][1])
+                           for k in planner.lowdim_fields}
+    plan = planner.plan(0, global_index, out)
+    for key in planner.camera_keys:
         out[key] = np.zeros((n, 1, 1, 3), dtype=np.uint8)
-    out["dataset_index"] = d_idx.astype(np.int64)
-    out["task"] = tasks
+    out["task"] = list(plan.tasks)
     if getattr(data_config, "prompt_from_task", False):
-        out["prompt"] = list(tasks)
+        out["prompt"] = list(plan.tasks)
     return out
 
 
@@ -185,8 +192,6 @@ def require_norm_stats(config: Any, data_config: Any) -> None:
     """The reference's "Normalization stats not found" error (with the command to run) when stats are absent."""
     if data_config.norm_stats is not None or getattr(data_config, "repo_id", None) == "fake":
         return
-    from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
-
     try:
         path = norm_stats_dir(config, data_config) / NORM_STATS_FILE
     except ValueError:
@@ -334,23 +339,8 @@ class DataLoader:
             yield (batch, meta) if with_meta else batch
 
 
-def _world(framework: str) -> tuple[int, int]:
-    """(rank, world size) of this process for the framework."""
-    if framework == "pytorch":
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-    try:
-        import jax
-    except ImportError:
-        return 0, 1
-    return jax.process_index(), jax.process_count()
-
-
 def make_mixture_loader(sources: Sequence[Any], **kwargs: Any) -> Any:
-    """Build the `MixtureLoader` (a seam for tests and the verify command's sabotage check)."""
+    """The default `loader_factory` of `create_data_loader`: `MixtureLoader(sources, **kwargs)`."""
     from fastmix.loader.mixture_loader import MixtureLoader
 
     return MixtureLoader(sources, **kwargs)
@@ -364,6 +354,9 @@ def create_data_loader(
     skip_norm_stats: bool = False,
     framework: Literal["jax", "pytorch"] = "pytorch",
     sharding: Any = None,
+    open_sources: Callable[[Any], list] | None = None,
+    loader_factory: Callable[..., Any] | None = None,
+    rank_world: tuple[int, int] | None = None,
 ) -> DataLoader:
     """Create the training data loader of `config` (a fastmix or openpi `TrainConfig`).
 
@@ -374,18 +367,26 @@ def create_data_loader(
         skip_norm_stats: do not normalize (and do not require norm stats).
         framework: "pytorch" yields torch tensors, "jax" numpy arrays (jax arrays when `sharding` is given).
         sharding: a jax sharding for the batches (framework "jax" only).
+        open_sources: `open_sources(data_config) -> list of sources` (default: this module's `open_sources`,
+            LeRobotSource per repo id).
+        loader_factory: `loader_factory(sources, **loader_kwargs)` builds the mixture loader (default:
+            `make_mixture_loader`, i.e. `MixtureLoader`).
+        rank_world: (rank, world size) of this process (default: `fastmix.distributed.rank_world(framework)`).
     """
     if framework not in ("pytorch", "jax"):
         raise ConfigError(f"framework must be 'pytorch' or 'jax', got framework={framework!r}")
-    if num_batches is not None and (isinstance(num_batches, bool) or int(num_batches) < 0):
-        raise ConfigError(f"num_batches must be a non-negative integer or None, got num_batches={num_batches!r}")
+    num_batches = check_optional_int(num_batches, "num_batches", minimum=0)
     data_config = config.data.create(config.assets_dirs, config.model)
     logger.info("data_config: %s", data_config)
     if not skip_norm_stats:
         require_norm_stats(config, data_config)
-    sources = open_sources(data_config)
+    sources = (open_sources or _default_open_sources)(data_config)
     total = int(sum(len(s) for s in sources))
-    rank, world = _world(framework)
+    if rank_world is None:
+        from fastmix.distributed import rank_world as _rank_world
+
+        rank_world = _rank_world(framework)
+    rank, world = rank_world
     local_batch_size = int(config.batch_size) // world
     if local_batch_size < 1:
         raise ConfigError(f"batch_size ({config.batch_size}) is smaller than the world size ({world})")
@@ -397,9 +398,8 @@ def create_data_loader(
         )
     keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
     horizon = int(config.model.action_horizon)
-    for s in sources:
-        action_delta_timestamps(s, keys, horizon)  # checks the action keys, naming the dataset
-    loader = make_mixture_loader(
+    action_delta_timestamps(sources, keys, horizon)  # checks the action keys, naming the dataset
+    loader = (loader_factory or make_mixture_loader)(
         sources,
         dataset_weights=None if data_config.dataset_weights is None else list(data_config.dataset_weights),
         weighting=getattr(data_config, "weighting", "per_sample"),
@@ -458,7 +458,7 @@ def create_torch_dataset(data_config: Any, action_horizon: int, model_config: An
     for repo_id in repo_ids_of(data_config):
         probe = LeRobotSource(repo_id, root=resolve_root(repo_id, home))
         src = LeRobotSource(
-            repo_id, root=probe.root, delta_timestamps=action_delta_timestamps(probe, keys, action_horizon)
+            repo_id, root=probe.root, delta_timestamps=action_delta_timestamps([probe], keys, action_horizon)[0]
         )
         parts.append(SourceDataset(src, bool(getattr(data_config, "prompt_from_task", False))))
     return torch.utils.data.ConcatDataset(parts)
@@ -471,10 +471,12 @@ __all__ = [
     "create_data_loader",
     "create_torch_dataset",
     "lowdim_batch",
+    "lowdim_planner",
     "make_mixture_loader",
     "observation_class",
     "open_sources",
     "repo_ids_of",
     "require_norm_stats",
+    "resolve_root",
     "transform_stages",
 ]

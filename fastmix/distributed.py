@@ -25,14 +25,29 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank_world(framework: str = "pytorch") -> tuple[int, int]:
+    """(rank, world size) that splits fastmix's stream: torch.distributed's when a process group is initialized
+    (framework "pytorch"), jax's (process_index, process_count) (framework "jax", when jax is importable), else
+    (0, 1). The one place fastmix reads them; torchrun's RANK / WORLD_SIZE alone do not count (no group yet)."""
+    if framework == "jax":
+        try:
+            import jax
+        except ImportError:
+            return 0, 1
+        return int(jax.process_index()), int(jax.process_count())
+    if is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if is_initialized() else int(os.environ.get("RANK", 0))
+    """This process's rank: the process group's, else torchrun's RANK before the group exists (0 when neither)."""
+    return rank_world()[0] if is_initialized() else int(os.environ.get("RANK", 0))
 
 
 def world_size() -> int:
-    """Number of processes (1 when not distributed)."""
-    return dist.get_world_size() if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    """Number of processes: the process group's, else torchrun's WORLD_SIZE (1 when neither)."""
+    return rank_world()[1] if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
 
 
 def local_rank() -> int:
@@ -97,5 +112,6 @@ __all__ = [
     "local_rank",
     "process_group",
     "rank",
+    "rank_world",
     "world_size",
 ]

@@ -5,14 +5,26 @@ The reference is built the way the slow path builds it: one weight per sample of
 `num_samples` = total frames, iterated epoch after epoch as a DataLoader would until `draws` indices.
 fastmix draws the same number from `MixtureSampler.next_indices`.
 
-Six chi-square tests, each reported with its p-value:
-  * goodness of fit of per-dataset counts and of per-bin frame counts to the exact expected distribution,
-    for fastmix and for the reference (frames are binned in index order into bins of roughly equal expected
-    count, at least `min_expected` = 5 per bin and at most `max_bins` bins);
-  * two-sample (2 x C contingency) tests of fastmix against the reference, per dataset and per bin.
-Verdict PASS when every p-value exceeds `alpha` (default 0.001: with six tests a correct sampler fails with
-probability below 0.6 %; the seeds are fixed, so a given run is reproducible) and no frame of probability 0
-was drawn. CLI: `fastmix equivalence --sizes 10000 1000 --weights 1 10 --draws 1000000`; exit status 1 on FAIL.
+Tests, each reported with its p-value. For fastmix and for the reference, against the exact distribution:
+  * chi-square goodness of fit of the counts per dataset;
+  * ... per position bin (consecutive frames grouped into bins of roughly equal expected count, at least
+    `min_expected` = 5 per bin, at most `max_bins` bins);
+  * ... per hash bin (the same grouping after ordering frames by a fixed hash of their global index, so every
+    bin holds frames scattered over the whole mixture: a sampler that favours some frames over their
+    neighbours is seen here, not in position bins);
+  * ... per (dataset, local frame index mod 6) residue class (catches skipping odd frames, every third frame);
+  * ... per frame, frames expecting fewer than 5 draws pooled into one category (with `draws` >= 5 / the
+    smallest frame probability, every frame is its own category);
+  * coverage: the largest expected count e of a frame never drawn; p = Σ (1 - p_i)^draws over the frames with
+    expected count >= e (a union bound, so conservative): a frame missed though it should have been drawn
+    e.g. 20 times (the last frame of a dataset, an off-by-one) fails here.
+And fastmix against the reference, two-sample (2 x C contingency) chi-square tests per dataset, position bin,
+hash bin and residue class.
+Verdict PASS when every p-value exceeds `alpha / number of tests` (Bonferroni: a correct sampler, with a correct
+reference, FAILs with probability at most `alpha`, default 0.001) and no frame of probability 0 was drawn.
+The seeds are fixed, so a given run is reproducible. What it cannot see: a frame missed whose expected count is
+small (a few draws), and deviations smaller than the statistical noise of `draws` draws.
+CLI: `fastmix equivalence --sizes 10000 1000 --weights 1 10 --draws 1000000`; exit status 1 on FAIL.
 """
 
 from __future__ import annotations
@@ -25,19 +37,30 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fastmix._checks import check_int
 from fastmix.errors import ConfigError
 from fastmix.mixture import WEIGHTINGS, Mixture
 from fastmix.sampler import MixtureSampler
 
-DEFAULT_ALPHA = 1e-3
+DEFAULT_ALPHA = 1e-3  # family-wise false-alarm rate of the whole check
+MIN_EXPECTED = 5.0  # smallest expected count of a chi-square category
+RESIDUE_MODULUS = 6  # residue classes of the local frame index: mod 2 and mod 3 at once
 
 
 @dataclass
-class ChiSquareResult:
+class TestResult:
+    """One test: chi-square `statistic` with `dof` degrees of freedom, or (coverage test) the largest expected
+    count of a never-drawn frame with `dof` = the number of frames at least that likely."""
+
+    __test__ = False  # not a pytest class
+
     name: str
     statistic: float
     dof: int
     p_value: float
+
+
+ChiSquareResult = TestResult  # former name
 
 
 @dataclass
@@ -52,15 +75,20 @@ class EquivalenceResult:
     fastmix_shares: list[float]
     reference_shares: list[float]
     num_bins: int
-    tests: list[ChiSquareResult] = field(default_factory=list)
+    tests: list[TestResult] = field(default_factory=list)
     zero_probability_draws: int = 0
 
     @property
+    def per_test_alpha(self) -> float:
+        """Bonferroni threshold: `alpha` / number of tests."""
+        return self.alpha / max(1, len(self.tests))
+
+    @property
     def passed(self) -> bool:
-        return self.zero_probability_draws == 0 and all(t.p_value > self.alpha for t in self.tests)
+        return self.zero_probability_draws == 0 and all(t.p_value > self.per_test_alpha for t in self.tests)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "verdict": "PASS" if self.passed else "FAIL"}
+        return {**asdict(self), "per_test_alpha": self.per_test_alpha, "verdict": "PASS" if self.passed else "FAIL"}
 
     def format(self) -> str:
         lines = [f"fastmix equivalence: sizes={self.sizes} weights={self.weights} weighting={self.weighting} "
@@ -68,44 +96,86 @@ class EquivalenceResult:
                  f"  {'dataset':>7}  {'expected':>9}  {'fastmix':>9}  {'reference':>9}"]
         for i, (e, f, r) in enumerate(zip(self.expected_shares, self.fastmix_shares, self.reference_shares, strict=True)):
             lines.append(f"  {i:>7}  {100 * e:8.4f}%  {100 * f:8.4f}%  {100 * r:8.4f}%")
-        lines.append(f"  {'chi-square test':<34}  {'statistic':>12}  {'dof':>6}  {'p-value':>9}")
+        lines.append(f"  {'test':<44}  {'statistic':>12}  {'dof':>6}  {'p-value':>9}")
         for t in self.tests:
-            lines.append(f"  {t.name:<34}  {t.statistic:12.2f}  {t.dof:>6}  {t.p_value:9.4f}")
+            flag = "" if t.p_value > self.per_test_alpha else "  <- fails"
+            lines.append(f"  {t.name:<44}  {t.statistic:12.2f}  {t.dof:>6}  {t.p_value:9.2e}{flag}")
         if self.zero_probability_draws:
             lines.append(f"  {self.zero_probability_draws} draws hit frames of probability 0")
         verdict = "PASS" if self.passed else "FAIL"
-        lines.append(f"verdict: {verdict} (PASS needs every p-value > {self.alpha:g}; {self.num_bins} frame bins)")
+        lines.append(f"verdict: {verdict} (PASS needs every p-value > {self.alpha:g}/{len(self.tests)} = "
+                     f"{self.per_test_alpha:.3g}, Bonferroni: a correct sampler FAILs with probability <= "
+                     f"{self.alpha:g}; {self.num_bins} position bins)")
         return "\n".join(lines)
 
 
-def _gof(name: str, observed: np.ndarray, expected_p: np.ndarray) -> ChiSquareResult:
-    """Chi-square goodness of fit over categories of positive expected probability."""
+def _pool_small(observed: np.ndarray, expected: np.ndarray, min_expected: float) -> tuple[np.ndarray, np.ndarray]:
+    """Categories expecting fewer than `min_expected` counts pooled into one; a pool still short of it is merged
+    into the least expected of the others. Returns (observed, expected) float64."""
+    small = expected < min_expected
+    if not small.any() or min_expected <= 0:
+        return observed.astype(np.float64), expected.astype(np.float64)
+    obs, exp = observed[~small].astype(np.float64), expected[~small].astype(np.float64)
+    pool_o, pool_e = float(observed[small].sum()), float(expected[small].sum())
+    if pool_e >= min_expected or obs.size == 0:
+        return np.append(obs, pool_o), np.append(exp, pool_e)
+    j = int(np.argmin(exp))
+    obs[j] += pool_o
+    exp[j] += pool_e
+    return obs, exp
+
+
+def chi_square_gof(observed: np.ndarray, expected_p: np.ndarray, name: str = "goodness of fit", *,
+                   min_expected: float = 0.0) -> TestResult:
+    """Chi-square goodness of fit of counts (C,) to probabilities (C,) (normalized here). A count in a category of
+    probability 0 gives statistic inf, p = 0; categories expecting fewer than `min_expected` are pooled
+    (`_pool_small`); fewer than two categories left gives p = 1, dof 0."""
     from scipy import stats
 
+    observed = np.asarray(observed)
+    expected_p = np.asarray(expected_p, dtype=np.float64)
     keep = expected_p > 0
-    obs, exp = observed[keep].astype(np.float64), expected_p[keep] * observed.sum()
-    if keep.sum() < 2:
-        return ChiSquareResult(name, 0.0, 0, 1.0)
-    stat, p = stats.chisquare(obs, exp)
-    return ChiSquareResult(name, float(stat), int(keep.sum() - 1), float(p))
+    if observed[~keep].any():
+        return TestResult(name, float("inf"), int(keep.sum()) - 1, 0.0)
+    n = float(observed.sum())
+    obs, exp = _pool_small(observed[keep], expected_p[keep] / expected_p[keep].sum() * n, min_expected)
+    if obs.size < 2:
+        return TestResult(name, 0.0, 0, 1.0)
+    stat, p = stats.chisquare(obs, exp * (obs.sum() / exp.sum()))
+    return TestResult(name, float(stat), int(obs.size - 1), float(p))
 
 
-def _two_sample(name: str, a: np.ndarray, b: np.ndarray) -> ChiSquareResult:
+def _two_sample(name: str, a: np.ndarray, b: np.ndarray) -> TestResult:
     """Chi-square test of homogeneity of two count vectors (categories empty in both dropped)."""
     from scipy import stats
 
     keep = (a + b) > 0
     if keep.sum() < 2:
-        return ChiSquareResult(name, 0.0, 0, 1.0)
+        return TestResult(name, 0.0, 0, 1.0)
     res = stats.chi2_contingency(np.stack([a[keep], b[keep]]), correction=False)
-    return ChiSquareResult(name, float(res.statistic), int(res.dof), float(res.pvalue))
+    return TestResult(name, float(res.statistic), int(res.dof), float(res.pvalue))
 
 
-def frame_bins(probabilities: np.ndarray, draws: int, *, min_expected: float = 5.0,
-               max_bins: int = 1000) -> np.ndarray:
-    """int64 (N,) bin of every frame: consecutive frames grouped greedily so each bin expects at least
-    max(min_expected, draws / max_bins) draws; a short last bin is merged into the one before."""
+def _coverage(name: str, counts: np.ndarray, probabilities: np.ndarray, draws: int) -> TestResult:
+    """Frames never drawn: statistic e = the largest expected count among them, p = Σ (1 - p_i)^draws over the
+    frames expecting at least e (>= P(some frame that likely is never drawn), by the union bound)."""
     expected = probabilities * draws
+    unseen = (counts == 0) & (probabilities > 0)
+    if not unseen.any():
+        return TestResult(name, 0.0, 0, 1.0)
+    e_max = float(expected[unseen].max())
+    likely = probabilities[expected >= e_max]
+    p = float(np.exp(draws * np.log1p(-likely)).sum())
+    return TestResult(name, e_max, int(likely.size), min(1.0, p))
+
+
+def frame_bins(probabilities: np.ndarray, draws: int, *, min_expected: float = MIN_EXPECTED,
+               max_bins: int = 1000, order: np.ndarray | None = None) -> np.ndarray:
+    """int64 (N,) bin of every frame: frames taken in `order` (default: index order) and grouped greedily so each
+    bin expects at least max(min_expected, draws / max_bins) draws; a short last bin is merged into the one
+    before."""
+    order = np.arange(probabilities.size) if order is None else np.asarray(order)
+    expected = probabilities[order] * draws
     target = max(min_expected, expected.sum() / max_bins)
     cum = np.concatenate([[0.0], np.cumsum(expected)])  # cum[i]: expected draws of frames before i
     n = expected.size
@@ -117,7 +187,18 @@ def frame_bins(probabilities: np.ndarray, draws: int, *, min_expected: float = 5
         starts.append(end)
     if len(starts) > 1 and cum[n] - cum[starts[-1]] < target:  # the tail falls short: merge it
         starts.pop()
-    return np.searchsorted(np.asarray(starts), np.arange(n), side="right").astype(np.int64) - 1
+    bins = np.empty(n, dtype=np.int64)
+    bins[order] = np.searchsorted(np.asarray(starts), np.arange(n), side="right") - 1
+    return bins
+
+
+def hash_order(n: int) -> np.ndarray:
+    """int64 (n,): the frames 0..n-1 sorted by a fixed 64-bit hash of the index (splitmix64's finalizer)."""
+    z = np.arange(n, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.argsort(z, kind="stable").astype(np.int64)
 
 
 def reference_draws(weights: np.ndarray, draws: int, seed: int) -> np.ndarray:
@@ -148,8 +229,7 @@ def check_equivalence(
     """Compare fastmix's draws with WeightedRandomSampler's and with the exact expected distribution of the
     mixture (sizes, weights, weighting, frame_weights). `sampler` replaces the fastmix sampler under test
     (default: a MixtureSampler of that same mixture, seeded with `seed`); the reference uses `seed` too."""
-    if draws < 1:
-        raise ConfigError(f"draws should be a positive integer value, but got draws={draws}")
+    draws = check_int(draws, "draws", minimum=1)
     mixture = Mixture(sizes, weights, weighting=weighting, frame_weights=frame_weights)
     if sampler is None:
         sampler = MixtureSampler(sizes, weights, weighting=weighting, frame_weights=frame_weights, seed=seed,
@@ -159,30 +239,49 @@ def check_equivalence(
     fast = sampler.next_indices(draws)
     ref = reference_draws(mixture.reference_weights(), draws, seed)
 
-    k = mixture.num_datasets
     probs = mixture.sample_probabilities()
-    ds_fast = np.bincount(mixture_datasets(sampler, fast), minlength=k)
-    ds_ref = np.bincount(mixture_datasets(sampler, ref), minlength=k)
-    bins = frame_bins(probs, draws, max_bins=max_bins)
-    nb = int(bins.max()) + 1
-    bin_p = np.bincount(bins, weights=probs, minlength=nb)
-    bin_fast = np.bincount(bins[fast], minlength=nb)
-    bin_ref = np.bincount(bins[ref], minlength=nb)
+    categories = _Categories(mixture, sampler, probs, draws, max_bins)
+    c_fast, c_ref = categories.count(fast), categories.count(ref)
     result = EquivalenceResult(
         sizes=[int(s) for s in mixture.sizes], weights=mixture.weights.tolist(), weighting=weighting, draws=draws,
         seed=seed, alpha=alpha, expected_shares=mixture.shares.tolist(),
-        fastmix_shares=(ds_fast / draws).tolist(), reference_shares=(ds_ref / draws).tolist(), num_bins=nb,
-        zero_probability_draws=int((probs[fast] == 0).sum()),
+        fastmix_shares=(c_fast["datasets"] / draws).tolist(), reference_shares=(c_ref["datasets"] / draws).tolist(),
+        num_bins=categories.num_bins, zero_probability_draws=int((probs[fast] == 0).sum()),
     )
-    result.tests = [
-        _gof("fastmix vs expected (datasets)", ds_fast, mixture.shares),
-        _gof("fastmix vs expected (frame bins)", bin_fast, bin_p),
-        _gof("reference vs expected (datasets)", ds_ref, mixture.shares),
-        _gof("reference vs expected (frame bins)", bin_ref, bin_p),
-        _two_sample("fastmix vs reference (datasets)", ds_fast, ds_ref),
-        _two_sample("fastmix vs reference (frame bins)", bin_fast, bin_ref),
-    ]
+    for who, counts in (("fastmix", c_fast), ("reference", c_ref)):
+        for kind, p in categories.probabilities.items():
+            result.tests.append(chi_square_gof(counts[kind], p, f"{who} vs expected ({kind})",
+                                               min_expected=MIN_EXPECTED))
+        result.tests.append(_coverage(f"{who} never-drawn frames (coverage)", counts["frames"], probs, draws))
+    for kind in ("datasets", "position bins", "hash bins", categories.residues):
+        result.tests.append(_two_sample(f"fastmix vs reference ({kind})", c_fast[kind], c_ref[kind]))
     return result
+
+
+class _Categories:
+    """The category partitions of the tests: datasets, position bins, hash bins, residue classes, frames; each
+    with its exact probabilities (`probabilities[kind]`) and a counter of draws (`count(indices)`)."""
+
+    def __init__(self, mixture: Mixture, sampler: MixtureSampler, probs: np.ndarray, draws: int,
+                 max_bins: int) -> None:
+        self.residues = f"dataset, frame mod {RESIDUE_MODULUS}"
+        d, local = sampler.index_map.to_local(np.arange(probs.size, dtype=np.int64))
+        self._of = {
+            "datasets": d.astype(np.int64),
+            "position bins": frame_bins(probs, draws, max_bins=max_bins),
+            "hash bins": frame_bins(probs, draws, max_bins=max_bins, order=hash_order(probs.size)),
+            self.residues: d.astype(np.int64) * RESIDUE_MODULUS + local % RESIDUE_MODULUS,
+            "frames": np.arange(probs.size, dtype=np.int64),
+        }
+        self._size = {kind: int(c.max()) + 1 for kind, c in self._of.items()}
+        self._size["datasets"] = mixture.num_datasets
+        self.num_bins = self._size["position bins"]
+        self.probabilities = {kind: np.bincount(c, weights=probs, minlength=self._size[kind])
+                              for kind, c in self._of.items()}
+
+    def count(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """int64 counts of `indices` (global frame indices) per category, for every partition."""
+        return {kind: np.bincount(c[indices], minlength=self._size[kind]) for kind, c in self._of.items()}
 
 
 def mixture_datasets(sampler: MixtureSampler, indices: np.ndarray) -> np.ndarray:
@@ -204,7 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-weights-seed", type=int, default=None,
                         help="also use random per-frame weights (Uniform[0.1, 2)) generated from this seed")
     parser.add_argument("--seed", type=int, default=0, help="seed of both samplers")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="PASS needs every p-value > alpha")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help="family-wise false-alarm rate: PASS needs every p-value > alpha / number of tests")
     parser.add_argument("--max-bins", type=int, default=1000, help="most frame bins of the per-bin tests")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -217,5 +317,5 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-__all__ = ["EquivalenceResult", "ChiSquareResult", "add_arguments", "check_equivalence", "frame_bins",
-           "reference_draws", "run"]
+__all__ = ["EquivalenceResult", "ChiSquareResult", "TestResult", "add_arguments", "check_equivalence",
+           "chi_square_gof", "frame_bins", "hash_order", "reference_draws", "run"]

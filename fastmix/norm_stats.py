@@ -1,31 +1,21 @@
-"""Normalization statistics: openpi's `NormStats`, `RunningStats` and `norm_stats.json` format, and the
-`fastmix compute-norm-stats CONFIG_NAME [--max-frames N]` command.
-
-The command computes the statistics of `state` and `actions` after the config's repack and data transforms
-(so delta actions are counted as the model sees them) over the whole mixture, every frame of every dataset
-once (or `--max-frames` frames drawn uniformly), and writes `assets_dir/asset_id/norm_stats.json`.
-Only the low-dimensional columns are read: cameras are never decoded (the data transforms see 1x1
-placeholder images).
+"""Normalization statistics (a leaf module: no fastmix import but the errors): openpi's `NormStats`,
+`RunningStats`, the `norm_stats.json` format (serialize, load, save) and where a config keeps the file.
+The `fastmix compute-norm-stats` command that computes them is `fastmix.compute_norm_stats`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
-import math
 import pathlib
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("fastmix")
+from fastmix.errors import ConfigError, DatasetFormatError, MissingFileError
 
 NORM_STATS_FILE = "norm_stats.json"
-STATS_KEYS = ("state", "actions")
 
 
 @dataclasses.dataclass
@@ -94,7 +84,7 @@ class RunningStats:
             ]
         else:
             if dim != self._mean.size:
-                raise ValueError(
+                raise DatasetFormatError(
                     f"vectors of length {dim} do not match the running stats' length {self._mean.size}"
                 )
             new_min, new_max = batch.min(axis=0), batch.max(axis=0)
@@ -125,7 +115,7 @@ class RunningStats:
     def get_statistics(self) -> NormStats:
         """The statistics so far; needs at least 2 vectors."""
         if self._count < 2:
-            raise ValueError(f"Cannot compute statistics for less than 2 vectors (got {self._count}).")
+            raise ConfigError(f"Cannot compute statistics for less than 2 vectors (got {self._count}).")
         std = np.sqrt(np.maximum(0.0, self._mean_sq - self._mean**2))
         return NormStats(mean=self._mean.copy(), std=std, q01=self._quantile(0.01), q99=self._quantile(0.99))
 
@@ -136,15 +126,18 @@ def serialize_json(norm_stats: Mapping[str, NormStats]) -> str:
 
 
 def deserialize_json(text: str) -> dict[str, NormStats]:
-    """Parse openpi's `norm_stats.json` text."""
-    data = json.loads(text)
-    if not isinstance(data, dict) or "norm_stats" not in data:
-        raise ValueError('norm stats JSON must be an object with a "norm_stats" key')
+    """Parse openpi's `norm_stats.json` text (DatasetFormatError, a ValueError, when it is not that format)."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise DatasetFormatError(f"norm stats are not JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("norm_stats"), dict):
+        raise DatasetFormatError('norm stats JSON must be an object with a "norm_stats" object')
     out = {}
     for k, v in data["norm_stats"].items():
-        missing = [f for f in ("mean", "std") if f not in v]
+        missing = [f for f in ("mean", "std") if not isinstance(v, dict) or f not in v]
         if missing:
-            raise ValueError(f"norm stats for key {k!r} lack {missing}")
+            raise DatasetFormatError(f"norm stats for key {k!r} lack {missing}")
         out[k] = NormStats(mean=v["mean"], std=v["std"], q01=v.get("q01"), q99=v.get("q99"))
     return out
 
@@ -166,14 +159,16 @@ def save(directory: pathlib.Path | str, norm_stats: Mapping[str, NormStats]) -> 
 
 
 def load(directory: pathlib.Path | str) -> dict[str, NormStats]:
-    """Read `directory/norm_stats.json` (FileNotFoundError naming the path when absent)."""
+    """Read `directory/norm_stats.json` (MissingFileError, a FileNotFoundError, naming the path when absent;
+    DatasetFormatError, a ValueError, naming it when malformed)."""
     path = pathlib.Path(directory) / NORM_STATS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"Norm stats file not found at: {path}")
+        raise MissingFileError(f"Norm stats file not found at: {path}")
     try:
         return deserialize_json(path.read_text())
     except (ValueError, TypeError) as e:
-        raise ValueError(f"malformed norm stats file {path}: {e}") from e
+        raise DatasetFormatError(f"malformed norm stats file {path}: {e}. Recompute it with "
+                                 f"`fastmix compute-norm-stats CONFIG_NAME`.") from e
 
 
 def missing_norm_stats_message(config_name: str, path: pathlib.Path | str | None) -> str:
@@ -185,101 +180,24 @@ def missing_norm_stats_message(config_name: str, path: pathlib.Path | str | None
     )
 
 
-# ----------------------------------------------------------------------------------------------- command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.config)")
-    parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (uniform draw)")
-    parser.add_argument("--batch-size", type=int, default=256, help="frames read per step (default 256)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-frames draw")
-
-
-def run(args: argparse.Namespace) -> int:
-    from fastmix import config as _config
-    from fastmix.errors import FastmixError
-
-    try:
-        config = _config.get_config(args.config_name)
-        path = compute_norm_stats(config, max_frames=args.max_frames, batch_size=args.batch_size, seed=args.seed)
-    except (FastmixError, FileNotFoundError) as e:
-        print(f"fastmix compute-norm-stats: error: {e}", file=sys.stderr)
-        return 2
-    print(f"Wrote {path}")
-    return 0
-
-
 def norm_stats_dir(config: Any, data_config: Any) -> pathlib.Path:
     """Where a config's norm stats live: `(assets.assets_dir or config.assets_dirs) / asset_id`."""
     assets = getattr(config.data, "assets", None)
     base = getattr(assets, "assets_dir", None) or config.assets_dirs
     asset_id = data_config.asset_id
     if asset_id is None:
-        raise ValueError(f"config '{config.name}' has no asset_id (set assets.asset_id or repo_ids)")
+        raise ConfigError(f"config '{config.name}' has no asset_id (set assets.asset_id or repo_ids)")
     return pathlib.Path(base) / asset_id
-
-
-def compute_norm_stats(
-    config: Any,
-    *,
-    max_frames: int | None = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    progress: bool = True,
-) -> pathlib.Path:
-    """Compute state/actions statistics over a config's whole mixture and save them; returns the file path."""
-    import tqdm
-
-    from fastmix import transforms as _t
-    from fastmix.data_loader import lowdim_batch, open_sources
-    from fastmix.index_map import IndexMap
-
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if max_frames is not None and max_frames < 2:
-        raise ValueError(f"--max-frames must be at least 2, got {max_frames}")
-    data_config = config.data.create(config.assets_dirs, config.model)
-    sources = open_sources(data_config)
-    sizes = [len(s) for s in sources]
-    total = int(sum(sizes))
-    if max_frames is not None and max_frames < total:
-        rng = np.random.default_rng(seed)
-        order = np.sort(rng.choice(total, size=max_frames, replace=False)).astype(np.int64)
-    else:
-        order = np.arange(total, dtype=np.int64)
-    index_map = IndexMap(sizes)
-    pipeline = [
-        *data_config.repack_transforms.inputs,
-        *data_config.data_transforms.inputs,
-        _t.RemoveStrings(),
-    ]
-    horizon = config.model.action_horizon
-    stats = {k: RunningStats() for k in STATS_KEYS}
-    steps = math.ceil(len(order) / batch_size)
-    for step in tqdm.tqdm(range(steps), desc="Computing stats", unit="batch", disable=not progress):
-        chunk = order[step * batch_size : (step + 1) * batch_size]
-        d_idx, l_idx = index_map.to_local(chunk)
-        batch = lowdim_batch(sources, d_idx, l_idx, data_config, horizon)
-        out = _t.apply_batch(pipeline, batch)
-        for k in STATS_KEYS:
-            if k not in out:
-                raise KeyError(f"key {k!r} is not in the transformed data; keys: {sorted(_t.flatten_dict(out))}")
-            stats[k].update(np.asarray(out[k]))
-    norm_stats = {k: s.get_statistics() for k, s in stats.items()}
-    return save(norm_stats_dir(config, data_config), norm_stats)
 
 
 __all__ = [
     "NORM_STATS_FILE",
     "NormStats",
     "RunningStats",
-    "add_arguments",
-    "compute_norm_stats",
     "deserialize_json",
     "load",
     "missing_norm_stats_message",
     "norm_stats_dir",
-    "run",
     "save",
     "serialize_json",
 ]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from fastmix.errors import ConfigError
-from fastmix.norm_stats import NormStats
+
+if TYPE_CHECKING:  # only named in annotations: transforms stay a leaf
+    from fastmix.norm_stats import NormStats
 
 DataDict = dict[str, Any]
 

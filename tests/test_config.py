@@ -147,15 +147,6 @@ def test_train_config_validation():
         _ = C.TrainConfig(name="x").checkpoint_dir
 
 
-def test_resolve_root(monkeypatch, tmp_path):
-    assert C.resolve_root("org/ds", str(tmp_path)) == tmp_path / "org/ds"
-    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lr"))
-    assert C.resolve_root("org/ds", None) == tmp_path / "lr" / "org/ds"
-    monkeypatch.delenv("HF_LEROBOT_HOME")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert C.resolve_root("org/ds", None) == tmp_path / "hf" / "lerobot" / "org/ds"
-
-
 def test_factory_lerobot_home_reaches_data_config(tmp_path):
     dc = _multi(lerobot_home=str(tmp_path)).create(tmp_path, C.Pi0Config())
     assert dc.lerobot_home == str(tmp_path) and dc.weighting == "per_sample"

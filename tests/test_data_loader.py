@@ -1,5 +1,6 @@
 """create_data_loader: openpi's semantics and error texts, batches Observation.from_dict accepts, weighting,
-epochs, resume, and parity with per-sample openpi-style transforms on real generated datasets."""
+epochs, resume (tests/resume_harness.py), and parity with per-sample openpi-style transforms on real generated
+datasets. Fakes are injected (`open_sources=`, `loader_factory=`, `rank_world=`), nothing is monkeypatched."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fastmix import compute_norm_stats as cns
 from fastmix import config as C
 from fastmix import data_loader as DL
-from fastmix import norm_stats as ns
 from fastmix.errors import ConfigError
+from fastmix.loader.testing import FakeReader, FakeSource
+from tests.resume_harness import check_resume, forever
 
 
 def _cfg(tmp_path, repo_ids=("fake/a", "fake/b"), *, name="dl_cfg", batch_size=4, horizon=3, weights=None, **kw):
@@ -32,38 +35,77 @@ def _cfg(tmp_path, repo_ids=("fake/a", "fake/b"), *, name="dl_cfg", batch_size=4
     )
 
 
+def _with_stats(tmp_path, **kw) -> C.TrainConfig:
+    """A `_cfg` with norm stats computed over `data_loader.open_sources` (for test_verify / test_openpi_adapter,
+    which replace that attribute; the tests here inject `Injected.open_sources` instead)."""
+    cfg = _cfg(tmp_path, **kw)
+    cns.compute_norm_stats(cfg, progress=False)
+    return cfg
+
+
+@pytest.fixture
+def sources() -> list[FakeSource]:
+    """Two in-memory datasets: fake/a (2 episodes x 5 frames) and fake/b (1 x 4)."""
+    return [FakeSource("fake/a", num_episodes=2, episode_length=5), FakeSource("fake/b", num_episodes=1, episode_length=4)]
+
+
+class Injected:
+    """create_data_loader / compute_norm_stats over given sources, with MixtureLoaders whose frames FakeReader
+    decodes in-process; `made` records the loader arguments create_data_loader chose."""
+
+    def __init__(self, sources: list[FakeSource]) -> None:
+        self.sources = sources
+        self.made: list[dict] = []
+
+    def open_sources(self, data_config) -> list[FakeSource]:
+        return self.sources
+
+    def loader_factory(self, sources, **kw):
+        from fastmix.loader.mixture_loader import MixtureLoader
+
+        self.made.append(kw)
+        return MixtureLoader(sources, reader_factory=FakeReader, **kw)
+
+    def create(self, cfg, **kw) -> DL.DataLoader:
+        return DL.create_data_loader(cfg, open_sources=self.open_sources, loader_factory=self.loader_factory, **kw)
+
+    def with_stats(self, tmp_path, **kw) -> C.TrainConfig:
+        cfg = _cfg(tmp_path, **kw)
+        cns.compute_norm_stats(cfg, progress=False, open_sources=self.open_sources)
+        return cfg
+
+
+@pytest.fixture
+def fake(sources) -> Injected:
+    return Injected(sources)
+
+
 # ----------------------------------------------------------------------------------------------- errors
 
 
-def test_missing_norm_stats_error_has_reference_text_path_and_command(tmp_path):
-    cfg = _cfg(tmp_path, name="no_stats_cfg")
-    with pytest.raises(ConfigError, match="Normalization stats not found") as e:
-        DL.create_data_loader(cfg)
-    msg = str(e.value)
-    assert str(tmp_path / "assets" / "shared" / "norm_stats.json") in msg
-    assert "`fastmix compute-norm-stats no_stats_cfg`" in msg
-
-
-def test_local_batch_size_larger_than_dataset_error_names_sizes(tmp_path, fake_sources):
+def test_local_batch_size_larger_than_dataset_error_names_sizes(tmp_path, fake):
     cfg = _cfg(tmp_path, batch_size=15)  # 10 + 4 frames
     with pytest.raises(ConfigError, match=r"Local batch size \(15\) is larger than the dataset size \(14\)\.") as e:
-        DL.create_data_loader(cfg, skip_norm_stats=True)
+        fake.create(cfg, skip_norm_stats=True)
     assert "fake/a=10" in str(e.value) and "fake/b=4" in str(e.value)
 
 
-def test_unknown_action_key_names_dataset(tmp_path, fake_sources):
+def test_unknown_action_key_names_dataset(tmp_path, fake):
     cfg = _cfg(tmp_path)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, base_config=C.DataConfig(action_sequence_keys=("action",))))
     with pytest.raises(ConfigError, match=r"action_sequence_keys \['action'\] are not features of dataset 'fake/a'"):
-        DL.create_data_loader(cfg, skip_norm_stats=True)
+        fake.create(cfg, skip_norm_stats=True)
+    assert fake.made == []  # caught before any loader (or worker) exists
 
 
 def test_argument_errors_name_values(tmp_path):
     cfg = _cfg(tmp_path)
     with pytest.raises(ConfigError, match="framework='tf'"):
         DL.create_data_loader(cfg, framework="tf")
-    with pytest.raises(ConfigError, match="num_batches=-1"):
+    with pytest.raises(ConfigError, match="num_batches must be an integer >= 0 or None, got num_batches=-1"):
         DL.create_data_loader(cfg, num_batches=-1)
+    with pytest.raises(ConfigError, match=r"batch_size \(4\) is smaller than the world size \(8\)"):
+        DL.create_data_loader(cfg, skip_norm_stats=True, open_sources=lambda dc: [], rank_world=(3, 8))
 
 
 def test_repo_id_not_set_error():
@@ -74,17 +116,18 @@ def test_repo_id_not_set_error():
 # ------------------------------------------------------------------------------------ low-dim batch path
 
 
-def test_lowdim_batch_matches_sources_and_prompts(tmp_path, fake_sources):
+def test_lowdim_batch_matches_sources_and_prompts(tmp_path, sources):
     cfg = _cfg(tmp_path)
     dc = cfg.data.create(cfg.assets_dirs, cfg.model)
-    d = np.array([1, 0, 1, 0])
-    rows = np.array([3, 9, 0, 4])
-    b = DL.lowdim_batch(fake_sources, d, rows, dc, horizon=3)
-    np.testing.assert_array_equal(b["state"][0], fake_sources[1].value("state", np.array([3]))[0])
-    np.testing.assert_array_equal(b["state"][1], fake_sources[0].value("state", np.array([9]))[0])
+    planner = DL.lowdim_planner(sources, dc, horizon=3)
+    b = DL.lowdim_batch(planner, np.array([10 + 3, 9, 10 + 0, 4]), dc)  # fake/b starts at global index 10
+    np.testing.assert_array_equal(b["state"][0], sources[1].value("state", np.array([3]))[0])
+    np.testing.assert_array_equal(b["state"][1], sources[0].value("state", np.array([9]))[0])
     assert b["actions"].shape == (4, 3, 7) and b["actions_is_pad"][0].tolist() == [False, True, True]
-    assert b["prompt"] == [fake_sources[1].tasks[0], fake_sources[0].tasks[1], fake_sources[1].tasks[0], fake_sources[0].tasks[0]]
+    np.testing.assert_array_equal(b["actions"][1], sources[0].value("actions", np.array([9, 9, 9])))  # clamped
+    assert b["prompt"] == [sources[1].tasks[0], sources[0].tasks[1], sources[1].tasks[0], sources[0].tasks[0]]
     assert b["image"].shape == (4, 1, 1, 3) and b["dataset_index"].tolist() == [1, 0, 1, 0]
+    assert b["episode_index"].tolist() == [0, 1, 0, 0] and b["frame_index"].tolist() == [3, 4, 0, 4]
 
 
 def test_observation_from_dict_like_openpi():
@@ -108,34 +151,11 @@ def test_observation_from_dict_like_openpi():
 # ------------------------------------------------------------------ whole loader on in-memory fake sources
 
 
-@pytest.fixture
-def fake_loader(monkeypatch, fake_sources):
-    """create_data_loader over FakeSources (synthetic frames decoded in-process by FakeReader)."""
-    from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader
-
-    made = []
-
-    def make(sources, **kw):
-        loader = MixtureLoader(sources, reader_factory=FakeReader, **kw)
-        made.append(kw)
-        return loader
-
-    monkeypatch.setattr(DL, "make_mixture_loader", make)
-    return made
-
-
-def _with_stats(tmp_path, **kw):
-    cfg = _cfg(tmp_path, **kw)
-    ns.compute_norm_stats(cfg, progress=False)
-    return cfg
-
-
-def test_yields_openpi_observation_and_actions_looping_over_epochs(tmp_path, fake_loader):
+def test_yields_openpi_observation_and_actions_looping_over_epochs(tmp_path, fake):
     import torch
 
-    cfg = _with_stats(tmp_path, batch_size=4)
-    loader = DL.create_data_loader(cfg, shuffle=True, num_batches=5)  # 14 frames -> 3 batches/epoch: loops
+    cfg = fake.with_stats(tmp_path, batch_size=4)
+    loader = fake.create(cfg, shuffle=True, num_batches=5)  # 14 frames -> 3 batches/epoch: loops
     assert len(loader) == 5 and loader.data_config().repo_ids == ("fake/a", "fake/b")
     items = list(loader)
     assert len(items) == 5
@@ -149,65 +169,99 @@ def test_yields_openpi_observation_and_actions_looping_over_epochs(tmp_path, fak
     assert tuple(obs.state.shape) == (4, 32) and tuple(actions.shape) == (4, 3, 32)
     assert not actions[..., 7:].any() and float(actions[..., :7].abs().max()) < 5  # quantile-normalized
     assert loader.state_dict()["epoch"] == 1
-    assert fake_loader[0]["batch_size"] == 4 and fake_loader[0]["drop_last"] is True
+    assert fake.made[0]["batch_size"] == 4 and fake.made[0]["drop_last"] is True
     loader.close()
 
 
-def test_jax_framework_yields_numpy(tmp_path, fake_loader):
-    cfg = _with_stats(tmp_path)
-    with DL.create_data_loader(cfg, num_batches=1, framework="jax") as loader:
+def test_jax_framework_yields_numpy(tmp_path, fake):
+    cfg = fake.with_stats(tmp_path)
+    with fake.create(cfg, num_batches=1, framework="jax") as loader:
         obs, actions = next(iter(loader))
     assert isinstance(actions, np.ndarray) and isinstance(obs.state, np.ndarray)
     assert obs.images["base_0_rgb"].shape == (4, 8, 8, 3)  # numpy images stay HWC, as in openpi
 
 
-def test_weighted_sampling_follows_declared_weights(tmp_path, fake_loader):
-    from fastmix.verify import chi_square, expected_shares
+def test_weighted_sampling_follows_declared_weights(tmp_path, fake):
+    from scipy import stats
 
-    cfg = _with_stats(tmp_path, weights=[1.0, 6.0], batch_size=8)
+    cfg = fake.with_stats(tmp_path, weights=[1.0, 6.0], batch_size=8)
     counts = np.zeros(2, dtype=np.int64)
-    with DL.create_data_loader(cfg, shuffle=True, num_batches=150, framework="jax") as loader:
+    with fake.create(cfg, shuffle=True, num_batches=150, framework="jax") as loader:
         for _, meta in loader.batches(with_meta=True):
             counts += np.bincount(meta["dataset_index"], minlength=2)
-    exp = expected_shares([10, 4], [1.0, 6.0], "per_sample")  # 10 : 24
-    assert exp.tolist() == pytest.approx([10 / 34, 24 / 34])
-    assert chi_square(counts, exp)[1] > 1e-3
-    assert fake_loader[0]["dataset_weights"] == [1.0, 6.0] and fake_loader[0]["weighting"] == "per_sample"
+    exp = np.array([10 * 1.0, 4 * 6.0]) / 34  # per_sample: share ∝ weight x frames, 10 : 24
+    assert stats.chisquare(counts, exp * counts.sum()).pvalue > 1e-3
+    assert fake.made[0]["dataset_weights"] == [1.0, 6.0] and fake.made[0]["weighting"] == "per_sample"
 
 
-def test_sequential_without_shuffle_and_set_epoch(tmp_path, fake_loader):
-    cfg = _with_stats(tmp_path)
-    with DL.create_data_loader(cfg, num_batches=3, framework="jax") as loader:
+def test_sequential_without_shuffle_and_set_epoch(tmp_path, fake):
+    cfg = fake.with_stats(tmp_path)
+    with fake.create(cfg, num_batches=3, framework="jax") as loader:
         metas = [m for _, m in loader.batches(with_meta=True)]
     seq = [(int(d), int(i)) for m in metas for d, i in zip(m["dataset_index"], m["index"], strict=True)]
     assert seq == [(0, i) for i in range(10)] + [(1, i) for i in range(2)]  # p -> p mod N, concatenated order
-    with DL.create_data_loader(cfg, shuffle=True, num_batches=2, framework="jax") as loader:
+    with fake.create(cfg, shuffle=True, num_batches=2, framework="jax") as loader:
         first = [m["index"].tolist() for _, m in loader.batches(with_meta=True)]
         loader.set_epoch(5)
         fifth = [m["index"].tolist() for _, m in loader.batches(with_meta=True)]
     assert first != fifth
 
 
-def test_state_dict_resume_continues_the_stream(tmp_path, fake_loader):
-    cfg = _with_stats(tmp_path)
-    with DL.create_data_loader(cfg, shuffle=True, num_batches=6, framework="jax") as loader:
-        it = loader.batches(with_meta=True)
-        for _ in range(4):
-            next(it)
-        state = loader.state_dict()
-        rest = [m["index"].tolist() for _, m in it]
-    with DL.create_data_loader(cfg, shuffle=True, num_batches=2, framework="jax") as loader:
-        loader.load_state_dict(state)
-        resumed = [m["index"].tolist() for _, m in loader.batches(with_meta=True)]
-    assert resumed == rest and len(rest) == 2
+def _batch_key(pair) -> tuple:
+    _, meta = pair
+    return tuple(zip(meta["dataset_index"].tolist(), meta["index"].tolist(), strict=True))
 
 
-def test_ranks_split_one_global_weighted_stream(tmp_path, fake_loader, monkeypatch):
-    cfg = _with_stats(tmp_path, weights=[1.0, 3.0], batch_size=8)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_state_dict_resume_continues_the_stream(tmp_path, fake, shuffle):
+    """Resume mid-epoch, at the epoch boundary and in a later epoch (14 frames, batch 4: 3 batches an epoch)."""
+    cfg = fake.with_stats(tmp_path)
+
+    def make() -> DL.DataLoader:
+        return fake.create(cfg, shuffle=shuffle, framework="jax")  # num_batches=None: epoch after epoch
+
+    reference = check_resume(make, lambda dl: dl.batches(with_meta=True), epoch_length=3, key=_batch_key,
+                             close=DL.DataLoader.close)
+    epochs = [sorted(i for batch in reference[e * 3:(e + 1) * 3] for i in batch) for e in range(3)]
+    if shuffle:
+        assert len({tuple(e) for e in epochs}) == 3  # every epoch its own draw
+    else:  # sequential: p -> p mod 14 over the concatenation, 12 positions an epoch
+        assert [i for batch in reference[:3] for i in batch] == [(0, i) for i in range(10)] + [(1, 0), (1, 1)]
+
+
+def test_resume_harness_sees_a_loader_that_forgets_its_position(tmp_path, fake):
+    """The harness is not vacuous: a loader whose load_state_dict drops the position fails it."""
+    cfg = fake.with_stats(tmp_path)
+
+    def make() -> DL.DataLoader:
+        loader = fake.create(cfg, shuffle=True, framework="jax")
+        loader.load_state_dict = lambda state: None  # restarts at the beginning
+        return loader
+
+    with pytest.raises(AssertionError, match="resumed after 1 items"):
+        check_resume(make, lambda dl: dl.batches(with_meta=True), epoch_length=3, key=_batch_key,
+                     close=DL.DataLoader.close)
+
+
+def test_resume_harness_on_the_sampler_and_the_mixture_loader(sources):
+    """The same harness on the layers below (their own tests own the details)."""
+    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.sampler import MixtureSampler
+
+    check_resume(lambda: MixtureSampler([7, 5], [1.0, 3.0], seed=3), forever, epoch_length=12)
+
+    def make() -> MixtureLoader:
+        return MixtureLoader(sources, batch_size=4, num_workers=0, seed=1, shuffle=True, drop_last=True,
+                             reader_factory=FakeReader)
+
+    check_resume(make, forever, epoch_length=3, key=lambda b: tuple(b["index"].tolist()), close=MixtureLoader.close)
+
+
+def test_ranks_split_one_global_weighted_stream(tmp_path, fake):
+    cfg = fake.with_stats(tmp_path, weights=[1.0, 3.0], batch_size=8)
 
     def draws(rank, world):
-        monkeypatch.setattr(DL, "_world", lambda framework: (rank, world))
-        with DL.create_data_loader(cfg, shuffle=True, num_batches=2, framework="jax") as loader:
+        with fake.create(cfg, shuffle=True, num_batches=2, framework="jax", rank_world=(rank, world)) as loader:
             return [(int(d), int(i)) for _, m in loader.batches(with_meta=True)
                     for d, i in zip(m["dataset_index"], m["index"], strict=True)]
 
@@ -216,22 +270,22 @@ def test_ranks_split_one_global_weighted_stream(tmp_path, fake_loader, monkeypat
     assert len(r0) == len(r1) == 8  # local batch = 8 // 2, two batches each
     assert r0 != r1  # the reference's WeightedRandomSampler gave every rank the same draws
     assert sorted(r0 + r1) == sorted(single)
-    assert fake_loader[-1]["rank"] == 1 and fake_loader[-1]["world_size"] == 2
+    assert fake.made[-1]["rank"] == 1 and fake.made[-1]["world_size"] == 2
 
 
-def test_batch_transforms_equal_openpi_per_sample_pipeline(tmp_path, fake_loader, fake_sources):
+def test_batch_transforms_equal_openpi_per_sample_pipeline(tmp_path, fake, sources):
     """For the same samples, the batched pipeline gives what openpi's per-sample transforms give."""
     from fastmix import transforms as T
     from fastmix.loader.testing import fake_frame
 
-    cfg = _with_stats(tmp_path, extra_delta_transform=True)
-    with DL.create_data_loader(cfg, shuffle=True, num_batches=2, framework="jax") as loader:
+    cfg = fake.with_stats(tmp_path, extra_delta_transform=True)
+    with fake.create(cfg, shuffle=True, num_batches=2, framework="jax") as loader:
         pairs = list(loader.batches(with_meta=True))
         dc = loader.data_config()
     per_sample = T.compose([t for _, ts in DL.transform_stages(dc) for t in ts])
     for batch, meta in pairs:
         for j, (d, i) in enumerate(zip(meta["dataset_index"], meta["index"], strict=True)):
-            src = fake_sources[int(d)]
+            src = sources[int(d)]
             low = src.gather_lowdim(np.array([i]), {"actions": [t / src.fps for t in range(3)]})
             item = {  # a LeRobotDataset item: float32 CHW images in [0, 1], the task as prompt
                 "image": np.moveaxis(fake_frame(src.name, "image", int(i), (8, 8, 3)), -1, 0).astype(np.float32) / 255,
@@ -269,7 +323,7 @@ def test_real_datasets_batches_equal_openpi_per_sample_path(real_home, tmp_path)
     cfg = _cfg(tmp_path, ("t/video", "t/images"), name="real_cfg", lerobot_home=str(real_home), weights=[1.0, 2.0],
                extra_delta_transform=True)
     cfg = dataclasses.replace(cfg, num_workers=1)
-    ns.compute_norm_stats(cfg, progress=False)
+    cns.compute_norm_stats(cfg, progress=False)
     with DL.create_data_loader(cfg, shuffle=True, num_batches=3, framework="jax") as loader:
         pairs = list(loader.batches(with_meta=True))
         dc = loader.data_config()
@@ -302,3 +356,14 @@ def test_create_torch_dataset_is_concat_of_lerobot_like_items(real_home, tmp_pat
     item = ds[18 + 5]  # last frame of the image dataset's first episode
     assert item["prompt"] == "open" and tuple(item["actions"].shape) == (3, 7)
     assert item["actions_is_pad"].tolist() == [False, True, True]
+
+
+def test_resolve_root_follows_the_sources_dataset_home(monkeypatch, tmp_path):
+    from fastmix.sources.meta import lerobot_home
+
+    assert DL.resolve_root("org/ds", str(tmp_path)) == tmp_path / "org/ds"
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lr"))
+    assert DL.resolve_root("org/ds", None) == tmp_path / "lr" / "org/ds" == lerobot_home() / "org/ds"
+    monkeypatch.delenv("HF_LEROBOT_HOME")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert DL.resolve_root("org/ds", None) == tmp_path / "hf" / "lerobot" / "org/ds" == lerobot_home() / "org/ds"

@@ -175,3 +175,19 @@ def test_one_ddp_step_of_the_training_example(torchrun_results: list[dict[str, A
     torch.testing.assert_close(r0["grads"], r1["grads"])
     torch.testing.assert_close(r0["params"], r1["params"])
     assert r0["grads"].abs().sum() > 0
+
+
+def test_rank_world_is_the_process_groups_or_alone(monkeypatch) -> None:
+    """fastmix.distributed.rank_world: (0, 1) without a process group, whatever torchrun's variables say (no
+    group: no split of the stream); rank() / world_size() still read them for scripts before the group exists."""
+    import importlib.util
+
+    from fastmix import distributed
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert not distributed.is_initialized()
+    assert distributed.rank_world() == (0, 1) and distributed.rank_world("pytorch") == (0, 1)
+    assert (distributed.rank(), distributed.world_size()) == (3, 4)
+    if importlib.util.find_spec("jax") is None:
+        assert distributed.rank_world("jax") == (0, 1)

@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from fastmix import compute_norm_stats as cns
 from fastmix import norm_stats as ns
+from fastmix.errors import ConfigError, DatasetFormatError, FastmixError, MissingFileError
+from fastmix.loader.testing import FakeSource
 
 
 def test_running_stats_mean_std_match_numpy_across_batches_with_widening_range():
@@ -91,11 +94,13 @@ def test_load_reads_openpi_written_file(tmp_path):
 
 
 def test_load_missing_and_malformed_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "norm_stats.json")):
+    with pytest.raises(MissingFileError, match=str(tmp_path / "norm_stats.json")):
         ns.load(tmp_path)
-    (tmp_path / "norm_stats.json").write_text('{"stats": {}}')
-    with pytest.raises(ValueError, match="malformed norm stats file .*norm_stats.json"):
-        ns.load(tmp_path)
+    for bad in ('{"stats": {}}', "not json", '{"norm_stats": {"state": {"mean": [1]}}}',
+                '{"norm_stats": {"state": {"mean": ["x"], "std": [1]}}}', '{"norm_stats": [1]}'):
+        (tmp_path / "norm_stats.json").write_text(bad)
+        with pytest.raises(DatasetFormatError, match="malformed norm stats file .*norm_stats.json"):
+            ns.load(tmp_path)
 
 
 def test_missing_norm_stats_message_has_reference_text_and_command():
@@ -106,7 +111,7 @@ def test_missing_norm_stats_message_has_reference_text_and_command():
 
 def test_cli_arguments():
     parser = argparse.ArgumentParser()
-    ns.add_arguments(parser)
+    cns.add_arguments(parser)
     args = parser.parse_args(["cfg", "--max-frames", "100"])
     assert (args.config_name, args.max_frames, args.batch_size) == ("cfg", 100, 256)
 
@@ -131,13 +136,13 @@ def _fake_config(tmp_path, name="ns_fake_cfg", horizon=3, **data_kw):
 
 
 @pytest.fixture
-def fake_sources(monkeypatch):
-    from fastmix import data_loader
-    from fastmix.loader.testing import FakeSource
+def fake_sources():
+    return [FakeSource("fake/a", num_episodes=3, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=7)]
 
-    sources = [FakeSource("fake/a", num_episodes=3, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=7)]
-    monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
-    return sources
+
+def _compute(cfg, sources, **kw):
+    """compute_norm_stats with the sources injected (no LeRobot roots)."""
+    return cns.compute_norm_stats(cfg, progress=False, open_sources=lambda data_config: sources, **kw)
 
 
 def _expected_arrays(sources, horizon):
@@ -154,7 +159,7 @@ def _expected_arrays(sources, horizon):
 
 def test_compute_norm_stats_over_whole_mixture(tmp_path, fake_sources):
     cfg = _fake_config(tmp_path)
-    path = ns.compute_norm_stats(cfg, batch_size=7, progress=False)
+    path = _compute(cfg, fake_sources, batch_size=7)
     assert path == tmp_path / "assets" / "shared" / "norm_stats.json"
     stats = ns.load(path.parent)
     state, actions = _expected_arrays(fake_sources, 3)
@@ -170,25 +175,90 @@ def test_compute_norm_stats_over_whole_mixture(tmp_path, fake_sources):
 
 def test_compute_norm_stats_counts_delta_actions(tmp_path, fake_sources):
     cfg = _fake_config(tmp_path, horizon=2, extra_delta_transform=True)
-    stats = ns.load(ns.compute_norm_stats(cfg, batch_size=5, progress=False).parent)
+    stats = ns.load(_compute(cfg, fake_sources, batch_size=5).parent)
     state, actions = _expected_arrays(fake_sources, 2)
     actions[..., :6] -= state[:, None, :6]  # openpi: stats of the actions the model sees (deltas)
     np.testing.assert_allclose(stats["actions"].mean, actions.reshape(-1, 7).mean(0), rtol=1e-5, atol=1e-4)
 
 
-def test_compute_norm_stats_max_frames_and_cli(tmp_path, fake_sources, capsys):
+def _run_cli(monkeypatch, tmp_path, sources, argv, name="ns_fake_cli") -> int:
+    """`fastmix compute-norm-stats` (the CLI entry point) on a registered fake config over `sources` (the
+    command opens sources itself: data_loader.open_sources is the one thing replaced)."""
+    from fastmix import cli, data_loader
     from fastmix import config as C
 
-    cfg = C.register(_fake_config(tmp_path, name="ns_fake_cli"))
+    monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
+    cfg = C.register(_fake_config(tmp_path, name=name))
     try:
-        parser = argparse.ArgumentParser()
-        ns.add_arguments(parser)
-        assert ns.run(parser.parse_args(["ns_fake_cli", "--max-frames", "20", "--batch-size", "8"])) == 0
+        return cli.main(["compute-norm-stats", name, *argv])
     finally:
         C.unregister(cfg.name)
+
+
+def test_compute_norm_stats_max_frames_and_cli(tmp_path, fake_sources, capsys, monkeypatch):
+    assert _run_cli(monkeypatch, tmp_path, fake_sources, ["--max-frames", "20", "--batch-size", "8"]) == 0
     assert "norm_stats.json" in capsys.readouterr().out
     stats = ns.load(tmp_path / "assets" / "shared")
     state, _ = _expected_arrays(fake_sources, 3)
     assert np.all(stats["state"].mean >= state.min(0)) and np.all(stats["state"].mean <= state.max(0))
-    with pytest.raises(ValueError, match="max-frames must be at least 2, got 1"):
-        ns.compute_norm_stats(cfg, max_frames=1, progress=False)
+    cfg = _fake_config(tmp_path)
+    with pytest.raises(ConfigError, match="max_frames must be an integer >= 2 or None, got max_frames=1"):
+        _compute(cfg, fake_sources, max_frames=1)
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1, got batch_size=0"):
+        _compute(cfg, fake_sources, batch_size=0)
+
+
+@pytest.mark.parametrize("argv, message", [(["--max-frames", "1"], "max_frames must be an integer >= 2 or None, got max_frames=1"),
+                                           (["--batch-size", "0"], "batch_size=0")])
+def test_bad_arguments_are_one_error_line_exit_2(tmp_path, fake_sources, capsys, monkeypatch, argv, message):
+    assert _run_cli(monkeypatch, tmp_path, fake_sources, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastmix compute-norm-stats: error:") and message in err and "Traceback" not in err
+
+
+class _Poisoned(FakeSource):
+    """A FakeSource whose `key` holds `value` (NaN, inf) at one (episode, frame)."""
+
+    def __init__(self, name, *, key, episode, frame, value, **kw) -> None:
+        super().__init__(name, **kw)
+        self.bad_key, self.bad_row, self.bad_value = key, episode * self.episode_length + frame, value
+
+    def value(self, key, rows):
+        out = super().value(key, rows)
+        if key == self.bad_key:
+            out[np.asarray(rows) == self.bad_row, 1] = self.bad_value
+        return out
+
+
+@pytest.mark.parametrize("key, value, batch_size", [("actions", np.nan, 4), ("state", np.inf, 256),
+                                                    ("actions", -np.inf, 256)])
+def test_non_finite_values_name_dataset_episode_frame_key_and_write_nothing(tmp_path, key, value, batch_size):
+    sources = [FakeSource("fake/a", num_episodes=3, episode_length=10),
+               _Poisoned("fake/b", key=key, episode=1, frame=4, value=value, num_episodes=2, episode_length=7)]
+    with pytest.raises(DatasetFormatError) as info:
+        _compute(_fake_config(tmp_path), sources, batch_size=batch_size)
+    msg = str(info.value)
+    assert f"dataset 'fake/b', episode 1, frame 4: key '{key}' is not finite" in msg, msg
+    assert f"raw feature(s) '{key}'" in msg and "nothing was written" in msg
+    assert not (tmp_path / "assets" / "shared" / "norm_stats.json").exists()
+
+
+def test_non_finite_value_through_the_cli_exits_2_without_writing(tmp_path, capsys, monkeypatch):
+    sources = [_Poisoned("fake/a", key="actions", episode=0, frame=9, value=np.nan, num_episodes=3,
+                         episode_length=10)]
+    assert _run_cli(monkeypatch, tmp_path, sources, []) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'fake/a', episode 0, frame 9: key 'actions' is not finite" in err and "Traceback" not in err
+    assert not (tmp_path / "assets" / "shared" / "norm_stats.json").exists()
+
+
+def test_norm_stats_errors_are_fastmix_errors(tmp_path):
+    """Everything the CLI can meet is a FastmixError (and still the ValueError / FileNotFoundError it was)."""
+    for exc in (MissingFileError, DatasetFormatError, ConfigError):
+        assert issubclass(exc, FastmixError)
+    with pytest.raises(ConfigError, match="less than 2 vectors"):
+        ns.RunningStats().get_statistics()
+    rs = ns.RunningStats()
+    rs.update(np.zeros((3, 2)))
+    with pytest.raises(DatasetFormatError, match="length 3"):
+        rs.update(np.zeros((3, 3)))

@@ -18,8 +18,8 @@ CASES = [
 
 @pytest.mark.parametrize(("dts", "fps"), CASES)
 def test_offsets_and_check_match_lerobot(dts, fps):
-    from lerobot.datasets.utils import check_delta_timestamps as lr_check
-    from lerobot.datasets.utils import get_delta_indices as lr_indices
+    from tests.lerobot_compat import check_delta_timestamps as lr_check
+    from tests.lerobot_compat import get_delta_indices as lr_indices
 
     assert lr_check(dts, fps, 1e-4, raise_value_error=False)
     check_delta_timestamps(dts, fps, 1e-4, "ds")
@@ -30,7 +30,7 @@ def test_offsets_and_check_match_lerobot(dts, fps):
 
 @pytest.mark.parametrize("deltas", [[0.0, 0.05], [0.1 + 2e-4], [-0.33]])
 def test_out_of_tolerance_raises_like_lerobot(deltas):
-    from lerobot.datasets.utils import check_delta_timestamps as lr_check
+    from tests.lerobot_compat import check_delta_timestamps as lr_check
 
     assert not lr_check({"actions": deltas}, 10, 1e-4, raise_value_error=False)
     with pytest.raises(ConfigError, match="'my_ds'.*actions"):

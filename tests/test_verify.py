@@ -141,7 +141,7 @@ def demo_home(tmp_path_factory):
 
 
 def test_demo_config_compute_norm_stats_then_verify_passes(demo_home, monkeypatch, tmp_path, capsys):
-    from fastmix import norm_stats as ns
+    from fastmix import compute_norm_stats as ns
 
     monkeypatch.setenv("FASTMIX_HOME", str(demo_home))
     parser = argparse.ArgumentParser()
@@ -160,7 +160,7 @@ def test_demo_config_compute_norm_stats_then_verify_passes(demo_home, monkeypatc
 
 
 def test_unknown_config_exit_status_2(capsys):
-    from fastmix import norm_stats as ns
+    from fastmix import compute_norm_stats as ns
 
     parser = argparse.ArgumentParser()
     V.add_arguments(parser)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastmix.demo import spec
+from fastmix.errors import ConfigError
 
 CONFIG_NAME = "fastmix_demo_native"  # the demo mixture at the cameras' own resolution (fastmix.config)
 P_THRESHOLD = 0.01
@@ -71,18 +72,14 @@ class MixtureCheck:
 
 
 def check_mixture(names: list[str], expected: np.ndarray, counts: np.ndarray) -> MixtureCheck:
-    """Chi-square goodness of fit of `counts` to `expected` shares (datasets with share 0 must have no draws)."""
-    from scipy import stats
+    """Chi-square goodness of fit of `counts` to `expected` shares (`fastmix.equivalence.chi_square_gof`: a draw
+    of a dataset with share 0 gives p = 0)."""
+    from fastmix.equivalence import chi_square_gof
 
     expected = np.asarray(expected, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.int64)
-    live = expected > 0
-    if live.sum() < 2:
-        chi2, p = 0.0, 1.0
-    else:
-        f_exp = expected[live] / expected[live].sum() * counts[live].sum()
-        chi2, p = stats.chisquare(counts[live], f_exp=f_exp)
-    return MixtureCheck(list(names), expected, counts, float(chi2), float(p))
+    res = chi_square_gof(counts, expected, "datasets")
+    return MixtureCheck(list(names), expected, counts, res.statistic, res.p_value)
 
 
 class _PolicyFeed:
@@ -124,15 +121,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import tqdm
 
+    from fastmix import compute_norm_stats, norm_stats, train
     from fastmix import config as fm_config
-    from fastmix import norm_stats, train
     from fastmix.data_loader import create_data_loader
     from fastmix.demo.data import ensure_demo_data
     from fastmix.demo.plots import plot_summary
 
     if args.steps < 1 or args.batch_size < 1 or args.num_workers < 0:
-        raise SystemExit(f"--steps and --batch-size must be >= 1 and --num-workers >= 0, got steps={args.steps}, "
-                         f"batch_size={args.batch_size}, num_workers={args.num_workers}")
+        raise ConfigError(f"--steps and --batch-size must be >= 1 and --num-workers >= 0, got steps={args.steps}, "
+                          f"batch_size={args.batch_size}, num_workers={args.num_workers}")
     t_start = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(f"fastmix demo: {len(spec.DEMO_DATASETS)} datasets in {spec.demo_home()}, device {device}")
@@ -149,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         print("  present")
     else:
         t0 = time.perf_counter()
-        norm_stats.compute_norm_stats(config, progress=False)
+        compute_norm_stats.compute_norm_stats(config, progress=False)
         print(f"  computed over the whole mixture in {time.perf_counter() - t0:.1f} s")
 
     print(f"[3/5] loader: create_data_loader(get_config({args.config!r})), batch {args.batch_size}, "
