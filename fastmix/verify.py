@@ -55,26 +55,20 @@ class Report:
 
 
 def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str) -> np.ndarray:
-    """Per-dataset shares a config declares: per_sample ∝ w_i·N_i (the reference's WeightedRandomSampler),
-    per_dataset ∝ w_i."""
-    w = np.ones(len(sizes)) if weights is None else np.asarray(weights, dtype=np.float64)
-    mass = w * np.asarray(sizes, dtype=np.float64) if weighting == "per_sample" else w
-    return mass / mass.sum()
+    """Per-dataset shares a config declares (`Mixture.shares`): per_sample ∝ w_i·N_i (the reference's
+    WeightedRandomSampler), per_dataset ∝ w_i."""
+    from fastmix.mixture import Mixture
+
+    return Mixture(sizes, weights, weighting=weighting).shares
 
 
 def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
-    """(statistic, p-value) of observed counts against expected shares; a count where the share is 0 gives p=0."""
-    from scipy import stats
+    """(statistic, p-value) of observed counts against expected shares (`equivalence.chi_square_gof`); a count
+    where the share is 0 gives (inf, 0)."""
+    from fastmix.equivalence import chi_square_gof
 
-    n = observed.sum()
-    zero = expected_share <= 0
-    if np.any(observed[zero] > 0):
-        return math.inf, 0.0
-    obs, exp = observed[~zero], expected_share[~zero] * n
-    if obs.size < 2:
-        return 0.0, 1.0
-    res = stats.chisquare(obs, exp)
-    return float(res.statistic), float(res.pvalue)
+    res = chi_square_gof(np.asarray(observed), np.asarray(expected_share, dtype=np.float64))
+    return res.statistic, res.p_value
 
 
 def plot_shares(path: pathlib.Path, names: list[str], expected: np.ndarray, observed: np.ndarray, title: str) -> None:
@@ -157,15 +151,209 @@ class _StageMonitor:
                 self.normalized_in_range.append(float(np.mean(np.abs(got) <= 1.0 + 1e-3)))
 
 
-def check_compatibility(sources: list) -> None:
-    """Raise `IncompatibleDatasetsError` (with the table of differences) when the datasets differ."""
-    from fastmix.sources.compat import check_compatible
-
-    check_compatible(sources)
-
-
 def _fmt_row(cells: list[Any], widths: list[int]) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the checks of one `verify` call share: inputs, injected dependencies, what earlier checks found."""
+
+    config: Any
+    num_samples: int
+    alpha: float
+    out: Callable[[str], None]
+    report: Report
+    open_sources: Callable[[Any], list]
+    check_compatible: Callable[[list], None]
+    create_loader: Callable[..., Any]
+    data_config: Any = None
+    sources: list = dataclasses.field(default_factory=list)
+    weights: list[float] | None = None
+    weighting: str = "per_sample"
+    counts: np.ndarray | None = None
+    prompts: list[collections.Counter] = dataclasses.field(default_factory=list)
+    finals: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+    n_batches: int = 0
+    stages: list = dataclasses.field(default_factory=list)
+    monitor: _StageMonitor | None = None
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.report.checks.append(Check(name, ok, detail))
+        self.out(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}")
+
+
+def _check_datasets(run: _Run) -> bool:
+    """Open every dataset and print its size, version, fps, cameras and tasks; False when one cannot be opened."""
+    try:
+        run.sources = run.open_sources(run.data_config)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        run.add("datasets", False, f"{type(e).__name__}: {e}")
+        return False
+    sources = run.sources
+    run.out("\nDatasets:")
+    widths = [max(8, *(len(s.name) for s in sources)), 8, 5, 8, 9, 40]
+    run.out(_fmt_row(["name", "version", "fps", "frames", "episodes", "cameras"], widths))
+    for s in sources:
+        cams = ", ".join(f"{k} {'x'.join(map(str, s.camera_shape(k)))}" for k in s.camera_keys)
+        run.out(_fmt_row([s.name, s.codebase_version, s.fps, s.num_frames, s.num_episodes, cams], widths))
+        tasks = list(s.tasks.values())
+        run.out(f"    tasks ({len(tasks)}): {'; '.join(tasks[:3])}{' ...' if len(tasks) > 3 else ''}")
+    empty = [s.name for s in sources if len(s) == 0]
+    run.add("datasets", not empty, f"{len(sources)} datasets, {sum(len(s) for s in sources)} frames"
+            + (f"; empty: {empty}" if empty else ""))
+    return True
+
+
+def _check_compatibility(run: _Run) -> None:
+    try:
+        run.check_compatible(run.sources)
+        run.add("compatibility", True, "same keys, shapes, dtypes and fps")
+    except Exception as e:  # noqa: BLE001
+        run.add("compatibility", False, f"{type(e).__name__}: {e}")
+
+
+def _check_norm_stats(run: _Run) -> bool:
+    """Whether the config has norm stats (False: the remaining checks run unnormalized)."""
+    from fastmix import data_loader as _dl
+
+    if run.data_config.norm_stats is not None:
+        kind = "quantile" if run.data_config.use_quantile_norm else "z-score"
+        run.add("norm stats", True, f"keys {sorted(run.data_config.norm_stats)} ({kind})")
+        return True
+    try:
+        _dl.require_norm_stats(run.config, run.data_config)
+    except Exception as e:  # noqa: BLE001
+        run.add("norm stats", False, str(e))
+    return False
+
+
+def _check_finite_data(run: _Run) -> None:
+    """NaN/inf in the datasets' numeric features (dataset, key, episode, frame of the first ones)."""
+    from fastmix.sources.checks import find_nonfinite
+
+    found = []
+    for s in run.sources:
+        try:
+            hits = find_nonfinite(s, limit=3)
+        except Exception as e:  # noqa: BLE001 - reported as a failed check
+            found.append(f"{s.name}: cannot check ({type(e).__name__}: {e})")
+            continue
+        found += [f"{s.name}: {key} episode {ep} frame {frame}" for key, ep, frame in hits]
+    run.add("finite data", not found, "no NaN/inf in any numeric feature" if not found else
+            "NaN/inf in " + "; ".join(found[:6]) + (" ..." if len(found) > 6 else ""))
+
+
+def _check_loading(run: _Run, normalize: bool) -> bool:
+    """Draw `num_samples` samples through the config's loader, recording per-dataset counts, prompts, final
+    values and every transform call."""
+    from fastmix import data_loader as _dl
+
+    local_bs = max(1, int(run.config.batch_size))
+    num_batches = max(1, math.ceil(run.num_samples / local_bs))
+    run.monitor = _StageMonitor(run.data_config)
+    run.counts = np.zeros(len(run.sources), dtype=np.int64)
+    run.prompts = [collections.Counter() for _ in run.sources]
+    try:
+        loader = run.create_loader(run.config, shuffle=True, num_batches=num_batches, skip_norm_stats=not normalize,
+                                   framework="pytorch", open_sources=lambda _dc: run.sources)
+        loader.trace = run.monitor
+        run.stages = loader.stages
+        obs_cls = _dl.observation_class()
+        try:
+            for batch, meta in loader.batches(with_meta=True):
+                run.n_batches += 1
+                d_idx = np.asarray(meta["dataset_index"]).astype(np.int64)
+                run.counts += np.bincount(d_idx, minlength=len(run.sources))
+                for d, prompt in zip(d_idx, batch.get("prompt", []), strict=False):
+                    run.prompts[int(d)][str(prompt)] += 1
+                for k in ("state", "actions"):
+                    run.finals[k].append(np.asarray(batch[k]))
+                for k, v in batch.get("image", {}).items():
+                    if len(run.finals[f"image/{k}"]) < 2:
+                        run.finals[f"image/{k}"].append(np.asarray(v))
+                obs_cls.from_dict({**batch, "image": dict(batch["image"])})
+        finally:
+            loader.close()
+    except Exception as e:  # noqa: BLE001
+        run.add("loading", False, f"{type(e).__name__}: {e}")
+        return False
+    run.add("loading", True, f"{run.n_batches} batches of {local_bs} ({int(run.counts.sum())} samples), "
+            "Observation.from_dict ok")
+    return True
+
+
+def _check_statistics(run: _Run) -> None:
+    run.out("\nPer-key statistics (after all transforms):")
+    bad = []
+    for k, arrs in run.finals.items():
+        a = np.concatenate(arrs).astype(np.float64)
+        finite = bool(np.isfinite(a).all())
+        bad += [] if finite else [k]
+        run.out(f"  {k:28s} shape {tuple(arrs[0].shape[1:])}  min {a.min():9.4f}  max {a.max():9.4f}"
+                f"  mean {a.mean():9.4f}  std {a.std():9.4f}{'' if finite else '  NON-FINITE'}")
+    run.add("statistics", not bad, "all values finite" if not bad else f"non-finite values in {bad}")
+
+
+def _check_transforms(run: _Run) -> None:
+    monitor = run.monitor
+    missing = [
+        f"{stage}[{i}] {getattr(t, '__name__', type(t).__name__)} ran {monitor.calls[(stage, i)]}/{run.n_batches}"
+        for stage, ts in run.stages
+        for i, t in enumerate(ts)
+        if monitor.calls[(stage, i)] != run.n_batches
+    ]
+    ran = ", ".join(f"{stage}: {len(ts)}" for stage, ts in run.stages)
+    detail = f"transforms per stage ({ran}) each ran on every batch"
+    if monitor.normalized_in_range:
+        detail += f"; {100 * np.mean(monitor.normalized_in_range):.1f}% of normalized values in [-1, 1]"
+    problems = missing + monitor.problems
+    run.add("transforms", not problems, detail if not problems else "; ".join(problems))
+
+
+def _check_mixture(run: _Run) -> tuple[np.ndarray, np.ndarray, float]:
+    """Observed per-dataset shares against the declared ones; returns (expected, observed shares, p)."""
+    sizes = [len(s) for s in run.sources]
+    exp = expected_shares(sizes, run.weights, run.weighting)
+    counts = run.counts
+    obs_share = counts / max(1, counts.sum())
+    stat, p = chi_square(counts, exp)
+    run.report.expected_shares, run.report.observed_counts, run.report.p_value = exp.tolist(), counts.tolist(), p
+    run.out("\nMixture (expected from the config's weights vs observed from the loader):")
+    widths = [max(8, *(len(s.name) for s in run.sources)), 8, 8, 9, 9, 7]
+    run.out(_fmt_row(["dataset", "weight", "frames", "expected", "observed", "count"], widths))
+    for i, s in enumerate(run.sources):
+        w = 1.0 if run.weights is None else run.weights[i]
+        run.out(_fmt_row([s.name, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{obs_share[i]:.4f}", int(counts[i])], widths))
+    run.add("mixture", p >= run.alpha, f"chi-square {stat:.2f}, p-value {p:.4g} "
+            f"({'>=' if p >= run.alpha else '<'} alpha {run.alpha:g}) over {int(counts.sum())} samples")
+    return exp, obs_share, p
+
+
+def _check_prompts(run: _Run) -> None:
+    run.out("\nPrompts seen per dataset:")
+    from_task = bool(run.data_config.prompt_from_task)
+    wrong = []
+    for s, c in zip(run.sources, run.prompts, strict=True):
+        run.out(f"  {s.name}: " + ("; ".join(f"{p!r} x{n}" for p, n in c.most_common(3)) or "(none)"))
+        if from_task:
+            wrong += [f"{s.name}: {p!r}" for p in c if p not in set(s.tasks.values())]
+    if not from_task:
+        run.add("prompts", True, "prompt_from_task is off: prompts come from the transforms")
+        return
+    unseen = [s.name for s, c, n in zip(run.sources, run.prompts, run.counts, strict=True) if n > 0 and not c]
+    ok = not wrong and not unseen
+    run.add("prompts", ok, "every prompt is a task of its dataset" if ok else
+            f"prompts not among their dataset's tasks: {wrong[:5]}; no prompt for {unseen}")
+
+
+def _check_plot(run: _Run, path: pathlib.Path, exp: np.ndarray, obs_share: np.ndarray, p: float) -> None:
+    try:
+        plot_shares(path, [s.name for s in run.sources], exp, obs_share, f"{run.config.name}: p = {p:.3g}")
+        run.report.plot_path = path
+        run.add("plot", True, f"wrote {path}")
+    except Exception as e:  # noqa: BLE001
+        run.add("plot", False, f"{type(e).__name__}: {e}")
 
 
 def verify(
@@ -175,160 +363,48 @@ def verify(
     plot_path: pathlib.Path | str | None = None,
     alpha: float = DEFAULT_ALPHA,
     out: Callable[[str], None] = print,
+    open_sources: Callable[[Any], list] | None = None,
+    check_compatible: Callable[[list], None] | None = None,
+    create_loader: Callable[..., Any] | None = None,
 ) -> Report:
-    """Run every check on `config` (a TrainConfig) drawing `num_samples` samples; returns the report."""
+    """Run every check on `config` (a TrainConfig) drawing `num_samples` samples; returns the report.
+
+    Args:
+        open_sources: `open_sources(data_config) -> sources` (default: `fastmix.data_loader.open_sources`).
+        check_compatible: raises when the sources differ (default: `fastmix.sources.compat.check_compatible`).
+        create_loader: `create_data_loader`-like factory (default: `fastmix.data_loader.create_data_loader`);
+            it is handed the opened sources as `open_sources=`.
+    """
     from fastmix import data_loader as _dl
+    from fastmix.sources.compat import check_compatible as _check_compatible
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
-    report = Report(config.name)
-
-    def add(name: str, ok: bool, detail: str) -> None:
-        report.checks.append(Check(name, ok, detail))
-        out(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}")
-
+    run = _Run(config, num_samples, alpha, out, Report(config.name),
+               open_sources or _dl.open_sources, check_compatible or _check_compatible,
+               create_loader or _dl.create_data_loader)
     bar = "=" * 72
     out(f"{bar}\nVerifying config: {config.name}\n{bar}")
-    data_config = config.data.create(config.assets_dirs, config.model)
-    repo_ids = _dl.repo_ids_of(data_config)
-    weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
-    weighting = getattr(data_config, "weighting", "per_sample")
-    out(f"  repo_ids: {repo_ids}\n  dataset_weights: {weights} ({weighting})\n  asset_id: {data_config.asset_id}"
-        f"\n  prompt_from_task: {data_config.prompt_from_task}\n  use_quantile_norm: {data_config.use_quantile_norm}")
-
-    # datasets
-    try:
-        sources = _dl.open_sources(data_config)
-    except Exception as e:  # noqa: BLE001 - reported as a failed check
-        add("datasets", False, f"{type(e).__name__}: {e}")
-        return _finish(report, out)
-    out("\nDatasets:")
-    widths = [max(8, *(len(s.name) for s in sources)), 8, 5, 8, 9, 40]
-    out(_fmt_row(["name", "version", "fps", "frames", "episodes", "cameras"], widths))
-    for s in sources:
-        cams = ", ".join(f"{k} {'x'.join(map(str, s.camera_shape(k)))}" for k in s.camera_keys)
-        out(_fmt_row([s.name, s.codebase_version, s.fps, s.num_frames, s.num_episodes, cams], widths))
-        out(f"    tasks ({len(s.tasks)}): {'; '.join(list(s.tasks.values())[:3])}{' ...' if len(s.tasks) > 3 else ''}")
-    empty = [s.name for s in sources if len(s) == 0]
-    add("datasets", not empty, f"{len(sources)} datasets, {sum(len(s) for s in sources)} frames"
-        + (f"; empty: {empty}" if empty else ""))
-
-    # compatibility
-    try:
-        check_compatibility(sources)
-        add("compatibility", True, "same keys, shapes, dtypes and fps")
-    except Exception as e:  # noqa: BLE001
-        add("compatibility", False, f"{type(e).__name__}: {e}")
-
-    # norm stats
-    skip_norm = data_config.norm_stats is None
-    if skip_norm:
-        try:
-            _dl.require_norm_stats(config, data_config)
-        except Exception as e:  # noqa: BLE001
-            add("norm stats", False, str(e))
-    else:
-        add("norm stats", True, f"keys {sorted(data_config.norm_stats)} ({'quantile' if data_config.use_quantile_norm else 'z-score'})")
-
-    # loading
-    local_bs = max(1, int(config.batch_size))
-    num_batches = max(1, math.ceil(num_samples / local_bs))
-    monitor = _StageMonitor(data_config)
-    counts = np.zeros(len(sources), dtype=np.int64)
-    prompts: list[collections.Counter] = [collections.Counter() for _ in sources]
-    finals: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-    n_batches = 0
-    try:
-        loader = _dl.create_data_loader(
-            config, shuffle=True, num_batches=num_batches, skip_norm_stats=skip_norm, framework="pytorch"
-        )
-        loader.trace = monitor
-        obs_cls = _dl.observation_class()
-        try:
-            for batch, meta in loader.batches(with_meta=True):
-                n_batches += 1
-                d_idx = np.asarray(meta["dataset_index"]).astype(np.int64)
-                counts += np.bincount(d_idx, minlength=len(sources))
-                if "prompt" in batch:
-                    for d, p in zip(d_idx, batch["prompt"], strict=True):
-                        prompts[int(d)][str(p)] += 1
-                for k in ("state", "actions"):
-                    finals[k].append(np.asarray(batch[k]))
-                for k, v in batch.get("image", {}).items():
-                    if len(finals[f"image/{k}"]) < 2:
-                        finals[f"image/{k}"].append(np.asarray(v))
-                obs_cls.from_dict({**batch, "image": dict(batch["image"])})
-        finally:
-            loader.close()
-        add("loading", True, f"{n_batches} batches of {local_bs} ({int(counts.sum())} samples), Observation.from_dict ok")
-    except Exception as e:  # noqa: BLE001
-        add("loading", False, f"{type(e).__name__}: {e}")
-        return _finish(report, out)
-
-    # per-key statistics
-    out("\nPer-key statistics (after all transforms):")
-    bad = []
-    for k, arrs in finals.items():
-        a = np.concatenate(arrs).astype(np.float64)
-        finite = np.isfinite(a).all()
-        bad += [] if finite else [k]
-        out(f"  {k:28s} shape {tuple(arrs[0].shape[1:])}  min {a.min():9.4f}  max {a.max():9.4f}"
-            f"  mean {a.mean():9.4f}  std {a.std():9.4f}{'' if finite else '  NON-FINITE'}")
-    add("statistics", not bad, "all values finite" if not bad else f"non-finite values in {bad}")
-
-    # transform stages
-    missing = [
-        f"{stage}[{i}] {getattr(t, '__name__', type(t).__name__)} ran {monitor.calls[(stage, i)]}/{n_batches}"
-        for stage, ts in loader.stages
-        for i, t in enumerate(ts)
-        if monitor.calls[(stage, i)] != n_batches
-    ]
-    ran = ", ".join(f"{stage}: {len(ts)}" for stage, ts in loader.stages)
-    detail = f"transforms per stage ({ran}) each ran on every batch"
-    if monitor.normalized_in_range:
-        detail += f"; {100 * np.mean(monitor.normalized_in_range):.1f}% of normalized values in [-1, 1]"
-    problems = missing + monitor.problems
-    add("transforms", not problems, detail if not problems else "; ".join(problems))
-
-    # mixture
-    sizes = [len(s) for s in sources]
-    exp = expected_shares(sizes, weights, weighting)
-    obs_share = counts / max(1, counts.sum())
-    stat, p = chi_square(counts, exp)
-    report.expected_shares, report.observed_counts, report.p_value = exp.tolist(), counts.tolist(), p
-    out("\nMixture (expected from the config's weights vs observed from the loader):")
-    widths = [max(8, *(len(s.name) for s in sources)), 8, 8, 9, 9, 7]
-    out(_fmt_row(["dataset", "weight", "frames", "expected", "observed", "count"], widths))
-    for i, s in enumerate(sources):
-        w = 1.0 if weights is None else weights[i]
-        out(_fmt_row([s.name, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{obs_share[i]:.4f}", int(counts[i])], widths))
-    add("mixture", p >= alpha, f"chi-square {stat:.2f}, p-value {p:.4g} ({'>=' if p >= alpha else '<'} alpha {alpha:g})"
-        f" over {int(counts.sum())} samples")
-
-    # prompts
-    out("\nPrompts seen per dataset:")
-    wrong = []
-    for s, c in zip(sources, prompts, strict=True):
-        out(f"  {s.name}: " + ("; ".join(f"{p!r} x{n}" for p, n in c.most_common(3)) or "(none)"))
-        if data_config.prompt_from_task:
-            wrong += [f"{s.name}: {p!r}" for p in c if p not in set(s.tasks.values())]
-    if data_config.prompt_from_task:
-        unseen = [s.name for s, c, n in zip(sources, prompts, counts, strict=True) if n > 0 and not c]
-        ok = not wrong and not unseen
-        add("prompts", ok, "every prompt is a task of its dataset" if ok else
-            f"prompts not among their dataset's tasks: {wrong[:5]}; no prompt for {unseen}")
-    else:
-        add("prompts", True, "prompt_from_task is off: prompts come from the transforms")
-
-    # plot
+    data_config = run.data_config = config.data.create(config.assets_dirs, config.model)
+    run.weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
+    run.weighting = getattr(data_config, "weighting", "per_sample")
+    out(f"  repo_ids: {_dl.repo_ids_of(data_config)}\n  dataset_weights: {run.weights} ({run.weighting})"
+        f"\n  asset_id: {data_config.asset_id}\n  prompt_from_task: {data_config.prompt_from_task}"
+        f"\n  use_quantile_norm: {data_config.use_quantile_norm}")
+    if not _check_datasets(run):
+        return _finish(run.report, out)
+    _check_compatibility(run)
+    _check_finite_data(run)
+    normalize = _check_norm_stats(run)
+    if not _check_loading(run, normalize):
+        return _finish(run.report, out)
+    _check_statistics(run)
+    _check_transforms(run)
+    exp, obs_share, p = _check_mixture(run)
+    _check_prompts(run)
     path = pathlib.Path(plot_path) if plot_path is not None else pathlib.Path(f"verify_{config.name}.png")
-    try:
-        plot_shares(path, [s.name for s in sources], exp, obs_share, f"{config.name}: p = {p:.3g}")
-        report.plot_path = path
-        add("plot", True, f"wrote {path}")
-    except Exception as e:  # noqa: BLE001
-        add("plot", False, f"{type(e).__name__}: {e}")
-    return _finish(report, out)
+    _check_plot(run, path, exp, obs_share, p)
+    return _finish(run.report, out)
 
 
 def verify_openpi(

@@ -16,16 +16,31 @@ from fastmix.errors import IncompatibleDatasetsError
 from tests.test_data_loader import _cfg, _with_stats
 
 
-@pytest.fixture
-def fakes(monkeypatch):
+def fake_loader_factory(sources, **kw):
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader, FakeSource
+    from fastmix.loader.testing import FakeReader
+
+    return MixtureLoader(sources, reader_factory=FakeReader, **kw)
+
+
+def create_loader_with(loader_factory=fake_loader_factory, edit=None):
+    """`create_data_loader` building its MixtureLoader with `loader_factory`; `edit(loader)` may then change it."""
+
+    def create(config, **kw):
+        loader = DL.create_data_loader(config, loader_factory=loader_factory, rank_world=(0, 1), **kw)
+        return loader if edit is None else edit(loader)
+
+    return create
+
+
+@pytest.fixture
+def fakes():
+    """verify()'s dependencies: two stand-in sources (no files), their fake reader, no compatibility check."""
+    from fastmix.loader.testing import FakeSource
 
     sources = [FakeSource("fake/a", num_episodes=4, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=8)]
-    monkeypatch.setattr(DL, "open_sources", lambda data_config: sources)
-    monkeypatch.setattr(DL, "make_mixture_loader", lambda s, **kw: MixtureLoader(s, reader_factory=FakeReader, **kw))
-    monkeypatch.setattr(V, "check_compatibility", lambda s: None)
-    return sources
+    return dict(open_sources=lambda data_config: sources, check_compatible=lambda s: None,
+                create_loader=create_loader_with())
 
 
 def _run(name, n, plot, alpha=1e-3) -> int:
@@ -43,12 +58,10 @@ def test_expected_shares_and_chi_square():
     assert V.chi_square(np.array([5, 1]), np.array([1.0, 0.0])) == (np.inf, 0.0)  # drawn from a zero-weight dataset
 
 
-def test_verify_passes_on_registered_config(tmp_path, fakes, capsys):
-    cfg = C.register(_with_stats(tmp_path, name="verify_ok_cfg", weights=[1.0, 3.0], batch_size=8))
-    try:
-        assert _run("verify_ok_cfg", 400, tmp_path / "shares.png") == 0
-    finally:
-        C.unregister(cfg.name)
+def test_verify_passes_on_a_sound_config(tmp_path, fakes, capsys):
+    cfg = _with_stats(tmp_path, name="verify_ok_cfg", weights=[1.0, 3.0], batch_size=8)
+    report = V.verify(cfg, 400, plot_path=tmp_path / "shares.png", **fakes)
+    assert report.ok
     out = capsys.readouterr().out
     assert "Verification passed." in out and "[FAIL]" not in out
     for name in ("datasets", "compatibility", "norm stats", "loading", "statistics", "transforms", "mixture", "prompts", "plot"):
@@ -57,18 +70,15 @@ def test_verify_passes_on_registered_config(tmp_path, fakes, capsys):
     assert "fake/a" in out and "v3.0" in out  # per-dataset table
 
 
-def test_verify_fails_when_loader_draws_with_other_weights(tmp_path, fakes, monkeypatch):
-    from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader
-
+def test_verify_fails_when_loader_draws_with_other_weights(tmp_path, fakes):
     def sabotaged(sources, **kw):  # a loader bug: weights applied in reverse order
         kw["dataset_weights"] = list(reversed(kw["dataset_weights"]))
-        return MixtureLoader(sources, reader_factory=FakeReader, **kw)
+        return fake_loader_factory(sources, **kw)
 
-    monkeypatch.setattr(DL, "make_mixture_loader", sabotaged)
     cfg = _with_stats(tmp_path, name="verify_bad_cfg", weights=[1.0, 3.0], batch_size=8)
     lines = []
-    report = V.verify(cfg, 400, plot_path=tmp_path / "bad.png", out=lines.append)
+    report = V.verify(cfg, 400, plot_path=tmp_path / "bad.png", out=lines.append,
+                      **{**fakes, "create_loader": create_loader_with(sabotaged)})
     assert not report.ok
     assert not report.check("mixture").ok and "p-value" in report.check("mixture").detail
     assert report.check("loading").ok and report.check("transforms").ok
@@ -76,45 +86,41 @@ def test_verify_fails_when_loader_draws_with_other_weights(tmp_path, fakes, monk
     assert lines[-1] == "Verification FAILED: mixture"
 
 
-def test_verify_cli_exit_status_fails_without_norm_stats(tmp_path, fakes):
-    cfg = C.register(_cfg(tmp_path, name="verify_nostats_cfg"))
-    try:
-        assert _run("verify_nostats_cfg", 40, tmp_path / "x.png") == 1
-    finally:
-        C.unregister(cfg.name)
-    report = V.verify(cfg, 40, plot_path=tmp_path / "x.png", out=lambda s: None)
+def test_verify_fails_without_norm_stats(tmp_path, fakes):
+    cfg = _cfg(tmp_path, name="verify_nostats_cfg")
+    report = V.verify(cfg, 40, plot_path=tmp_path / "x.png", out=lambda s: None, **fakes)
+    assert not report.ok
     assert "Normalization stats not found" in report.check("norm stats").detail
     assert report.check("loading").ok  # the rest still runs (unnormalized)
 
 
-def test_verify_reports_incompatible_datasets_and_wrong_normalization(tmp_path, fakes, monkeypatch):
+def test_verify_reports_incompatible_datasets_and_wrong_normalization(tmp_path, fakes):
     def incompatible(sources):
         raise IncompatibleDatasetsError("key 'state': shape (8,) in fake/a but (9,) in fake/b")
 
-    monkeypatch.setattr(V, "check_compatibility", incompatible)
     cfg = _with_stats(tmp_path, name="verify_incompat_cfg")
-    report = V.verify(cfg, 40, plot_path=tmp_path / "y.png", out=lambda s: None)
+    report = V.verify(cfg, 40, plot_path=tmp_path / "y.png", out=lambda s: None,
+                      **{**fakes, "check_compatible": incompatible})
     assert not report.check("compatibility").ok and "(9,) in fake/b" in report.check("compatibility").detail
 
     # a Normalize that does not use the config's stats is caught by the transform-stage check
     from fastmix import transforms as T
 
-    real = DL.transform_stages
-
-    def broken(data_config, *, skip_norm_stats=False):
-        stages = real(data_config, skip_norm_stats=skip_norm_stats)
+    def broken(loader):
+        data_config = loader.data_config()
         stats = {k: type(v)(mean=v.mean, std=v.std, q01=v.q01 - 1.0, q99=v.q99 + 1.0) for k, v in data_config.norm_stats.items()}
-        checker = T.Normalize(data_config.norm_stats, use_quantiles=True)
         wrong = T.Normalize(stats, use_quantiles=True)
 
         class Disguised(T.Normalize):  # reports the config's stats but applies other ones
             def batch(self, data):
                 return wrong.batch(data)
 
-        return [(n, [Disguised(checker.norm_stats, use_quantiles=True)] if n == "normalize" else ts) for n, ts in stages]
+        disguised = Disguised(data_config.norm_stats, use_quantiles=True)
+        loader.stages = [(n, [disguised] if n == "normalize" else ts) for n, ts in loader.stages]
+        return loader
 
-    monkeypatch.setattr(DL, "transform_stages", broken)
-    report = V.verify(cfg, 40, plot_path=tmp_path / "z.png", out=lambda s: None)
+    report = V.verify(cfg, 40, plot_path=tmp_path / "z.png", out=lambda s: None,
+                      **{**fakes, "create_loader": create_loader_with(edit=broken)})
     assert not report.check("transforms").ok and "not normalized with the config's norm stats" in report.check("transforms").detail
 
 
