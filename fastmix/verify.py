@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastmix import transforms as _t
+from fastmix._checks import check_int
 
 DEFAULT_NUM_SAMPLES = 1000
 DEFAULT_ALPHA = 1e-3
@@ -378,8 +379,7 @@ def verify(
     from fastmix import data_loader as _dl
     from fastmix.sources.compat import check_compatible as _check_compatible
 
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
     run = _Run(config, num_samples, alpha, out, Report(config.name),
                open_sources or _dl.open_sources, check_compatible or _check_compatible,
                create_loader or _dl.create_data_loader)
@@ -424,8 +424,7 @@ def verify_openpi(
     """
     from fastmix.openpi import openpi_draws
 
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
     report = Report(config.name)
     bar = "=" * 72
     out(f"{bar}\nMeasuring openpi's own loader for config: {config.name}\n{bar}")
@@ -479,7 +478,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastmix import config as _config
-    from fastmix.errors import FastmixError
 
     if args.openpi:
         try:
@@ -493,6 +491,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
             return 2
         return 0 if verify_openpi(config, args.num_samples, alpha=args.alpha).ok else 1
+    from fastmix.errors import FastmixError
+
     try:
         config = _config.get_config(args.config_name)
     except FastmixError as e:

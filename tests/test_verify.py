@@ -12,8 +12,8 @@ import pytest
 from fastmix import config as C
 from fastmix import data_loader as DL
 from fastmix import verify as V
-from fastmix.errors import IncompatibleDatasetsError
-from tests.test_data_loader import _cfg, _with_stats
+from fastmix.errors import ConfigError, IncompatibleDatasetsError
+from tests.test_data_loader import _cfg
 
 
 def fake_loader_factory(sources, **kw):
@@ -43,6 +43,15 @@ def fakes():
                 create_loader=create_loader_with())
 
 
+def _with_stats(tmp_path, fakes, **kw):
+    """A `_cfg` over the fake sources, with norm stats computed over them."""
+    from fastmix.compute_norm_stats import compute_norm_stats
+
+    cfg = _cfg(tmp_path, **kw)
+    compute_norm_stats(cfg, progress=False, open_sources=fakes["open_sources"])
+    return cfg
+
+
 def _run(name, n, plot, alpha=1e-3) -> int:
     parser = argparse.ArgumentParser()
     V.add_arguments(parser)
@@ -59,7 +68,7 @@ def test_expected_shares_and_chi_square():
 
 
 def test_verify_passes_on_a_sound_config(tmp_path, fakes, capsys):
-    cfg = _with_stats(tmp_path, name="verify_ok_cfg", weights=[1.0, 3.0], batch_size=8)
+    cfg = _with_stats(tmp_path, fakes, name="verify_ok_cfg", weights=[1.0, 3.0], batch_size=8)
     report = V.verify(cfg, 400, plot_path=tmp_path / "shares.png", **fakes)
     assert report.ok
     out = capsys.readouterr().out
@@ -75,7 +84,7 @@ def test_verify_fails_when_loader_draws_with_other_weights(tmp_path, fakes):
         kw["dataset_weights"] = list(reversed(kw["dataset_weights"]))
         return fake_loader_factory(sources, **kw)
 
-    cfg = _with_stats(tmp_path, name="verify_bad_cfg", weights=[1.0, 3.0], batch_size=8)
+    cfg = _with_stats(tmp_path, fakes, name="verify_bad_cfg", weights=[1.0, 3.0], batch_size=8)
     lines = []
     report = V.verify(cfg, 400, plot_path=tmp_path / "bad.png", out=lines.append,
                       **{**fakes, "create_loader": create_loader_with(sabotaged)})
@@ -98,7 +107,7 @@ def test_verify_reports_incompatible_datasets_and_wrong_normalization(tmp_path, 
     def incompatible(sources):
         raise IncompatibleDatasetsError("key 'state': shape (8,) in fake/a but (9,) in fake/b")
 
-    cfg = _with_stats(tmp_path, name="verify_incompat_cfg")
+    cfg = _with_stats(tmp_path, fakes, name="verify_incompat_cfg")
     report = V.verify(cfg, 40, plot_path=tmp_path / "y.png", out=lambda s: None,
                       **{**fakes, "check_compatible": incompatible})
     assert not report.check("compatibility").ok and "(9,) in fake/b" in report.check("compatibility").detail
@@ -125,7 +134,7 @@ def test_verify_reports_incompatible_datasets_and_wrong_normalization(tmp_path, 
 
 
 def test_num_samples_must_be_positive(tmp_path):
-    with pytest.raises(ValueError, match="num_samples must be positive, got 0"):
+    with pytest.raises(ConfigError, match="num_samples must be an integer >= 1, got num_samples=0"):
         V.verify(_cfg(tmp_path), 0)
 
 

@@ -34,8 +34,8 @@ EPISODES = {FORK_REPO: (3, 12), FASTMIX_REPO: (2, 9)}  # (episodes, frames each)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    import openpi  # noqa: F401 - fail the whole run at once outside the seed environment
     import lerobot.common.datasets  # noqa: F401
+    import openpi  # noqa: F401 - fail the whole run at once outside the seed environment
 
     if not G1_ROOT.is_dir():
         raise pytest.UsageError(f"the shared G1 dataset is missing at {G1_ROOT} (../shared beside the checkout)")

@@ -13,8 +13,8 @@ SKIPPED and printed to stderr.
 from __future__ import annotations
 
 import sys
-import tomllib
 
+import tomllib
 from packaging.markers import Marker
 
 # The fork's direct dependencies (openpi's pyproject) that its data path imports, without extras.

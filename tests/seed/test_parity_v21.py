@@ -8,7 +8,6 @@ fastmix's reader against fastmix's own v2.1 writer.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from tests.seed.conftest import FORK_REPO, G1_EPISODES, G1_ROOT
