@@ -94,3 +94,20 @@ def copy_ds(tmp_path):
         return dst
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def tiny3(rel_root) -> Path:
+    """A v3.0 video dataset: 3 episodes x 6 frames, one 16x16 camera "image" (generated once per session)."""
+    from fastmix.testing.synth import make_dataset
+
+    return make_dataset(rel_root / "tiny3", "rel/tiny3", num_episodes=3, episode_length=6, cameras=("image",),
+                        camera_shape=(16, 16, 3), tasks=("pick the bowl", "open the drawer"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny3_v21(tiny3, rel_root) -> Path:
+    """`tiny3` rewritten as v2.1 (lerobot 0cf8648's layout: one parquet and one mp4 per episode)."""
+    from fastmix.testing.v21 import write_v21
+
+    return write_v21(tiny3, rel_root / "tiny3_v21")
