@@ -152,3 +152,38 @@ def test_delta_timestamps_errors(video_ds):
     src = LeRobotSource(root=video_ds)
     with pytest.raises(ConfigError, match="0.05"):
         src.gather_lowdim(np.arange(2), {"actions": [0.05]})
+
+
+_HOME_PROBE = ("import json, os, sys; sys.path.insert(0, os.getcwd()); "
+               "from lerobot.utils.constants import HF_LEROBOT_HOME; "
+               "from fastmix.sources.meta import lerobot_home; "
+               "print(json.dumps([str(HF_LEROBOT_HOME), str(lerobot_home())]))")
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"HF_LEROBOT_HOME": "/data/lr"},
+    {"HF_LEROBOT_HOME": "~/lr"},
+    {"HF_LEROBOT_HOME": ""},
+    {"HF_HOME": "/hf"},
+    {"HF_HOME": "$FASTMIX_T/hf"},
+    {"XDG_CACHE_HOME": "/xdg"},
+    {"XDG_CACHE_HOME": "/xdg", "HF_HOME": "/hf2"},
+    {"XDG_CACHE_HOME": "/xdg", "HF_HOME": "/hf2", "HF_LEROBOT_HOME": "/lr3"},
+], ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()) or "unset")
+def test_lerobot_home_matches_lerobot(env):
+    """lerobot_home() against lerobot 0.4.4's HF_LEROBOT_HOME (computed at its import) in a fresh process
+    with the variables set (the others removed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("HF_LEROBOT_HOME", "HF_HOME", "XDG_CACHE_HOME")}
+    clean.update(env, FASTMIX_T="/expanded")
+    out = subprocess.run([sys.executable, "-c", _HOME_PROBE], env=clean, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs, ours = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ours == theirs
