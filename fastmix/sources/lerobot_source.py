@@ -36,7 +36,7 @@ class LeRobotSource:
         tolerance_s: tolerance of the delta check and of video frame timestamps, in seconds.
         max_open_files: bound of the open-container LRU used by `source[i]`.
         check_finite: also refuse NaN/inf in numeric features at open (`checks.find_nonfinite`; about
-            10 ms per 1e6 frames x 26 floats, off by default because lerobot loads such data).
+            25 ms per 1e6 frames x 26 floats, off by default because lerobot loads such data).
         require_videos: refuse at open when a video file of a selected episode is missing (lerobot refuses
             too); False finds them only when a frame is read (e.g. low-dim-only use of a partial download).
 
