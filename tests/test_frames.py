@@ -82,7 +82,9 @@ def test_missing_video_names_everything(v21_ds, tmp_path):
     shutil.copytree(v21_ds, root)
     gone = root / "videos" / "chunk-000" / "wrist_image" / "episode_000002.mp4"
     gone.unlink()
-    src = LeRobotSource("org/partial", root=root)
+    with pytest.raises(MissingFileError, match=r"episode\(s\) \[2\].*episodes=\[0, 1, \*range\(3, 8\)\]"):
+        LeRobotSource("org/partial", root=root)  # at open, with the episodes= hint
+    src = LeRobotSource("org/partial", root=root, require_videos=False)  # at read time
     row = np.array([2 * 30 + 4])
     with pytest.raises(MissingFileError) as e:
         read(FrameReader(), src.frame_requests(row, ["wrist_image"]), (64, 64, 3))

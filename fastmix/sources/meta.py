@@ -327,6 +327,11 @@ def _stats(root: Path, version: str, dataset: str) -> dict[str, dict[str, np.nda
 def load_meta(root: Path, dataset: str) -> DatasetMeta:
     """Read `root/meta` of a v2.0, v2.1 or v3.0 dataset."""
     if not root.is_dir():
+        if root.is_symlink():
+            raise MissingFileError(f"dataset '{dataset}': root {root} is a symlink to {os.readlink(root)} "
+                                   f"(resolved: {os.path.realpath(root)}), which is not an existing directory")
+        if root.exists():
+            raise MissingFileError(f"dataset '{dataset}': root {root} is not a directory")
         raise MissingFileError(f"dataset '{dataset}': root directory {root} does not exist")
     info = read_info(root, dataset)
     version = info["codebase_version"]

@@ -468,3 +468,8 @@ def test_symlinked_root_and_lerobot_home(tiny_video, tmp_path, monkeypatch, no_l
     monkeypatch.setenv("HF_LEROBOT_HOME", str(home))
     src = LeRobotSource("rel/linked")
     assert src.root == home / "rel" / "linked" and len(src) == 12
+    (home / "rel" / "dangling").symlink_to(tmp_path / "gone", target_is_directory=True)
+    with pytest.raises(MissingFileError) as e:
+        LeRobotSource("rel/dangling")
+    msg = str(e.value)
+    assert "'rel/dangling'" in msg and "is a symlink to" in msg and str(tmp_path / "gone") in msg
