@@ -187,3 +187,31 @@ def test_lerobot_home_matches_lerobot(env):
     assert out.returncode == 0, out.stderr[-2000:]
     theirs, ours = json.loads(out.stdout.strip().splitlines()[-1])
     assert ours == theirs
+
+
+def test_every_dtype_lerobot_writes_opens_like_lerobot(tmp_path):
+    """Features of each numeric dtype lerobot 0.4.4 writes (float32/64, int32/64, uint8, bool, a scalar and a
+    2-D Array2D column, stored as an extension type while `datasets` is imported) pass the dtype check at open,
+    and items equal LeRobotDataset's (values, dtypes, shapes)."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    feats = {"f32": ("float32", (3,)), "f64": ("float64", (2,)), "i64": ("int64", (2,)), "i32": ("int32", (1,)),
+             "b": ("bool", (1,)), "s1": ("float32", (1,)), "u8": ("uint8", (4,)), "m": ("float32", (2, 3))}
+    root = tmp_path / "dtypes"
+    ds = LeRobotDataset.create(repo_id="t/dtypes", fps=10, root=root, use_videos=False,
+                               features={k: {"dtype": d, "shape": s, "names": None} for k, (d, s) in feats.items()})
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        for _ in range(3):
+            frame = {k: (rng.random(s) * 100).astype(d) for k, (d, s) in feats.items()}
+            ds.add_frame({**frame, "task": "x"})
+        ds.save_episode()
+    ds.finalize()
+    src = LeRobotSource("t/dtypes", root=root)
+    ref = LeRobotDataset("t/dtypes", root=root)
+    assert len(src) == len(ref) == 6
+    for i in range(6):
+        a, b = src[i], ref[i]
+        for k in feats:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and bool((a[k] == b[k]).all()), (i, k)

@@ -72,9 +72,10 @@ def expected_dtype(meta: DatasetMeta, key: str) -> np.dtype:
 
 
 def _stored_dtype(arrow_type: pa.DataType) -> np.dtype | str:
-    while pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_large_list(
+    """numpy dtype of the values of a (nested list / extension, e.g. HF `Array2D`) column, or its arrow type."""
+    while isinstance(arrow_type, pa.ExtensionType) or pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_large_list(
             arrow_type):
-        arrow_type = arrow_type.value_type
+        arrow_type = arrow_type.storage_type if isinstance(arrow_type, pa.ExtensionType) else arrow_type.value_type
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
         return np.dtype(arrow_type.to_pandas_dtype())
     return str(arrow_type)

@@ -350,8 +350,9 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...], 
     """
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
-    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type):
-        arr = pc.list_flatten(arr)
+    while (isinstance(arr, pa.ExtensionArray) or pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
+           or pa.types.is_large_list(arr.type)):
+        arr = arr.storage if isinstance(arr, pa.ExtensionArray) else pc.list_flatten(arr)
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):
         raise DatasetFormatError(f"dataset '{dataset}': column {key!r} of {path} holds {arr.type} values, not "
                                  f"numbers; rewrite the column with its numeric dtype from info.json")
