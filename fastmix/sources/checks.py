@@ -116,6 +116,28 @@ def check_data_files(meta: DatasetMeta, files: Sequence[str]) -> None:
                     f"(lerobot's writer stores each feature with its declared dtype) or fix info.json")
 
 
+def explain_row_counts(meta: DatasetMeta, ep_positions: np.ndarray, cause: Exception) -> None:
+    """After the loader found the data's total frame count differing from meta/: read only the
+    episode_index column of the selected data files and raise, from `cause`, an error naming the first
+    episode whose row count differs from its length (returns when none does)."""
+    eps = meta.episodes
+    counts = np.zeros(len(eps), dtype=np.int64)
+    for rel in sorted(set(eps.data_file[ep_positions].tolist())):
+        try:
+            col = pq.read_table(meta.root / rel, columns=["episode_index"]).column("episode_index")
+        except (OSError, KeyError, pa.ArrowException):
+            return
+        values = col.to_numpy().astype(np.int64)
+        pos = np.searchsorted(eps.episode_index, values)
+        known = (pos < len(eps)) & (eps.episode_index[np.minimum(pos, len(eps) - 1)] == values)
+        counts += np.bincount(pos[known], minlength=len(eps))
+    bad = np.flatnonzero(counts[ep_positions] != eps.length[ep_positions])
+    if len(bad):
+        p = int(ep_positions[bad[0]])
+        raise _fail(meta, p, f"its data holds {int(counts[p])} rows (episode_index column) but the metadata says "
+                             f"length {int(eps.length[p])}", _REPAIR_META) from cause
+
+
 # ------------------------------------------------------------------------------------------- episodes
 def _fail(meta: DatasetMeta, p: int, what: str, repair: str) -> DatasetFormatError:
     eps = meta.episodes

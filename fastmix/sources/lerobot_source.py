@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.errors import ConfigError
+from fastmix.errors import ConfigError, DatasetFormatError
 from fastmix.sources import checks
 from fastmix.sources.deltas import check_delta_timestamps, chunk_indices, delta_indices
 from fastmix.sources.frames import FrameReader, FrameRequest
@@ -67,7 +67,12 @@ class LeRobotSource:
         checks.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
         if require_videos:
             checks.check_files_exist(self.meta, self._ep_positions)
-        self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
+        try:
+            self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
+        except DatasetFormatError as e:
+            if "meta/ lists" in str(e):  # total frame count differs: name the episode
+                checks.explain_row_counts(self.meta, self._ep_positions, e)
+            raise
         low = self._low
         self.meta = replace(self.meta, episodes=checks.check_episode_rows(
             self.meta, low.values, low.ep_pos, low.sorted_pos, self._ep_positions))

@@ -292,6 +292,10 @@ def _shift_range(c):
     c["dataset_to_index"][1] += 1
 
 
+def _length_only(c):
+    c["length"][1] -= 1
+
+
 def _shift_video_from(c):
     c["videos/image/from_timestamp"][1] += 0.2
 
@@ -304,10 +308,11 @@ def _overlap_video(c):
 @pytest.mark.parametrize("damage, expect", [
     (_move_boundary, ["episode 0 ", "holds 6 rows", "length 8"]),
     (_shift_range, ["episode 1 ", "dataset_from_index=7", "give 6"]),
+    (_length_only, ["episode 1 ", "holds 6 rows", "length 5"]),
     (_shift_video_from, ["episode 1,", "'image'", VIDEO, "from_timestamp=0.800000", "to_timestamp=1.200000",
                          "last 0.600000 s"]),
     (_overlap_video, ["episode 0 [0.000000, 0.600000)", "episode 1 [0.400000, 1.000000)", "overlap", VIDEO]),
-], ids=["boundary_moved_2_frames", "index_range_shifted", "video_from_timestamp_shifted", "video_segments_overlap"])
+], ids=["boundary_moved_2_frames", "index_range_shifted", "length_only", "video_from_timestamp_shifted", "video_segments_overlap"])
 def test_v30_episode_metadata_disagrees_with_data(tiny_video, copy_ds, damage, expect, no_leaks):
     root = copy_ds(tiny_video)
     edit_parquet(root / META_EPS, damage)
