@@ -258,11 +258,14 @@ def test_v21_deleted_episode_rows_located_by_index(tiny3, tiny3_v21, copy_ds, no
     src = LeRobotSource("rel/deleted", root=root, delta_timestamps=dts)
     ref = LeRobotDataset("rel/tiny3", root=tiny3, episodes=[0, 2], delta_timestamps=dts, video_backend="pyav")
     assert len(src) == len(ref) == 12
+    batch = src.gather_lowdim(np.arange(12))  # the loader's vectorized path
     pads = 0
     for i in range(len(ref)):
         a, b = src[i], ref[i]
         for k in ("index", "episode_index", "frame_index", "state", "actions", "actions_is_pad", "image"):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"row {i} key {k}")
+        np.testing.assert_array_equal(batch["actions"][i], b["actions"].numpy())
+        np.testing.assert_array_equal(batch["actions_is_pad"][i], b["actions_is_pad"].numpy())
         pads += int(b["actions_is_pad"].sum())
     assert src[11]["index"] == 17 and pads == 2 * (1 + 2 + 3)  # last 3 frames of each episode are padded
 
