@@ -273,27 +273,31 @@ def _check_video_segments(meta: DatasetMeta, eps: EpisodeTable, ep_positions: np
 
 
 # ------------------------------------------------------------------------------------------- files, tasks
-def check_files_exist(meta: DatasetMeta, ep_positions: np.ndarray) -> None:
-    """Every video file of the selected episodes exists (one stat per distinct file); else a
-    MissingFileError listing the files, the affected episodes and an `episodes=` hint."""
+def check_files_exist(meta: DatasetMeta, ep_positions: np.ndarray, *, videos: bool = True) -> None:
+    """Every data file (and, with `videos`, every video file) of the selected episodes exists: one stat per
+    distinct file. Else a MissingFileError listing the missing files, the affected episodes and an
+    `episodes=` expression that selects the others."""
     eps = meta.episodes
-    missing: dict[str, list[int]] = {}
+    selected = eps.episode_index[ep_positions]
+    columns = [("data", eps.data_file[ep_positions])]
+    if videos:
+        columns += [("video", eps.video_file[key][ep_positions]) for key in meta.video_keys]
+    missing: list[str] = []
     affected: set[int] = set()
-    for key in meta.video_keys:
-        files = eps.video_file[key][ep_positions]
+    kinds: set[str] = set()
+    for kind, files in columns:
         uniq, inverse = np.unique(files.astype(str), return_inverse=True)
         gone = np.array([not os.path.isfile(meta.root / f) for f in uniq.tolist()], dtype=bool)
         if gone.any():
-            lost = gone[inverse]
-            for f, e in zip(files[lost].tolist(), eps.episode_index[ep_positions][lost].tolist(), strict=True):
-                missing.setdefault(f, []).append(int(e))
-            affected.update(eps.episode_index[ep_positions][lost].tolist())
+            missing += [str(meta.root / f) for f in uniq[gone].tolist()]
+            affected.update(selected[gone[inverse]].tolist())
+            kinds.add(kind)
     if missing:
         bad = sorted(affected)
         raise MissingFileError(
-            f"dataset '{meta.name}' at {meta.root}: {len(missing)} video file(s) are missing (a partial "
-            f"download?): {_listed(sorted(missing))}; they hold the frames of episode(s) {episodes_expr(bad)} "
-            f"({len(bad)} in all). Download them again, or {_keep_hint(eps.episode_index[ep_positions], bad)}")
+            f"dataset '{meta.name}' at {meta.root}: {len(missing)} {' and '.join(sorted(kinds))} file(s) are missing "
+            f"(a partial download?): {_listed(sorted(missing))}; they hold episode(s) {episodes_expr(bad)} "
+            f"({len(bad)} in all). Download them again, or {_keep_hint(selected, bad)}")
 
 
 def check_task_ids(meta: DatasetMeta, task_index: np.ndarray, episode_index: np.ndarray) -> None:

@@ -39,6 +39,7 @@ class LeRobotSource:
             25 ms per 1e6 frames x 26 floats, off by default because lerobot loads such data).
         require_videos: refuse at open when a video file of a selected episode is missing (lerobot refuses
             too); False finds them only when a frame is read (e.g. low-dim-only use of a partial download).
+            Missing data files are always refused at open, all of them listed with an `episodes=` hint.
 
     At open the metadata is checked against the data (`fastmix.sources.checks`): per-episode rows, index,
     frame_index, timestamps, v3.0 video segments, column dtypes, task ids, file existence. Any disagreement
@@ -65,8 +66,7 @@ class LeRobotSource:
         self.meta: DatasetMeta = load_meta(self.root, self.name)
         self._ep_positions = self._select_episodes(episodes)
         checks.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
-        if require_videos:
-            checks.check_files_exist(self.meta, self._ep_positions)
+        checks.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
         try:
             self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
         except DatasetFormatError as e:

@@ -85,6 +85,19 @@ def test_missing_parquet(tiny_video, copy_ds, no_leaks):
     assert "'rel/broken'" in str(e.value) and str(root / DATA) in str(e.value)
 
 
+def test_missing_v21_data_files_listed_at_open(tiny3_v21, copy_ds, no_leaks):
+    """v2.1 partial download without two episodes' parquets: all listed at open with the episodes= hint."""
+    root = copy_ds(tiny3_v21)
+    for e in (0, 2):
+        (root / f"data/chunk-000/episode_{e:06d}.parquet").unlink()
+    with pytest.raises(MissingFileError) as e:
+        LeRobotSource("rel/partial", root=root)
+    msg = str(e.value)
+    assert "'rel/partial'" in msg and "2 data file(s) are missing" in msg and "episode(s) [0, 2]" in msg
+    assert str(root / "data/chunk-000/episode_000000.parquet") in msg and "episodes=[1]" in msg
+    assert len(LeRobotSource("rel/partial", root=root, episodes=[1])) == 6
+
+
 def test_parquet_missing_column(tiny_video, copy_ds, no_leaks):
     root = copy_ds(tiny_video)
     t = pq.read_table(root / DATA)
