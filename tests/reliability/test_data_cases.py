@@ -444,10 +444,21 @@ def test_mixed_fps_rule(no_leaks):
         check_mixture([a, FakeSource("ds_10b", fps=10)])
 
 
-def test_depth_map_camera_refused_at_open(tiny_video, copy_ds, no_leaks):
+@pytest.mark.parametrize("info", [
+    {"is_depth_map": True, "video.pix_fmt": "gray12le", "video.codec": "hevc", "video.depth_min": 0.01},  # 0.6
+    {"video.is_depth_map": True},  # the older spelling
+    {"video.pix_fmt": "gray12le"},
+], ids=["lerobot_0.6", "video.is_depth_map", "gray12le"])
+def test_depth_map_camera_refused_at_open(tiny_video, copy_ds, info, no_leaks):
+    """lerobot 0.6.1 declares depth cameras (H, W, 1) with info {"is_depth_map": true, "video.pix_fmt":
+    "gray12le", ...} (12-bit grey HEVC); fastmix decodes RGB only, so it refuses them at open."""
     root = copy_ds(tiny_video)
-    edit_info(root, lambda i: i["features"]["wrist_image"].setdefault("info", {}).update(
-        {"video.is_depth_map": True, "video.pix_fmt": "gray12le", "video.codec": "hevc"}))
+
+    def depth(i):
+        i["features"]["wrist_image"].setdefault("info", {}).update(info)
+        i["features"]["wrist_image"]["shape"] = [16, 16, 1]
+
+    edit_info(root, depth)
     with pytest.raises(DatasetFormatError) as e:
         LeRobotSource("rel/depth", root=root)
     msg = str(e.value)
