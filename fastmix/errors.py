@@ -31,6 +31,11 @@ class IncompatibleDatasetsError(FastmixError, ValueError):
     """Datasets of one mixture differ in keys, shapes, dtypes or fps; the message holds a table of differences."""
 
 
+class MixedFpsWarning(UserWarning):
+    """Datasets of one mixture have different fps (allowed: delta_timestamps are per dataset, so an action
+    chunk of H steps spans H / fps seconds of its own dataset)."""
+
+
 __all__ = [
     "ConfigError",
     "DatasetFormatError",
@@ -38,5 +43,6 @@ __all__ = [
     "FastmixError",
     "IncompatibleDatasetsError",
     "MissingFileError",
+    "MixedFpsWarning",
     "WorkerError",
 ]

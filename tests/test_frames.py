@@ -82,7 +82,9 @@ def test_missing_video_names_everything(v21_ds, tmp_path):
     shutil.copytree(v21_ds, root)
     gone = root / "videos" / "chunk-000" / "wrist_image" / "episode_000002.mp4"
     gone.unlink()
-    src = LeRobotSource("org/partial", root=root)
+    with pytest.raises(MissingFileError, match=r"episode\(s\) \[2\].*episodes=\[0, 1, \*range\(3, 8\)\]"):
+        LeRobotSource("org/partial", root=root)  # at open, with the episodes= hint
+    src = LeRobotSource("org/partial", root=root, require_videos=False)  # at read time
     row = np.array([2 * 30 + 4])
     with pytest.raises(MissingFileError) as e:
         read(FrameReader(), src.frame_requests(row, ["wrist_image"]), (64, 64, 3))
@@ -184,3 +186,50 @@ def test_no_frame_decoded_past_the_requested_one(video_ds):
         frames_all = all_frames(reqs[0].path) if frames_all is None else frames_all
         assert np.array_equal(got[0], frames_all[row])
         reader.close()
+
+
+def _hevc_video(path, n: int = 200, fps: int = 30) -> None:
+    """An HEVC mp4 with open GOPs (CRA keyframes every 30 frames, 4 B-frames): after a seek to a keyframe the
+    frames shown just before it are not decodable, so the first decoded frame can lie past the request."""
+    from fractions import Fraction
+
+    from fastmix.testing.synth import synth_frame
+
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx265", rate=fps)
+        st.width, st.height, st.pix_fmt = 128, 96, "yuv420p"
+        st.options = {"x265-params": "keyint=30:min-keyint=30:open-gop=1:bframes=4:log-level=error"}
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(synth_frame((96, 128, 3), 0, i, 0), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+
+
+@pytest.mark.skipif("libx265" not in av.codecs_available, reason="this PyAV build has no HEVC encoder (libx265)")
+def test_hevc_open_gop_random_reads_equal_sequential_decode(tmp_path):
+    """150 random timestamps, each read by a fresh reader (so each one seeks) and 100 more in one pass: every
+    frame equals the sequential decode; lerobot's pyav backend reads the same frames."""
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    path = tmp_path / "hevc.mp4"
+    _hevc_video(path)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == "hevc"
+        pts = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    frames = all_frames(path)
+    assert len(frames) == len(pts) == 200
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(pts), 150)
+    for i in picks.tolist():
+        with FrameReader() as reader:
+            got = read(reader, [FrameRequest(0, "cam", str(path), pts[i], -1, 0, "hevc")], frames.shape[1:])
+        np.testing.assert_array_equal(got[0], frames[i], err_msg=f"frame {i} at {pts[i]:.6f} s")
+    batch = rng.integers(0, len(pts), 100)
+    reqs = [FrameRequest(s, "cam", str(path), pts[i], -1, 0, "hevc") for s, i in enumerate(batch.tolist())]
+    with FrameReader() as reader:
+        np.testing.assert_array_equal(read(reader, reqs, frames.shape[1:]), frames[batch])
+    ref = decode_video_frames(path, [pts[i] for i in picks[:20].tolist()], 1e-4, backend="pyav")
+    assert ref.shape[0] == 20  # lerobot's pyav backend reads them all too

@@ -19,7 +19,7 @@ HORIZON = 50
 
 
 def test_opens_whole_dataset(g1_root):
-    src = LeRobotSource(root=g1_root)
+    src = LeRobotSource(root=g1_root, require_videos=False)  # low-dim use of a partial download
     assert (src.codebase_version, src.num_episodes, src.num_frames, src.fps) == ("v2.1", 100, 35965, 30)
     assert src.camera_keys == [CAM] and src.camera_shape(CAM) == (480, 640, 3)
     assert src.lowdim_keys == ["observation.state", "action"]
@@ -29,8 +29,23 @@ def test_opens_whole_dataset(g1_root):
     assert low["index"].tolist() == [0, 35964] and low["episode_index"].tolist() == [0, 99]
 
 
+def test_missing_videos_found_at_open_with_episodes_hint(g1_root):
+    """Like lerobot (which refuses to open a dataset whose files are not all on disk), at open: every missing
+    file's episode is listed, and the hint's `episodes=` expression selects exactly the present ones."""
+    with pytest.raises(MissingFileError) as e:
+        LeRobotSource(root=g1_root)
+    msg = str(e.value)
+    missing = sorted(set(range(100)) - set(PRESENT))
+    assert "'g1_v21_partial'" in msg and "84 video file(s) are missing" in msg
+    assert "episode(s) [*range(0, 4), 6, 9, *range(22, 100)]" in msg
+    assert eval(msg.split("episode(s) ")[1].split(" (")[0]) == missing
+    hint = msg.split("pass episodes=")[1].split(" (")[0]
+    assert eval(hint) == PRESENT
+    assert LeRobotSource(root=g1_root, episodes=eval(hint)).episodes == PRESENT
+
+
 def test_missing_video_raises_naming_the_file(g1_root):
-    src = LeRobotSource(root=g1_root)
+    src = LeRobotSource(root=g1_root, require_videos=False)
     with pytest.raises(MissingFileError, match=r"videos/chunk-000/observation\.images\.cam_high/episode_000000\.mp4"):
         src[0]
     row = int(np.flatnonzero(src.gather_lowdim(np.arange(len(src)))["episode_index"] == 9)[5])

@@ -152,3 +152,66 @@ def test_delta_timestamps_errors(video_ds):
     src = LeRobotSource(root=video_ds)
     with pytest.raises(ConfigError, match="0.05"):
         src.gather_lowdim(np.arange(2), {"actions": [0.05]})
+
+
+_HOME_PROBE = ("import json, os, sys; sys.path.insert(0, os.getcwd()); "
+               "from lerobot.utils.constants import HF_LEROBOT_HOME; "
+               "from fastmix.sources.meta import lerobot_home; "
+               "print(json.dumps([str(HF_LEROBOT_HOME), str(lerobot_home())]))")
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"HF_LEROBOT_HOME": "/data/lr"},
+    {"HF_LEROBOT_HOME": "~/lr"},
+    {"HF_LEROBOT_HOME": ""},
+    {"HF_HOME": "/hf"},
+    {"HF_HOME": "$FASTMIX_T/hf"},
+    {"XDG_CACHE_HOME": "/xdg"},
+    {"XDG_CACHE_HOME": "/xdg", "HF_HOME": "/hf2"},
+    {"XDG_CACHE_HOME": "/xdg", "HF_HOME": "/hf2", "HF_LEROBOT_HOME": "/lr3"},
+], ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()) or "unset")
+def test_lerobot_home_matches_lerobot(env):
+    """lerobot_home() against lerobot 0.4.4's HF_LEROBOT_HOME (computed at its import) in a fresh process
+    with the variables set (the others removed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("HF_LEROBOT_HOME", "HF_HOME", "XDG_CACHE_HOME")}
+    clean.update(env, FASTMIX_T="/expanded")
+    out = subprocess.run([sys.executable, "-c", _HOME_PROBE], env=clean, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs, ours = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ours == theirs
+
+
+def test_every_dtype_lerobot_writes_opens_like_lerobot(tmp_path):
+    """Features of each numeric dtype lerobot 0.4.4 writes (float32/64, int32/64, uint8, bool, a scalar and a
+    2-D Array2D column, stored as an extension type while `datasets` is imported) pass the dtype check at open,
+    and items equal LeRobotDataset's (values, dtypes, shapes)."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    feats = {"f32": ("float32", (3,)), "f64": ("float64", (2,)), "i64": ("int64", (2,)), "i32": ("int32", (1,)),
+             "b": ("bool", (1,)), "s1": ("float32", (1,)), "u8": ("uint8", (4,)), "m": ("float32", (2, 3))}
+    root = tmp_path / "dtypes"
+    ds = LeRobotDataset.create(repo_id="t/dtypes", fps=10, root=root, use_videos=False,
+                               features={k: {"dtype": d, "shape": s, "names": None} for k, (d, s) in feats.items()})
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        for _ in range(3):
+            frame = {k: (rng.random(s) * 100).astype(d) for k, (d, s) in feats.items()}
+            ds.add_frame({**frame, "task": "x"})
+        ds.save_episode()
+    ds.finalize()
+    src = LeRobotSource("t/dtypes", root=root)
+    ref = LeRobotDataset("t/dtypes", root=root)
+    assert len(src) == len(ref) == 6
+    for i in range(6):
+        a, b = src[i], ref[i]
+        for k in feats:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and bool((a[k] == b[k]).all()), (i, k)

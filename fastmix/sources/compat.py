@@ -1,4 +1,5 @@
-"""`check_compatible(sources)`: can these datasets be mixed into one batch?
+"""`check_compatible(sources)`: can these datasets be mixed into one batch? `check_mixture(sources)`: the
+mixture-level rules every loader applies where sources are combined (no dataset twice; the fps rule).
 
 Every camera key must exist in each dataset with the same decoded (H, W, C) (video and image storage mix
 freely: both decode to uint8 HWC); every low-dim key with the same dtype and shape; and, unless
@@ -7,10 +8,12 @@ freely: both decode to uint8 HWC); every low-dim key with the same dtype and sha
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from fastmix.errors import ConfigError, IncompatibleDatasetsError
+from fastmix.errors import ConfigError, IncompatibleDatasetsError, MixedFpsWarning
 
 MISSING = "missing"
 
@@ -69,3 +72,51 @@ def check_compatible(sources: Sequence[Any], keys: Sequence[str] | None = None, 
             f"{differing} difference(s) between the datasets of the mixture "
             f"({', '.join(repr(s.name) for s in sources)}):\n{table}")
     return compatibility_table(sources, keys, check_fps=check_fps)[0]
+
+
+def check_distinct(sources: Sequence[Any]) -> None:
+    """Raise ConfigError when two sources are one dataset on disk: the same root directory reached through a
+    symlink, a second repo id or a bind mount (same device and inode after resolving symlinks), which would
+    count its frames twice. Sources without a `root` (in-memory fakes) are skipped."""
+    seen: dict[tuple[int, int], Any] = {}
+    for src in sources:
+        root = getattr(src, "root", None)
+        if root is None:
+            continue
+        try:
+            st = os.stat(root)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        first = seen.setdefault(key, src)
+        if first is not src:
+            raise ConfigError(
+                f"datasets '{first.name}' (root {first.root}) and '{src.name}' (root {src.root}) are the same "
+                f"dataset on disk ({os.path.realpath(src.root)}): it would be counted twice in the mixture. "
+                f"Keep one of them and raise its weight instead")
+
+
+def fps_rule(sources: Sequence[Any], *, strict: bool = False) -> str | None:
+    """The mixed-fps rule. Datasets of different fps may be mixed: delta_timestamps (the action chunk) are
+    built per dataset, so a chunk of H steps spans H / fps seconds of its own dataset and every sample stays
+    internally consistent; but chunks then cover different durations, so a MixedFpsWarning says so (or,
+    with `strict`, IncompatibleDatasetsError). Returns the message, or None when all fps agree."""
+    fps = {s.name: int(s.fps) for s in sources}
+    if len(set(fps.values())) <= 1:
+        return None
+    msg = (f"the datasets of the mixture have different fps ({', '.join(f'{n!r}: {f}' for n, f in fps.items())}); "
+           f"each action chunk is built at its own dataset's fps, so a chunk of H steps spans H/fps seconds and "
+           f"chunks of different datasets cover different durations. Resample the datasets to one fps if the "
+           f"policy must see one time step")
+    if strict:
+        raise IncompatibleDatasetsError(msg)
+    warnings.warn(msg, MixedFpsWarning, stacklevel=3)
+    return msg
+
+
+def check_mixture(sources: Sequence[Any], *, strict_fps: bool = False) -> None:
+    """Mixture-level checks of sources about to be combined: `check_distinct`, then `fps_rule` (a
+    MixedFpsWarning, or IncompatibleDatasetsError with `strict_fps`). Keys/shapes are the loader's
+    `check_compatible` / plan check."""
+    check_distinct(sources)
+    fps_rule(sources, strict=strict_fps)

@@ -7,6 +7,7 @@ LeRobotDataset checks that every delta is a multiple of 1/fps within `tolerance_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,7 +17,13 @@ from fastmix.errors import ConfigError
 
 def check_delta_timestamps(delta_timestamps: Mapping[str, Sequence[float]], fps: int, tolerance_s: float,
                            dataset: str) -> None:
-    """Raise ConfigError (a ValueError) listing every delta that is not a multiple of 1/fps ± tolerance_s."""
+    """Raise ConfigError (a ValueError) listing every non-finite delta, or every delta that is not a multiple
+    of 1/fps ± tolerance_s."""
+    nonfinite = {key: [float(d) for d in deltas if not math.isfinite(d)] for key, deltas in delta_timestamps.items()}
+    nonfinite = {k: v for k, v in nonfinite.items() if v}
+    if nonfinite:
+        raise ConfigError(f"dataset '{dataset}': delta_timestamps must be finite seconds (multiples of 1/{fps}), "
+                          f"but got {nonfinite}")
     outside = {}
     for key, deltas in delta_timestamps.items():
         bad = [float(d) for d in deltas if abs(d * fps - round(d * fps)) / fps > tolerance_s]

@@ -75,6 +75,21 @@ class _OpenVideo:
         self.prev = self.cur = None
         self.last_key_s = None
 
+    def seek_before(self, t: float, early_s: float = 0.0) -> None:
+        """Seek so that the first decoded frame lies at or before `t` (+ early_s), and decode it into `cur`.
+
+        A seek lands on the keyframe the container index places before `t`, but with open GOPs (HEVC CRA
+        keyframes) the frames shown before that keyframe are dropped when decoding starts there, so the first
+        frame can lie past `t`. Then seek further back (one keyframe interval, doubling) until it does not,
+        or the start of the file is reached."""
+        back = 0.0
+        while True:
+            self.seek(t - back)
+            if not self.advance() or self.cur is None or self.cur[0] <= t + early_s or t - back <= 0.0:
+                return
+            step = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S / 4
+            back = max(2.0 * back, step)
+
     def advance(self) -> bool:
         """Decode the next frame into `cur` (old `cur` → `prev`); False at the end of the stream."""
         if self.frames is None:
@@ -114,7 +129,7 @@ class _OpenVideo:
         above the frame's pts, so this saves one decode per such request.
         """
         if self.needs_seek(t):
-            self.seek(t)
+            self.seek_before(t, early_s)
         stop = t - early_s
         while self.cur is None or self.cur[0] < stop:
             if not self.advance():

@@ -5,13 +5,16 @@ path (`gather_lowdim`, `tasks_of`, `frame_requests`) for the loader.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastmix.errors import ConfigError
+from fastmix.errors import ConfigError, DatasetFormatError
+from fastmix.sources import checks
 from fastmix.sources.deltas import check_delta_timestamps, chunk_indices, delta_indices
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lowdim import LowDimTable, load_lowdim
@@ -32,6 +35,15 @@ class LeRobotSource:
             {"actions": [t / fps for t in range(action_horizon)]}; each must be a multiple of 1/fps ± tolerance_s.
         tolerance_s: tolerance of the delta check and of video frame timestamps, in seconds.
         max_open_files: bound of the open-container LRU used by `source[i]`.
+        check_finite: also refuse NaN/inf in numeric features at open (`checks.find_nonfinite`; about
+            25 ms per 1e6 frames x 26 floats, off by default because lerobot loads such data).
+        require_videos: refuse at open when a video file of a selected episode is missing (lerobot refuses
+            too); False finds them only when a frame is read (e.g. low-dim-only use of a partial download).
+            Missing data files are always refused at open, all of them listed with an `episodes=` hint.
+
+    At open the metadata is checked against the data (`fastmix.sources.checks`): per-episode rows, index,
+    frame_index, timestamps, v3.0 video segments, column dtypes, task ids, file existence. Any disagreement
+    raises DatasetFormatError / MissingFileError naming dataset, file, episode and both values.
 
     Example:
         >>> src = LeRobotSource(root="/data/libero", delta_timestamps={"actions": [t / 10 for t in range(10)]})
@@ -42,19 +54,31 @@ class LeRobotSource:
     def __init__(self, repo_id: str | None = None, *, root: str | Path | None = None,
                  episodes: Sequence[int] | None = None,
                  delta_timestamps: Mapping[str, Sequence[float]] | None = None, tolerance_s: float = 1e-4,
-                 max_open_files: int = 16) -> None:
+                 max_open_files: int = 16, check_finite: bool = False, require_videos: bool = True) -> None:
         if repo_id is None and root is None:
             raise ConfigError("LeRobotSource needs a repo_id or a root, but got neither")
-        if tolerance_s < 0:
-            raise ConfigError(f"tolerance_s should be >= 0, but got tolerance_s={tolerance_s}")
+        if not tolerance_s >= 0 or not math.isfinite(tolerance_s):
+            raise ConfigError(f"tolerance_s should be a finite number >= 0, but got tolerance_s={tolerance_s}")
         self.root = Path(root).expanduser() if root is not None else lerobot_home() / str(repo_id)
         self.name: str = repo_id if repo_id is not None else self.root.name
         self.tolerance_s = float(tolerance_s)
+        self.delta_timestamps = _parse_deltas(delta_timestamps, self.name)
         self.meta: DatasetMeta = load_meta(self.root, self.name)
         self._ep_positions = self._select_episodes(episodes)
-        self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
-        self.delta_timestamps: dict[str, list[float]] | None = (
-            None if delta_timestamps is None else {k: [float(d) for d in v] for k, v in delta_timestamps.items()})
+        checks.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
+        checks.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
+        try:
+            self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
+        except DatasetFormatError as e:
+            if "meta/ lists" in str(e):  # total frame count differs: name the episode
+                checks.explain_row_counts(self.meta, self._ep_positions, e)
+            raise
+        low = self._low
+        self.meta = replace(self.meta, episodes=checks.check_episode_rows(
+            self.meta, low.values, low.ep_pos, low.sorted_pos, self._ep_positions))
+        checks.check_task_ids(self.meta, low.values["task_index"], low.values["episode_index"])
+        if check_finite:
+            checks.check_finite(self)
         self._offsets_cache: dict[tuple, dict[str, np.ndarray]] = {}
         self._offsets(self.delta_timestamps)  # validates now
         self._video_paths = {k: np.array([str(self.root / p) for p in self.meta.episodes.video_file[k]], dtype=object)
@@ -291,6 +315,21 @@ class LeRobotSource:
         item = {**videos, **item}
         item["task"] = self.tasks_of(row)[0]
         return item
+
+
+def _parse_deltas(delta_timestamps: Mapping[str, Sequence[float]] | None, dataset: str
+                  ) -> dict[str, list[float]] | None:
+    """{key: [float seconds]}; a non-number raises ConfigError naming the key and value."""
+    if delta_timestamps is None:
+        return None
+    out = {}
+    for key, deltas in delta_timestamps.items():
+        try:
+            out[key] = [float(d) for d in deltas]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"dataset '{dataset}': delta_timestamps[{key!r}] should be a list of numbers "
+                              f"(seconds), but got {deltas!r}") from e
+    return out
 
 
 def _to_torch(torch: Any, value: np.ndarray | np.generic) -> Any:

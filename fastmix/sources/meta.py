@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,19 @@ CAMERA_DTYPES: tuple[str, ...] = ("video", "image")
 
 
 def lerobot_home() -> Path:
-    """lerobot's dataset home: `$HF_LEROBOT_HOME`, else `$HF_HOME/lerobot` (default `~/.cache/huggingface`)."""
-    if os.environ.get("HF_LEROBOT_HOME"):
-        return Path(os.environ["HF_LEROBOT_HOME"]).expanduser()
-    hf_home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-    return Path(hf_home).expanduser() / "lerobot"
+    """lerobot's dataset home, resolved as lerobot (0cf8648 and 0.4.4) and huggingface_hub resolve it.
+
+    `$HF_LEROBOT_HOME` when set (even empty: lerobot then uses the working directory), else
+    `$HF_HOME/lerobot` where HF_HOME defaults to `$XDG_CACHE_HOME/huggingface` and XDG_CACHE_HOME to
+    `~/.cache`; `~` and (in HF_HOME) `$VARS` are expanded. Read from the environment at each call.
+    """
+    env = os.environ
+    home = env.get("HF_LEROBOT_HOME")
+    if home is not None:
+        return Path(home).expanduser()
+    xdg = env.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    hf_home = os.path.expandvars(os.path.expanduser(env.get("HF_HOME", os.path.join(xdg, "huggingface"))))
+    return Path(hf_home) / "lerobot"
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,10 @@ class EpisodeTable:
 
     episode_index, length, dataset_from_index, dataset_to_index: int64 (E,) — [from, to) are absolute frame
     indices (the "index" column). data_file: (E,) relative data parquet path. video_file[key]: (E,) relative
-    mp4 path; video_from_ts[key]: float64 (E,) seconds where the episode starts inside that mp4 (0 in v2.x).
+    mp4 path; video_from_ts[key]: float64 (E,) seconds where the episode starts inside that mp4 (0 in v2.x);
+    video_to_ts[key]: float64 (E,) where it ends (v3.0 `to_timestamp`; NaN when the metadata has none).
+    In v2.x, [from, to) is a cumulative sum of lengths until `checks.check_episode_rows` replaces it by the
+    range the data's `index` column holds.
     """
 
     episode_index: np.ndarray
@@ -48,6 +59,7 @@ class EpisodeTable:
     data_file: np.ndarray
     video_file: dict[str, np.ndarray]
     video_from_ts: dict[str, np.ndarray]
+    video_to_ts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.episode_index)
@@ -110,6 +122,8 @@ def read_json(path: Path, dataset: str) -> Any:
         raise MissingFileError(f"dataset '{dataset}': metadata file {path} is missing")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"dataset '{dataset}': {path} is not UTF-8 ({e}); re-save it as UTF-8") from e
     except ValueError as e:
         raise DatasetFormatError(f"dataset '{dataset}': {path} is not valid JSON: {e}") from e
 
@@ -119,13 +133,19 @@ def read_jsonl(path: Path, dataset: str) -> list[dict]:
     if not path.is_file():
         raise MissingFileError(f"dataset '{dataset}': metadata file {path} is missing")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise DatasetFormatError(f"dataset '{dataset}': {path} line {n} is not valid JSON: {e}") from e
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DatasetFormatError(
+                f"dataset '{dataset}': {path} line {n} is not UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
+                f"column {e.start}); LeRobot metadata is UTF-8 JSON: re-save the file as UTF-8 "
+                f"(e.g. `iconv -f latin1 -t utf-8`)") from e
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise DatasetFormatError(f"dataset '{dataset}': {path} line {n} is not valid JSON: {e}") from e
     return rows
 
 
@@ -145,9 +165,33 @@ def read_info(root: Path, dataset: str) -> dict[str, Any]:
         if "dtype" not in ft or "shape" not in ft:
             raise DatasetFormatError(f"dataset '{dataset}': feature {key!r} in {path} lacks dtype or shape")
         ft["shape"] = tuple(int(d) for d in ft["shape"])
+    depth = [key for key, ft in info["features"].items() if is_depth_map(ft)]
+    if depth:
+        raise DatasetFormatError(
+            f"dataset '{dataset}': feature(s) {depth} in {path} are depth maps (is_depth_map / grey pixel "
+            f"format); fastmix decodes RGB uint8 cameras only. Use a copy of the dataset without these "
+            f"features in info.json, or read it with lerobot's LeRobotDataset")
     if any(ft["dtype"] == "video" for ft in info["features"].values()) and not info.get("video_path"):
         raise DatasetFormatError(f"dataset '{dataset}': {path} has video features but no 'video_path'")
     return info
+
+
+def is_depth_map(feature: dict) -> bool:
+    """Whether an info.json feature is a depth map: lerobot marks them `is_depth_map` (0.6: at the feature's
+    top level or in its `info` / `video_info`, also as `video.is_depth_map`) or stores grey pixels (gray*,
+    e.g. 12-bit `gray12le` HEVC)."""
+    if feature.get("dtype") not in (*CAMERA_DTYPES, "depth"):
+        return False
+    if feature.get("dtype") == "depth" or feature.get("is_depth_map"):
+        return True
+    for sub in ("info", "video_info"):
+        extra = feature.get(sub) or {}
+        if isinstance(extra, dict):
+            if extra.get("video.is_depth_map") or extra.get("is_depth_map"):
+                return True
+            if str(extra.get("video.pix_fmt", "")).startswith("gray"):
+                return True
+    return False
 
 
 def _format(template: str, dataset: str, **fields: Any) -> str:
@@ -173,7 +217,8 @@ def _episodes_v2(root: Path, info: dict, dataset: str) -> EpisodeTable:
             video_file[key] = np.array([_format(info["video_path"], dataset, episode_chunk=int(e) // chunks_size,
                                                 video_key=key, episode_index=int(e)) for e in ep], dtype=object)
             video_from[key] = np.zeros(len(ep), dtype=np.float64)
-    return EpisodeTable(ep, length, to - length, to, data_file, video_file, video_from)
+    video_to = {key: np.full(len(ep), np.nan) for key in video_from}
+    return EpisodeTable(ep, length, to - length, to, data_file, video_file, video_from, video_to)
 
 
 def _episodes_v3(root: Path, info: dict, dataset: str) -> EpisodeTable:
@@ -186,29 +231,35 @@ def _episodes_v3(root: Path, info: dict, dataset: str) -> EpisodeTable:
               "data/chunk_index", "data/file_index"]
     for key in video_keys:
         needed += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
+    optional = [f"videos/{key}/to_timestamp" for key in video_keys]
     tables = []
     for p in paths:
         names = pq.read_schema(p).names
         missing = [c for c in needed if c not in names]
         if missing:
             raise DatasetFormatError(f"dataset '{dataset}': episode metadata {p} lacks column(s) {missing}")
-        tables.append(pq.read_table(p, columns=needed))
+        table = pq.read_table(p, columns=needed + [c for c in optional if c in names])
+        for c in optional:
+            if c not in names:
+                table = table.append_column(c, pa.array(np.full(table.num_rows, np.nan)))
+        tables.append(table.select(needed + optional))
     t = pa.concat_tables(tables)
-    col = {c: t.column(c).to_numpy() for c in needed}
+    col = {c: t.column(c).to_numpy() for c in needed + optional}
     order = np.argsort(col["episode_index"], kind="stable")
     col = {c: v[order] for c, v in col.items()}
     ep = col["episode_index"].astype(np.int64)
     data_file = np.array([_format(info["data_path"], dataset, chunk_index=int(c), file_index=int(f))
                           for c, f in zip(col["data/chunk_index"], col["data/file_index"], strict=True)], dtype=object)
-    video_file, video_from = {}, {}
+    video_file, video_from, video_to = {}, {}, {}
     for key in video_keys:
         video_file[key] = np.array(
             [_format(info["video_path"], dataset, video_key=key, chunk_index=int(c), file_index=int(f))
              for c, f in zip(col[f"videos/{key}/chunk_index"], col[f"videos/{key}/file_index"], strict=True)],
             dtype=object)
         video_from[key] = col[f"videos/{key}/from_timestamp"].astype(np.float64)
+        video_to[key] = col[f"videos/{key}/to_timestamp"].astype(np.float64)
     return EpisodeTable(ep, col["length"].astype(np.int64), col["dataset_from_index"].astype(np.int64),
-                        col["dataset_to_index"].astype(np.int64), data_file, video_file, video_from)
+                        col["dataset_to_index"].astype(np.int64), data_file, video_file, video_from, video_to)
 
 
 def _tasks_v2(root: Path, dataset: str) -> dict[int, str]:
@@ -276,6 +327,11 @@ def _stats(root: Path, version: str, dataset: str) -> dict[str, dict[str, np.nda
 def load_meta(root: Path, dataset: str) -> DatasetMeta:
     """Read `root/meta` of a v2.0, v2.1 or v3.0 dataset."""
     if not root.is_dir():
+        if root.is_symlink():
+            raise MissingFileError(f"dataset '{dataset}': root {root} is a symlink to {os.readlink(root)} "
+                                   f"(resolved: {os.path.realpath(root)}), which is not an existing directory")
+        if root.exists():
+            raise MissingFileError(f"dataset '{dataset}': root {root} is not a directory")
         raise MissingFileError(f"dataset '{dataset}': root directory {root} does not exist")
     info = read_info(root, dataset)
     version = info["codebase_version"]
@@ -294,8 +350,12 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...], 
     """
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
-    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type):
-        arr = pc.list_flatten(arr)
+    while (isinstance(arr, pa.ExtensionArray) or pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
+           or pa.types.is_large_list(arr.type)):
+        arr = arr.storage if isinstance(arr, pa.ExtensionArray) else pc.list_flatten(arr)
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):
+        raise DatasetFormatError(f"dataset '{dataset}': column {key!r} of {path} holds {arr.type} values, not "
+                                 f"numbers; rewrite the column with its numeric dtype from info.json")
     values = arr.to_numpy(zero_copy_only=False)
     row_shape = () if tuple(shape) == (1,) else tuple(shape)
     if values.size != n * int(np.prod(row_shape, dtype=np.int64)):

@@ -34,8 +34,12 @@ def _fds() -> int:
 @pytest.fixture
 def no_leaks():
     """Asserts after the test: no new live child process (bar multiprocessing's resource tracker), no new
-    fastmix /dev/shm segment of this process, and no fd growth beyond a small slack."""
+    fastmix /dev/shm segment of this process, and no fd growth beyond a small slack.
+
+    After the first full collection the surviving objects are frozen (`gc.freeze`): with torch and lerobot
+    imported a full collection takes ~1 s, and only what a test creates can leak from it."""
     gc.collect()
+    gc.freeze()
     children = _live_children()
     segs = set(leftover_segments(pid=os.getpid()))
     fds = _fds()
@@ -94,3 +98,20 @@ def copy_ds(tmp_path):
         return dst
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def tiny3(rel_root) -> Path:
+    """A v3.0 video dataset: 3 episodes x 6 frames, one 16x16 camera "image" (generated once per session)."""
+    from fastmix.testing.synth import make_dataset
+
+    return make_dataset(rel_root / "tiny3", "rel/tiny3", num_episodes=3, episode_length=6, cameras=("image",),
+                        camera_shape=(16, 16, 3), tasks=("pick the bowl", "open the drawer"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny3_v21(tiny3, rel_root) -> Path:
+    """`tiny3` rewritten as v2.1 (lerobot 0cf8648's layout: one parquet and one mp4 per episode)."""
+    from fastmix.testing.v21 import write_v21
+
+    return write_v21(tiny3, rel_root / "tiny3_v21")

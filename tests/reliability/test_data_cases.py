@@ -6,10 +6,13 @@ frame is read (FrameReader, as a decode worker does)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from fastmix.errors import (
     ConfigError,
@@ -18,15 +21,19 @@ from fastmix.errors import (
     FastmixError,
     IncompatibleDatasetsError,
     MissingFileError,
+    MixedFpsWarning,
 )
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.sources.checks import find_nonfinite
+from fastmix.sources.compat import check_distinct, check_mixture
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lerobot_source import LeRobotSource
 
 pytestmark = pytest.mark.timeout(60)
 DATA = "data/chunk-000/file-000.parquet"
 VIDEO = "videos/image/chunk-000/file-000.mp4"
+META_EPS = "meta/episodes/chunk-000/file-000.parquet"
 
 
 def read_frames(src, rows, tolerance_s=1e-4):
@@ -78,6 +85,19 @@ def test_missing_parquet(tiny_video, copy_ds, no_leaks):
     assert "'rel/broken'" in str(e.value) and str(root / DATA) in str(e.value)
 
 
+def test_missing_v21_data_files_listed_at_open(tiny3_v21, copy_ds, no_leaks):
+    """v2.1 partial download without two episodes' parquets: all listed at open with the episodes= hint."""
+    root = copy_ds(tiny3_v21)
+    for e in (0, 2):
+        (root / f"data/chunk-000/episode_{e:06d}.parquet").unlink()
+    with pytest.raises(MissingFileError) as e:
+        LeRobotSource("rel/partial", root=root)
+    msg = str(e.value)
+    assert "'rel/partial'" in msg and "2 data file(s) are missing" in msg and "episode(s) [0, 2]" in msg
+    assert str(root / "data/chunk-000/episode_000000.parquet") in msg and "episodes=[1]" in msg
+    assert len(LeRobotSource("rel/partial", root=root, episodes=[1])) == 6
+
+
 def test_parquet_missing_column(tiny_video, copy_ds, no_leaks):
     root = copy_ds(tiny_video)
     t = pq.read_table(root / DATA)
@@ -97,9 +117,15 @@ def test_parquet_wrong_shape(tiny_video, copy_ds, no_leaks):
 
 # ------------------------------------------------------------------------------------------- video
 def test_missing_video_file(tiny_video, copy_ds, no_leaks):
+    """A partial download: found at open (as lerobot refuses to open it), listing the file, the affected
+    episodes and an `episodes=` hint; with require_videos=False, at read, naming file, key and episode."""
     root = copy_ds(tiny_video)
-    (root / VIDEO).unlink()  # partial download
-    src = LeRobotSource("rel/broken", root=root)
+    (root / VIDEO).unlink()
+    with pytest.raises(MissingFileError) as e:
+        LeRobotSource("rel/broken", root=root)
+    msg = str(e.value)
+    assert "'rel/broken'" in msg and VIDEO in msg and "episode(s) [0, 1]" in msg and "no episode is unaffected" in msg
+    src = LeRobotSource("rel/broken", root=root, require_videos=False)
     with pytest.raises(MissingFileError) as e:
         read_frames(src, [0, 7])
     msg = str(e.value)
@@ -164,17 +190,19 @@ def test_different_keys_and_shapes_table(no_leaks):
 def test_different_dtypes_and_fps_table(tiny_video, tiny_image, copy_ds, no_leaks):
     from fastmix.sources.compat import check_compatible
 
-    root = copy_ds(tiny_video)
-    edit_info(root, lambda i: i.update(fps=20))
-    a = LeRobotSource("rel/tiny_video", root=tiny_video)
-    b = LeRobotSource("rel/fps20", root=root)
+    a = FakeSource("ds_a", state_dim=8, fps=10)
+    b = FakeSource("rel/fps20", state_dim=8, fps=20)
     with pytest.raises(IncompatibleDatasetsError) as e:
         check_compatible([a, b])
     msg = str(e.value)
-    assert "fps" in msg and "10" in msg and "20" in msg and "rel/fps20" in msg and "rel/tiny_video" in msg
+    assert "fps" in msg and "10" in msg and "20" in msg and "rel/fps20" in msg and "ds_a" in msg
     c = LeRobotSource("rel/tiny_image", root=tiny_image)  # same keys, cameras stored as images not video
     root2 = copy_ds(tiny_image)
     edit_info(root2, lambda i: i["features"]["state"].update(dtype="float64"))
+    t = pq.read_table(root2 / DATA)  # the data must match (a dtype mismatch is refused at open)
+    i = t.column_names.index("state")
+    pq.write_table(t.set_column(i, pa.field("state", pa.list_(pa.float64(), 8)),
+                                t.column("state").cast(pa.list_(pa.float64(), 8))), root2 / DATA)
     d = LeRobotSource("rel/state64", root=root2)
     with pytest.raises(IncompatibleDatasetsError) as e:
         check_compatible([c, d])
@@ -210,3 +238,270 @@ def test_one_frame_episodes_and_non_ascii_tasks(tiny_image, no_leaks):
             assert b["image"].shape == (2, 16, 16, 3)
             seen += b["index"].tolist()
     assert sorted(seen) == [0, 0, 1, 1]  # sequential order, each frame once per epoch (2 epochs' worth)
+
+
+# ------------------------------------------------------------------------------------------- data integrity (#13)
+def edit_parquet(path, fn):
+    """Rewrite `path` with fn(columns) applied to its columns as Python lists (types and metadata kept)."""
+    t = pq.read_table(path)
+    cols = {c: t.column(c).to_pylist() for c in t.column_names}
+    fn(cols)
+    pq.write_table(pa.table({c: pa.array(cols[c], type=t.schema.field(c).type) for c in t.column_names},
+                            schema=t.schema), path)
+
+
+def drop_jsonl_episode(path, episode):
+    lines = path.read_text().splitlines()
+    path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["episode_index"] != episode))
+
+
+def test_v21_deleted_episode_rows_located_by_index(tiny3, tiny3_v21, copy_ds, no_leaks):
+    """v2.1, episode 1 of 3 deleted (its jsonl lines, parquet and mp4); episode 2 keeps index 12..17. Rows are
+    located by the real index column, so every sample equals lerobot 0.4.4's LeRobotDataset(episodes=[0, 2])
+    on the intact v3.0 original, action chunks and padding included (a cumulative sum of lengths would put
+    episode 2 at 6..11 and read other frames' actions)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = copy_ds(tiny3_v21)
+    drop_jsonl_episode(root / "meta" / "episodes.jsonl", 1)
+    drop_jsonl_episode(root / "meta" / "episodes_stats.jsonl", 1)
+    (root / "data/chunk-000/episode_000001.parquet").unlink()
+    (root / "videos/chunk-000/image/episode_000001.mp4").unlink()
+    dts = {"actions": [t / 10 for t in range(4)]}
+    src = LeRobotSource("rel/deleted", root=root, delta_timestamps=dts)
+    ref = LeRobotDataset("rel/tiny3", root=tiny3, episodes=[0, 2], delta_timestamps=dts, video_backend="pyav")
+    assert len(src) == len(ref) == 12
+    batch = src.gather_lowdim(np.arange(12))  # the loader's vectorized path
+    pads = 0
+    for i in range(len(ref)):
+        a, b = src[i], ref[i]
+        for k in ("index", "episode_index", "frame_index", "state", "actions", "actions_is_pad", "image"):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"row {i} key {k}")
+        np.testing.assert_array_equal(batch["actions"][i], b["actions"].numpy())
+        np.testing.assert_array_equal(batch["actions_is_pad"][i], b["actions_is_pad"].numpy())
+        pads += int(b["actions_is_pad"].sum())
+    assert src[11]["index"] == 17 and pads == 2 * (1 + 2 + 3)  # last 3 frames of each episode are padded
+
+
+def test_v21_length_disagrees_with_data(tiny3_v21, copy_ds, no_leaks):
+    root = copy_ds(tiny3_v21)
+    p = root / "meta" / "episodes.jsonl"
+    rows = [json.loads(ln) for ln in p.read_text().splitlines()]
+    rows[1]["length"] = 8
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/broken", root=root)
+    msg = str(e.value)
+    assert "'rel/broken'" in msg and "episode 1 " in msg and "episode_000001.parquet" in msg
+    assert "holds 6 rows" in msg and "length 8" in msg and "Repair" in msg
+
+
+def _move_boundary(c):  # episode 0 gains 2 frames, episode 1 loses them
+    c["dataset_to_index"][0] += 2
+    c["length"][0] += 2
+    c["dataset_from_index"][1] += 2
+    c["length"][1] -= 2
+
+
+def _shift_range(c):
+    c["dataset_from_index"][1] += 1
+    c["dataset_to_index"][1] += 1
+
+
+def _length_only(c):
+    c["length"][1] -= 1
+
+
+def _shift_video_from(c):
+    c["videos/image/from_timestamp"][1] += 0.2
+
+
+def _overlap_video(c):
+    c["videos/image/from_timestamp"][1] -= 0.2
+    c["videos/image/to_timestamp"][1] -= 0.2
+
+
+@pytest.mark.parametrize("damage, expect", [
+    (_move_boundary, ["episode 0 ", "holds 6 rows", "length 8"]),
+    (_shift_range, ["episode 1 ", "dataset_from_index=7", "give 6"]),
+    (_length_only, ["episode 1 ", "holds 6 rows", "length 5"]),
+    (_shift_video_from, ["episode 1,", "'image'", VIDEO, "from_timestamp=0.800000", "to_timestamp=1.200000",
+                         "last 0.600000 s"]),
+    (_overlap_video, ["episode 0 [0.000000, 0.600000)", "episode 1 [0.400000, 1.000000)", "overlap", VIDEO]),
+], ids=["boundary_moved_2_frames", "index_range_shifted", "length_only", "video_from_timestamp_shifted", "video_segments_overlap"])
+def test_v30_episode_metadata_disagrees_with_data(tiny_video, copy_ds, damage, expect, no_leaks):
+    root = copy_ds(tiny_video)
+    edit_parquet(root / META_EPS, damage)
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/broken", root=root)
+    msg = str(e.value)
+    assert "'rel/broken'" in msg and "Repair" in msg
+    for part in expect:
+        assert part in msg, (part, msg)
+
+
+def _dup_ts(c):
+    c["timestamp"][2] = c["timestamp"][1]
+
+
+def _swap_ts(c):
+    c["timestamp"][2], c["timestamp"][3] = c["timestamp"][3], c["timestamp"][2]
+
+
+def _bad_frame_index(c):
+    c["frame_index"][3] = 4
+
+
+def _index_gap(c):
+    c["index"][5] = 100
+
+
+@pytest.mark.parametrize("damage, expect", [
+    (_dup_ts, ["timestamps do not increase", "frame_index 1 is at 0.100000 s and frame_index 2 at 0.100000 s"]),
+    (_swap_ts, ["timestamps do not increase", "frame_index 2 is at 0.300000 s and frame_index 3 at 0.200000 s"]),
+    (_bad_frame_index, ["index 3 has frame_index 4", "position in the episode is 3"]),
+    (_index_gap, ["index values [0, 1, 2, 3, 4, 100]", "not one contiguous range"]),
+], ids=["duplicated_timestamp", "reversed_timestamps", "frame_index", "index_not_contiguous"])
+def test_v30_data_columns_disagree(tiny_video, copy_ds, damage, expect, no_leaks):
+    root = copy_ds(tiny_video)
+    edit_parquet(root / DATA, damage)
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/broken", root=root)
+    msg = str(e.value)
+    assert "'rel/broken'" in msg and "episode 0 " in msg and str(root / DATA) in msg
+    for part in expect:
+        assert part in msg, (part, msg)
+
+
+def test_nonfinite_values_reported(tiny_video, copy_ds, no_leaks):
+    """NaN in actions at episode 1 frame 3 (row 9) and inf in state at episode 0 frame 2 (row 2)."""
+    root = copy_ds(tiny_video)
+
+    def poison(c):
+        c["actions"][9][2] = float("nan")
+        c["state"][2][0] = float("inf")
+
+    edit_parquet(root / DATA, poison)
+    src = LeRobotSource("rel/nan", root=root)  # off by default: lerobot loads such data too
+    assert find_nonfinite(src) == [("state", 0, 2), ("actions", 1, 3)]
+    assert find_nonfinite(src, ["actions"]) == [("actions", 1, 3)]
+    assert find_nonfinite(LeRobotSource("rel/ok", root=tiny_video)) == []
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/nan", root=root, check_finite=True)
+    msg = str(e.value)
+    assert "'rel/nan'" in msg and "'state' episode 0 frame_index 2" in msg and "'actions' episode 1 frame_index 3" in msg
+
+
+@pytest.mark.parametrize("key, arrow_type, found", [
+    ("actions", pa.list_(pa.float64(), 7), "float64"),
+    ("frame_index", pa.int32(), "int32"),
+    ("index", pa.string(), "string"),
+])
+def test_wrong_column_dtype(tiny_video, copy_ds, key, arrow_type, found, no_leaks):
+    """lerobot writes each column with info.json's dtype (float32 features, int64 indices); anything else is
+    refused instead of parsed or cast."""
+    root = copy_ds(tiny_video)
+    t = pq.read_table(root / DATA)
+    i = t.column_names.index(key)
+    col = t.column(key).to_pylist()
+    if arrow_type == pa.string():
+        col = [str(v) for v in col]
+    t = t.set_column(i, pa.field(key, arrow_type), pa.array(col, type=arrow_type))
+    pq.write_table(t, root / DATA)
+    want = "float32" if key == "actions" else "int64"
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/broken", root=root)
+    msg = str(e.value)
+    assert "'rel/broken'" in msg and f"column {key!r}" in msg and str(root / DATA) in msg
+    assert f"stored as {found}" in msg and f"declares {want}" in msg
+
+
+def test_same_dataset_twice_in_a_mixture(tiny_video, tmp_path, no_leaks):
+    """Through a symlinked root (which opens fine) or under a second repo id: ConfigError naming both."""
+    link = tmp_path / "link_to_tiny"
+    link.symlink_to(tiny_video, target_is_directory=True)
+    a = LeRobotSource("rel/a", root=tiny_video)
+    b = LeRobotSource("rel/b", root=link)
+    assert len(b) == len(a) == 12 and b.root == link
+    with pytest.raises(ConfigError) as e:
+        check_mixture([a, b])
+    msg = str(e.value)
+    assert "'rel/a'" in msg and "'rel/b'" in msg and str(link) in msg and "counted twice" in msg
+    with pytest.raises(ConfigError, match="'rel/a'.*'rel/c'"):
+        check_distinct([a, FakeSource("fake"), LeRobotSource("rel/c", root=tiny_video)])
+    check_distinct([a, FakeSource("fake")])
+
+
+def test_mixed_fps_rule(no_leaks):
+    """10 and 20 fps: allowed with a MixedFpsWarning (chunks are built per dataset's fps); strict: an error."""
+    a, b = FakeSource("ds_10", fps=10), FakeSource("ds_20", fps=20)
+    with pytest.warns(MixedFpsWarning, match="'ds_10': 10, 'ds_20': 20"):
+        check_mixture([a, b])
+    with pytest.raises(IncompatibleDatasetsError, match="different fps"):
+        check_mixture([a, b], strict_fps=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_mixture([a, FakeSource("ds_10b", fps=10)])
+
+
+@pytest.mark.parametrize("info", [
+    {"is_depth_map": True, "video.pix_fmt": "gray12le", "video.codec": "hevc", "video.depth_min": 0.01},  # 0.6
+    {"video.is_depth_map": True},  # the older spelling
+    {"video.pix_fmt": "gray12le"},
+], ids=["lerobot_0.6", "video.is_depth_map", "gray12le"])
+def test_depth_map_camera_refused_at_open(tiny_video, copy_ds, info, no_leaks):
+    """lerobot 0.6.1 declares depth cameras (H, W, 1) with info {"is_depth_map": true, "video.pix_fmt":
+    "gray12le", ...} (12-bit grey HEVC); fastmix decodes RGB only, so it refuses them at open."""
+    root = copy_ds(tiny_video)
+
+    def depth(i):
+        i["features"]["wrist_image"].setdefault("info", {}).update(info)
+        i["features"]["wrist_image"]["shape"] = [16, 16, 1]
+
+    edit_info(root, depth)
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/depth", root=root)
+    msg = str(e.value)
+    assert "'rel/depth'" in msg and "['wrist_image']" in msg and "depth map" in msg
+
+
+def test_non_utf8_tasks_jsonl(tiny3_v21, copy_ds, no_leaks):
+    root = copy_ds(tiny3_v21)
+    (root / "meta" / "tasks.jsonl").write_bytes(b'{"task_index": 0, "task": "pick the bowl"}\n'
+                                                 b'{"task_index": 1, "task": "ouvrir le tiroir caf\xe9"}\n')
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/latin1", root=root)
+    msg = str(e.value)
+    assert "'rel/latin1'" in msg and "tasks.jsonl line 2 is not UTF-8" in msg and "\\xe9" in msg
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "soon"])
+def test_nonfinite_delta_timestamps(tiny_video, bad, no_leaks):
+    with pytest.raises(ConfigError) as e:
+        LeRobotSource("rel/tiny_video", root=tiny_video, delta_timestamps={"actions": [0.0, bad]})
+    assert "'rel/tiny_video'" in str(e.value) and "actions" in str(e.value) and repr(bad).strip("'") in str(e.value)
+
+
+def test_unknown_task_id_found_at_open(tiny_video, copy_ds, no_leaks):
+    root = copy_ds(tiny_video)
+    edit_parquet(root / DATA, lambda c: c["task_index"].__setitem__(8, 5))  # a row of episode 1
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/broken", root=root)
+    msg = str(e.value)
+    assert "'rel/broken'" in msg and "task_index value(s) [5]" in msg and "episode(s) [1]" in msg
+    assert "tasks.parquet" in msg and "episodes=[0]" in msg
+
+
+def test_symlinked_root_and_lerobot_home(tiny_video, tmp_path, monkeypatch, no_leaks):
+    """A dataset reached through symlinks (root itself, or `$HF_LEROBOT_HOME/<repo_id>` being a link) opens."""
+    home = tmp_path / "home"
+    (home / "rel").mkdir(parents=True)
+    (home / "rel" / "linked").symlink_to(tiny_video, target_is_directory=True)
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(home))
+    src = LeRobotSource("rel/linked")
+    assert src.root == home / "rel" / "linked" and len(src) == 12
+    (home / "rel" / "dangling").symlink_to(tmp_path / "gone", target_is_directory=True)
+    with pytest.raises(MissingFileError) as e:
+        LeRobotSource("rel/dangling")
+    msg = str(e.value)
+    assert "'rel/dangling'" in msg and "is a symlink to" in msg and str(tmp_path / "gone") in msg
