@@ -207,9 +207,14 @@ def _check_datasets(run: _Run) -> bool:
 
 
 def _check_compatibility(run: _Run) -> None:
+    """Same keys, shapes and dtypes (`check_compatible`); no dataset twice; one fps (a mixed-fps mixture is
+    allowed by the loader with a warning, and reported here as a failure)."""
+    from fastmix.sources.compat import check_mixture
+
     try:
         run.check_compatible(run.sources)
-        run.add("compatibility", True, "same keys, shapes, dtypes and fps")
+        check_mixture(run.sources, strict_fps=True)
+        run.add("compatibility", True, "same keys, shapes, dtypes and fps; no dataset twice")
     except Exception as e:  # noqa: BLE001
         run.add("compatibility", False, f"{type(e).__name__}: {e}")
 

@@ -184,3 +184,25 @@ def test_unknown_config_exit_status_2(capsys):
     ns.add_arguments(parser)
     assert ns.run(parser.parse_args(["no_such_cfg"])) == 2
     assert capsys.readouterr().err.count("Config 'no_such_cfg' not found.") == 2
+
+
+def test_verify_names_non_finite_data(tmp_path, fakes):
+    """A NaN in one dataset's actions (episode 1, frame 3 of fake/b): the "finite data" check fails naming the
+    dataset, key, episode and frame; the rest of the report still runs."""
+    from fastmix.loader.testing import FakeSource
+
+    class WithNan(FakeSource):
+        def value(self, key, rows):
+            out = super().value(key, rows)
+            if key == "actions":
+                out[np.asarray(rows).reshape(-1) == 1 * self.episode_length + 3] = np.nan
+            return out
+
+    clean = FakeSource("fake/a", num_episodes=4, episode_length=10)
+    bad = WithNan("fake/b", num_episodes=2, episode_length=8)
+    deps = {**fakes, "open_sources": lambda data_config: [clean, bad]}
+    cfg = _cfg(tmp_path, name="verify_nan_cfg")
+    report = V.verify(cfg, 40, plot_path=tmp_path / "n.png", out=lambda s: None, **deps)
+    check = report.check("finite data")
+    assert not check.ok and "fake/b: actions episode 1 frame 3" in check.detail
+    assert "fake/a" not in check.detail and report.check("datasets").ok
