@@ -8,6 +8,7 @@ fastmix's reader against fastmix's own v2.1 writer.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.seed.conftest import FORK_REPO, G1_EPISODES, G1_ROOT
@@ -97,3 +98,50 @@ def test_fork_written_items_equal_pinned_lerobot(datasets):
     assert len(src) == len(ref)
     for i in range(len(ref)):
         assert_same_item(ref[i], src[i], f"{FORK_REPO} index {i}")
+
+
+def test_deleted_episode_gives_the_right_chunks(datasets, tmp_path):
+    """A user deletes episode 1 of a fork-written v2.1 dataset (its episodes.jsonl / episodes_stats.jsonl lines,
+    its parquet and videos); episode 2 keeps its `index` values 24..35. The pinned lerobot refuses to open it
+    (it looks for episode 1's files and goes to the hub). fastmix locates rows by the real `index` column:
+    every sample, chunk and pad equals the pinned reader's own single frames of the intact dataset, clamped to
+    the sample's episode — never a shifted chunk."""
+    import json
+    import shutil
+
+    from fastmix.sources.lerobot_source import LeRobotSource
+
+    intact = datasets[FORK_REPO]
+    root = tmp_path / "deleted_one"
+    shutil.copytree(intact, root)
+    for name in ("episodes.jsonl", "episodes_stats.jsonl"):
+        path = root / "meta" / name
+        rows = [r for r in path.read_text().splitlines() if json.loads(r)["episode_index"] != 1]
+        path.write_text("\n".join(rows) + "\n")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info.update(total_episodes=2, total_frames=24, total_videos=4, splits={"train": "0:2"})
+    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    (root / "data" / "chunk-000" / "episode_000001.parquet").unlink()
+    for cam in ("image", "wrist_image"):
+        (root / "videos" / "chunk-000" / cam / "episode_000001.mp4").unlink()
+
+    with pytest.raises(Exception):  # noqa: B017 - the pinned lerobot goes to the (offline) hub for episode 1
+        reference("deleted_one", root)
+
+    dts = {"actions": [t / 10 for t in range(HORIZON)]}
+    ref = reference(FORK_REPO, intact)  # single frames of the intact dataset
+    src = LeRobotSource("deleted_one", root=root, delta_timestamps=dts)
+    assert len(src) == 24
+    actions = torch.stack(list(ref.hf_dataset["actions"]))
+    intact_rows = [*range(0, 12), *range(24, 36)]  # episodes 0 and 2 of the intact dataset
+    for i, row in enumerate(intact_rows):
+        lo, hi = (0, 11) if row < 12 else (24, 35)
+        got, single = src[i], ref[row]
+        assert [k for k in got if k != "actions_is_pad"] == list(single)
+        for key in single:
+            if key not in ("actions", "actions_is_pad"):
+                same = single[key] == got[key] if isinstance(single[key], str) else torch.equal(single[key], got[key])
+                assert same, f"index {i} (intact row {row}) {key}"
+        steps = [row + d for d in range(HORIZON)]
+        assert torch.equal(got["actions"], actions[[min(max(s, lo), hi) for s in steps]]), f"index {i}"
+        assert torch.equal(got["actions_is_pad"], torch.tensor([s > hi for s in steps])), f"index {i} pad"
