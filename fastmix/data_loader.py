@@ -27,9 +27,11 @@ import numpy as np
 
 from fastmix import transforms as _t
 from fastmix._checks import check_optional_int
+from fastmix.background import Background
 from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
+from fastmix.openpi_transforms import batched
 
 logger = logging.getLogger("fastmix")
 
@@ -93,6 +95,22 @@ def _is_torch_uint8(x: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
+
+
+def observation_float(image: Any, framework: str) -> Any:
+    """uint8 images (B, H, W, C) → float32 in [-1, 1] exactly as openpi's `Observation.from_dict` computes them
+    (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32), transposed to (B, C, H, W) for the
+    pytorch framework as its torch path permutes; other dtypes are returned unchanged."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        return image
+    if framework == "pytorch":
+        image = image.transpose(0, 3, 1, 2)
+    out = image.astype(np.float32)
+    out /= np.float32(255.0)
+    out *= np.float32(2.0)
+    out -= np.float32(1.0)
+    return out
 
 
 def observation_class() -> type:
@@ -178,13 +196,15 @@ def lowdim_batch(planner: BatchPlanner, global_index: np.ndarray, data_config: A
 
 
 def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list[tuple[str, list]]:
-    """openpi's transform order as named stages: repack, data, normalize, model."""
+    """openpi's transform order as named stages: repack, data, normalize, model. openpi transforms of known
+    types become their batched equivalents (`fastmix.openpi_transforms.batched`: same bytes, no per-sample
+    split and stack); the rest run per sample."""
     norm_stats = None if skip_norm_stats else data_config.norm_stats
     return [
-        ("repack", list(data_config.repack_transforms.inputs)),
-        ("data", list(data_config.data_transforms.inputs)),
+        ("repack", [batched(t) for t in data_config.repack_transforms.inputs]),
+        ("data", [batched(t) for t in data_config.data_transforms.inputs]),
         ("normalize", [_t.Normalize(norm_stats, use_quantiles=bool(data_config.use_quantile_norm))]),
-        ("model", list(data_config.model_transforms.inputs)),
+        ("model", [batched(t) for t in data_config.model_transforms.inputs]),
     ]
 
 
@@ -232,6 +252,11 @@ class DataLoader:
     `batches(with_meta=True)` yields the collated batch dicts themselves (with a meta dict of
     `dataset_index`, `index`, `episode_index`, `frame_index`, `task`), `trace` (if set) is called as
     `trace(stage, i, transform, before, after)` after every transform.
+
+    The transforms (and, when iterating for Observations, the uint8 → float32 image conversion openpi's
+    `Observation.from_dict` would do) run on a background thread `prefetch` batches ahead (0: on the caller's
+    thread): the training thread pops ready batches. `state_dict()` is the position after the last batch
+    handed out, whatever was prefetched; stopping early or an error leaves the loader there.
     """
 
     def __init__(
@@ -244,6 +269,7 @@ class DataLoader:
         num_batches: int | None,
         sharding: Any = None,
         sources: Sequence[Any] = (),
+        prefetch: int = 2,
     ) -> None:
         self._data_config = data_config
         self._loader = loader
@@ -253,6 +279,9 @@ class DataLoader:
         self.sharding = sharding
         self.sources = list(sources)
         self.trace: Trace | None = None
+        self.prefetch = check_optional_int(prefetch, "prefetch", minimum=0) or 0
+        self._handed: dict[str, Any] | None = None  # loader state after the last batch handed out
+        self._active: Background | None = None
 
     # openpi's protocol
     def data_config(self) -> Any:
@@ -260,7 +289,7 @@ class DataLoader:
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         obs_cls = observation_class()
-        for batch in self.batches():
+        for batch in self.batches(float_images=True):
             yield obs_cls.from_dict(batch), batch["actions"]
 
     def __len__(self) -> int:
@@ -283,13 +312,16 @@ class DataLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Position after the last batch handed out (epoch, batch, sampler stream)."""
-        return self._loader.state_dict()
+        return self._loader.state_dict() if self._active is None or self._handed is None else dict(self._handed)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the batch `state` was taken at."""
+        self._stop_background()
         self._loader.load_state_dict(state)
+        self._handed = None
 
     def close(self) -> None:
+        self._stop_background()
         self._loader.close()
 
     def __enter__(self) -> DataLoader:
@@ -298,8 +330,9 @@ class DataLoader:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def transform(self, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Run the stages on one raw loader batch; returns (batch in the framework's arrays, meta)."""
+    def transform(self, raw: dict[str, Any], *, float_images: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run the stages on one raw loader batch; returns (batch in the framework's arrays, meta).
+        `float_images`: see `batches`."""
         raw = _to_numpy(raw)
         meta = {k: raw[k] for k in META_KEYS if k in raw}
         data = dict(raw)
@@ -316,6 +349,8 @@ class DataLoader:
                     _user(_stage, i, t, before, after)
 
             data = _t.apply_batch(transforms, data, trace=trace)
+        if float_images and isinstance(data.get("image"), dict):
+            data["image"] = {k: observation_float(v, self.framework) for k, v in data["image"].items()}
         return _to_framework(data, self.framework, self.sharding), meta
 
     def _raw_batches(self) -> Iterator[dict[str, Any]]:
@@ -332,11 +367,41 @@ class DataLoader:
             if empty:
                 raise RuntimeError("the mixture loader produced no batch in a whole epoch")
 
-    def batches(self, *, with_meta: bool = False) -> Iterator[Any]:
-        """Collated, transformed batch dicts (openpi's `_collate_fn` output), optionally with their meta."""
+    def _produce(self, float_images: bool) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any] | None]]:
+        """(batch, meta, loader state after it): transformed and finished, ready to hand out."""
         for raw in self._raw_batches():
-            batch, meta = self.transform(raw)
-            yield (batch, meta) if with_meta else batch
+            state = self._loader.state_dict() if self.prefetch else None
+            batch, meta = self.transform(raw, float_images=float_images)
+            yield batch, meta, state
+
+    def _stop_background(self) -> None:
+        """Stop the prefetch thread and put the loader back after the last batch handed out."""
+        active, self._active = self._active, None
+        if active is None:
+            return
+        active.stop()
+        if self._handed is not None and self._handed != self._loader.state_dict():
+            self._loader.load_state_dict(self._handed)  # drop what was prefetched and not handed out
+
+    def batches(self, *, with_meta: bool = False, float_images: bool = False) -> Iterator[Any]:
+        """Collated, transformed batch dicts (openpi's `_collate_fn` output), optionally with their meta.
+
+        `float_images`: images as openpi's `Observation.from_dict` makes them (float32 in [-1, 1]; (B, C, H, W)
+        for framework "pytorch", (B, H, W, C) for "jax"), computed with the same float32 operations.
+        """
+        if not self.prefetch:
+            for batch, meta, _ in self._produce(float_images):
+                yield (batch, meta) if with_meta else batch
+            return
+        self._stop_background()
+        self._handed = self._loader.state_dict()
+        self._active = Background(self._produce(float_images), depth=self.prefetch, name="fastmix-transforms")
+        try:
+            for batch, meta, state in self._active:
+                self._handed = state
+                yield (batch, meta) if with_meta else batch
+        finally:
+            self._stop_background()
 
 
 def make_mixture_loader(sources: Sequence[Any], **kwargs: Any) -> Any:

@@ -593,7 +593,10 @@ def resize_with_pad(images: np.ndarray, height: int, width: int, method: int | N
         return images
     method = Image.BILINEAR if method is None else method
     flat = images.reshape(-1, *images.shape[-3:])
-    out = np.stack([_resize_with_pad_one(im, height, width, method) for im in flat])
+    out = np.zeros((len(flat), height, width, *flat.shape[3:]), dtype=flat.dtype)
+    for i, im in enumerate(flat):
+        if im.any():  # an all-zero image (e.g. LIBERO's absent right wrist camera) resizes and pads to zeros
+            out[i] = _resize_with_pad_one(im, height, width, method)
     return out.reshape(*images.shape[:-3], *out.shape[-3:])
 
 

@@ -13,6 +13,7 @@ from fastmix import compute_norm_stats as cns
 from fastmix import config as C
 from fastmix import data_loader as DL
 from fastmix.errors import ConfigError
+from fastmix.transforms import Transform as _t_Transform
 from fastmix.loader.testing import FakeReader, FakeSource
 from tests.resume_harness import check_resume, forever
 
@@ -367,3 +368,77 @@ def test_resolve_root_follows_the_sources_dataset_home(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_LEROBOT_HOME")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert DL.resolve_root("org/ds", None) == tmp_path / "hf" / "lerobot" / "org/ds" == lerobot_home() / "org/ds"
+
+
+# ------------------------------------------------------------------------- prefetch on a background thread
+
+
+def test_prefetched_batches_are_not_lost_when_iteration_stops(tmp_path, fake):
+    """The transforms run 2 batches ahead on a thread; stopping after 2 batches and iterating the same loader
+    again continues with batch 3 of the uninterrupted stream (the prefetched ones are drawn again)."""
+    cfg = fake.with_stats(tmp_path)
+    ref_loader = fake.create(cfg, shuffle=True, framework="jax", num_batches=6)
+    reference = [_batch_key(b) for b in ref_loader.batches(with_meta=True)]
+    ref_loader.close()
+    loader = fake.create(cfg, shuffle=True, framework="jax")
+    try:
+        assert loader.prefetch == 2
+        got = []
+        for item in loader.batches(with_meta=True):
+            got.append(_batch_key(item))
+            if len(got) == 2:
+                break
+        for item in loader.batches(with_meta=True):
+            got.append(_batch_key(item))
+            if len(got) == 6:
+                break
+    finally:
+        loader.close()
+    assert got == reference
+
+
+def test_transform_error_on_the_thread_is_raised_and_the_batch_retried(tmp_path, fake):
+    """A transform raising on the 3rd batch: the consumer gets the exception after batches 1-2; iterating again
+    starts with exactly batch 3."""
+    cfg = fake.with_stats(tmp_path)
+    ref_loader = fake.create(cfg, shuffle=True, framework="jax", num_batches=5)
+    reference = [_batch_key(b) for b in ref_loader.batches(with_meta=True)]
+    ref_loader.close()
+
+    class FailOnce(_t_Transform):
+        calls = 0
+
+        def __call__(self, data):
+            FailOnce.calls += 1
+            if FailOnce.calls == 3:
+                raise RuntimeError("user transform failed on its 3rd batch")
+            return data
+
+    loader = fake.create(cfg, shuffle=True, framework="jax")
+    loader.stages = [*loader.stages, ("user", [FailOnce()])]
+    got = []
+    try:
+        with pytest.raises(RuntimeError, match="3rd batch"):
+            for item in loader.batches(with_meta=True):
+                got.append(_batch_key(item))
+        assert got == reference[:2]
+        for item in loader.batches(with_meta=True):
+            got.append(_batch_key(item))
+            if len(got) == 5:
+                break
+    finally:
+        loader.close()
+    assert got == reference
+
+
+def test_no_prefetch_runs_on_the_callers_thread(tmp_path, fake):
+    import threading
+
+    cfg = fake.with_stats(tmp_path)
+    seen = []
+    loader = fake.create(cfg, shuffle=True, framework="jax", num_batches=2)
+    loader.prefetch = 0
+    loader.trace = lambda *a: seen.append(threading.current_thread().name)
+    list(loader.batches())
+    loader.close()
+    assert set(seen) == {threading.current_thread().name}
