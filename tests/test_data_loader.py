@@ -13,8 +13,8 @@ from fastmix import compute_norm_stats as cns
 from fastmix import config as C
 from fastmix import data_loader as DL
 from fastmix.errors import ConfigError
-from fastmix.transforms import Transform as _t_Transform
 from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.transforms import Transform as _t_Transform
 from tests.resume_harness import check_resume, forever
 
 
