@@ -32,6 +32,8 @@ class LeRobotSource:
             {"actions": [t / fps for t in range(action_horizon)]}; each must be a multiple of 1/fps ± tolerance_s.
         tolerance_s: tolerance of the delta check and of video frame timestamps, in seconds.
         max_open_files: bound of the open-container LRU used by `source[i]`.
+        lowdim_keys: low-dim keys to materialize at open (None: all); action keys and indices always are, any
+            other is loaded on first read (see `fastmix.sources.store`).
 
     Example:
         >>> src = LeRobotSource(root="/data/libero", delta_timestamps={"actions": [t / 10 for t in range(10)]})
@@ -42,7 +44,7 @@ class LeRobotSource:
     def __init__(self, repo_id: str | None = None, *, root: str | Path | None = None,
                  episodes: Sequence[int] | None = None,
                  delta_timestamps: Mapping[str, Sequence[float]] | None = None, tolerance_s: float = 1e-4,
-                 max_open_files: int = 16) -> None:
+                 max_open_files: int = 16, lowdim_keys: Sequence[str] | None = None) -> None:
         if repo_id is None and root is None:
             raise ConfigError("LeRobotSource needs a repo_id or a root, but got neither")
         if tolerance_s < 0:
@@ -52,7 +54,7 @@ class LeRobotSource:
         self.tolerance_s = float(tolerance_s)
         self.meta: DatasetMeta = load_meta(self.root, self.name)
         self._ep_positions = self._select_episodes(episodes)
-        self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
+        self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions, lowdim_keys)
         self.delta_timestamps: dict[str, list[float]] | None = (
             None if delta_timestamps is None else {k: [float(d) for d in v] for k, v in delta_timestamps.items()})
         self._offsets_cache: dict[tuple, dict[str, np.ndarray]] = {}
