@@ -4,6 +4,8 @@ degenerate edges, and the parallel (per-process partial) reduction."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,7 @@ def test_histogram_update_equals_np_histogram(num_bins):
     sk.histogram_update(hist, edges, x)
     for d in range(6):
         np.testing.assert_array_equal(hist[d], np.histogram(x[:, d], bins=edges[d])[0], err_msg=f"dim {d}")
+    np.testing.assert_array_equal(sk.histogram_sorted(np.zeros((6, num_bins)), edges, x), hist)
     w = rng.integers(0, 50, size=x.shape).astype(np.float64)
     weighted = sk.histogram_update(np.zeros((6, num_bins)), edges, x, weights=w)
     for d in range(6):
@@ -131,6 +134,22 @@ def test_kernel_running_stats_identical(seed):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
 
 
+@pytest.mark.parametrize("method", ["sort", "bincount"])
+@pytest.mark.parametrize("flush_rows", [1, 500, 1 << 16])
+def test_accumulator_identical(flush_rows, method):
+    batches = batches_with_widening(4)
+    ref, acc = reference_stats(batches), sk.StatsAccumulator(flush_rows=flush_rows, method=method)
+    for b in batches:
+        acc.update(b)
+    red, st = acc.result(), ref.get_statistics()
+    assert red.count == ref.count
+    np.testing.assert_array_equal(red.hist, np.stack(ref._hist))
+    np.testing.assert_array_equal(red.edges, np.stack(ref._edges))
+    for got, want in ((red.mean, st.mean), (red.std, st.std), (red.quantile(0.01), st.q01),
+                      (red.quantile(0.99), st.q99)):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_parallel_partials_reduce_to_identical_stats(seed):
     batches = batches_with_widening(seed)
@@ -139,9 +158,10 @@ def test_parallel_partials_reduce_to_identical_stats(seed):
     schedule = sk.edge_schedule(moments)
     assert len(schedule.edges) >= 4  # the first batch and at least three widenings (rebins)
     # pass 2: three "processes" each histogram an interleaved share of the batches; merged in another order
-    parts = [sk.PartialStats() for _ in range(3)]
+    parts = [sk.PartialStats(flush_rows=300) for _ in range(3)]
     for i, b in enumerate(batches):
         parts[i % 3].add(b, i, schedule)
+    parts[1] = pickle.loads(pickle.dumps(parts[1]))  # as sent back from a worker process
     merged = parts[2].merge(parts[0]).merge(parts[1])
     red = sk.reduce_stats(moments, schedule, merged)
     assert red.count == ref.count
