@@ -89,11 +89,13 @@ def _mem() -> dict:
     return {"rss": m.rss, "pss": m.pss, "uss": m.uss}
 
 
-def _rank(root: str, env: dict, touch: bool, barrier, out) -> None:
-    """Open `root`, optionally touch every low-dim row, report memory once every rank got there."""
+def _rank(root: str, warmup_root: str, env: dict, touch: bool, barrier, out) -> None:
+    """Open `root`, optionally touch every low-dim row, report memory once every rank got there. The baseline
+    is taken after opening the small `warmup_root` (libraries loaded, first-use costs paid)."""
     os.environ.update(env)
-    import fastmix.sources.lerobot_source as ls  # noqa: F401  (imports before the baseline)
+    import fastmix.sources.lerobot_source as ls
 
+    ls.LeRobotSource(root=warmup_root).gather_lowdim(np.arange(10))
     m0 = _mem()
     t = time.perf_counter()
     src = ls.LeRobotSource(root=root)
@@ -117,7 +119,8 @@ def _rank(root: str, env: dict, touch: bool, barrier, out) -> None:
 def run_ranks(root: Path, ranks: int, env: dict, touch: bool = True) -> list[dict]:
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(ranks), ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(str(root), env, touch, barrier, out)) for _ in range(ranks)]
+    warm = ensure_large("v3.0", 10_000, 28)
+    procs = [ctx.Process(target=_rank, args=(str(root), str(warm), env, touch, barrier, out)) for _ in range(ranks)]
     for p in procs:
         p.start()
     try:
@@ -196,14 +199,15 @@ def test_memory_ranks(benchmark, frames, store_cache):
         results["store_4"] = summary(run_ranks(root, 4, env))
         results["memory_1"] = summary(run_ranks(root, 1, {**env, "FASTMIX_LOWDIM_STORE": "0"}))
         results["memory_4"] = summary(run_ranks(root, 4, {**env, "FASTMIX_LOWDIM_STORE": "0"}))
+        results["store_1_no_touch"] = summary(run_ranks(root, 1, env, touch=False))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info.update(role="fastmix", items=frames, unit="frames", memory=results,
                                 target_rss_B_per_frame=40)
     print(f"\n{frames:.0e} frames: " + json.dumps(results, indent=1), file=sys.stderr)
     s1, s4 = results["store_1"], results["store_4"]
-    assert s1["rss_B_per_frame_after_init"] < 40
-    assert s4["pss_sum_B_per_frame_all_ranks"] < 2 * s1["pss_sum_B_per_frame_all_ranks"] + 40
+    assert s1["rss_B_per_frame_after_init"] <= 40
+    assert s4["pss_sum_B_per_frame_all_ranks"] <= 1.5 * s1["pss_sum_B_per_frame_all_ranks"] + 40
 
 
 def _norm_stats_feed(src, frames: int, stats_factory, horizon: int = 10, batch: int = 256):
@@ -235,6 +239,80 @@ def test_norm_stats_kernel(benchmark, frames, impl, store_cache):
     benchmark.pedantic(_norm_stats_feed, args=(src, n, factory), rounds=1, iterations=1)
     benchmark.extra_info.update(role="reference" if impl == "RunningStats" else "fastmix", items=n, unit="frames",
                                 us_per_frame=round(benchmark.stats.stats.median / n * 1e6, 3))
+
+
+def _batches(src, lo: int, hi: int, horizon: int = 10, batch: int = 256):
+    state = src._low.values["state"]
+    actions = np.lib.stride_tricks.sliding_window_view(src._low.values["actions"], horizon, axis=0)
+    for i in range(lo, hi, batch):
+        yield i // batch, np.asarray(state[i:i + batch]), np.asarray(actions[i:i + batch]).transpose(0, 2, 1)
+
+
+def _moments_worker(root: str, cache: str, lo: int, hi: int) -> list:
+    os.environ["FASTMIX_CACHE"] = cache
+    from fastmix.sources.lerobot_source import LeRobotSource
+    from fastmix.stats_kernels import batch_moments
+
+    src = LeRobotSource(root=root, lowdim_keys=["state", "actions"])
+    return [(b, batch_moments(s), batch_moments(a)) for b, s, a in _batches(src, lo, hi)]
+
+
+def _hist_worker(root: str, cache: str, lo: int, hi: int, schedules) -> tuple:
+    os.environ["FASTMIX_CACHE"] = cache
+    from fastmix.sources.lerobot_source import LeRobotSource
+    from fastmix.stats_kernels import PartialStats
+
+    src = LeRobotSource(root=root, lowdim_keys=["state", "actions"])
+    ps, pa = PartialStats(), PartialStats()
+    for b, s, a in _batches(src, lo, hi):
+        ps.add(s, b, schedules[0])
+        pa.add(a, b, schedules[1])
+    return ps.flush(), pa.flush()
+
+
+def parallel_norm_stats(root: Path, cache: Path, frames: int, workers: int = 2, batch: int = 256) -> tuple:
+    """The exact two-pass per-process reduction of fastmix.stats_kernels over `workers` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fastmix.stats_kernels import edge_schedule, reduce_stats
+
+    n = frames - 9  # rows with a full action window
+    nb = -(-n // batch)
+    cuts = [min(n, (nb * w // workers) * batch) for w in range(workers + 1)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        parts = [pool.submit(_moments_worker, str(root), str(cache), cuts[w], cuts[w + 1]) for w in range(workers)]
+        rows = sorted((r for p in parts for r in p.result()), key=lambda r: r[0])
+        schedules = (edge_schedule([r[1] for r in rows]), edge_schedule([r[2] for r in rows]))
+        futs = [pool.submit(_hist_worker, str(root), str(cache), cuts[w], cuts[w + 1], schedules)
+                for w in range(workers)]
+        hists = [f.result() for f in futs]
+    out = []
+    for k in (0, 1):
+        merged = hists[0][k]
+        for h in hists[1:]:
+            merged = merged.merge(h[k])
+        out.append(reduce_stats([r[1 + k] for r in rows], schedules[k], merged))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("frames", sizes())
+def test_norm_stats_parallel(benchmark, frames, store_cache):
+    """2 processes, exact two-pass reduction; checked equal to the single-process StatsAccumulator at 1e6."""
+    root = ensure_large("v3.0", frames, frames // FRAMES_PER_EPISODE)
+    src = _open(root, lowdim_keys=["state", "actions"])
+    benchmark.group = f"scale norm-stats kernel {frames:.0e} frames"
+    res = benchmark.pedantic(parallel_norm_stats, args=(root, store_cache, frames), rounds=1, iterations=1)
+    benchmark.extra_info.update(role="fastmix", items=frames, unit="frames", workers=2,
+                                us_per_frame=round(benchmark.stats.stats.median / frames * 1e6, 3))
+    if frames <= 10**6:
+        from fastmix.stats_kernels import StatsAccumulator
+
+        s, a = _norm_stats_feed(src, frames - 9, StatsAccumulator)
+        for got, acc in zip(res, (s, a), strict=True):
+            want = acc.result()
+            assert got.count == want.count
+            np.testing.assert_array_equal(got.hist, want.hist)
+            np.testing.assert_array_equal(got.mean, want.mean)
 
 
 @pytest.mark.parametrize("episodes", [pytest.param(V21_EPISODES, id=f"{V21_EPISODES}eps")])

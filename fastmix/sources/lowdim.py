@@ -133,6 +133,11 @@ class _Plan:
         return self.meta.root / self.files[fid]
 
 
+def _data_paths(plan: _Plan) -> list[str]:
+    base = os.fspath(plan.meta.root)
+    return [os.path.join(base, f) for f in plan.files]
+
+
 def _make_plan(meta: DatasetMeta, ep_positions: np.ndarray) -> _Plan:
     eps = meta.episodes
     ep_positions = np.asarray(ep_positions, dtype=np.int64)
@@ -335,7 +340,7 @@ def _table_in_memory(plan: _Plan, keys: list[str]) -> LowDimTable:
     sorted_index = index if order is None else index[order]
     values = ColumnValues({k: arrays[k] for k in keys}, plan.meta.lowdim_keys,
                           lambda ks: _load_memory(plan, ks), None)
-    return LowDimTable(values, [str(plan.meta.root / f) for f in plan.files], arrays["file_id"],
+    return LowDimTable(values, _data_paths(plan), arrays["file_id"],
                        arrays["file_row"], arrays["ep_pos"], sorted_index, sorted_pos)
 
 
@@ -438,7 +443,7 @@ def _table_from_store(plan: _Plan, keys: list[str]) -> LowDimTable:
     sorted_pos = store.map_npy(fp_dir / _derived_file("sorted_pos"))
     sorted_index = (values["index"] if info.get("index_ascending")
                     else store.map_npy(fp_dir / _derived_file("sorted_index")))
-    return LowDimTable(values, [str(meta.root / f) for f in plan.files],
+    return LowDimTable(values, _data_paths(plan),
                        store.map_npy(fp_dir / _derived_file("file_id")),
                        store.map_npy(fp_dir / _derived_file("file_row")),
                        store.map_npy(fp_dir / _derived_file("ep_pos")), sorted_index, sorted_pos)

@@ -95,8 +95,9 @@ def fingerprint(root: Path, data_files: Sequence[str], dataset: str) -> str:
             with contextlib.suppress(OSError):
                 st = os.stat(p)
                 h.update(f"m\0{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base = os.fspath(root)
     for rel in data_files:
-        path = root / rel
+        path = os.path.join(base, rel)
         try:
             st = os.stat(path)
         except FileNotFoundError:
