@@ -372,8 +372,10 @@ def _build(plan: _Plan, keys: list[str], entry: Path, fp_dir: Path) -> None:
                 pos.write(0, order)
                 index = store.map_npy(tmp / store.column_file("index"))
                 si = store.FileColumn(tmp / _derived_file("sorted_index"), np.dtype(np.int64), (plan.total,))
-                si.write(0, index[order])
-                si.close()
+                try:
+                    si.write(0, index[order])
+                finally:
+                    si.close()
         finally:
             pos.close()
         store.write_json_atomic(tmp / store._META, {
