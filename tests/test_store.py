@@ -107,6 +107,17 @@ def test_warm_open_reuses_without_rebuilding(video_ds, cache, monkeypatch):
         np.testing.assert_array_equal(first.values[k], second.values[k])
 
 
+def test_incomplete_store_dir_is_rebuilt(video_ds, cache):
+    meta = load_meta(video_ds, "v")
+    load_lowdim(meta, np.arange(len(meta.episodes)))
+    (fp,) = fp_dirs(cache)
+    (fp / "meta.json").unlink()  # as if a store directory had been damaged
+    (fp / store.column_file("state")).write_bytes(b"garbage")
+    table = load_lowdim(meta, np.arange(len(meta.episodes)))
+    check_equal(table, reference(video_ds), ["state", "actions", *INDEX])
+    assert (fp / "meta.json").is_file()
+
+
 def test_dataset_dir_untouched_and_no_fds_held(video_ds):
     before = {str(p): p.stat().st_mtime_ns for p in video_ds.rglob("*")}
     fds = psutil.Process().num_fds()

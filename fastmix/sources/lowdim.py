@@ -351,6 +351,8 @@ def _derived_file(name: str) -> str:
 
 def _build(plan: _Plan, keys: list[str], entry: Path, fp_dir: Path) -> None:
     """Build the fingerprint directory `fp_dir` (caller holds the entry lock)."""
+    if fp_dir.exists():  # incomplete (no meta.json): never read, safe to replace under the lock
+        shutil.rmtree(fp_dir)
     tmp = store.new_temp_dir(fp_dir)
     cols: dict[str, Any] = {}
     try:
