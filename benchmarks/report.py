@@ -204,6 +204,12 @@ def resource_lines(data: dict[str, Any]) -> list[str]:
                          f"process-tree RSS sampled at {x.get('sample_t_s')} s: {rss} MiB "
                          f"(steady start {rss[1] if len(rss) > 1 else rss[0]} → end {rss[-1]} MiB); open fds "
                          f"{fds[1] if len(fds) > 1 else fds[0]} → {fds[-1]}; processes {x.get('procs')}")
+        elif isinstance(x.get("memory"), dict):  # bench_scale: per-frame memory of 1 and 4 ranks
+            parts = [f"{k}: init {v['init_s']} s, RSS {v['rss_B_per_frame_after_init']} B/frame after init, "
+                     f"{v['rss_B_per_frame_after_touch']} after touching every row (USS "
+                     f"{v['uss_B_per_frame_after_touch']}), PSS of all ranks {v['pss_sum_B_per_frame_all_ranks']} "
+                     f"B/frame" for k, v in x["memory"].items()]
+            lines.append(f"- {b.get('name')}: " + "; ".join(parts))
     return lines
 
 

@@ -40,6 +40,8 @@ class LeRobotSource:
         require_videos: refuse at open when a video file of a selected episode is missing (lerobot refuses
             too); False finds them only when a frame is read (e.g. low-dim-only use of a partial download).
             Missing data files are always refused at open, all of them listed with an `episodes=` hint.
+        lowdim_keys: low-dim keys to materialize at open (None: all); action keys and indices always are, any
+            other is loaded on first read (see `fastmix.sources.store`).
 
     At open the metadata is checked against the data (`fastmix.sources.checks`): per-episode rows, index,
     frame_index, timestamps, v3.0 video segments, column dtypes, task ids, file existence. Any disagreement
@@ -54,7 +56,8 @@ class LeRobotSource:
     def __init__(self, repo_id: str | None = None, *, root: str | Path | None = None,
                  episodes: Sequence[int] | None = None,
                  delta_timestamps: Mapping[str, Sequence[float]] | None = None, tolerance_s: float = 1e-4,
-                 max_open_files: int = 16, check_finite: bool = False, require_videos: bool = True) -> None:
+                 max_open_files: int = 16, check_finite: bool = False, require_videos: bool = True,
+                 lowdim_keys: Sequence[str] | None = None) -> None:
         if repo_id is None and root is None:
             raise ConfigError("LeRobotSource needs a repo_id or a root, but got neither")
         if not tolerance_s >= 0 or not math.isfinite(tolerance_s):
@@ -68,7 +71,7 @@ class LeRobotSource:
         checks.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
         checks.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
         try:
-            self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions)
+            self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions, lowdim_keys)
         except DatasetFormatError as e:
             if "meta/ lists" in str(e):  # total frame count differs: name the episode
                 checks.explain_row_counts(self.meta, self._ep_positions, e)

@@ -1,0 +1,251 @@
+"""The low-dim store: a dataset's low-dim columns as `.npy` files that every process on a node maps read-only.
+
+Built once per (dataset root, selected episodes) by `fastmix.sources.lowdim.load_lowdim` and reused while the
+dataset's files are unchanged; all ranks and their workers map the same files, so the page cache holds one
+physical copy per node (the pages are shared, clean and file-backed: PSS, not RSS, shows what each process
+costs).
+
+Where it lives: `$FASTMIX_CACHE/lowdim/`, else `$XDG_CACHE_HOME/fastmix/lowdim/`, else
+`~/.cache/fastmix/lowdim/` — never inside the dataset directory, so read-only datasets work. One entry per
+(realpath of the root, selected episode indices): `<name>-<sha256[:16]>/`, holding `.lock`, `source.json` and
+one directory per fingerprint, `<fingerprint[:16]>/`, with `meta.json` (rows, data files, column dtypes) and one
+`.npy` per column: `col-<quoted key>.npy` for every materialized key (INDEX_KEYS included), `file_id.npy`,
+`file_row.npy`, `ep_pos.npy`, `sorted_pos.npy` and, only when the "index" column is not already ascending,
+`sorted_index.npy`.
+
+Invalidation: the fingerprint hashes info.json's bytes and (path, size, mtime_ns) of every file under `meta/`
+and of every data parquet of the selection; any change gives a new fingerprint directory (a rebuild), and the
+builder deletes the entry's other fingerprint directories (processes still mapping them keep their pages:
+unlinked files stay valid while mapped). Entries whose dataset root no longer exists are deleted when any
+store is built. `FASTMIX_LOWDIM_STORE=0` disables the store (columns load into memory).
+
+Concurrency: builders and extenders take an exclusive `flock` on the entry's `.lock`; others starting at the
+same time wait on it and then reuse what the winner built. A build writes into `<fp>.tmp-<pid>-<rand>/` and
+renames it into place (a crash leaves only a temp dir, removed by the next builder); an extra key is written
+to a temp file and `os.replace`d. A complete fingerprint directory is only read, so readers take no lock.
+
+Read-only cache: an existing complete store is mapped as usual; when something must be written and cannot be
+(permissions, read-only file system, disk full), `load_lowdim` warns and loads the columns into memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import secrets
+import shutil
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from fastmix.errors import MissingFileError
+
+STORE_FORMAT = 1  # bump when the layout or the meaning of a file changes
+_META = "meta.json"
+
+
+def cache_root() -> Path:
+    """Directory holding every low-dim store entry (see the module docstring)."""
+    if os.environ.get("FASTMIX_CACHE"):
+        return Path(os.environ["FASTMIX_CACHE"]).expanduser() / "lowdim"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).expanduser() / "fastmix" / "lowdim"
+
+
+def store_enabled() -> bool:
+    """False when `FASTMIX_LOWDIM_STORE` is "0"/"false"/"no"/"off" (load columns into memory instead)."""
+    return os.environ.get("FASTMIX_LOWDIM_STORE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def column_file(key: str) -> str:
+    """File name of column `key` in a store directory (keys may hold '/', '.' or spaces)."""
+    return f"col-{quote(key, safe='')}.npy"
+
+
+def entry_dir(root: Path, episodes: np.ndarray, name: str) -> Path:
+    """The store entry of dataset `root` restricted to the episode indices `episodes` (int64, ascending)."""
+    h = hashlib.sha256()
+    h.update(f"fastmix-lowdim-{STORE_FORMAT}\0{os.path.realpath(root)}\0".encode())
+    h.update(np.ascontiguousarray(episodes, dtype=np.int64).tobytes())
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-40:].lstrip(".") or "dataset"
+    return cache_root() / f"{slug}-{h.hexdigest()[:16]}"
+
+
+def fingerprint(root: Path, data_files: Sequence[str], dataset: str) -> str:
+    """Hex digest of info.json's bytes and (path, size, mtime_ns) of every file under meta/ and of `data_files`
+    (paths relative to `root`). A missing data file raises MissingFileError naming it."""
+    h = hashlib.sha256(f"fastmix-lowdim-{STORE_FORMAT}\0".encode())
+    info = root / "meta" / "info.json"
+    with contextlib.suppress(OSError):
+        h.update(info.read_bytes())
+    meta_dir = root / "meta"
+    for dirpath, dirnames, filenames in sorted(os.walk(meta_dir)):
+        dirnames.sort()
+        for f in sorted(filenames):
+            p = os.path.join(dirpath, f)
+            with contextlib.suppress(OSError):
+                st = os.stat(p)
+                h.update(f"m\0{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base = os.fspath(root)
+    for rel in data_files:
+        path = os.path.join(base, rel)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise MissingFileError(f"dataset '{dataset}': data file {path} is missing") from None
+        h.update(f"d\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(entry: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `entry/.lock` (created with the entry); released on exit or process death."""
+    entry.mkdir(parents=True, exist_ok=True)
+    fd = os.open(entry / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def read_meta(fp_dir: Path) -> dict[str, Any] | None:
+    """The `meta.json` of a complete fingerprint directory, or None when there is none."""
+    try:
+        return json.loads((fp_dir / _META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def new_temp_dir(fp_dir: Path) -> Path:
+    tmp = fp_dir.with_name(f"{fp_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, fp_dir: Path) -> None:
+    """Rename the finished temp dir `tmp` to `fp_dir`; if another builder got there first, keep theirs."""
+    try:
+        os.rename(tmp, fp_dir)
+    except OSError:
+        if read_meta(fp_dir) is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(entry: Path, keep: str) -> None:
+    """Best effort: delete the entry's fingerprint and temp directories other than `keep` (called under the
+    entry lock, so no builder is writing them), and entries of other datasets whose root is gone."""
+    for p in entry.iterdir():
+        if p.is_dir() and p.name != keep:
+            shutil.rmtree(p, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        for other in entry.parent.iterdir():
+            if other == entry or not other.is_dir():
+                continue
+            try:
+                src = json.loads((other / "source.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(src, dict) and src.get("root") and not os.path.isdir(src["root"]):
+                shutil.rmtree(other, ignore_errors=True)
+
+
+# -- column files ----------------------------------------------------------------------------------------
+class FileColumn:
+    """A preallocated `.npy` file written in row blocks with pwrite (positional, thread-safe, GIL released).
+
+    Pages written this way live in the page cache, not in the writer's mapped memory, so the builder's RSS
+    does not grow with the column."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(int(s) for s in shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
+            self.offset = f.tell()
+            f.truncate(self.offset + self.row_bytes * self.shape[0])
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        """Write `values` (n, *shape[1:]) at rows row..row+n-1."""
+        buf = memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B")
+        pos = self.offset + row * self.row_bytes
+        while len(buf):
+            n = os.pwrite(self.fd, buf, pos)
+            buf, pos = buf[n:], pos + n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class MemoryColumn:
+    """The in-memory stand-in of FileColumn (the fallback when the store cannot be written)."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.array = np.empty(shape, dtype=dtype)
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        self.array[row:row + len(values)] = values
+
+    def close(self) -> None:
+        pass
+
+
+# -- mapping without holding file descriptors --------------------------------------------------------------
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.mmap.restype = ctypes.c_void_p
+    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                           ctypes.c_long]
+    _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _MAP_FAILED = ctypes.c_void_p(-1).value
+except (OSError, AttributeError):  # pragma: no cover - non-POSIX
+    _libc = None
+
+
+def map_npy(path: Path) -> np.ndarray:
+    """Read-only view of the `.npy` file `path`, memory-mapped MAP_SHARED (one page-cache copy for every
+    process mapping it). Holds no file descriptor (unmapped when the last view dies)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):  # pragma: no cover - not written by fastmix
+            return np.load(path, mmap_mode="r")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+        count = int(np.prod(shape, dtype=np.int64))
+        if fortran or size < offset + count * dtype.itemsize:
+            raise OSError(f"low-dim store file {path} is truncated or not C-ordered")
+        if count == 0:
+            return np.empty(shape, dtype=dtype)
+        if _libc is None:  # pragma: no cover
+            return np.load(path, mmap_mode="r")
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        if addr is None or addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of {path} failed: {os.strerror(err)}")
+    buf = (ctypes.c_char * size).from_address(addr)
+    weakref.finalize(buf, _libc.munmap, addr, size)
+    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+    arr.flags.writeable = False
+    return arr

@@ -1,0 +1,176 @@
+"""fastmix.stats_kernels against numpy's np.histogram / np.linspace and today's np.histogram-based RunningStats:
+identical numbers (exact equality), including values on bin edges, at the range ends, outside it, NaN,
+degenerate edges, and the parallel (per-process partial) reduction."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from fastmix import stats_kernels as sk
+from fastmix.norm_stats import RunningStats
+
+
+def edge_heavy(rng: np.random.Generator, edges: np.ndarray, n: int) -> np.ndarray:
+    """(n, dim) values: half drawn uniformly inside the edges, half exactly on random edges (both ends too)."""
+    dim, nb1 = edges.shape
+    x = rng.uniform(edges[:, 0], edges[:, -1], size=(n, dim))
+    on = rng.random((n, dim)) < 0.5
+    j = rng.integers(0, nb1, size=(n, dim))
+    x[on] = edges[np.arange(dim)[None, :].repeat(n, 0)[on], j[on]]
+    x[0], x[1] = edges[:, 0], edges[:, -1]
+    return x
+
+
+def test_linspace_edges_equal_per_dim_linspace():
+    rng = np.random.default_rng(0)
+    lo, hi = rng.normal(size=6) * 100, rng.normal(size=6) * 100 + 300
+    lo[0] = hi[0] = 5.0
+    e = sk.linspace_edges(lo, hi, 5000)
+    for d in range(6):
+        np.testing.assert_array_equal(e[d], np.linspace(lo[d], hi[d], 5001))
+
+
+@pytest.mark.parametrize("num_bins", [7, 5000])
+def test_histogram_update_equals_np_histogram(num_bins):
+    rng = np.random.default_rng(1)
+    lo = np.array([-1.0, 0.0, 1e-3, -7.5, 1e7 - 1e-10, 3.0])
+    hi = np.array([1.0, 1e-9, 2e-3, 250.0, 1e7 + 1e-10, 3.0])  # tiny span, degenerate edges, zero span
+    edges = sk.linspace_edges(lo, hi, num_bins)
+    x = edge_heavy(rng, edges, 4000)
+    x[5:40] = rng.normal(size=(35, 6)) * 1e3  # far outside on some dims
+    x[50, :] = np.nan
+    x[51, :] = np.inf
+    hist = np.zeros((6, num_bins))
+    sk.histogram_update(hist, edges, x)
+    for d in range(6):
+        np.testing.assert_array_equal(hist[d], np.histogram(x[:, d], bins=edges[d])[0], err_msg=f"dim {d}")
+    np.testing.assert_array_equal(sk.histogram_sorted(np.zeros((6, num_bins)), edges, x), hist)
+    w = rng.integers(0, 50, size=x.shape).astype(np.float64)
+    weighted = sk.histogram_update(np.zeros((6, num_bins)), edges, x, weights=w)
+    for d in range(6):
+        np.testing.assert_array_equal(weighted[d], np.histogram(x[:, d], bins=edges[d], weights=w[:, d])[0])
+
+
+def test_rebin_equals_np_histogram_of_left_edges():
+    rng = np.random.default_rng(2)
+    old = sk.linspace_edges(np.array([0.0, -1.0]) - 1e-10, np.array([1.0, 1.0]) + 1e-10)
+    new = sk.linspace_edges(np.array([-0.5, -1.0]), np.array([1.0, 3.0]))  # dim 1 widened at the top only
+    hist = rng.integers(0, 9, size=(2, 5000)).astype(np.float64)
+    got = sk.rebin(hist, old, new)
+    for d in range(2):
+        np.testing.assert_array_equal(got[d], np.histogram(old[d, :-1], bins=new[d], weights=hist[d])[0])
+
+
+def batches_with_widening(seed: int) -> list[np.ndarray]:
+    """Batches of 5 dims (a constant one among them) whose range widens several times, many values on the
+    current bin edges, and an empty batch."""
+    rng = np.random.default_rng(seed)
+    out = []
+    lo, hi = np.array([-1.0, 0.0, 2.0, 0.0, 10.0]), np.array([1.0, 1.0, 2.0, 5.0, 11.0])
+    for b in range(12):
+        if b in (3, 7, 10):  # widen
+            lo, hi = lo - rng.random(5) * 2, hi + rng.random(5) * 3
+            lo[2] = hi[2] = 2.0
+        edges = sk.linspace_edges(lo, hi, 5000)
+        n = int(rng.integers(50, 400))
+        x = edge_heavy(rng, edges, n) if b % 2 else rng.uniform(lo, hi, size=(n, 5))
+        x[:, 2] = 2.0
+        out.append(x.astype(np.float32 if b == 5 else np.float64))
+    out.insert(6, np.zeros((0, 5)))
+    return out
+
+
+class KernelRunningStats(RunningStats):
+    """RunningStats with its per-dimension loops replaced by the kernels (the proposed integration)."""
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, dtype=np.float64)
+        batch = batch.reshape(-1, batch.shape[-1])
+        n, dim = batch.shape
+        if n == 0:
+            return
+        if self._count == 0:
+            self._mean, self._mean_sq = np.zeros(dim), np.zeros(dim)
+            self._min, self._max = batch.min(axis=0), batch.max(axis=0)
+            self._hist = np.zeros((dim, self.NUM_BINS))
+            self._edges = sk.linspace_edges(self._min - 1e-10, self._max + 1e-10, self.NUM_BINS)
+        else:
+            new_min, new_max = batch.min(axis=0), batch.max(axis=0)
+            widened = bool(np.any(new_max > self._max) or np.any(new_min < self._min))
+            self._max, self._min = np.maximum(self._max, new_max), np.minimum(self._min, new_min)
+            if widened:
+                new_edges = sk.linspace_edges(self._min, self._max, self.NUM_BINS)
+                self._hist, self._edges = sk.rebin(self._hist, self._edges, new_edges), new_edges
+        self._count += n
+        frac = n / self._count
+        self._mean += (batch.mean(axis=0) - self._mean) * frac
+        self._mean_sq += ((batch**2).mean(axis=0) - self._mean_sq) * frac
+        sk.histogram_update(self._hist, self._edges, batch)
+
+    def _quantile(self, q: float) -> np.ndarray:
+        return sk.quantiles(self._hist, self._edges, self._count, q)
+
+
+def reference_stats(batches) -> RunningStats:
+    ref = RunningStats()
+    for b in batches:
+        ref.update(b)
+    return ref
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernel_running_stats_identical(seed):
+    batches = batches_with_widening(seed)
+    ref, ker = reference_stats(batches), KernelRunningStats()
+    for b in batches:
+        ker.update(b)
+    np.testing.assert_array_equal(np.stack(ref._hist), ker._hist)
+    np.testing.assert_array_equal(np.stack(ref._edges), ker._edges)
+    a, b = ref.get_statistics(), ker.get_statistics()
+    for f in ("mean", "std", "q01", "q99"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
+@pytest.mark.parametrize("method", ["sort", "bincount"])
+@pytest.mark.parametrize("flush_rows", [1, 500, 1 << 16])
+def test_accumulator_identical(flush_rows, method):
+    batches = batches_with_widening(4)
+    ref, acc = reference_stats(batches), sk.StatsAccumulator(flush_rows=flush_rows, method=method)
+    for b in batches:
+        acc.update(b)
+    red, st = acc.result(), ref.get_statistics()
+    assert red.count == ref.count
+    np.testing.assert_array_equal(red.hist, np.stack(ref._hist))
+    np.testing.assert_array_equal(red.edges, np.stack(ref._edges))
+    for got, want in ((red.mean, st.mean), (red.std, st.std), (red.quantile(0.01), st.q01),
+                      (red.quantile(0.99), st.q99)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_parallel_partials_reduce_to_identical_stats(seed):
+    batches = batches_with_widening(seed)
+    ref = reference_stats(batches)
+    moments = [sk.batch_moments(b) for b in batches]  # pass 1 (anywhere, any order)
+    schedule = sk.edge_schedule(moments)
+    assert len(schedule.edges) >= 4  # the first batch and at least three widenings (rebins)
+    # pass 2: three "processes" each histogram an interleaved share of the batches; merged in another order
+    parts = [sk.PartialStats(flush_rows=300) for _ in range(3)]
+    for i, b in enumerate(batches):
+        parts[i % 3].add(b, i, schedule)
+    parts[1] = pickle.loads(pickle.dumps(parts[1]))  # as sent back from a worker process
+    merged = parts[2].merge(parts[0]).merge(parts[1])
+    red = sk.reduce_stats(moments, schedule, merged)
+    assert red.count == ref.count
+    np.testing.assert_array_equal(red.hist, np.stack(ref._hist))
+    np.testing.assert_array_equal(red.edges, np.stack(ref._edges))
+    st = ref.get_statistics()
+    np.testing.assert_array_equal(red.mean, st.mean)
+    np.testing.assert_array_equal(red.std, st.std)
+    np.testing.assert_array_equal(red.quantile(0.01), st.q01)
+    np.testing.assert_array_equal(red.quantile(0.99), st.q99)
+    np.testing.assert_array_equal(red.min, ref._min)
+    np.testing.assert_array_equal(red.max, ref._max)
