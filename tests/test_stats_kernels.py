@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastmix import stats_kernels as sk
-from fastmix.norm_stats import RunningStats
+from fastmix.norm_stats import NormStats
 
 
 def edge_heavy(rng: np.random.Generator, edges: np.ndarray, n: int) -> np.ndarray:
@@ -22,6 +22,78 @@ def edge_heavy(rng: np.random.Generator, edges: np.ndarray, n: int) -> np.ndarra
     x[on] = edges[np.arange(dim)[None, :].repeat(n, 0)[on], j[on]]
     x[0], x[1] = edges[:, 0], edges[:, -1]
     return x
+
+
+class RunningStats:
+    """fastmix's former RunningStats, one np.histogram per dimension: the reference the kernels must equal
+    (fastmix.norm_stats.RunningStats now runs on the kernels; test_norm_stats checks it against this class's
+    numbers through the public API)."""
+
+    NUM_BINS = 5000
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._mean = self._mean_sq = self._min = self._max = None
+        self._hist: list[np.ndarray] = []
+        self._edges: list[np.ndarray] = []
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, dtype=np.float64)
+        batch = batch.reshape(-1, batch.shape[-1])
+        n, dim = batch.shape
+        if n == 0:
+            return
+        if self._count == 0:
+            self._mean, self._mean_sq = np.zeros(dim), np.zeros(dim)
+            self._min, self._max = batch.min(axis=0), batch.max(axis=0)
+            self._hist = [np.zeros(self.NUM_BINS) for _ in range(dim)]
+            self._edges = [np.linspace(self._min[i] - 1e-10, self._max[i] + 1e-10, self.NUM_BINS + 1)
+                           for i in range(dim)]
+        else:
+            new_min, new_max = batch.min(axis=0), batch.max(axis=0)
+            widened = bool(np.any(new_max > self._max) or np.any(new_min < self._min))
+            self._max, self._min = np.maximum(self._max, new_max), np.minimum(self._min, new_min)
+            if widened:
+                for i in range(len(self._hist)):
+                    new_edges = np.linspace(self._min[i], self._max[i], self.NUM_BINS + 1)
+                    self._hist[i] = np.histogram(self._edges[i][:-1], bins=new_edges, weights=self._hist[i])[0]
+                    self._edges[i] = new_edges
+        self._count += n
+        frac = n / self._count
+        self._mean += (batch.mean(axis=0) - self._mean) * frac
+        self._mean_sq += ((batch**2).mean(axis=0) - self._mean_sq) * frac
+        for i in range(dim):
+            self._hist[i] += np.histogram(batch[:, i], bins=self._edges[i])[0]
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def _quantile(self, q: float) -> np.ndarray:
+        target = q * self._count
+        return np.array([edges[np.searchsorted(np.cumsum(h), target)]
+                         for h, edges in zip(self._hist, self._edges, strict=True)])
+
+    def get_statistics(self) -> NormStats:
+        std = np.sqrt(np.maximum(0.0, self._mean_sq - self._mean**2))
+        return NormStats(mean=self._mean.copy(), std=std, q01=self._quantile(0.01), q99=self._quantile(0.99))
+
+
+def test_norm_stats_running_stats_equals_the_reference():
+    """fastmix.norm_stats.RunningStats (on the kernels) gives the reference's numbers bit for bit, over batches
+    that widen the range several times, with repeated values on bin edges."""
+    from fastmix.norm_stats import RunningStats as Fast
+
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_normal((64, 10, 7)) * (1 + i) + i for i in range(12)]
+    batches.append(np.repeat(batches[0][:1], 50, axis=0))
+    ref, fast = RunningStats(), Fast()
+    for b in batches:
+        ref.update(b.astype(np.float32))
+        fast.update(b.astype(np.float32))
+    a, b = ref.get_statistics(), fast.get_statistics()
+    for name in ("mean", "std", "q01", "q99"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
 def test_linspace_edges_equal_per_dim_linspace():
