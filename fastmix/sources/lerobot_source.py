@@ -40,8 +40,9 @@ class LeRobotSource:
         require_videos: refuse at open when a video file of a selected episode is missing (lerobot refuses
             too); False finds them only when a frame is read (e.g. low-dim-only use of a partial download).
             Missing data files are always refused at open, all of them listed with an `episodes=` hint.
-        lowdim_keys: low-dim keys to materialize at open (None: all); action keys and indices always are, any
-            other is loaded on first read (see `fastmix.sources.store`).
+        lowdim_keys: the numeric features this source serves (None: all): only they (and the keys of
+            `delta_timestamps`, and the indices) are materialized, and `gather_lowdim` returns only them;
+            naming a key the dataset lacks is a ConfigError (see `fastmix.sources.store`).
 
     At open the metadata is checked against the data (`fastmix.sources.checks`): per-episode rows, index,
     frame_index, timestamps, v3.0 video segments, column dtypes, task ids, file existence. Any disagreement
@@ -68,10 +69,11 @@ class LeRobotSource:
         self.delta_timestamps = _parse_deltas(delta_timestamps, self.name)
         self.meta: DatasetMeta = load_meta(self.root, self.name)
         self._ep_positions = self._select_episodes(episodes)
+        self._lowdim_keys = self._select_lowdim_keys(lowdim_keys)
         checks.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
         checks.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
         try:
-            self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions, lowdim_keys)
+            self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions, self._lowdim_keys)
         except DatasetFormatError as e:
             if "meta/ lists" in str(e):  # total frame count differs: name the episode
                 checks.explain_row_counts(self.meta, self._ep_positions, e)
@@ -148,7 +150,18 @@ class LeRobotSource:
 
     @property
     def lowdim_keys(self) -> list[str]:
-        return self.meta.lowdim_keys
+        return self.meta.lowdim_keys if self._lowdim_keys is None else list(self._lowdim_keys)
+
+    def _select_lowdim_keys(self, keys: Sequence[str] | None) -> list[str] | None:
+        """The served numeric features, in the dataset's order: `keys` plus the delta_timestamps keys."""
+        if keys is None:
+            return None
+        wanted = set(keys) | set(self.delta_timestamps or {})
+        unknown = sorted(set(keys) - set(self.meta.lowdim_keys))
+        if unknown:
+            raise ConfigError(f"dataset '{self.name}' has no numeric feature(s) {unknown} (lowdim_keys); its "
+                              f"numeric features: {self.meta.lowdim_keys}")
+        return [k for k in self.meta.lowdim_keys if k in wanted]
 
     @property
     def tasks(self) -> dict[int, str]:

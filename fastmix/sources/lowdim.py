@@ -185,8 +185,9 @@ def _column_dtypes(plan: _Plan, keys: Sequence[str]) -> dict[str, np.dtype]:
             raise DatasetFormatError(f"dataset '{plan.dataset}': data file {path} lacks column(s) {missing}")
         for k in rest:
             t = schema.field(k).type
-            while pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
-                t = t.value_type
+            while (isinstance(t, pa.ExtensionType) or pa.types.is_list(t) or pa.types.is_fixed_size_list(t)
+                   or pa.types.is_large_list(t)):  # HF Array2D etc. are extension types over nested lists
+                t = t.storage_type if isinstance(t, pa.ExtensionType) else t.value_type
             try:
                 out[k] = np.dtype(t.to_pandas_dtype())
             except (NotImplementedError, TypeError) as e:

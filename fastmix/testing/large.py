@@ -3,9 +3,10 @@
 `make_large_dataset(root, num_frames=..., num_episodes=..., num_data_files=..., num_video_files=...)` writes
 "state" (float32, 8) and "actions" (float32, 7) random walks-free random values plus the index columns with
 vectorized pyarrow writes, and camera videos that all point into ONE real small mp4 (H.264, made once with
-PyAV, as many frames as the longest episode): every video file of every camera is a hard link to it (a copy
-where links are not possible) and every episode starts at timestamp 0 of its file. Frames therefore decode,
-but are not distinct across episodes — these datasets measure metadata, low-dim and file-count scaling, not
+PyAV, as many frames as the longest file's run of episodes): every video file of every camera is a hard link
+to it (a copy where links are not possible); the episodes of a file are consecutive, non-overlapping segments
+of it, as lerobot writes them (v2.1: every episode its own file, from timestamp 0). Frames therefore decode,
+but are not distinct across files — these datasets measure metadata, low-dim and file-count scaling, not
 pixels.
 
 Layouts: v3.0 (lerobot 0.4.4's: `data/chunk-XXX/file-XXX.parquet` holding contiguous runs of episodes,
@@ -150,13 +151,20 @@ def make_large_dataset(root: str | Path, *, num_frames: int, num_episodes: int, 
     tasks = list(tasks)
     meta = root / "meta"
     meta.mkdir(parents=True)
-    mp4 = write_mp4(meta / ".source.mp4", int(lengths.max()) + 1, fps, camera_shape) if cameras else None
-
     if version == "v3.0":
         F = max(1, min(int(num_data_files), E))
         V = max(1, min(int(num_video_files), E))
         data_of = np.arange(E) * F // E  # file of each episode (contiguous runs)
         video_of = np.arange(E) * V // E
+        # the episodes of a video file are consecutive segments of it (as lerobot writes them: never overlapping)
+        file_first = np.searchsorted(video_of, video_of)
+        seg_from = (ep_start[:-1] - ep_start[file_first]).astype(np.int64)
+        span = int((seg_from + lengths).max())
+    else:
+        span = int(lengths.max())
+    mp4 = write_mp4(meta / ".source.mp4", span + 1, fps, camera_shape) if cameras else None
+
+    if version == "v3.0":
         bounds = np.searchsorted(data_of, np.arange(F + 1))
 
         def write_data(f: int) -> None:
@@ -184,8 +192,8 @@ def make_large_dataset(root: str | Path, *, num_frames: int, num_episodes: int, 
         for cam in cameras:
             cols[f"videos/{cam}/chunk_index"] = pa.array(video_of // chunks_size)
             cols[f"videos/{cam}/file_index"] = pa.array(video_of % chunks_size)
-            cols[f"videos/{cam}/from_timestamp"] = pa.array(np.zeros(E))
-            cols[f"videos/{cam}/to_timestamp"] = pa.array(lengths / fps)
+            cols[f"videos/{cam}/from_timestamp"] = pa.array(seg_from / fps)
+            cols[f"videos/{cam}/to_timestamp"] = pa.array((seg_from + lengths) / fps)
         cols["meta/episodes/chunk_index"] = pa.array(np.zeros(E, np.int64))
         cols["meta/episodes/file_index"] = pa.array(np.zeros(E, np.int64))
         (meta / "episodes" / "chunk-000").mkdir(parents=True)
