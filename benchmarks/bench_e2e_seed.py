@@ -73,7 +73,9 @@ def run_pipeline(benchmark, config, role: str) -> None:
     finally:
         it.close()
         if role == "reference":
-            seed_setup.shutdown_fork_loader(loader)
+            error = seed_setup.shutdown_fork_loader(loader)
+            if error:
+                benchmark.extra_info["reference_shutdown_error"] = error
         else:
             loader.close()
 

@@ -150,9 +150,14 @@ def describe_batch(obs: Any, actions: Any) -> str:
             f"actions {d(actions)}")
 
 
-def shutdown_fork_loader(loader: Any) -> None:
-    """Stop the persistent torch workers of the fork's loader now (not at interpreter exit)."""
+def shutdown_fork_loader(loader: Any) -> str | None:
+    """Stop the persistent torch workers of the fork's loader now (not at interpreter exit); returns the error
+    text when a worker died at shutdown (decoder workers sometimes abort at exit), else None."""
     torch_loader = getattr(getattr(loader, "_data_loader", None), "torch_loader", None)
     it = getattr(torch_loader, "_iterator", None)
-    if it is not None and hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()  # noqa: SLF001 - torch keeps the persistent workers' iterator there
+    try:
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()  # noqa: SLF001 - torch keeps the persistent workers' iterator there
+    except RuntimeError as exc:
+        return str(exc)
+    return None
