@@ -136,6 +136,34 @@ def measure_pipeline(config: Any, batches: int, warmup: int) -> dict[str, Any]:
             "calls_per_batch": {k: v / batches for k, v in calls.items()}, "cprofile_top_tottime": out.getvalue()}
 
 
+def measure_fork(config: Any, batches: int, warmup: int) -> dict[str, Any]:
+    """The fork's own pipeline (no fastmix): per-batch training-thread time and its Observation.from_dict part."""
+    import openpi.models.model as openpi_model
+    import openpi.training.data_loader as dl
+
+    loader = dl.create_data_loader(config, shuffle=True, num_batches=None, framework="pytorch")
+    it = iter(loader)
+    original = openpi_model.Observation.from_dict
+    try:
+        for _ in range(warmup):
+            next(it)
+        openpi_model.Observation.from_dict = classmethod(
+            timed("Observation.from_dict (float conversion)", original.__func__))
+        per_batch: dict[str, list[float]] = defaultdict(list)
+        for _ in range(batches):
+            T.clear()
+            t0 = time.perf_counter()
+            next(it)
+            per_batch["TOTAL training-thread time per batch"].append(time.perf_counter() - t0)
+            for k, v in T.items():
+                per_batch[k].append(v)
+    finally:
+        openpi_model.Observation.from_dict = original
+        it.close()
+        seed_setup.shutdown_fork_loader(loader)
+    return {"batches": batches, "parts": {k: summary(v) for k, v in per_batch.items()}}
+
+
 def summary(xs: list[float]) -> dict[str, float]:
     return {"median_ms": 1e3 * statistics.median(xs), "mean_ms": 1e3 * statistics.fmean(xs)}
 
@@ -249,6 +277,15 @@ def micro(config: Any) -> dict[str, Any]:
 
     out["float conversion 1 camera by a 256-entry table, to BCHW (worker side)"] = best_ms(lut_convert)
     f32 = torch.from_numpy(lut_convert())
+    import openpi.models.model as openpi_model
+
+    ready = {"image": {k: f32.clone() for k in ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")},
+             "image_mask": {k: torch.ones(seed_setup.BATCH, dtype=torch.bool) for k in ("base_0_rgb",)},
+             "state": torch.zeros(seed_setup.BATCH, 32), "tokenized_prompt": torch.zeros(seed_setup.BATCH, 48,
+                                                                                          dtype=torch.int64),
+             "tokenized_prompt_mask": torch.ones(seed_setup.BATCH, 48, dtype=torch.bool)}
+    out["Observation.from_dict with images already float32 (no conversion: its type checks only)"] = best_ms(
+        lambda: openpi_model.Observation.from_dict({**ready, "image": dict(ready["image"])}))
     out["copy 1 camera float32 BCHW (19 MB)"] = best_ms(lambda: f32.clone())
     out["copy 1 camera uint8 BHWC (4.8 MB)"] = best_ms(lambda: u8.clone())
     return out
@@ -259,14 +296,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads in this (the training) process first (default: torch's own)")
+    p.add_argument("--pipeline-only", action="store_true", help="only the instrumented pipeline")
+    p.add_argument("--fork", action="store_true", help="also time the fork's own pipeline (training thread)")
     args = p.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     config = seed_setup.e2e_config()
+    import torch
+
     result: dict[str, Any] = {"env": seed_setup.seed_versions(), "batch": seed_setup.BATCH,
-                              "workers": seed_setup.WORKERS}
+                              "workers": seed_setup.WORKERS, "torch_threads": torch.get_num_threads()}
+    if args.fork:
+        result["fork"] = measure_fork(config, args.batches, args.warmup)
+        for k, v in result["fork"]["parts"].items():
+            print(f"fork: {v['median_ms']:9.2f} {v['mean_ms']:9.2f}  {k}")
     result["pipeline"] = measure_pipeline(config, args.batches, args.warmup)
-    result["free_consumer_uint8"] = measure_free_consumer(config, 2 * args.batches, "uint8")
-    result["free_consumer_float32"] = measure_free_consumer(config, 2 * args.batches, "float32")
-    result["micro_ms"] = micro(config)
+    if not args.pipeline_only:
+        result["free_consumer_uint8"] = measure_free_consumer(config, 2 * args.batches, "uint8")
+        result["free_consumer_float32"] = measure_free_consumer(config, 2 * args.batches, "float32")
+        result["micro_ms"] = micro(config)
     parts = result["pipeline"]["parts"]
     for k in sorted(parts, key=lambda k: -parts[k]["mean_ms"]):
         print(f"{parts[k]['median_ms']:9.2f} {parts[k]['mean_ms']:9.2f}  {k}")
