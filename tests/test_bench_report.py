@@ -4,6 +4,9 @@ pytest-benchmark json whose ratios are known exactly."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,22 @@ def test_runner_command_line(tmp_path: Path) -> None:
     assert seed[:3] == ["/seed/bin/python", "-m", "pytest"] and ("-k", "g1") in set(zip(seed, seed[1:], strict=False))
     assert [Path(a).name for a in seed if a.endswith("_seed.py")] == list(SEED_FILES)
     assert all((Path(__file__).resolve().parents[1] / "benchmarks" / f).is_file() for f in SEED_FILES)
+
+
+def test_skipped_benchmarks_are_recorded_as_not_run(tmp_path: Path) -> None:
+    """benchmarks/conftest.py's hook writes a skipped benchmark's name and reason where the runner reads them."""
+    from benchmarks.__main__ import read_not_run
+
+    (tmp_path / "bench_x.py").write_text(
+        "import pytest\n\n"
+        "def test_needs_ffmpeg():\n    pytest.skip('torchcodec cannot load: no FFmpeg')\n\n"
+        "def test_runs():\n    assert True\n", encoding="utf-8")
+    record = tmp_path / "not_run.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FASTMIX_BENCH_NOT_RUN": str(record), "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "benchmarks.conftest", "-p",
+                           "no:cacheprovider", "-o", "python_files=bench_*.py", str(tmp_path / "bench_x.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_not_run(record) == [{"name": "test_needs_ffmpeg", "reason": "torchcodec cannot load: no FFmpeg"}]
+    assert read_not_run(tmp_path / "absent.jsonl") == []
