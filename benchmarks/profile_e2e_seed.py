@@ -8,7 +8,7 @@ this process at run time (timers around them); nothing in fastmix or openpi is c
 
     PYTHONPATH=$PWD <seed python> -m benchmarks.profile_e2e_seed [--batches 20] [--json out.json]
 
-Parts measured on the training thread, per batch:
+Parts measured per batch (a part that runs on another thread of the process is prefixed "[other thread]"):
 * loader `next()`: sampler draw, planning (`BatchPlanner.plan`, which includes the low-dim gather and the task
   lookup), handing work to the workers, waiting for the workers (`_complete` polls), copying the slot into
   fresh tensors (`host_batch`);
@@ -28,6 +28,7 @@ import io
 import json
 import pstats
 import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,14 +43,20 @@ T: dict[str, float] = defaultdict(float)  # seconds in the current batch, per pa
 N: dict[str, int] = defaultdict(int)  # calls in the current batch, per part
 
 
+def where(name: str) -> str:
+    """`name`, prefixed "[other thread] " when the caller is not the training (main) thread."""
+    return name if threading.current_thread() is threading.main_thread() else f"[other thread] {name}"
+
+
 def timed(name: str, fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            T[name] += time.perf_counter() - t0
-            N[name] += 1
+            key = where(name)
+            T[key] += time.perf_counter() - t0
+            N[key] += 1
 
     return wrapper
 
@@ -90,7 +97,7 @@ def instrument(loader: Any) -> None:
 
     def trace(stage: str, i: int, t: Any, before: dict, after: dict) -> None:
         now = time.perf_counter()
-        T[f"transform {stage}: {type(t).__name__}"] += now - last["t"]
+        T[where(f"transform {stage}: {type(t).__name__}")] += now - last["t"]
         last["t"] = now
 
     loader.trace = trace
