@@ -1,16 +1,23 @@
-"""MixtureLoader against the reference pipeline and against the decode bound, same data, same 2 processes.
+"""MixtureLoader against the reference pipeline and against a decode bound, same data, same 2 processes.
 
 Groups "loader <variant> B=32" (variant: "video" = cameras as 256x256 AV1 mp4, "image" = PNG in parquet, as in
-openpi's LIBERO conversion), each with three rows (samples/s):
+openpi's LIBERO conversion). Every row states its output format (`extra_info["format"]`); rows (samples/s):
 
-* reference — built as the reference builds it: `LeRobotDataset(root, video_backend="pyav",
-  delta_timestamps={"actions": [t/fps for t in range(10)]})` per repo, `ConcatDataset`, the per-sample weights
-  list from dataset_weights [1, 3], `WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)`,
-  `DataLoader(batch_size=32, num_workers=2, multiprocessing_context="spawn", persistent_workers=True)`;
-* fastmix — `MixtureLoader(sources, dataset_weights=[1, 3], batch_size=32, action_horizon=10, num_workers=2)`;
-* bound — the same frames (the fastmix plan's requests, grouped by file and sorted by timestamp) decoded by
-  PyAV alone (single-threaded decoder per process, like fastmix; image columns read into memory once with
-  pyarrow at warm-up) in 2 spawn processes, nothing else (no low-dim, no batching, no copies).
+* reference (primary) — built as the reference builds it, with lerobot's DEFAULT decoder (torchcodec, which
+  loads the system FFmpeg): `LeRobotDataset(root, delta_timestamps={"actions": [t/fps for t in range(10)]})`
+  per repo, `ConcatDataset`, the per-sample weights list from dataset_weights [1, 3],
+  `WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)`, `DataLoader(batch_size=32,
+  num_workers=2, multiprocessing_context="spawn", persistent_workers=True)`. Its batches: float32 BCHW in
+  [0, 1]. When torchcodec cannot load, the row is skipped with the reason (listed under "Rows not run").
+* reference pyav (video only) — the same with `video_backend="pyav"`, a second reference row.
+* fastmix float32 — `MixtureLoader(sources, dataset_weights=[1, 3], batch_size=32, action_horizon=10,
+  num_workers=2, image_dtype="float32")`: float32 BCHW in [0, 1], like the reference (the uint8 → float32
+  conversion and the permute happen in the loader's main process, on the consumer's thread).
+* fastmix uint8 — the same with image_dtype="uint8" (the default): uint8 BHWC; not like-for-like with the
+  reference (its `× reference` cell says so).
+* bound — the same requests as fastmix's plans (grouped by file, sorted by timestamp) decoded by PyAV alone
+  (single-threaded decoder per process, image columns read into memory once with pyarrow at warm-up) in 2
+  spawn processes; nothing else (no low-dim, no batching, no copies, no float conversion): uint8 frames.
 
 "loader soak video" iterates 2,000 batches after warm-up (FASTMIX_BENCH_QUICK=1: 300), samples the RSS of the
 whole process tree (main + workers) and asserts it stays within 5 % and that /dev/shm is empty after close.
@@ -52,9 +59,26 @@ def _roots(value: Any) -> list[Path]:
     return [Path(v) for v in value]
 
 
-def tag(benchmark, variant: str, role: str, items: int) -> None:
+FLOAT_CHW = "float32 BCHW"
+UINT8_HWC = "uint8 BHWC"
+IMAGE_DTYPES = {"float32": FLOAT_CHW, "uint8": UINT8_HWC}
+
+
+def tag(benchmark, variant: str, role: str, items: int, fmt: str, desc: str, *, primary: bool = False) -> None:
     benchmark.group = f"loader {variant} B={BATCH}"
-    benchmark.extra_info.update(role=role, items=items, unit="samples")
+    benchmark.extra_info.update(role=role, items=items, unit="samples", format=fmt, desc=desc)
+    if primary:
+        benchmark.extra_info["primary"] = True
+
+
+def torchcodec_problem() -> str | None:
+    """None when lerobot's default decoder (torchcodec) imports and loads FFmpeg; else why not."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401 - loads the FFmpeg libraries
+    except Exception as e:  # noqa: BLE001 - any failure means the row cannot run; the reason is reported
+        return (f"torchcodec (lerobot's default decoder) cannot load: {type(e).__name__}: {e}. "
+                "Install the system FFmpeg (apt-get install ffmpeg; `python -m benchmarks` does it when missing)")
+    return None
 
 
 def sources_of(roots: list[Path]) -> list[Any]:
@@ -71,17 +95,26 @@ def mixture(request, variant: str) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- fastmix
+@pytest.mark.parametrize("image_dtype", list(IMAGE_DTYPES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fastmix_loader(benchmark, request, variant: str) -> None:
+def test_fastmix_loader(benchmark, request, variant: str, image_dtype: str) -> None:
     from fastmix.loader.mixture_loader import MixtureLoader
 
     roots = mixture(request, variant)
     loader = MixtureLoader(sources_of(roots), dataset_weights=WEIGHTS, batch_size=BATCH, action_horizon=HORIZON,
-                           num_workers=WORKERS, seed=0, num_batches=10**9)
+                           num_workers=WORKERS, seed=0, num_batches=10**9, image_dtype=image_dtype)
     try:
         it = iter(loader)
         for _ in range(3):  # workers started, containers opened
             next(it)
+
+        batch = next(it)
+        cams = [k for k, v in batch.items() if getattr(v, "ndim", 0) == 4]
+        fmt = IMAGE_DTYPES[image_dtype]
+        for k in cams:  # the format the row states is the format it delivers
+            v = batch[k]
+            assert str(v.dtype).removeprefix("torch.") == image_dtype, (k, v.dtype)
+            assert (v.shape[1] == 3) == (fmt == FLOAT_CHW), (k, tuple(v.shape))
 
         def run() -> int:
             n = 0
@@ -89,7 +122,10 @@ def test_fastmix_loader(benchmark, request, variant: str) -> None:
                 n += len(next(it)["task"])
             return n
 
-        tag(benchmark, variant, "fastmix", FASTMIX_BATCHES * BATCH)
+        where = ("converted from uint8 BHWC in the loader's main process" if image_dtype == "float32"
+                 else "as decoded")
+        tag(benchmark, variant, "fastmix", FASTMIX_BATCHES * BATCH, fmt,
+            f"MixtureLoader image_dtype={image_dtype!r}, {WORKERS} workers: images {fmt} ({where})")
         assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1) == FASTMIX_BATCHES * BATCH
     finally:
         loader.close()
@@ -97,7 +133,8 @@ def test_fastmix_loader(benchmark, request, variant: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- reference
-def _reference_loader(roots: list[Path]):
+def _reference_loader(roots: list[Path], video_backend: str | None):
+    """The reference pipeline; `video_backend` None is lerobot's default decoder."""
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
@@ -105,7 +142,7 @@ def _reference_loader(roots: list[Path]):
     datasets = []
     for r in roots:
         meta_fps = sources_of([r])[0].fps
-        datasets.append(LeRobotDataset(r.name, root=r, video_backend="pyav",
+        datasets.append(LeRobotDataset(r.name, root=r, video_backend=video_backend,
                                        delta_timestamps={"actions": [t / meta_fps for t in range(HORIZON)]}))
     concat = ConcatDataset(datasets)
     weights: list[float] = []
@@ -117,10 +154,19 @@ def _reference_loader(roots: list[Path]):
                       multiprocessing_context="spawn", persistent_workers=True, drop_last=True)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_reference_loader(benchmark, request, variant: str) -> None:
+REFERENCES = [("video", "default"), ("video", "pyav"), ("image", "default")]
+
+
+@pytest.mark.parametrize(("variant", "decoder"), REFERENCES)
+def test_reference_loader(benchmark, request, variant: str, decoder: str) -> None:
     roots = mixture(request, variant)
-    dl = _reference_loader(roots)
+    backend = None if decoder == "default" else decoder
+    if variant == "video" and backend is None:
+        problem = torchcodec_problem()
+        if problem:
+            pytest.skip(problem)
+    dl = _reference_loader(roots, backend)
+    used = dl.dataset.datasets[0].video_backend
     state: dict[str, Any] = {"dl": dl, "it": iter(dl)}
 
     def next_batch():
@@ -134,10 +180,21 @@ def test_reference_loader(benchmark, request, variant: str) -> None:
         for _ in range(2 * 2 * WORKERS + 1):  # workers started, their prefetch queues (2 per worker) drained
             next_batch()
 
+        batch = next_batch()
+        for k in ("image", "wrist_image"):
+            assert batch[k].dtype == torch_float32() and batch[k].shape[1] == 3, (k, batch[k].dtype, batch[k].shape)
+
         def run() -> int:
             return sum(len(next_batch()["task"]) for _ in range(REFERENCE_BATCHES))
 
-        tag(benchmark, variant, "reference", REFERENCE_BATCHES * BATCH)
+        if variant == "video":
+            how = (f"lerobot's default decoder ({used})" if backend is None
+                   else f"video_backend={used!r} (second reference)")
+        else:
+            how = "PNG frames decoded by lerobot (datasets/PIL); no video decoder involved"
+        tag(benchmark, variant, "reference", REFERENCE_BATCHES * BATCH, FLOAT_CHW,
+            f"LeRobotDataset + ConcatDataset + WeightedRandomSampler + DataLoader ({WORKERS} spawn workers), "
+            f"{how}: images {FLOAT_CHW} in [0, 1]", primary=backend is None)
         assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1) == REFERENCE_BATCHES * BATCH
     finally:
         it = state.pop("it")
@@ -146,6 +203,12 @@ def test_reference_loader(benchmark, request, variant: str) -> None:
                 it._shutdown_workers()  # persistent workers: stop them now, not at interpreter exit
         except RuntimeError as exc:  # lerobot's pyav workers sometimes abort at exit (std::terminate)
             benchmark.extra_info["reference_shutdown_error"] = str(exc)
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
 
 
 # ------------------------------------------------------------------------------------------------- bound
@@ -255,7 +318,9 @@ def test_decode_bound(benchmark, request, variant: str) -> None:
             return sum(conn.recv() for conn in pipes)
 
         run(works.pop())  # warm-up: processes started, files opened
-        tag(benchmark, variant, "bound", FASTMIX_BATCHES * BATCH)
+        tag(benchmark, variant, "bound", FASTMIX_BATCHES * BATCH, "uint8 HWC frames (not batched)",
+            f"the same requests decoded by PyAV alone (single-threaded decoder per process, {WORKERS} processes); "
+            "no low-dim, batching, copies or float conversion")
         frames = benchmark.pedantic(lambda: run(works.pop()), rounds=ROUNDS, iterations=1)
         assert frames == FASTMIX_BATCHES * BATCH * len(planner.camera_keys)
         benchmark.extra_info["frames_per_round"] = frames
@@ -306,7 +371,7 @@ def test_fastmix_rss_flat(benchmark, request) -> None:
             return SOAK_BATCHES
 
         benchmark.group = "loader soak video"
-        benchmark.extra_info.update(role="fastmix", items=SOAK_BATCHES * BATCH, unit="samples")
+        benchmark.extra_info.update(role="fastmix", items=SOAK_BATCHES * BATCH, unit="samples", format=UINT8_HWC)
         benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
         loader.close()

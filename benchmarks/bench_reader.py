@@ -3,7 +3,8 @@ mixture: 20 x 100 frames, cameras "image" and "wrist_image" 256x256, state 8, ac
 
 Groups "reader <variant> per sample" (variant: "video" = AV1 mp4, "image" = PNG in parquet), rows in samples/s:
 
-* reference — `LeRobotDataset(root, video_backend="pyav", delta_timestamps={"actions": [t/10 for t in range(10)]})[i]`;
+* reference — `LeRobotDataset(root, video_backend="pyav", delta_timestamps={"actions": [t/10 for t in range(10)]})[i]`
+  (float32 CHW frames; the like-for-like loader comparison with lerobot's default decoder is bench_loader.py);
 * fastmix item — `LeRobotSource(root, delta_timestamps=...)[i]` (the same dict: float32 CHW frames, tensors);
 * fastmix batch32 — one 32-index batch: `gather_lowdim(local)` + `tasks_of(local)` +
   `FrameReader.read(frame_requests(local), out)` into uint8 HWC arrays (what a loader worker does).
@@ -46,9 +47,9 @@ def index_stream(n: int, size: int) -> Callable[[], np.ndarray]:
     return lambda: rng.integers(0, n, size).astype(np.int64)
 
 
-def tag(benchmark, variant: str, role: str, items: int) -> None:
+def tag(benchmark, variant: str, role: str, items: int, fmt: str) -> None:
     benchmark.group = f"reader {variant} per sample"
-    benchmark.extra_info.update(role=role, items=items, unit="samples")
+    benchmark.extra_info.update(role=role, items=items, unit="samples", format=fmt)
 
 
 def run(benchmark, fn: Callable[[], None]) -> None:
@@ -70,7 +71,7 @@ def test_reference_lerobot_dataset_item(benchmark, request, variant: str) -> Non
         for i in nxt().tolist():
             ds[i]
 
-    tag(benchmark, variant, "reference", ITEMS_PER_ROUND)
+    tag(benchmark, variant, "reference", ITEMS_PER_ROUND, "float32 CHW per item")
     run(benchmark, read)
 
 
@@ -86,7 +87,7 @@ def test_fastmix_source_item(benchmark, request, variant: str) -> None:
         for i in nxt().tolist():
             src[i]
 
-    tag(benchmark, variant, "fastmix", ITEMS_PER_ROUND)
+    tag(benchmark, variant, "fastmix", ITEMS_PER_ROUND, "float32 CHW per item")
     run(benchmark, read)
     src.close()
 
@@ -108,7 +109,7 @@ def test_fastmix_batch32(benchmark, request, variant: str) -> None:
         src.tasks_of(local)
         reader.read(src.frame_requests(local), out)
 
-    tag(benchmark, variant, "fastmix", BATCH)
+    tag(benchmark, variant, "fastmix", BATCH, "uint8 BHWC")
     run(benchmark, read)
     reader.close()
 

@@ -4,6 +4,11 @@ Two datasets (20 x 100 and 5 x 100 frames, 10 fps), cameras "image" and "wrist_i
 "actions" (7); `bench_video_mixture` stores the cameras as AV1 mp4, `bench_image_mixture` as PNG in parquet
 (openpi's LIBERO conversion). Generated once and cached under $FASTMIX_BENCH_DATA (default
 ~/.cache/fastmix/bench); a dataset is regenerated when its marker does not match the spec below.
+
+`bench_*_seed.py` files run only in the seed environment (tests/seed/make-env: the openpi fork and its pinned
+lerobot), where `python -m benchmarks` runs them with FASTMIX_BENCH_SEED=1; elsewhere they are not collected.
+A benchmark that is skipped is recorded with its reason in $FASTMIX_BENCH_NOT_RUN (a JSON-lines file, when
+set), so the report lists it as not run instead of dropping it silently.
 """
 
 from __future__ import annotations
@@ -18,6 +23,21 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SEED_RUN = os.environ.get("FASTMIX_BENCH_SEED", "") not in ("", "0")
+# pytest reads this: the seed-environment benchmarks are collected only in the seed run, and only they are.
+collect_ignore_glob = [] if SEED_RUN else ["bench_*_seed.py"]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Append a skipped benchmark's name and reason to $FASTMIX_BENCH_NOT_RUN (read by the report)."""
+    path = os.environ.get("FASTMIX_BENCH_NOT_RUN")
+    if not path or not report.skipped or report.when not in ("setup", "call"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    name = report.nodeid.rsplit("::", 1)[-1]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"name": name, "reason": reason.removeprefix("Skipped: ")}) + "\n")
 
 CAMERA_SHAPE = (256, 256, 3)
 FPS = 10

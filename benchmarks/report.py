@@ -1,13 +1,19 @@
 """Turns a pytest-benchmark json into the fastmix results table and `benchmarks/RESULTS.md`.
 
 Every benchmark row carries `extra_info = {role: "fastmix" | "reference" | "bound", items, unit}` and a
-`group` (see docs/ARCHITECTURE.md, "Contract: benchmarks"). For each row: items/s = items / median round time.
-Within a group, each fastmix row gets `x ref` = its items/s over the fastest reference row's, and
-`× bound` = its items/s over the fastest bound row's (for the loader the bound is the best any loader could do,
-PyAV decoding alone, so `× bound` is the fraction of it reached; for the sampler the bound rows are the
-fastest plain alternatives, torch.multinomial and numpy's choice).
+`group` (see docs/ARCHITECTURE.md, "Contract: benchmarks"); loader rows also carry `format` (what a batch's
+images are, e.g. "uint8 BHWC", "float32 BCHW"), and one reference row of a group may carry `primary: true`.
+For each row: items/s = items / median round time. Within a group, each fastmix row gets `× reference` = its
+items/s over the group's comparison reference (the `primary` reference row; without one, the fastest
+reference row); when the two rows' formats differ the cell says so ("3.1× (uint8 BHWC vs float32 BCHW)").
+`× bound` = its items/s over the fastest bound row's (loader groups: the same requests decoded by PyAV alone,
+single-threaded decoder per process, in the same number of processes; sampler groups: the fastest plain
+alternatives, torch.multinomial and numpy's choice).
 
-Run alone: `python -m benchmarks.report path/to/benchmark.json [--out benchmarks/RESULTS.md]`.
+Rows may come from several pytest-benchmark json files (the main environment's run and the seed
+environment's, `merge_json`); rows that did not run are listed with their reason (`not_run` entries).
+
+Run alone: `python -m benchmarks.report path/to/benchmark.json [more.json ...] [--out benchmarks/RESULTS.md]`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class Row:
     items: float
     median_s: float
     rounds: int
+    fmt: str = ""  # output format of a loader row ("uint8 BHWC", "float32 BCHW"); "" when not stated
+    primary: bool = False  # the reference row the group's fastmix rows are compared with
 
     @property
     def items_per_s(self) -> float:
@@ -51,11 +59,19 @@ class GroupSummary:
 
     group: str
     rows: list[Row]
-    reference: Row | None  # fastest reference row
+    reference: Row | None  # the primary reference row, else the fastest reference row
     bound: Row | None  # fastest bound row
 
     def ratio_to_reference(self, row: Row) -> float | None:
         return row.items_per_s / self.reference.items_per_s if self.reference and row.role == "fastmix" else None
+
+    def format_mismatch(self, row: Row) -> str:
+        """"" when `row` and the comparison reference state the same format (or either states none), else
+        "<row format> vs <reference format>"."""
+        ref = self.reference
+        if ref is None or row.role != "fastmix" or not row.fmt or not ref.fmt or row.fmt == ref.fmt:
+            return ""
+        return f"{row.fmt} vs {ref.fmt}"
 
     def ratio_to_bound(self, row: Row) -> float | None:
         return row.items_per_s / self.bound.items_per_s if self.bound and row.role == "fastmix" else None
@@ -74,6 +90,8 @@ def load_rows(data: dict[str, Any]) -> list[Row]:
             items=float(extra.get("items", 1)),
             median_s=float(b["stats"]["median"]),
             rounds=int(b["stats"].get("rounds", 0)),
+            fmt=str(extra.get("format", "")),
+            primary=bool(extra.get("primary", False)),
         ))
     return rows
 
@@ -89,7 +107,8 @@ def summarize(rows: list[Row]) -> list[GroupSummary]:
         rs = sorted(rs, key=lambda r: (order.get(r.role, len(ROLES)), -r.items_per_s))
         refs = [r for r in rs if r.role == "reference"]
         bounds = [r for r in rs if r.role == "bound"]
-        out.append(GroupSummary(g, rs, max(refs, key=lambda r: r.items_per_s, default=None),
+        primary = [r for r in refs if r.primary]
+        out.append(GroupSummary(g, rs, (primary or [None])[0] or max(refs, key=lambda r: r.items_per_s, default=None),
                                 max(bounds, key=lambda r: r.items_per_s, default=None)))
     return out
 
@@ -114,12 +133,18 @@ def _fmt_ratio(x: float | None) -> str:
 
 
 def table_rows(summaries: list[GroupSummary]) -> list[list[str]]:
-    """Header + one line per benchmark: group, test, role, median time, items/s, × reference, × bound."""
-    lines = [["group", "test", "role", "median/round", "items/s", "× reference", "× bound"]]
+    """Header + one line per benchmark: group, test, role, format, median time, items/s, × reference, × bound.
+
+    The reference cell of a fastmix row whose format differs from the reference's names both formats."""
+    lines = [["group", "test", "role", "format", "median/round", "items/s", "× reference", "× bound"]]
     for s in summaries:
         for r in s.rows:
-            lines.append([s.group, r.name, r.role, _fmt_time(r.median_s), f"{_fmt_rate(r.items_per_s)} {r.unit}/s",
-                          _fmt_ratio(s.ratio_to_reference(r)), _fmt_ratio(s.ratio_to_bound(r))])
+            ref = _fmt_ratio(s.ratio_to_reference(r))
+            mismatch = s.format_mismatch(r)
+            role = r.role + (" (primary)" if r.primary else "")
+            lines.append([s.group, r.name, role, r.fmt, _fmt_time(r.median_s),
+                          f"{_fmt_rate(r.items_per_s)} {r.unit}/s", f"{ref} ({mismatch})" if mismatch else ref,
+                          _fmt_ratio(s.ratio_to_bound(r))])
     return lines
 
 
@@ -213,6 +238,33 @@ def resource_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def detail_lines(data: dict[str, Any]) -> list[str]:
+    """One line per benchmark whose extra_info describes it (`desc`, and `env` for rows run elsewhere)."""
+    lines = []
+    for b in data.get("benchmarks", []):
+        x = b.get("extra_info") or {}
+        if x.get("desc") or x.get("env"):
+            text = "; ".join(str(t) for t in (x.get("desc"), x.get("env") and f"environment: {x['env']}") if t)
+            lines.append(f"- {b.get('group') or '(no group)'} / {b.get('name')}: {text}")
+    return lines
+
+
+def not_run_lines(data: dict[str, Any]) -> list[str]:
+    """One line per row that did not run (`not_run`: [{"name", "reason"}]), with its reason."""
+    return [f"- {x.get('name', '?')}: {x.get('reason', 'no reason given')}" for x in data.get("not_run", [])]
+
+
+def merge_json(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One pytest-benchmark dict from several runs: the first part's machine_info and datetime, every part's
+    benchmarks (in order) and not_run entries."""
+    if not parts:
+        raise ValueError("merge_json needs at least one pytest-benchmark dict, got none")
+    merged = {k: v for k, v in parts[0].items() if k not in ("benchmarks", "not_run")}
+    merged["benchmarks"] = [b for p in parts for b in p.get("benchmarks", [])]
+    merged["not_run"] = [x for p in parts for x in p.get("not_run", [])]
+    return merged
+
+
 def build_markdown(data: dict[str, Any], machine: dict[str, str], *, command: str = "python -m benchmarks",
                    notes: str = "") -> str:
     """The full RESULTS.md text for one pytest-benchmark json."""
@@ -222,10 +274,12 @@ def build_markdown(data: dict[str, Any], machine: dict[str, str], *, command: st
         "# fastmix benchmark results",
         "",
         f"Generated by `{command}` on {when}. Regenerate with the same command; do not edit the tables by hand.",
-        "items/s = items per round / median round time. `× reference`: a fastmix row's items/s over the fastest "
-        "reference row of its group (same run). `× bound`: over the fastest bound row of its group "
-        "(loader groups: PyAV decoding alone with the same processes, so it is the fraction of the bound reached; "
-        "sampler groups: the fastest plain alternative).",
+        "items/s = items per round / median round time. `format`: what a row's batches hold (image dtype and "
+        "layout). `× reference`: a fastmix row's items/s over its group's primary reference row (marked "
+        "`reference (primary)`; without one, the fastest reference row) in the same run; where the formats "
+        "differ the cell names both. `× bound`: over the fastest bound row of its group (loader groups: the "
+        "same requests decoded by PyAV alone, single-threaded decoder per process, in the same number of "
+        "processes — not a limit on what a loader could do; sampler groups: the fastest plain alternative).",
         "",
         "## Machine",
         "",
@@ -236,6 +290,12 @@ def build_markdown(data: dict[str, Any], machine: dict[str, str], *, command: st
         format_markdown_table(table_rows(summaries)),
         "",
     ]
+    missing = not_run_lines(data)
+    if missing:
+        parts += ["## Rows not run", "", *missing, ""]
+    details = detail_lines(data)
+    if details:
+        parts += ["## Row details", "", *details, ""]
     resources = resource_lines(data)
     if resources:
         parts += ["## Resource checks", "", *resources, ""]
@@ -255,14 +315,25 @@ def existing_notes(path: Path) -> str:
     return tail if sep else ""
 
 
-def write_report(json_path: Path, out: Path = RESULTS_PATH, *, command: str = "python -m benchmarks",
-                 machine: dict[str, str] | None = None, echo: bool = True) -> str:
-    """Read `json_path`, print the table (when `echo`), rewrite `out` keeping its notes; returns the markdown."""
-    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+def read_json(paths: Path | list[Path]) -> dict[str, Any]:
+    """The pytest-benchmark dict of one json file, or of several merged (`merge_json`)."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    return merge_json([json.loads(Path(p).read_text(encoding="utf-8")) for p in paths])
+
+
+def write_report(json_path: Path | list[Path], out: Path = RESULTS_PATH, *, command: str = "python -m benchmarks",
+                 machine: dict[str, str] | None = None, echo: bool = True,
+                 not_run: list[dict[str, str]] | None = None) -> str:
+    """Read `json_path` (one or several files, merged), print the table (when `echo`), rewrite `out` keeping its
+    notes; `not_run` adds rows that did not run with their reasons. Returns the markdown."""
+    data = read_json(json_path)
+    data["not_run"] = [*data.get("not_run", []), *(not_run or [])]
     machine = machine or machine_description(data.get("machine_info"))
     md = build_markdown(data, machine, command=command, notes=existing_notes(out))
     if echo:
         print(format_text_table(table_rows(summarize(load_rows(data)))))
+        for line in not_run_lines(data):
+            print("not run " + line[2:])
         print("\nmachine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".md.tmp")
@@ -271,15 +342,17 @@ def write_report(json_path: Path, out: Path = RESULTS_PATH, *, command: str = "p
     return md
 
 
-def print_table(json_path: Path) -> None:
-    """Print the results table of `json_path` without writing anything."""
-    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+def print_table(json_path: Path | list[Path], not_run: list[dict[str, str]] | None = None) -> None:
+    """Print the results table of `json_path` (one or several files) without writing anything."""
+    data = read_json(json_path)
     print(format_text_table(table_rows(summarize(load_rows(data)))))
+    for line in not_run_lines({"not_run": [*data.get("not_run", []), *(not_run or [])]}):
+        print("not run " + line[2:])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
-    p.add_argument("json", type=Path, help="pytest-benchmark json (--benchmark-json output)")
+    p.add_argument("json", type=Path, nargs="+", help="pytest-benchmark json files (--benchmark-json output)")
     p.add_argument("--out", type=Path, default=RESULTS_PATH, help="markdown file to rewrite")
     args = p.parse_args(argv)
     write_report(args.json, args.out)
