@@ -112,7 +112,7 @@ def test_observation_from_dict_like_openpi():
 def fake_loader(monkeypatch, fake_sources):
     """create_data_loader over FakeSources (synthetic frames decoded in-process by FakeReader)."""
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader
+    from fastmix.testing.fakes import FakeReader
 
     made = []
 
@@ -222,7 +222,7 @@ def test_ranks_split_one_global_weighted_stream(tmp_path, fake_loader, monkeypat
 def test_batch_transforms_equal_openpi_per_sample_pipeline(tmp_path, fake_loader, fake_sources):
     """For the same samples, the batched pipeline gives what openpi's per-sample transforms give."""
     from fastmix import transforms as T
-    from fastmix.loader.testing import fake_frame
+    from fastmix.testing.fakes import fake_frame
 
     cfg = _with_stats(tmp_path, extra_delta_transform=True)
     with DL.create_data_loader(cfg, shuffle=True, num_batches=2, framework="jax") as loader:

@@ -15,7 +15,7 @@ from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.index_map import IndexMap
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import FakeReader, FakeSource, fake_frame, live_pids
+from fastmix.testing.fakes import FakeReader, FakeSource, fake_frame, live_pids
 from fastmix.sampler import MixtureSampler
 
 H = 5

@@ -21,7 +21,7 @@ from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import FakeReader, FakeSource, wait_gone
+from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,7 +172,7 @@ def test_keyboard_interrupt_in_consumer(no_leaks):
 CTRL_C_SCRIPT = textwrap.dedent("""
     import functools, sys
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader, FakeSource
+    from fastmix.testing.fakes import FakeReader, FakeSource
     if __name__ == "__main__":
         loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2,
                                reader_factory=functools.partial(FakeReader, delay_s=0.05), num_batches=10**6)

@@ -133,7 +133,7 @@ def _fake_config(tmp_path, name="ns_fake_cfg", horizon=3, **data_kw):
 @pytest.fixture
 def fake_sources(monkeypatch):
     from fastmix import data_loader
-    from fastmix.loader.testing import FakeSource
+    from fastmix.testing.fakes import FakeSource
 
     sources = [FakeSource("fake/a", num_episodes=3, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=7)]
     monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)

@@ -19,7 +19,7 @@ from tests.test_data_loader import _cfg, _with_stats
 @pytest.fixture
 def fakes(monkeypatch):
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader, FakeSource
+    from fastmix.testing.fakes import FakeReader, FakeSource
 
     sources = [FakeSource("fake/a", num_episodes=4, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=8)]
     monkeypatch.setattr(DL, "open_sources", lambda data_config: sources)
@@ -59,7 +59,7 @@ def test_verify_passes_on_registered_config(tmp_path, fakes, capsys):
 
 def test_verify_fails_when_loader_draws_with_other_weights(tmp_path, fakes, monkeypatch):
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader
+    from fastmix.testing.fakes import FakeReader
 
     def sabotaged(sources, **kw):  # a loader bug: weights applied in reverse order
         kw["dataset_weights"] = list(reversed(kw["dataset_weights"]))

@@ -20,7 +20,7 @@ from fastmix.errors import (
     MissingFileError,
 )
 from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.testing.fakes import FakeReader, FakeSource
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lerobot_source import LeRobotSource
 

@@ -18,7 +18,7 @@ import pytest
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.loader.testing import FakeReader, FakeSource, wait_gone
+from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 NAMES = ["ds_a", "ds_b"]

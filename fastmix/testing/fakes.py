@@ -1,4 +1,4 @@
-"""Fakes for loader tests and the reliability catalogue: a source implementing the LeRobotSource batch
+"""Test fakes (loader tests, the reliability catalogue, benchmarks): a source implementing the LeRobotSource batch
 contract with synthetic frames (no files), and a picklable reader with fault injection (raise, SIGKILL,
 hang) for a chosen (dataset, episode). Light imports (numpy only) so spawn workers start fast.
 """
