@@ -134,8 +134,7 @@ def test_iterating_again_after_a_worker_death_restarts_workers(no_leaks):
 def test_hung_worker_times_out(no_leaks):
     ep = first_episode_drawn("ds_a")
     reader = functools.partial(FakeReader, fault="hang", fault_at=("ds_a", ep), hang_s=60)
-    with make(reader) as loader:
-        loader.WORKER_TIMEOUT_S = 1.5
+    with make(reader, worker_timeout_s=1.5) as loader:
         it = iter(loader)
         t0 = time.monotonic()
         with pytest.raises(WorkerError, match="no progress") as info:

@@ -159,7 +159,7 @@ def test_load_state_errors_are_named() -> None:
     s = MixtureSampler([10, 10])
     with pytest.raises(ConfigError, match="missing key 'epoch'"):
         s.load_state_dict({"seed": 0})
-    with pytest.raises(ConfigError, match="carry_counts has 3 entries"):
+    with pytest.raises(ConfigError, match=r"carry_counts'\] has 3 entries"):
         s.load_state_dict({**s.state_dict(), "carry_counts": [0, 0, 0]})
 
 

@@ -14,8 +14,10 @@ per key (``(batch_size, *shape)``, C-contiguous, 64-byte aligned), slots 4096-by
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
+import re
 import secrets
 import weakref
 from collections.abc import Mapping
@@ -27,7 +29,8 @@ import numpy as np
 from fastmix.errors import ConfigError
 
 SHM_DIR = "/dev/shm"
-PROGRESS_WORDS = 4  # per worker: task sequence number, request index, busy flag, pid
+SEGMENT_PATTERN = re.compile(r"fastmix_(\d+)_[0-9a-f]{12}")  # fastmix_<creator pid>_<12 hex digits>
+PROGRESS_WORDS = 8  # per worker (one 64-byte line): seq, request index, busy, pid, tick (worker_main.py), spare
 _ARRAY_ALIGN = 64
 _SLOT_ALIGN = 4096
 
@@ -263,6 +266,46 @@ class SlotAttachment:
             pass
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink fastmix ring segments in `shm_dir` whose creator process is gone (left by `kill -9` of a whole
+    process group, resource tracker included). Only names matching `SEGMENT_PATTERN` are considered and only
+    those of dead pids removed; other files are never touched. Returns the names removed.
+
+    A segment of a live pid is kept even if that pid was reused by another process (conservative)."""
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        m = SEGMENT_PATTERN.fullmatch(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+        except FileNotFoundError:
+            continue  # another process cleaned it first
+        except OSError as exc:  # e.g. another user's segment in a sticky /dev/shm
+            logging.getLogger(__name__).warning("could not remove stale shared-memory segment %s: %s",
+                                                os.path.join(shm_dir, name), exc)
+            continue
+        removed.append(name)
+    if removed:
+        logging.getLogger(__name__).warning("removed %d shared-memory segment(s) of dead fastmix processes "
+                                            "from %s: %s", len(removed), shm_dir, ", ".join(sorted(removed)))
+    return sorted(removed)
+
+
 def leftover_segments(shm_dir: str = SHM_DIR, pid: int | None = None) -> list[str]:
     """Names of fastmix segments in `shm_dir` (of process `pid` when given); used by tests and benchmarks."""
     prefix = "fastmix_" if pid is None else f"fastmix_{pid}_"
@@ -272,4 +315,5 @@ def leftover_segments(shm_dir: str = SHM_DIR, pid: int | None = None) -> list[st
         return []
 
 
-__all__ = ["SHM_DIR", "SlotAttachment", "SlotLayout", "SlotRing", "leftover_segments", "shm_free_bytes"]
+__all__ = ["SEGMENT_PATTERN", "SHM_DIR", "SlotAttachment", "SlotLayout", "SlotRing", "leftover_segments",
+           "remove_stale_segments", "shm_free_bytes"]
