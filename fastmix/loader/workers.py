@@ -1,12 +1,14 @@
 """`WorkerPool`: the main-process side of the decode workers (spawn by default), which write frames straight
 into shared-memory slots. The worker body, its messages and its progress header are in `worker_main.py`
-(torch-free, so a worker never imports torch or this module's callers).
+(torch-free, so a worker never imports torch or this module's callers). Workers do not re-import the main
+script either (Python's spawn default) unless the reader factory is defined there: a training script's
+top-level `import torch` then stays out of the workers too.
 
 Failure detection: a worker's death is seen at once through its process sentinel; a worker that has work
 but advances no progress tick for `stall_timeout_s` (stopped by SIGSTOP, hung in a decoder) is killed and
 reported, naming its pid and the file it was decoding (from the ring's progress header, so even a SIGKILLed
-worker's file is known). A worker that dies before it is ready, when the main module starts the loader at
-top level without ``if __name__ == "__main__":``, is reported as exactly that.
+worker's file is known). A worker that dies before it is ready because the main script (re-imported for a factory defined there)
+starts the loader at top level without ``if __name__ == "__main__":`` is reported as exactly that.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +28,44 @@ from typing import Any
 from fastmix.errors import ConfigError, WorkerError
 from fastmix.loader.slots import SlotLayout
 from fastmix.loader.worker_main import BUSY, INFO, SEQ, START, TICK, describe_requests, worker_main
+
+_SPAWN_WITHOUT_MAIN = threading.local()  # set around Process.start() by WorkerPool (this thread only)
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _install_preparation_hook() -> None:
+    """Let WorkerPool start spawn/forkserver children that do not re-import the main script.
+
+    multiprocessing makes every child re-run the main module's top level (to find objects pickled from
+    `__main__`); a training script's `import torch` there would load torch in every decode worker. The hook
+    drops the main-module entries of the preparation data, only for processes started by this thread while
+    `_SPAWN_WITHOUT_MAIN.on` is set, i.e. by a WorkerPool whose payload needs nothing from `__main__`."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        from multiprocessing import spawn
+
+        original = spawn.get_preparation_data
+
+        def get_preparation_data(name: str) -> dict[str, Any]:
+            data = original(name)
+            if getattr(_SPAWN_WITHOUT_MAIN, "on", False):
+                data.pop("init_main_from_name", None)
+                data.pop("init_main_from_path", None)
+            return data
+
+        spawn.get_preparation_data = get_preparation_data
+        _hook_installed = True
+
+
+def needs_main_module(obj: Any) -> bool:
+    """Whether pickling `obj` refers to the `__main__` module (then a child must re-import the main script)."""
+    try:
+        return b"__main__" in pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - unpicklable: let Process.start() report it
+        return True
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -116,12 +157,20 @@ class WorkerPool:
         self._tick_seen = [0] * num_workers  # last progress tick observed per worker
         self._since = [0.0] * num_workers  # monotonic time of the last progress observed per worker
         self._closed = False
+        self.main_reimported = needs_main_module(reader_factory)  # else workers skip the main script
+        self._factory_name = getattr(reader_factory, "__qualname__", type(reader_factory).__qualname__)
+        if not self.main_reimported:
+            _install_preparation_hook()
         try:
             for i in range(num_workers):
                 parent, child = ctx.Pipe(duplex=True)
                 p = ctx.Process(target=worker_main, args=(i, child, layout, reader_factory, os.getpid()),
                                 name=f"fastmix-decode-{i}", daemon=True)
-                p.start()
+                _SPAWN_WITHOUT_MAIN.on = not self.main_reimported
+                try:
+                    p.start()
+                finally:
+                    _SPAWN_WITHOUT_MAIN.on = False
                 child.close()
                 self._procs.append(p)
                 self._conns.append(parent)
@@ -160,14 +209,14 @@ class WorkerPool:
     def _raise_start_death(self, i: int) -> None:
         code = self._procs[i].exitcode
         head = f"decode worker {i} (pid {self.pids[i]}) died at start-up ({_signal_name(code)})"
-        unguarded = unguarded_main_line() if self._context in ("spawn", "forkserver") else None
+        unguarded = unguarded_main_line() if self.main_reimported else None
         if unguarded is not None:
             path, line = unguarded
             raise ConfigError(
                 f"{head}: the script {path} starts the MixtureLoader at top level (line {line}) without "
-                f'`if __name__ == "__main__":`. With the {self._context!r} start method every decode worker '
-                "re-imports the main script and runs its top-level code again, which tries to start workers "
-                f'of its own and fails. Move the training code under `if __name__ == "__main__":` (or into a '
+                f'`if __name__ == "__main__":`. The reader factory {self._factory_name!r} is defined in that '
+                f"script, so with the {self._context!r} start method every decode worker re-imports it and runs "
+                "its top-level code again, which tries to start workers of its own and fails. Move the training code under `if __name__ == "__main__":` (or into a '
                 "function called from there).")
         raise WorkerError(f"{head} before it was ready (see its traceback above on stderr): the reader factory "
                           "or the main script's top-level code failed in the worker")
