@@ -216,8 +216,8 @@ class WorkerPool:
                 f"{head}: the script {path} starts the MixtureLoader at top level (line {line}) without "
                 f'`if __name__ == "__main__":`. The reader factory {self._factory_name!r} is defined in that '
                 f"script, so with the {self._context!r} start method every decode worker re-imports it and runs "
-                "its top-level code again, which tries to start workers of its own and fails. Move the training code under `if __name__ == "__main__":` (or into a '
-                "function called from there).")
+                "its top-level code again, which tries to start workers of its own and fails. Move the training "
+                'code under `if __name__ == "__main__":` (or into a function called from there).')
         raise WorkerError(f"{head} before it was ready (see its traceback above on stderr): the reader factory "
                           "or the main script's top-level code failed in the worker")
 
