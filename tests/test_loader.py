@@ -15,8 +15,8 @@ from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.index_map import IndexMap
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.testing.fakes import FakeReader, FakeSource, fake_frame, live_pids
 from fastmix.sampler import MixtureSampler
+from fastmix.testing.fakes import FakeReader, FakeSource, fake_frame, live_pids
 
 H = 5
 

@@ -20,9 +20,9 @@ from fastmix.errors import (
     MissingFileError,
 )
 from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.testing.fakes import FakeReader, FakeSource
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lerobot_source import LeRobotSource
+from fastmix.testing.fakes import FakeReader, FakeSource
 
 pytestmark = pytest.mark.timeout(60)
 DATA = "data/chunk-000/file-000.parquet"
