@@ -3,7 +3,9 @@
 The main process creates the segment (``/dev/shm/fastmix_<pid>_<hex>``), reserves its pages up front
 (``posix_fallocate``, so a too-small ``/dev/shm`` is a clear error at start and never a SIGBUS mid-epoch),
 and unlinks it on `close()`, on garbage collection and at interpreter exit. It is also registered with
-multiprocessing's resource tracker, which unlinks it if the main process is killed. Workers attach by name
+multiprocessing's resource tracker, which unlinks it if the main process is killed; when the whole process
+group is killed (tracker included), `remove_stale_segments` — run when a loader is constructed — unlinks
+segments whose creator pid is dead (only names matching `SEGMENT_PATTERN`). Workers attach by name
 with `SlotAttachment` (a plain ``mmap`` of the file: no resource-tracker registration, so a worker exit never
 unlinks the segment).
 
