@@ -38,7 +38,7 @@ from fastmix.errors import ConfigError
 from fastmix.loader import slots
 from fastmix.loader.cursor import Cursor
 from fastmix.loader.device import IMAGE_DTYPES, DeviceStage, PinnedRegion, resolve_device, resolve_pin_memory
-from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, drain
+from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, Producer, drain
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.slots import SHM_DIR, SlotRing
 from fastmix.loader.worker_main import default_reader_factory
@@ -106,9 +106,17 @@ class _Resources:
         self.stage: DeviceStage | None = None
         self.pool: WorkerPool | None = None
         self.reader: Any = None
+        self.producer: Producer | None = None
+
+    def stop_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stop()
 
     def release(self) -> None:
-        """Stop the workers, close the reader, wait for device copies, unregister and unlink the ring."""
+        """Stop the pipeline thread and the workers, close the reader, wait for device copies, unregister and
+        unlink the ring."""
+        self.stop_producer()
         pool, self.pool = self.pool, None
         try:
             if pool is not None:
@@ -406,6 +414,7 @@ class MixtureLoader:
         if it is not None:
             it._stale = True
         self._iterator = None
+        self._res.stop_producer()
 
     def _num_slots(self) -> int:
         return self.prefetch + 2  # FFCV: batches_ahead + 2
@@ -445,6 +454,7 @@ class MixtureLoader:
 
     def _start_pass(self) -> BatchPipeline:
         """Workers and ring ready (after the work of an abandoned pass is drained), a pipeline from the cursor."""
+        self._res.stop_producer()
         if self._res.pool is not None:
             drain(self._res.pool)
         self._ensure_started()
@@ -465,15 +475,23 @@ class MixtureLoader:
 
 
 class _EpochIterator:
-    """Hands out the rest of the current epoch; the only code that advances the loader's cursor."""
+    """Hands out the rest of the current epoch; the only code that advances the loader's cursor.
+
+    CPU output: the pass runs on a `Producer` thread and `next()` pops a ready batch (then `transform`).
+    CUDA output: the pass runs in `next()` (device copies are issued and handed out on the consumer's stream).
+    """
 
     def __init__(self, loader: MixtureLoader) -> None:
         self._loader = loader
         self._stale = False
         self._done = False
         self._left = loader._cursor.remaining  # batches this pass hands out
+        self._producer: Producer | None = None
         try:
             self._pipeline = loader._start_pass()
+            if loader.device is None:
+                self._producer = loader._res.producer = Producer(self._pipeline, self._left)
+                weakref.finalize(self, self._producer.stop)  # an abandoned iterator stops its thread
         except BaseException:
             loader._fail()
             raise
@@ -493,7 +511,10 @@ class _EpochIterator:
             self._done = True
             raise StopIteration
         try:
-            batch, sampler_state = self._pipeline.next_batch()
+            if self._producer is not None:
+                batch, sampler_state = self._producer.get()
+            else:
+                batch, sampler_state = self._pipeline.next_batch()  # type: ignore[misc]
         except BaseException:
             # worker death/stall/error, planning error, KeyboardInterrupt: nothing was handed out and the
             # cursor did not move; release workers and ring now, the next iteration restarts from the cursor
@@ -505,6 +526,8 @@ class _EpochIterator:
                 batch = L.transform(batch)
             except Exception as exc:
                 self._done = True  # workers stay; the next iteration drains this pass's work and retries
+                if self._producer is not None and L._res.producer is self._producer:
+                    L._res.stop_producer()
                 c = L._cursor
                 exc.add_note(f"(raised by MixtureLoader's transform on batch {c.batch} of epoch {c.epoch}; that "
                              "batch was not handed out: iterating again continues with it)")

@@ -6,11 +6,19 @@ to the device on the slot's stream (CUDA).
 It plans from its own frontier (the sampler, loaded with the cursor's state when the pass starts) and never
 touches the consumer's position: `next_batch()` returns the batch with the sampler state after it, and the
 caller advances the cursor when (and only when) it hands the batch out.
+
+`Producer` runs a pipeline on a background thread into a small queue of ready batches, so that when the
+loader is ahead the training thread's `next()` is a queue pop: planning (sampler draws, index map, low-dim
+gather), dispatch, collection and the copy out of the slot all happen on that thread (numpy, torch copies and
+pipe I/O release the GIL). Batches and errors travel through the queue in order, so the batches before an
+error are still handed out and the cursor stays exact.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections import deque
 from typing import Any
 
@@ -126,16 +134,20 @@ class BatchPipeline:
             item.staged = self._stage.copy(item.slot, self._ring.views(item.slot), item.plan.size)
 
     # ------------------------------------------------------------------ delivery
-    def next_batch(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def next_batch(self, stop: threading.Event | None = None,
+                   poll_s: float = POLL_S) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The next batch in order (tensors owned by the caller, "task"/"prompt" lists) and the sampler state
-        after its draws. Raises WorkerError (dead, failing or stalled worker) or what the planner raised."""
+        after its draws; None when `stop` was set while waiting. Raises WorkerError (dead, failing or stalled
+        worker) or what the planner raised."""
         self._dispatch()
         seq = self._order[0]
         item = self._inflight[seq]
         while item.pending:
+            if stop is not None and stop.is_set():
+                return None
             if not self._exec.outstanding:  # pragma: no cover - invariant; never spin on nothing
                 raise RuntimeError(f"batch {seq} waits on workers {sorted(item.pending)} that have no work")
-            self._complete(POLL_S)
+            self._complete(poll_s)
             self._dispatch()
         batch = self._copy_out(item)
         self._order.popleft()
@@ -162,6 +174,62 @@ class BatchPipeline:
         return batch
 
 
+class Producer:
+    """Runs `pipeline.next_batch()` `count` times on a daemon thread into a queue of at most `depth` ready
+    batches. `get()` returns them in order and re-raises the thread's error in its place; `stop()` ends the
+    thread (bounded: every wait on the thread polls the stop flag every `poll_s`)."""
+
+    def __init__(self, pipeline: BatchPipeline, count: int, *, depth: int = 1, poll_s: float = 0.1) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._poll_s = poll_s
+        self._thread = threading.Thread(target=self._run, args=(pipeline, count), name="fastmix-pipeline",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, pipeline: BatchPipeline, count: int) -> None:
+        try:
+            for _ in range(count):
+                out = pipeline.next_batch(self._stop, self._poll_s)
+                if out is None or not self._put(("batch", out)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, in order
+            self._put(("error", exc))
+
+    def _put(self, msg: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(msg, timeout=self._poll_s)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The next ready batch and the sampler state after it (waits; interruptible by Ctrl-C)."""
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=self._poll_s)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the loader's pipeline thread ended without a batch") from None
+                continue
+            if kind == "error":
+                raise value
+            return value
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread and wait for it (not when called from the thread itself); drop ready batches."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+
 def drain(executor: Any) -> None:
     """Wait for the work items of an abandoned pass (they write into slots about to be reused). Bounded: a
     dead or stalled worker raises WorkerError from `poll`."""
@@ -169,4 +237,4 @@ def drain(executor: Any) -> None:
         executor.poll(POLL_S)
 
 
-__all__ = ["POLL_S", "BatchPipeline", "InlineExecutor", "drain"]
+__all__ = ["POLL_S", "BatchPipeline", "InlineExecutor", "Producer", "drain"]
