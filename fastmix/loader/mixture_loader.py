@@ -4,7 +4,8 @@ shared-memory slots, optionally pinned and copied to a CUDA device on per-slot s
 Flow of one batch (main process): `MixtureSampler.next_indices(B)` → `IndexMap.to_local` → `BatchPlanner`
 (low-dim gather for the whole batch, written into a slot; frame requests sorted by file and timestamp) →
 split into per-worker work items → workers decode into the same slot → in-order delivery (copied out of the
-slot on CPU, or copied to the device on the slot's stream) → `transform` → hand-out (pipeline.py).
+slot on CPU, or copied to the device on the slot's stream) → `transform` → hand-out (pipeline.py). With CPU
+output everything before `transform` runs on a background thread: `next()` pops a ready batch.
 
 Position. One `Cursor` (cursor.py) holds the consumer's position: epoch, batches handed out, sampler state.
 Only a hand-out advances it, so an error before a batch is handed out — a dead, failing or stalled worker, an
