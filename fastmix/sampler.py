@@ -197,9 +197,13 @@ class MixtureSampler(Sampler[int]):
             raise ConfigError(f"{where} should be a dict (from MixtureSampler.state_dict()), got {type(state).__name__}")
         if "seed" not in state:
             raise ConfigError(f"{where} is missing key 'seed'; got keys {sorted(state)}")
-        seed = seeds.check_seed(state["seed"])
-        epoch = _state_int(state, self.EPOCH_KEY, where)
-        epoch = seeds.check_epoch(epoch)
+        try:
+            seed = seeds.check_seed(state["seed"])
+            epoch = seeds.check_epoch(_state_int(state, self.EPOCH_KEY, where))
+        except ConfigError as exc:
+            if str(exc).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
         saved_world = _state_int(state, "world_size", where, minimum=1)
         if saved_world == self.world_size:
             position = _state_int(state, self.POSITION_KEY, where)

@@ -117,11 +117,14 @@ class _Resources:
     def release(self) -> None:
         """Stop the pipeline thread and the workers, close the reader, wait for device copies, unregister and
         unlink the ring."""
-        self.stop_producer()
+        producer, self.producer = self.producer, None
+        ended = producer.stop(timeout=2.0) if producer is not None else True
         pool, self.pool = self.pool, None
         try:
             if pool is not None:
-                pool.close()
+                pool.close()  # also unblocks a thread stuck sending to a stopped worker
+            if not ended:
+                producer.stop(timeout=10.0)  # type: ignore[union-attr]
         finally:
             reader, self.reader = self.reader, None
             stage, self.stage = self.stage, None

@@ -218,8 +218,9 @@ class Producer:
                 raise value
             return value
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the thread and wait for it (not when called from the thread itself); drop ready batches."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the thread and wait up to `timeout` s for it (not when called from the thread itself); drop
+        ready batches. Returns whether the thread has ended."""
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -228,6 +229,7 @@ class Producer:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        return not self._thread.is_alive()
 
 
 def drain(executor: Any) -> None:
