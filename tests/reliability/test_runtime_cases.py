@@ -6,6 +6,7 @@ batches are delivered, the stream is compared with the uninterrupted one (nothin
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gc
 import json
@@ -372,14 +373,20 @@ def test_stale_segments_of_dead_pids_removed_at_start(tmp_path, caplog, no_leaks
         "init": "fastmix_1_abcdefabcdef",  # pid 1 alive (maybe another user's): kept
         "odd": f"fastmix_{dead}_notours",  # not fastmix's pattern: kept
         "other": "sem.other_program",  # not fastmix's: kept
+        "locked": f"fastmix_{dead}_fedcba987654",  # pid unknown here (another pid namespace) but its lock held
     }
     for n in names.values():
         (tmp_path / n).write_bytes(b"x" * 100)
-    with caplog.at_level("WARNING", logger="fastmix.loader.slots"):
-        with make(num_workers=0, shm_dir=str(tmp_path)) as ld:
-            assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
-            next(iter(ld))
-    assert names["dead"] in caplog.text
+    holder = os.open(tmp_path / names["locked"], os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_SH)  # what a live ring's creator holds
+        with caplog.at_level("WARNING", logger="fastmix.loader.slots"):
+            with make(num_workers=0, shm_dir=str(tmp_path)) as ld:
+                assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
+                next(iter(ld))
+    finally:
+        os.close(holder)
+    assert names["dead"] in caplog.text and names["locked"] not in caplog.text
     assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
 
 
