@@ -382,3 +382,36 @@ def test_fastmix_rss_flat(benchmark, request) -> None:
                                 batches=SOAK_BATCHES)
     assert peak <= base * 1.05, f"process-tree RSS grew from {base / 2**20:.0f} MiB to {peak / 2**20:.0f} MiB: {samples}"
     assert leftover_segments(pid=os.getpid()) == []
+
+
+# ------------------------------------------------------------------------------------- consumer latency
+LATENCY_ROUNDS = 15 if QUICK else 40
+AHEAD_S = 0.4  # the "training step" before each timed next(): enough for 2 workers to get ahead
+
+
+def test_next_latency_when_ahead(benchmark, request) -> None:
+    """What the training thread pays inside `next()` when the loader is ahead (batch decoded before it is
+    asked for): each timed call follows an untimed pause of AHEAD_S (the training step). Median in the
+    report; the issue-12 target is <= 0.5 ms for batch 32 with 2 workers."""
+    import time
+
+    from fastmix.loader.mixture_loader import MixtureLoader
+
+    roots = mixture(request, "video")
+    loader = MixtureLoader(sources_of(roots), dataset_weights=WEIGHTS, batch_size=BATCH, action_horizon=HORIZON,
+                           num_workers=WORKERS, seed=2, num_batches=10**9)
+    try:
+        it = iter(loader)
+        for _ in range(3):  # workers started, containers opened
+            next(it)
+
+        def one() -> int:
+            return len(next(it)["task"])
+
+        benchmark.group = f"loader next() latency when ahead B={BATCH}"
+        benchmark.extra_info.update(role="fastmix", items=1, unit="calls", workers=WORKERS)
+        result = benchmark.pedantic(one, setup=lambda: time.sleep(AHEAD_S), rounds=LATENCY_ROUNDS, iterations=1)
+        assert result == BATCH
+    finally:
+        loader.close()
+    assert leftover_segments(pid=os.getpid()) == []

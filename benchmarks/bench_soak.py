@@ -18,7 +18,7 @@ import pytest
 
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import live_pids, wait_gone
+from fastmix.testing.fakes import live_pids, wait_gone
 
 QUICK = os.environ.get("FASTMIX_BENCH_QUICK", "") not in ("", "0")
 DURATION_S = 60.0 if QUICK else 600.0

@@ -22,7 +22,7 @@ shuffle=False: the sequential order p → p mod N (weights ignored), split by ra
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,8 +44,9 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """rank / world_size, defaulting to torch.distributed's when it is initialized, else (0, 1)."""
+def resolve_rank_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size), each defaulting to torch.distributed's when it is initialized, else 0 and 1;
+    ConfigError unless 0 <= rank < world_size."""
     if rank is None or world_size is None:
         import torch.distributed as dist
 
@@ -58,6 +59,17 @@ def _distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
         raise ConfigError(f"rank should be an integer in [0, world_size={world_size}), but got rank={rank!r}")
     return int(rank), world_size
+
+
+def _state_int(state: Any, key: str, where: str, minimum: int = 0) -> int:
+    """state[key] as an int >= minimum, or ConfigError naming `where[key]`."""
+    try:
+        value = state[key]
+    except KeyError:
+        raise ConfigError(f"{where} is missing key {key!r}; got keys {sorted(state)}") from None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{where}[{key!r}] should be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class MixtureSampler(Sampler[int]):
@@ -115,7 +127,7 @@ class MixtureSampler(Sampler[int]):
         self.index_map = IndexMap(self.mixture.sizes, backend=backend)
         self.num_samples = self.index_map.total if num_samples is None else _positive_int(num_samples, "num_samples")
         self.seed = seeds.check_seed(seed)
-        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        self.rank, self.world_size = resolve_rank_world_size(rank, world_size)
         if batching not in BATCHINGS:
             raise ConfigError(f"batching={batching!r} is not one of {BATCHINGS}")
         self.batching = batching
@@ -170,26 +182,53 @@ class MixtureSampler(Sampler[int]):
             "pending": list(self._pending) if stratified else [],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def epoch_state(self, epoch: int) -> dict[str, Any]:
+        """The state at the first draw of `epoch` (what `state_dict()` returns after `set_epoch(epoch)` from a
+        fresh epoch), without changing this sampler."""
+        return {"seed": self.seed, self.EPOCH_KEY: seeds.check_epoch(epoch), self.POSITION_KEY: 0,
+                self.GLOBAL_POSITION_KEY: 0, "world_size": self.world_size, "rank": self.rank,
+                "carry_counts": [0] * self.mixture.num_datasets, "carry_total": 0, "pending": []}
+
+    def load_state_dict(self, state: dict[str, Any], *, where: str = "MixtureSampler state") -> None:
         """Continue exactly where `state` stopped. With another world_size the rank resumes at global position
-        ceil(global_position / W) * W (never repeating a draw); stratified pending draws are then dropped."""
+        ceil(global_position / W) * W (never repeating a draw); stratified pending draws are then dropped.
+        A malformed state raises ConfigError naming the key (`where` prefixes it) and changes nothing."""
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"{where} should be a dict (from MixtureSampler.state_dict()), got {type(state).__name__}")
+        if "seed" not in state:
+            raise ConfigError(f"{where} is missing key 'seed'; got keys {sorted(state)}")
         try:
-            self.seed = seeds.check_seed(state["seed"])
-            self.epoch = seeds.check_epoch(state[self.EPOCH_KEY])
-            self._reset_epoch_state()
-            if int(state["world_size"]) == self.world_size:
-                self._position = int(state[self.POSITION_KEY])
-                self._pending = deque(int(v) for v in state.get("pending", []))
-            else:
-                self._position = -(-int(state[self.GLOBAL_POSITION_KEY]) // self.world_size)
-            counts = np.asarray(state.get("carry_counts", [0] * self.mixture.num_datasets), dtype=np.int64)
-        except KeyError as exc:
-            raise ConfigError(f"MixtureSampler state is missing key {exc}; got keys {sorted(state)}") from exc
+            seed = seeds.check_seed(state["seed"])
+            epoch = seeds.check_epoch(_state_int(state, self.EPOCH_KEY, where))
+        except ConfigError as exc:
+            if str(exc).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
+        saved_world = _state_int(state, "world_size", where, minimum=1)
+        if saved_world == self.world_size:
+            position = _state_int(state, self.POSITION_KEY, where)
+            pending_raw = state.get("pending", [])
+            if not isinstance(pending_raw, (list, tuple, np.ndarray)) or \
+                    any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in pending_raw):
+                raise ConfigError(f"{where}['pending'] should be a list of integers, got {pending_raw!r}")
+            pending = deque(int(v) for v in pending_raw)
+        else:
+            position = -(-_state_int(state, self.GLOBAL_POSITION_KEY, where) // self.world_size)
+            pending = deque()
+        counts_raw = state.get("carry_counts", [0] * self.mixture.num_datasets)
+        try:
+            counts = np.asarray(counts_raw, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}['carry_counts'] should be a list of integers, got {counts_raw!r}") from None
         if counts.shape != (self.mixture.num_datasets,):
-            raise ConfigError(f"carry_counts has {counts.size} entries; this sampler has "
+            raise ConfigError(f"{where}['carry_counts'] has {counts.size} entries; this sampler has "
                               f"{self.mixture.num_datasets} datasets")
+        carry_total = _state_int(state, "carry_total", where) if "carry_total" in state else 0
+        self.seed, self.epoch = seed, epoch
+        self._reset_epoch_state()
+        self._position, self._pending = position, pending
         self._carry_counts = counts.copy()
-        self._carry_total = int(state.get("carry_total", 0))
+        self._carry_total = carry_total
 
     # ----------------------------------------------------------------- drawing
     def _stratified_counts(self, n: int) -> np.ndarray:
@@ -210,11 +249,11 @@ class MixtureSampler(Sampler[int]):
     def _generate(self, n: int) -> np.ndarray:
         """Draw this rank's next n indices (advancing the position, not touching `_pending`)."""
         out = np.empty(n, dtype=np.int64)
+        if n == 0:
+            return out
         start = seeds.rank_start(self.rank, self.world_size, self._position)
         m = self.mixture
-        if n == 0:
-            pass
-        elif not self.shuffle:
+        if not self.shuffle:
             np.remainder(np.arange(n, dtype=np.int64) * self.world_size + start, self.index_map.total, out=out)
         elif self._stratified:
             counts = self._stratified_counts(n)
@@ -257,4 +296,4 @@ class MixtureSampler(Sampler[int]):
                 f"seed={self.seed}, rank={self.rank}, world_size={self.world_size}, epoch={self.epoch})")
 
 
-__all__ = ["BATCHINGS", "MixtureSampler"]
+__all__ = ["BATCHINGS", "MixtureSampler", "resolve_rank_world_size"]

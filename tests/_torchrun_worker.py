@@ -41,7 +41,7 @@ def sampler_scenario(spec: dict[str, Any]) -> dict[str, Any]:
 def make_loader(spec: dict[str, Any], **kw: Any) -> Any:
     """A MixtureLoader (num_workers=0) over in-memory fake sources (the loader's logic, no decoding cost)."""
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader, FakeSource
+    from fastmix.testing.fakes import FakeReader, FakeSource
 
     sources = [FakeSource(f"ds{i}", num_episodes=n // 10, episode_length=10) for i, n in enumerate(spec["sizes"])]
     return MixtureLoader(sources, dataset_weights=spec["weights"], batch_size=spec["loader_batch"],

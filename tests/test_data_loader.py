@@ -13,7 +13,7 @@ from fastmix import compute_norm_stats as cns
 from fastmix import config as C
 from fastmix import data_loader as DL
 from fastmix.errors import ConfigError
-from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.testing.fakes import FakeReader, FakeSource
 from fastmix.transforms import Transform as _t_Transform
 from tests.resume_harness import check_resume, forever
 
@@ -277,7 +277,7 @@ def test_ranks_split_one_global_weighted_stream(tmp_path, fake):
 def test_batch_transforms_equal_openpi_per_sample_pipeline(tmp_path, fake, sources):
     """For the same samples, the batched pipeline gives what openpi's per-sample transforms give."""
     from fastmix import transforms as T
-    from fastmix.loader.testing import fake_frame
+    from fastmix.testing.fakes import fake_frame
 
     cfg = fake.with_stats(tmp_path, extra_delta_transform=True)
     with fake.create(cfg, shuffle=True, num_batches=2, framework="jax") as loader:

@@ -11,7 +11,7 @@ from fastmix.errors import ConfigError
 from fastmix.loader.device import host_batch, images_to_float, resolve_device, resolve_pin_memory
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import SlotRing
-from fastmix.loader.testing import FakeReader, FakeSource
+from fastmix.testing.fakes import FakeReader, FakeSource
 from fastmix.train import TrainStats, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

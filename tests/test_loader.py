@@ -15,8 +15,8 @@ from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.index_map import IndexMap
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import FakeReader, FakeSource, fake_frame, live_pids
 from fastmix.sampler import MixtureSampler
+from fastmix.testing.fakes import FakeReader, FakeSource, fake_frame, live_pids
 
 H = 5
 
@@ -207,6 +207,37 @@ def test_transform_runs_on_the_assembled_batch():
         ref = next(iter(loader))
     assert b["n"] == 8
     torch.testing.assert_close(b["state"], ref["state"] * 2)
+
+
+def test_training_thread_only_hands_out(monkeypatch):
+    """CPU output: planning (sampler draws, low-dim gather) and the copy out of the slot run on the pipeline
+    thread, never on the thread calling next(); the transform runs on the consumer's thread."""
+    import threading
+
+    from fastmix.loader import pipeline, plan
+
+    threads: dict[str, set[str]] = {"plan": set(), "copy": set(), "transform": set()}
+    real_plan, real_copy = plan.BatchPlanner.plan, pipeline.host_batch
+
+    def traced_plan(self, *a, **kw):
+        threads["plan"].add(threading.current_thread().name)
+        return real_plan(self, *a, **kw)
+
+    def traced_copy(*a, **kw):
+        threads["copy"].add(threading.current_thread().name)
+        return real_copy(*a, **kw)
+
+    def transform(batch):
+        threads["transform"].add(threading.current_thread().name)
+        return batch
+
+    monkeypatch.setattr(plan.BatchPlanner, "plan", traced_plan)
+    monkeypatch.setattr(pipeline, "host_batch", traced_copy)
+    me = threading.current_thread().name
+    with make(num_workers=2, num_batches=5, transform=transform) as loader:
+        assert len(list(loader)) == 5
+    assert threads["plan"] == threads["copy"] == {"fastmix-pipeline"}
+    assert threads["transform"] == {me}
 
 
 def test_float_images():

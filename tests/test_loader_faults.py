@@ -21,7 +21,7 @@ from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.mixture_loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.loader.testing import FakeReader, FakeSource, wait_gone
+from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -134,8 +134,7 @@ def test_iterating_again_after_a_worker_death_restarts_workers(no_leaks):
 def test_hung_worker_times_out(no_leaks):
     ep = first_episode_drawn("ds_a")
     reader = functools.partial(FakeReader, fault="hang", fault_at=("ds_a", ep), hang_s=60)
-    with make(reader) as loader:
-        loader.WORKER_TIMEOUT_S = 1.5
+    with make(reader, worker_timeout_s=1.5) as loader:
         it = iter(loader)
         t0 = time.monotonic()
         with pytest.raises(WorkerError, match="no progress") as info:
@@ -172,7 +171,7 @@ def test_keyboard_interrupt_in_consumer(no_leaks):
 CTRL_C_SCRIPT = textwrap.dedent("""
     import functools, sys
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader, FakeSource
+    from fastmix.testing.fakes import FakeReader, FakeSource
     if __name__ == "__main__":
         loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2,
                                reader_factory=functools.partial(FakeReader, delay_s=0.05), num_batches=10**6)

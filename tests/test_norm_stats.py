@@ -11,7 +11,7 @@ import pytest
 from fastmix import compute_norm_stats as cns
 from fastmix import norm_stats as ns
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError, MissingFileError
-from fastmix.loader.testing import FakeSource
+from fastmix.testing.fakes import FakeSource
 
 
 def test_running_stats_mean_std_match_numpy_across_batches_with_widening_range():

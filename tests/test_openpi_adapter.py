@@ -82,7 +82,7 @@ def test_signatures_match_openpi(fake_openpi):
 
 def test_install_routes_and_uninstall_restores(fake_openpi, monkeypatch, tmp_path):
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader, FakeSource
+    from fastmix.testing.fakes import FakeReader, FakeSource
     from tests.test_data_loader import _with_stats
 
     sources = [FakeSource("fake/a", num_episodes=2, episode_length=5), FakeSource("fake/b", num_episodes=1, episode_length=4)]

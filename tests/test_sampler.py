@@ -159,8 +159,38 @@ def test_load_state_errors_are_named() -> None:
     s = MixtureSampler([10, 10])
     with pytest.raises(ConfigError, match="missing key 'epoch'"):
         s.load_state_dict({"seed": 0})
-    with pytest.raises(ConfigError, match="carry_counts has 3 entries"):
+    with pytest.raises(ConfigError, match=r"carry_counts'\] has 3 entries"):
         s.load_state_dict({**s.state_dict(), "carry_counts": [0, 0, 0]})
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ({"position": -1}, r"\['position'\] should be an integer >= 0, got -1"),
+    ({"position": 2.5}, r"\['position'\] should be an integer"),
+    ({"epoch": "1"}, r"\['epoch'\] should be an integer"),
+    ({"world_size": 0}, r"\['world_size'\] should be an integer >= 1"),
+    ({"pending": "xy"}, r"\['pending'\] should be a list of integers"),
+    ({"carry_counts": [[0], [1]]}, r"\['carry_counts'\] has 2 entries"),
+    ({"seed": -3}, r"MixtureSampler state: seed must be an integer in \[0, 2\*\*128\), got -3"),
+])
+def test_malformed_state_is_refused_and_changes_nothing(change, pattern) -> None:
+    s = MixtureSampler([10, 10], seed=4)
+    s.next_indices(7)
+    before = s.state_dict()
+    with pytest.raises(ConfigError, match=pattern):
+        s.load_state_dict({**before, **change})
+    assert s.state_dict() == before
+    np.testing.assert_array_equal(s.next_indices(5), MixtureSampler([10, 10], seed=4).next_indices(12)[7:])
+
+
+def test_epoch_state_is_the_state_at_an_epochs_first_draw() -> None:
+    """epoch_state(e) loaded into a sampler mid-way through another epoch restarts epoch e exactly, as a fresh
+    sampler moved to epoch e draws it."""
+    s = MixtureSampler([30, 20], [1.0, 2.0], seed=9, batching="stratified", batch_size=4)
+    s.next_indices(13)
+    fresh = MixtureSampler([30, 20], [1.0, 2.0], seed=9, batching="stratified", batch_size=4)
+    fresh.set_epoch(3)
+    s.load_state_dict(s.epoch_state(3))
+    np.testing.assert_array_equal(s.next_indices(17), fresh.next_indices(17))
 
 
 # ---------------------------------------------------------------- epochs and torch integration

@@ -18,7 +18,7 @@ from tests.test_data_loader import _cfg
 
 def fake_loader_factory(sources, **kw):
     from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.loader.testing import FakeReader
+    from fastmix.testing.fakes import FakeReader
 
     return MixtureLoader(sources, reader_factory=FakeReader, **kw)
 
@@ -36,7 +36,7 @@ def create_loader_with(loader_factory=fake_loader_factory, edit=None):
 @pytest.fixture
 def fakes():
     """verify()'s dependencies: two stand-in sources (no files), their fake reader, no compatibility check."""
-    from fastmix.loader.testing import FakeSource
+    from fastmix.testing.fakes import FakeSource
 
     sources = [FakeSource("fake/a", num_episodes=4, episode_length=10), FakeSource("fake/b", num_episodes=2, episode_length=8)]
     return dict(open_sources=lambda data_config: sources, check_compatible=lambda s: None,
@@ -189,7 +189,7 @@ def test_unknown_config_exit_status_2(capsys):
 def test_verify_names_non_finite_data(tmp_path, fakes):
     """A NaN in one dataset's actions (episode 1, frame 3 of fake/b): the "finite data" check fails naming the
     dataset, key, episode and frame; the rest of the report still runs."""
-    from fastmix.loader.testing import FakeSource
+    from fastmix.testing.fakes import FakeSource
 
     class WithNan(FakeSource):
         def value(self, key, rows):

@@ -1,7 +1,9 @@
-"""The loader stage: `MixtureLoader` (mixture_loader.py) over a batch planner (plan.py), a shared-memory slot
-ring (slots.py), decode worker processes (workers.py) and the pinned/CUDA device stage (device.py).
+"""The loader stage: `MixtureLoader` (mixture_loader.py) with its position (cursor.py), the pass that plans,
+dispatches and collects batches (pipeline.py) over a batch planner (plan.py), a shared-memory slot ring
+(slots.py), decode worker processes (workers.py: main side; worker_main.py: the torch-free worker body) and
+the pinned/CUDA device stage (device.py).
 
-Imports are lazy so decode workers (which import `fastmix.loader.workers`) never load torch.
+Imports are lazy so decode workers (which import `fastmix.loader.worker_main`) never load torch.
 """
 
 from __future__ import annotations

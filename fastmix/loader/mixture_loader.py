@@ -4,46 +4,49 @@ shared-memory slots, optionally pinned and copied to a CUDA device on per-slot s
 Flow of one batch (main process): `MixtureSampler.next_indices(B)` → `IndexMap.to_local` → `BatchPlanner`
 (low-dim gather for the whole batch, written into a slot; frame requests sorted by file and timestamp) →
 split into per-worker work items → workers decode into the same slot → in-order delivery (copied out of the
-slot on CPU, or copied to the device on the slot's stream) → `transform`.
+slot on CPU, or copied to the device on the slot's stream) → `transform` → hand-out (pipeline.py). With CPU
+output everything before `transform` runs on a background thread: `next()` pops a ready batch.
 
-Determinism: the sample stream is planned in the main process only, so it is identical for any
-`num_workers` (0 decodes in-process). `state_dict()` is taken at the consumer's position (the last batch
-handed out), never at the prefetch frontier, so a resume — with any `num_workers` — continues exactly.
+Position. One `Cursor` (cursor.py) holds the consumer's position: epoch, batches handed out, sampler state.
+Only a hand-out advances it, so an error before a batch is handed out — a dead, failing or stalled worker, an
+exception in `transform`, Ctrl-C — leaves it on that batch: iterating again continues with exactly the batch
+that was not delivered. `state_dict()` is this position (never the prefetch frontier) plus a fingerprint of
+the mixture, so a resume — with any `num_workers` or world size — continues exactly, and a state of another
+mixture is refused. The sample stream is planned in the main process only: identical for any `num_workers`.
 
-Lifetime: workers and the ring are started at the first iteration and kept across epochs; `close()`,
-the context manager, garbage collection and interpreter exit stop the workers and unlink the segment. A
-worker error or death raises `WorkerError` (naming dataset, episode, file, key and timestamp) and stops the
-workers; iterating again restarts them from the last delivered batch.
+Lifetime: workers and the ring are started at the first iteration and kept across epochs. An error that
+ends an iteration (worker death, stall or error, a planning error, KeyboardInterrupt) stops the workers and
+releases the ring at once; iterating again starts them afresh. `close()`, the context manager, garbage
+collection and interpreter exit release everything; an iterator of a closed loader raises at once. Segments
+left by a killed process group (dead creator pid) are removed when a loader is constructed.
 """
 
 from __future__ import annotations
 
-import functools
+import copy
+import itertools
+import math
 import os
-import time
+import warnings
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastmix.errors import ConfigError, WorkerError
-from fastmix.loader.device import (
-    IMAGE_DTYPES,
-    DeviceStage,
-    PinnedRegion,
-    host_batch,
-    resolve_device,
-    resolve_pin_memory,
-)
-from fastmix.loader.plan import BatchPlan, BatchPlanner, resolve_delta_timestamps, split_work
+from fastmix.errors import ConfigError
+from fastmix.loader import slots
+from fastmix.loader.cursor import Cursor
+from fastmix.loader.device import IMAGE_DTYPES, DeviceStage, PinnedRegion, resolve_device, resolve_pin_memory
+from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, Producer, drain
+from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.slots import SHM_DIR, SlotRing
+from fastmix.loader.worker_main import default_reader_factory
 from fastmix.loader.workers import WorkerPool
-from fastmix.sampler import MixtureSampler
+from fastmix.sampler import MixtureSampler, resolve_rank_world_size
 
-_POLL_S = 0.5  # longest single wait; worker death is seen at once through its sentinel anyway
+MAX_OPEN_FILES_BOUNDS = (16, 128)  # default container cache per worker: cameras x batch rows, clamped
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -52,10 +55,11 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def _default_reader_factory(tolerance_s: float) -> Any:
-    from fastmix.sources.frames import FrameReader
-
-    return FrameReader(max_open_files=16, tolerance_s=tolerance_s)
+def _positive_seconds(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} should be a finite number of seconds > 0, but got {name}={value!r}")
+    return float(value)
 
 
 def _as_source(obj: Any) -> Any:
@@ -72,6 +76,27 @@ def _as_source(obj: Any) -> Any:
     return obj
 
 
+def _check_shm_dir(shm_dir: Any) -> str:
+    if not isinstance(shm_dir, (str, os.PathLike)):
+        raise ConfigError(f"shm_dir should be a directory path, got shm_dir={shm_dir!r}")
+    path = os.fspath(shm_dir)
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"shm_dir={path!r} {what}: the loader keeps its batch slots there. Create it, or pass "
+                          f"an existing tmpfs directory (default {SHM_DIR!r}).")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"shm_dir={path!r} is not writable by this user: the loader creates its batch slots "
+                          f"there. Fix its permissions or pass another directory (default {SHM_DIR!r}).")
+    return path
+
+
+def default_max_open_files(num_cameras: int, batch_size: int) -> int:
+    """Open containers a worker keeps: every file one batch can touch (cameras x rows), so a batch's files
+    stay open for the next when the mixture has few files, clamped to `MAX_OPEN_FILES_BOUNDS`."""
+    lo, hi = MAX_OPEN_FILES_BOUNDS
+    return int(min(hi, max(lo, num_cameras * batch_size)))
+
+
 class _Resources:
     """What must be released: the ring, its pinned registration, the worker pool, the in-process reader.
     Holds no reference to the loader, so a weakref.finalize on the loader can release it."""
@@ -82,61 +107,43 @@ class _Resources:
         self.stage: DeviceStage | None = None
         self.pool: WorkerPool | None = None
         self.reader: Any = None
+        self.producer: Producer | None = None
 
-    def stop_workers(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.close()
+    def stop_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stop()
 
     def release(self) -> None:
-        self.stop_workers()
-        if self.reader is not None:
+        """Stop the pipeline thread and the workers, close the reader, wait for device copies, unregister and
+        unlink the ring."""
+        producer, self.producer = self.producer, None
+        ended = producer.stop(timeout=2.0) if producer is not None else True
+        pool, self.pool = self.pool, None
+        try:
+            if pool is not None:
+                pool.close()  # also unblocks a thread stuck sending to a stopped worker
+            if not ended:
+                producer.stop(timeout=10.0)  # type: ignore[union-attr]
+        finally:
+            reader, self.reader = self.reader, None
+            stage, self.stage = self.stage, None
+            pinned, self.pinned = self.pinned, None
+            ring, self.ring = self.ring, None
             try:
-                self.reader.close()
+                if reader is not None:
+                    reader.close()
             finally:
-                self.reader = None
-        if self.stage is not None:
-            self.stage.close()
-            self.stage = None
-        if self.pinned is not None:
-            self.pinned.close()
-            self.pinned = None
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
-
-
-class _Inline:
-    """num_workers=0: the same submit/poll protocol, decoding in the main process (errors raise as they are)."""
-
-    def __init__(self, ring: SlotRing, reader: Any) -> None:
-        self._ring, self._reader = ring, reader
-        self._queue: deque[tuple[int, int, list[Any]]] = deque()
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._queue)
-
-    def submit(self, worker: int, seq: int, slot: int, requests: list[Any]) -> None:
-        self._queue.append((seq, slot, requests))
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        if not self._queue:
-            return []
-        seq, slot, requests = self._queue.popleft()
-        self._reader.read(requests, self._ring.views(slot))
-        return [(seq, 0)]
-
-    def describe_outstanding(self) -> str:
-        return "in-process decode"
-
-
-class _InFlight:
-    __slots__ = ("plan", "slot", "pending", "sampler_state", "staged")
-
-    def __init__(self, plan: BatchPlan, slot: int, pending: set[int], sampler_state: dict) -> None:
-        self.plan, self.slot, self.pending, self.sampler_state = plan, slot, pending, sampler_state
-        self.staged: dict | None = None
+                try:
+                    if stage is not None:
+                        stage.close()
+                finally:
+                    try:
+                        if pinned is not None:
+                            pinned.close()
+                    finally:
+                        if ring is not None:
+                            ring.close()
 
 
 class MixtureLoader:
@@ -158,18 +165,23 @@ class MixtureLoader:
         image_dtype: "uint8" (B,H,W,C) or "float32" (B,C,H,W) in [0,1], converted on the device.
         rank, world_size, batching: passed to MixtureSampler.
         reader_factory: picklable callable building a frame reader in each worker (default FrameReader).
-        mp_context: "spawn" (default) or "forkserver". shm_dir: where the slot ring lives.
+        max_open_files: open containers each worker's default reader keeps (default: cameras x batch_size,
+            clamped to [16, 128]); ignored with a custom `reader_factory`.
+        worker_timeout_s: a worker with work that makes no progress for this long (stopped, hung in a decoder)
+            is killed and reported with its pid and the file it was decoding (default 30 s).
+        mp_context: "spawn" (default) or "forkserver". shm_dir: an existing directory where the slot ring
+            lives (default /dev/shm).
 
     Example:
         >>> with MixtureLoader([src_a, src_b], dataset_weights=[1, 3], batch_size=32, action_horizon=10) as ld:
         ...     for batch in ld: ...
     """
 
-    WORKER_TIMEOUT_S = 300.0  # no completion at all for this long while work is outstanding → WorkerError
     START_TIMEOUT_S = 120.0
     EPOCH_KEY = "epoch"
     BATCH_KEY = "batch"
     SAMPLER_KEY = "sampler"
+    MIXTURE_KEY = "mixture"
 
     def __init__(self, sources: Sequence[Any], *, dataset_weights: Sequence[float] | None = None,
                  weighting: str = "per_sample", batch_size: int, action_horizon: int | None = None,
@@ -179,8 +191,8 @@ class MixtureLoader:
                  pin_memory: bool | None = None, device: Any = None, prefetch: int = 2,
                  transform: Callable[[dict], dict] | None = None, image_dtype: str = "uint8",
                  rank: int | None = None, world_size: int | None = None, batching: str = "random",
-                 reader_factory: Callable[[], Any] | None = None, mp_context: str = "spawn",
-                 shm_dir: str = SHM_DIR) -> None:
+                 reader_factory: Callable[[], Any] | None = None, max_open_files: int | None = None,
+                 worker_timeout_s: float = 30.0, mp_context: str = "spawn", shm_dir: str = SHM_DIR) -> None:
         if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) or not sources:
             raise ConfigError(f"sources should be a non-empty list of LeRobotSource objects, got {sources!r}")
         self.sources = [_as_source(s) for s in sources]
@@ -192,6 +204,7 @@ class MixtureLoader:
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.num_workers = _positive_int(num_workers, "num_workers", 0)
         self.prefetch = _positive_int(prefetch, "prefetch")
+        self.worker_timeout_s = _positive_seconds(worker_timeout_s, "worker_timeout_s")
         if image_dtype not in IMAGE_DTYPES:
             raise ConfigError(f"image_dtype={image_dtype!r} is not one of {IMAGE_DTYPES}")
         self.image_dtype = image_dtype
@@ -202,7 +215,7 @@ class MixtureLoader:
             raise ConfigError(f"mp_context={mp_context!r}: use 'spawn' or 'forkserver' (fork is unsafe with "
                               "decoder and CUDA state)")
         self.mp_context = mp_context
-        self.shm_dir = shm_dir
+        self.shm_dir = _check_shm_dir(shm_dir)
         self.drop_last = bool(drop_last)
         self.device = resolve_device(device)
         self.pin_memory = resolve_pin_memory(pin_memory)
@@ -218,13 +231,11 @@ class MixtureLoader:
                               f"{len(self.sources)} datasets {names}")
         if num_batches is not None:
             num_batches = _positive_int(num_batches, "num_batches")
-        probe = MixtureSampler([len(s) for s in self.sources], dataset_weights, weighting=weighting, seed=seed,
-                               rank=rank, world_size=world_size, batching=batching, shuffle=shuffle)
-        num_samples = None if num_batches is None else num_batches * self.batch_size * probe.world_size
+        rank, world_size = resolve_rank_world_size(rank, world_size)
+        num_samples = None if num_batches is None else num_batches * self.batch_size * world_size
         self.sampler = MixtureSampler([len(s) for s in self.sources], dataset_weights, weighting=weighting,
-                                      num_samples=num_samples, seed=seed, rank=probe.rank,
-                                      world_size=probe.world_size, batching=batching, shuffle=shuffle,
-                                      batch_size=self.batch_size)
+                                      num_samples=num_samples, seed=seed, rank=rank, world_size=world_size,
+                                      batching=batching, shuffle=shuffle, batch_size=self.batch_size)
         per_epoch = len(self.sampler)
         if num_batches is not None:
             self._num_batches = num_batches
@@ -234,15 +245,21 @@ class MixtureLoader:
             self._num_batches = -(-per_epoch // self.batch_size)
         if self._num_batches < 1:
             raise ConfigError(f"batch_size={self.batch_size} is larger than the mixture's {per_epoch} draws per "
-                              f"epoch on this rank ({dict(zip(names, (len(s) for s in self.sources), strict=False))} frames); "
-                              "use a smaller batch_size, drop_last=False or num_batches=...")
-        tol = max([float(getattr(s, "tolerance_s", 1e-4)) for s in self.sources])
+                              f"epoch on this rank ({dict(zip(names, (len(s) for s in self.sources), strict=True))} "
+                              "frames); use a smaller batch_size, drop_last=False or num_batches=...")
+        self._last_size = self.batch_size
+        if not self.drop_last and self._num_batches * self.batch_size > per_epoch:
+            self._last_size = per_epoch - (self._num_batches - 1) * self.batch_size
+        if max_open_files is None:
+            self.max_open_files = default_max_open_files(len(self.planner.camera_keys), self.batch_size)
+        else:
+            self.max_open_files = _positive_int(max_open_files, "max_open_files")
+        slots.remove_stale_segments(self.shm_dir)  # a killed process group's ring must not eat the space
         self._check_shm()
-        self._reader_factory = reader_factory or functools.partial(_default_reader_factory, tol)
-        self._epoch = 0
-        self._batch = 0
-        self._sampler_state = self.sampler.state_dict()
-        self._seq = 0  # batches planned so far by this loader (ids of work items)
+        tol = max([float(getattr(s, "tolerance_s", 1e-4)) for s in self.sources])
+        self._reader_factory = reader_factory or default_reader_factory(self.max_open_files, tol)
+        self._cursor = Cursor(self._num_batches, self.sampler.epoch_state)
+        self._seqs = itertools.count()  # ids of work items, unique over the loader's life
         self._iterator: weakref.ref[_EpochIterator] | None = None  # weak: no loader↔iterator cycle
         self._res = _Resources()
         self._closed = False
@@ -259,7 +276,7 @@ class MixtureLoader:
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._cursor.epoch
 
     def __len__(self) -> int:
         return self._num_batches
@@ -268,46 +285,109 @@ class MixtureLoader:
         """Start epoch `epoch` at its first batch; a no-op when it is the current epoch (keeps a resume)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ConfigError(f"epoch should be an integer >= 0, but got epoch={epoch!r}")
-        if int(epoch) != self._epoch:
+        if int(epoch) != self._cursor.epoch:
             self._invalidate_iterator()
-            self._epoch, self._batch = int(epoch), 0
-            self.sampler.load_state_dict(self._sampler_state)
-            self.sampler.set_epoch(self._epoch)
-            self._sampler_state = self.sampler.state_dict()
+            self._cursor.start_epoch(int(epoch))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a saved position depends on: datasets and their sizes, normalized weights, weighting,
+        shuffle, batching, batch size and seed (not num_workers, world size or rank: a resume may change those)."""
+        m = self.sampler.mixture
+        return {"datasets": [s.name for s in self.sources], "sizes": [int(v) for v in m.sizes],
+                "weights": (m.weights / m.weights.sum()).tolist(), "weighting": m.weighting,
+                "shuffle": self.sampler.shuffle, "batching": self.sampler.batching, "batch_size": self.batch_size,
+                "seed": self.sampler.seed}
 
     def state_dict(self) -> dict[str, Any]:
-        """Position after the last batch handed out: epoch, batch within the epoch, sampler state."""
-        return {self.EPOCH_KEY: self._epoch, self.BATCH_KEY: self._batch, self.SAMPLER_KEY: dict(self._sampler_state),
-                "batch_size": self.batch_size, "num_batches": self._num_batches}
+        """Position after the last batch handed out (epoch, batch within the epoch, sampler state) and the
+        mixture's fingerprint."""
+        c = self._cursor
+        return {self.EPOCH_KEY: c.epoch, self.BATCH_KEY: c.batch, self.SAMPLER_KEY: dict(c.sampler_state),
+                "batch_size": self.batch_size, "num_batches": self._num_batches, self.MIXTURE_KEY: self.fingerprint()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue exactly after the batch `state` was taken at (any num_workers)."""
-        try:
-            epoch, batch, sampler = int(state[self.EPOCH_KEY]), int(state[self.BATCH_KEY]), state[self.SAMPLER_KEY]
-        except KeyError as exc:
-            raise ConfigError(f"MixtureLoader state is missing key {exc}; got keys {sorted(state)}") from exc
-        if int(state.get("batch_size", self.batch_size)) != self.batch_size:
-            raise ConfigError(f"state was saved with batch_size={state['batch_size']}, this loader has "
-                              f"batch_size={self.batch_size}; the sample stream would not continue exactly")
+        """Continue exactly after the batch `state` was taken at (any num_workers or world size). A state of
+        another mixture, or a malformed one, raises ConfigError naming what differs or the key at fault, and
+        changes nothing."""
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"MixtureLoader state should be a dict from MixtureLoader.state_dict(), got "
+                              f"{type(state).__name__}")
+        for k in (self.EPOCH_KEY, self.BATCH_KEY, self.SAMPLER_KEY):
+            if k not in state:
+                raise ConfigError(f"MixtureLoader state is missing key {k!r}; got keys {sorted(state)}")
+        epoch, batch, sampler_state = state[self.EPOCH_KEY], state[self.BATCH_KEY], state[self.SAMPLER_KEY]
+        for k, v in ((self.EPOCH_KEY, epoch), (self.BATCH_KEY, batch)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ConfigError(f"MixtureLoader state[{k!r}] should be an integer >= 0, got {v!r}")
+        epoch, batch = int(epoch), int(batch)
+        if not isinstance(sampler_state, Mapping):
+            raise ConfigError(f"MixtureLoader state['sampler'] should be a dict (the sampler's state), got "
+                              f"{type(sampler_state).__name__}")
+        self._check_fingerprint(state)
+        where = "MixtureLoader state['sampler']"
+        if sampler_state.get("epoch") != epoch:
+            raise ConfigError(f"{where}['epoch']={sampler_state.get('epoch')!r} disagrees with "
+                              f"state['epoch']={epoch}: the state is inconsistent")
+        if sampler_state.get("seed") != self.sampler.seed:
+            raise ConfigError(f"{where}['seed']={sampler_state.get('seed')!r} differs from this loader's "
+                              f"seed={self.sampler.seed}; construct the loader with the seed the state was saved with")
+        probe = copy.copy(self.sampler)  # validate (and convert world size) without touching the planning sampler
+        probe.load_state_dict(dict(sampler_state), where=where)
+        same_world = sampler_state.get("world_size") == self.sampler.world_size
+        if not same_world:  # the rank-local position changed: count batches from it
+            batch = min(self._num_batches, probe.position // self.batch_size)
         if not 0 <= batch <= self._num_batches:
-            raise ConfigError(f"state batch={batch} is outside [0, {self._num_batches}] batches per epoch")
+            raise ConfigError(f"MixtureLoader state['batch']={batch} is outside [0, {self._num_batches}] batches "
+                              "per epoch of this loader")
         self._invalidate_iterator()
-        self.sampler.load_state_dict(sampler)
-        self._epoch, self._batch = epoch, batch
-        self._sampler_state = self.sampler.state_dict()
+        self._cursor.seek(epoch, batch, probe.state_dict())
+
+    def _check_fingerprint(self, state: Mapping[str, Any]) -> None:
+        saved = state.get(self.MIXTURE_KEY)
+        mine = self.fingerprint()
+        if saved is None:
+            if "batch_size" in state and state["batch_size"] != self.batch_size:
+                raise ConfigError(f"state was saved with batch_size={state['batch_size']}, this loader has "
+                                  f"batch_size={self.batch_size}; the sample stream would not continue exactly")
+            warnings.warn("MixtureLoader state has no 'mixture' fingerprint (saved by an older fastmix): cannot "
+                          "check that it belongs to this mixture", RuntimeWarning, stacklevel=3)
+            return
+        if not isinstance(saved, Mapping):
+            raise ConfigError(f"MixtureLoader state['mixture'] should be a dict (the mixture fingerprint), got "
+                              f"{type(saved).__name__}")
+        rows = []
+        for k, mine_v in mine.items():
+            if k not in saved:
+                rows.append(f"  {k}: missing from the state; this loader has {k}={mine_v!r}")
+                continue
+            v = saved[k]
+            if k == "weights":
+                try:
+                    same = np.shape(v) == np.shape(mine_v) and np.allclose(v, mine_v, rtol=1e-9, atol=1e-12)
+                except (TypeError, ValueError):
+                    same = False
+            else:
+                same = v == mine_v
+            if not same:
+                rows.append(f"  {k}: the state has {k}={v!r}; this loader has {k}={mine_v!r}")
+        if rows:
+            raise ConfigError("MixtureLoader state was saved by another mixture (resuming would continue another "
+                              "sample stream):\n" + "\n".join(rows) + "\nConstruct the loader with the "
+                              "configuration the state was saved with, or start without the state.")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._closed:
-            raise RuntimeError("MixtureLoader is closed")
+            raise RuntimeError("MixtureLoader is closed; create a new loader (and load_state_dict to resume)")
         self._invalidate_iterator()
         it = _EpochIterator(self)
         self._iterator = weakref.ref(it)
         return it
 
     def close(self) -> None:
-        """Stop the workers, unregister pinned memory, unlink the shared-memory ring (idempotent)."""
+        """Stop the workers, unregister pinned memory, unlink the shared-memory ring (idempotent). A live
+        iterator raises at its next `next()`."""
         self._closed = True
-        self._iterator = None
+        self._invalidate_iterator()
         self._finalizer()
 
     def __enter__(self) -> MixtureLoader:
@@ -318,17 +398,18 @@ class MixtureLoader:
 
     def __repr__(self) -> str:
         return (f"MixtureLoader(datasets={[s.name for s in self.sources]}, batch_size={self.batch_size}, "
-                f"num_workers={self.num_workers}, batches/epoch={self._num_batches}, epoch={self._epoch}, "
-                f"batch={self._batch})")
+                f"num_workers={self.num_workers}, batches/epoch={self._num_batches}, epoch={self._cursor.epoch}, "
+                f"batch={self._cursor.batch})")
 
     @property
     def worker_pids(self) -> list[int]:
-        """Pids of the live decode workers (empty before the first iteration and after close)."""
+        """Pids of the live decode workers (empty before the first iteration, after an error and after close)."""
         pool = self._res.pool
         return [p for p in pool.pids if p is not None] if pool is not None else []
 
     @property
     def shm_name(self) -> str | None:
+        """Name of the slot ring's segment in `shm_dir` (None while no ring is allocated)."""
         return self._res.ring.name if self._res.ring is not None else None
 
     # ------------------------------------------------------------------ internals
@@ -337,14 +418,13 @@ class MixtureLoader:
         if it is not None:
             it._stale = True
         self._iterator = None
+        self._res.stop_producer()
 
     def _num_slots(self) -> int:
         return self.prefetch + 2  # FFCV: batches_ahead + 2
 
     def _check_shm(self) -> None:
         """Fail at construction, naming the bytes needed, when `shm_dir` cannot hold the slot ring."""
-        from fastmix.loader import slots
-
         layout = slots.SlotLayout(name="probe", fields=tuple((k, tuple(s), np.dtype(d).str) for k, (s, d) in
                                                              self.planner.fields.items()),
                                   batch_size=self.batch_size, num_slots=self._num_slots(),
@@ -358,17 +438,14 @@ class MixtureLoader:
     def _ensure_started(self) -> None:
         res = self._res
         if res.ring is None:
-            fields = self.planner.fields
-            res.ring = SlotRing(fields, batch_size=self.batch_size, num_slots=self._num_slots(),
+            res.ring = SlotRing(self.planner.fields, batch_size=self.batch_size, num_slots=self._num_slots(),
                                 num_workers=max(1, self.num_workers), shm_dir=self.shm_dir)
             if self.pin_memory and self.device is not None:  # CPU path copies into pinned tensors instead
                 try:
                     res.pinned = PinnedRegion(res.ring.buffer())
                 except Exception as exc:  # noqa: BLE001 - fall back to pageable host memory
-                    import warnings
-
                     warnings.warn(f"could not pin the shared-memory slots ({exc}); copies will be synchronous",
-                                  RuntimeWarning, stacklevel=3)
+                                  RuntimeWarning, stacklevel=4)
             if self.device is not None:
                 res.stage = DeviceStage(self.device, self._num_slots(), self.planner.camera_keys, self.image_dtype)
         if self.num_workers == 0:
@@ -376,171 +453,99 @@ class MixtureLoader:
                 res.reader = self._reader_factory()
         elif res.pool is None:
             res.pool = WorkerPool(self.num_workers, res.ring.layout, res.ring.progress, self._reader_factory,
-                                  context=self.mp_context, start_timeout=self.START_TIMEOUT_S)
+                                  context=self.mp_context, start_timeout=self.START_TIMEOUT_S,
+                                  stall_timeout_s=self.worker_timeout_s)
 
-    def _drain(self) -> None:
-        """Wait (bounded) for work items of an abandoned iterator; they write into slots about to be reused."""
-        pool = self._res.pool
-        if pool is None or pool.outstanding == 0:
-            return
-        deadline = time.monotonic() + self.WORKER_TIMEOUT_S
-        try:
-            while pool.outstanding:
-                if time.monotonic() > deadline:
-                    raise WorkerError(f"decode workers made no progress for {self.WORKER_TIMEOUT_S:.0f}s while "
-                                      f"draining: {pool.describe_outstanding()}")
-                pool.poll(_POLL_S)
-        except BaseException:
-            self._res.stop_workers()
-            raise
+    def _start_pass(self) -> BatchPipeline:
+        """Workers and ring ready (after the work of an abandoned pass is drained), a pipeline from the cursor."""
+        self._res.stop_producer()
+        if self._res.pool is not None:
+            drain(self._res.pool)
+        self._ensure_started()
+        res = self._res
+        assert res.ring is not None
+        executor = res.pool if self.num_workers > 0 else InlineExecutor(res.ring, res.reader)
+        c = self._cursor
+        return BatchPipeline(sampler=self.sampler, planner=self.planner, ring=res.ring, stage=res.stage,
+                             executor=executor, num_workers=self.num_workers, batch_size=self.batch_size,
+                             num_batches=self._num_batches, last_size=self._last_size, start_batch=c.batch,
+                             sampler_state=c.sampler_state, max_inflight=1 if self.num_workers == 0 else self.prefetch,
+                             seqs=self._seqs, pin_memory=self.pin_memory, image_dtype=self.image_dtype)
+
+    def _fail(self) -> None:
+        """The current pass cannot continue: stop the workers and release the ring now (not at close());
+        the next iteration starts afresh from the cursor."""
+        self._res.release()
 
 
 class _EpochIterator:
-    """One pass over the rest of the current epoch (FFCV EpochIterator, single-threaded)."""
+    """Hands out the rest of the current epoch; the only code that advances the loader's cursor.
+
+    CPU output: the pass runs on a `Producer` thread and `next()` pops a ready batch (then `transform`).
+    CUDA output: the pass runs in `next()` (device copies are issued and handed out on the consumer's stream).
+    """
 
     def __init__(self, loader: MixtureLoader) -> None:
         self._loader = loader
         self._stale = False
         self._done = False
-        loader._drain()
-        loader._ensure_started()
-        res = loader._res
-        self._ring: SlotRing = res.ring  # type: ignore[assignment]
-        self._stage: DeviceStage | None = res.stage
-        if self._stage is not None:
-            self._stage.close()  # copies launched by an abandoned iterator must finish before slots are reused
-        self._exec: Any = res.pool if loader.num_workers > 0 else _Inline(self._ring, res.reader)
-        self._free: deque[int] = deque(range(self._ring.num_slots))
-        self._reclaim: deque[int] = deque()  # slots whose device copies may still be running
-        self._inflight: dict[int, _InFlight] = {}
-        self._order: deque[int] = deque()  # seqs in delivery order
-        loader.sampler.load_state_dict(loader._sampler_state)
-        self._planned = loader._batch  # batches of this epoch planned so far
-        self._max_inflight = 1 if loader.num_workers == 0 else loader.prefetch
-        self._last_progress = time.monotonic()
+        self._left = loader._cursor.remaining  # batches this pass hands out
+        self._producer: Producer | None = None
+        try:
+            self._pipeline = loader._start_pass()
+            if loader.device is None:
+                self._producer = loader._res.producer = Producer(self._pipeline, self._left)
+                weakref.finalize(self, self._producer.stop)  # an abandoned iterator stops its thread
+        except BaseException:
+            loader._fail()
+            raise
 
     def __iter__(self) -> _EpochIterator:
         return self
 
-    # ------------------------------------------------------------------ planning / dispatch
-    def _take_slot(self) -> int | None:
-        while self._reclaim and (self._stage is None or self._stage.slot_free(self._reclaim[0])):
-            self._free.append(self._reclaim.popleft())
-        if not self._free and self._reclaim:
-            slot = self._reclaim.popleft()
-            self._stage.wait_slot(slot)  # type: ignore[union-attr]
-            self._free.append(slot)
-        return self._free.popleft() if self._free else None
-
-    def _dispatch(self) -> None:
-        L = self._loader
-        while self._planned < L._num_batches and len(self._inflight) < self._max_inflight:
-            slot = self._take_slot()
-            if slot is None:
-                return
-            n = L.batch_size
-            if self._planned == L._num_batches - 1 and not L.drop_last and L._num_batches * n > len(L.sampler):
-                n = len(L.sampler) - (L._num_batches - 1) * L.batch_size  # last partial batch
-            g = L.sampler.next_indices(n)
-            seq = L._seq
-            L._seq += 1
-            plan = L.planner.plan(seq, g, self._ring.views(slot))
-            pieces = split_work(plan.requests, max(1, L.num_workers))
-            pending: set[int] = set()
-            nw = max(1, L.num_workers)
-            item = _InFlight(plan, slot, pending, L.sampler.state_dict())
-            self._inflight[seq] = item
-            self._order.append(seq)
-            self._planned += 1
-            for j, piece in enumerate(pieces):
-                w = (j + seq) % nw
-                pending.add(w)
-                self._exec.submit(w, seq, slot, piece)
-
-    def _complete(self, timeout: float) -> None:
-        for seq, w in self._exec.poll(timeout):
-            item = self._inflight.get(seq)
-            if item is not None:
-                item.pending.discard(w)
-            self._last_progress = time.monotonic()
-        if self._exec.outstanding and time.monotonic() - self._last_progress > self._loader.WORKER_TIMEOUT_S:
-            raise WorkerError(f"decode workers made no progress for {self._loader.WORKER_TIMEOUT_S:.0f}s: "
-                              f"{self._exec.describe_outstanding()}")
-
-    def _stage_ready(self) -> None:
-        """CUDA: start the device copy of the next batch as soon as it is decoded (overlaps the training step)."""
-        if self._stage is None or not self._order:
-            return
-        item = self._inflight[self._order[0]]
-        if not item.pending and item.staged is None:
-            item.staged = self._stage.copy(item.slot, self._ring.views(item.slot), item.plan.size)
-
-    # ------------------------------------------------------------------ delivery
     def __next__(self) -> dict[str, Any]:
         L = self._loader
+        if L._closed:
+            raise RuntimeError("this MixtureLoader was closed (its workers and shared memory are released); "
+                               "create a new loader and load_state_dict(state) to continue")
         if self._stale:
-            raise RuntimeError("this MixtureLoader iterator was superseded (a newer iter(), set_epoch, "
-                               "load_state_dict or close); start a new `for batch in loader`")
-        if self._done:
-            raise StopIteration
-        if L._batch >= L._num_batches:
-            self._finish_epoch()
+            raise RuntimeError("this MixtureLoader iterator was superseded (a newer iter(), set_epoch or "
+                               "load_state_dict); start a new `for batch in loader`")
+        if self._done or self._left <= 0:
+            self._done = True
             raise StopIteration
         try:
-            self._dispatch()
-            seq = self._order[0]
-            item = self._inflight[seq]
-            while item.pending:
-                self._complete(_POLL_S)
-                self._dispatch()
-            batch = self._deliver(item)
-            self._order.popleft()
-            del self._inflight[seq]
-            L._batch += 1
-            L._sampler_state = item.sampler_state
-            if L._batch >= L._num_batches:
-                self._finish_epoch()
+            if self._producer is not None:
+                batch, sampler_state = self._producer.get()
             else:
-                self._dispatch()  # keep the workers busy while the consumer trains
-                if self._stage is not None and self._order:
-                    self._complete(0.0)
-                    self._stage_ready()
+                batch, sampler_state = self._pipeline.next_batch()  # type: ignore[misc]
         except BaseException:
-            # worker error/death, KeyboardInterrupt, bug: stop workers now (nothing left behind); the loader
-            # restarts them on the next iteration from the last delivered batch
+            # worker death/stall/error, planning error, KeyboardInterrupt: nothing was handed out and the
+            # cursor did not move; release workers and ring now, the next iteration restarts from the cursor
             self._done = True
-            L._res.stop_workers()
+            L._fail()
             raise
-        return L.transform(batch) if L.transform is not None else batch
-
-    def _deliver(self, item: _InFlight) -> dict[str, Any]:
-        L = self._loader
-        views = self._ring.views(item.slot)
-        n = item.plan.size
-        if self._stage is not None:
-            out = item.staged if item.staged is not None else self._stage.copy(item.slot, views, n)
-            out = self._stage.hand_out(item.slot, out)
-            self._reclaim.append(item.slot)
-        else:
-            out = host_batch(views, n, L.planner.camera_keys, pin=L.pin_memory, image_dtype=L.image_dtype)
-            self._free.append(item.slot)
-        batch: dict[str, Any] = dict(out)
-        batch["task"] = list(item.plan.tasks)
-        batch["prompt"] = list(item.plan.tasks)
+        if L.transform is not None:
+            try:
+                batch = L.transform(batch)
+            except Exception as exc:
+                self._done = True  # workers stay; the next iteration drains this pass's work and retries
+                if self._producer is not None and L._res.producer is self._producer:
+                    L._res.stop_producer()
+                c = L._cursor
+                exc.add_note(f"(raised by MixtureLoader's transform on batch {c.batch} of epoch {c.epoch}; that "
+                             "batch was not handed out: iterating again continues with it)")
+                raise
+            except BaseException:
+                self._done = True
+                L._fail()
+                raise
+        L._cursor.advance(sampler_state)
+        self._left -= 1
         return batch
 
-    def _finish_epoch(self) -> None:
-        L = self._loader
-        self._done = True
-        if L._batch >= L._num_batches:
-            L.sampler.load_state_dict(L._sampler_state)
-            L._epoch += 1
-            L._batch = 0
-            L.sampler.set_epoch(L._epoch)
-            L._sampler_state = L.sampler.state_dict()
-
     def __len__(self) -> int:
-        return self._loader._num_batches - self._loader._batch
+        return max(0, self._left) if not self._done else 0
 
 
-__all__ = ["MixtureLoader"]
+__all__ = ["MixtureLoader", "default_max_open_files"]

@@ -100,7 +100,6 @@ class BatchPlanner:
         self.delta_timestamps = list(delta_timestamps)
         self.index_map = IndexMap([len(s) for s in self.sources])
         self.camera_keys = list(self.sources[0].camera_keys)
-        fields: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         per_source: list[dict[str, tuple[tuple[int, ...], np.dtype]]] = []
         for src, dts in zip(self.sources, self.delta_timestamps, strict=False):
             f: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -113,9 +112,8 @@ class BatchPlanner:
             f["dataset_index"] = ((), np.dtype(np.int64))
             per_source.append(f)
         self._check_same(per_source)
-        fields = per_source[0]
-        self.fields = fields
-        self.lowdim_fields = [k for k in fields if k not in self.camera_keys]
+        self.fields: dict[str, tuple[tuple[int, ...], np.dtype]] = per_source[0]
+        self.lowdim_fields = [k for k in self.fields if k not in self.camera_keys]
 
     def _check_same(self, per_source: list[dict]) -> None:
         ref_name = self.sources[0].name
@@ -191,24 +189,5 @@ def split_work(requests: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(requests[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=False) if b > a]
 
 
-def describe_requests(requests: Sequence[Any]) -> str:
-    """'dataset X, episode(s) .., file .., key(s) .., timestamp(s) ..' of a (per-file) group of requests."""
-    if not requests:
-        return "no frames"
-    parts = []
-    for path in dict.fromkeys(r.path for r in requests):
-        group = [r for r in requests if r.path == path]
-        ds = sorted({r.dataset for r in group})
-        eps = sorted({int(r.episode) for r in group})
-        keys = sorted({r.key for r in group})
-        ts = sorted({round(float(r.timestamp), 4) for r in group})
-        ts_txt = ", ".join(f"{t:.4f}" for t in ts[:6]) + (f", ... ({len(ts)} in all)" if len(ts) > 6 else "")
-        rows = sorted({int(r.row) for r in group if r.row >= 0})
-        row_txt = f", rows {rows[:6]}" if rows else ""
-        parts.append(f"dataset {', '.join(map(repr, ds))}, episode(s) {eps[:8]}, file {path}, "
-                     f"key(s) {keys}, timestamp(s) [{ts_txt}]s{row_txt}")
-    return "; ".join(parts)
-
-
-__all__ = ["INDEX_KEYS", "BatchPlan", "BatchPlanner", "default_action_keys", "describe_requests",
-           "resolve_delta_timestamps", "split_work"]
+__all__ = ["INDEX_KEYS", "BatchPlan", "BatchPlanner", "default_action_keys", "resolve_delta_timestamps",
+           "split_work"]

@@ -3,7 +3,10 @@
 The main process creates the segment (``/dev/shm/fastmix_<pid>_<hex>``), reserves its pages up front
 (``posix_fallocate``, so a too-small ``/dev/shm`` is a clear error at start and never a SIGBUS mid-epoch),
 and unlinks it on `close()`, on garbage collection and at interpreter exit. It is also registered with
-multiprocessing's resource tracker, which unlinks it if the main process is killed. Workers attach by name
+multiprocessing's resource tracker, which unlinks it if the main process is killed; when the whole process
+group is killed (tracker included), `remove_stale_segments` — run when a loader is constructed — unlinks
+segments whose creator pid is dead and whose lock (a shared flock the creator holds while the ring lives) is
+free; only names matching `SEGMENT_PATTERN`. Workers attach by name
 with `SlotAttachment` (a plain ``mmap`` of the file: no resource-tracker registration, so a worker exit never
 unlinks the segment).
 
@@ -14,8 +17,11 @@ per key (``(batch_size, *shape)``, C-contiguous, 64-byte aligned), slots 4096-by
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import mmap
 import os
+import re
 import secrets
 import weakref
 from collections.abc import Mapping
@@ -27,7 +33,8 @@ import numpy as np
 from fastmix.errors import ConfigError
 
 SHM_DIR = "/dev/shm"
-PROGRESS_WORDS = 4  # per worker: task sequence number, request index, busy flag, pid
+SEGMENT_PATTERN = re.compile(r"fastmix_(\d+)_[0-9a-f]{12}")  # fastmix_<creator pid>_<12 hex digits>
+PROGRESS_WORDS = 8  # per worker (one 64-byte line): seq, request index, busy, pid, tick (worker_main.py), spare
 _ARRAY_ALIGN = 64
 _SLOT_ALIGN = 4096
 
@@ -119,12 +126,18 @@ def _views(buf: Any, layout: SlotLayout) -> tuple[np.ndarray, list[dict[str, np.
     return progress, slots
 
 
-def _release(name: str, path: str, mm: mmap.mmap | None, tracked: bool) -> None:
-    """Unlink the segment (idempotent) and unmap it when no view is left; used by close() and finalizers."""
+def _release(name: str, path: str, mm: mmap.mmap | None, tracked: bool, lock_fd: int | None = None) -> None:
+    """Unlink the segment (idempotent), drop its liveness lock and unmap it when no view is left; used by
+    close() and finalizers."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    if lock_fd is not None:
+        try:
+            os.close(lock_fd)
+        except OSError:
+            pass
     if tracked:
         try:
             from multiprocessing import resource_tracker
@@ -173,6 +186,7 @@ class SlotRing:
         mm = None
         tracked = False
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # held while the ring lives: `remove_stale_segments` never takes it
             try:
                 os.posix_fallocate(fd, 0, needed)  # reserve now: ENOSPC here, not SIGBUS later
             except OSError as exc:
@@ -187,13 +201,11 @@ class SlotRing:
             except Exception:  # noqa: BLE001 - no tracker (e.g. restricted platform): finalizers still unlink
                 tracked = False
         except BaseException:
-            os.close(fd)
-            _release(name, path, mm, tracked)
+            _release(name, path, mm, tracked, fd)
             raise
-        os.close(fd)
         self._mm = mm
         self.progress, self._slots = _views(mm, self.layout)
-        self._finalizer = weakref.finalize(self, _release, name, path, mm, tracked)
+        self._finalizer = weakref.finalize(self, _release, name, path, mm, tracked, fd)
 
     @property
     def name(self) -> str:
@@ -263,6 +275,61 @@ class SlotAttachment:
             pass
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _unlink_if_unlocked(path: str) -> bool:
+    """Unlink `path` unless a live ring holds its lock (the creator keeps a shared flock for its lifetime, so
+    this also protects rings of processes in another pid namespace sharing the directory)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink fastmix ring segments in `shm_dir` whose creator is gone (left by `kill -9` of a whole process
+    group, resource tracker included): names matching `SEGMENT_PATTERN` whose pid is dead and whose liveness
+    lock nobody holds. Other files are never touched. Returns the names removed.
+
+    A segment of a live pid is kept even if that pid was reused by another process (conservative)."""
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        m = SEGMENT_PATTERN.fullmatch(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if _unlink_if_unlocked(os.path.join(shm_dir, name)):
+                removed.append(name)
+        except OSError as exc:  # e.g. another user's segment
+            logging.getLogger(__name__).warning("could not remove stale shared-memory segment %s: %s",
+                                                os.path.join(shm_dir, name), exc)
+    if removed:
+        logging.getLogger(__name__).warning("removed %d shared-memory segment(s) of dead fastmix processes "
+                                            "from %s: %s", len(removed), shm_dir, ", ".join(sorted(removed)))
+    return sorted(removed)
+
+
 def leftover_segments(shm_dir: str = SHM_DIR, pid: int | None = None) -> list[str]:
     """Names of fastmix segments in `shm_dir` (of process `pid` when given); used by tests and benchmarks."""
     prefix = "fastmix_" if pid is None else f"fastmix_{pid}_"
@@ -272,4 +339,5 @@ def leftover_segments(shm_dir: str = SHM_DIR, pid: int | None = None) -> list[st
         return []
 
 
-__all__ = ["SHM_DIR", "SlotAttachment", "SlotLayout", "SlotRing", "leftover_segments", "shm_free_bytes"]
+__all__ = ["SEGMENT_PATTERN", "SHM_DIR", "SlotAttachment", "SlotLayout", "SlotRing", "leftover_segments",
+           "remove_stale_segments", "shm_free_bytes"]

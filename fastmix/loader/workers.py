@@ -1,122 +1,71 @@
-"""`WorkerPool`: decode worker processes (spawn by default) that write frames straight into shared-memory slots.
+"""`WorkerPool`: the main-process side of the decode workers (spawn by default), which write frames straight
+into shared-memory slots. The worker body, its messages and its progress header are in `worker_main.py`
+(torch-free, so a worker never imports torch or this module's callers). Workers do not re-import the main
+script either (Python's spawn default) unless the reader factory is defined there: a training script's
+top-level `import torch` then stays out of the workers too.
 
-Protocol, one duplex pipe per worker:
-  main → worker: ``(seq, slot, requests)`` (a work item: part of batch `seq`, grouped by file), or None (exit).
-  worker → main: ``("ready", pid)`` once, then ``("done", seq)`` or ``("error", seq, ExceptionWrapper)``.
-Nothing is opened before the process starts: the reader is built by `reader_factory()` inside the worker.
-Each worker records what it is decoding in the ring's progress header (seq, request index, busy), so the
-main process can name the dataset, episode, file and timestamp when a worker dies, even by SIGKILL; death is
-seen at once through the process sentinel. Workers ignore SIGINT (the main process owns shutdown) and exit
-when their pipe closes or their parent disappears.
+Failure detection: a worker's death is seen at once through its process sentinel; a worker that has work
+but advances no progress tick for `stall_timeout_s` (stopped by SIGSTOP, hung in a decoder) is killed and
+reported, naming its pid and the file it was decoding (from the ring's progress header, so even a SIGKILLed
+worker's file is known). A worker that dies before it is ready because the main script (re-imported for a factory defined there)
+starts the loader at top level without ``if __name__ == "__main__":`` is reported as exactly that.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import signal
+import sys
+import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing import connection, get_context
 from typing import Any
 
-from fastmix.errors import WorkerError
-from fastmix.loader.plan import describe_requests
-from fastmix.loader.slots import SlotAttachment, SlotLayout
+from fastmix.errors import ConfigError, WorkerError
+from fastmix.loader.slots import SlotLayout
+from fastmix.loader.worker_main import BUSY, INFO, SEQ, START, TICK, describe_requests, worker_main
 
-_PARENT_CHECK_S = 1.0
-
-
-class ExceptionWrapper:
-    """An exception raised in a worker, with `where` (what it was decoding) and the worker's traceback;
-    `reraise()` raises a WorkerError chained to the original exception when it could be pickled."""
-
-    def __init__(self, exc: BaseException, where: str) -> None:
-        self.where = where
-        self.type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        self.message = str(exc)
-        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        try:
-            self.payload: bytes | None = pickle.dumps(exc)
-        except Exception:  # noqa: BLE001 - unpicklable exceptions travel as text only
-            self.payload = None
-
-    def original(self) -> BaseException | None:
-        if self.payload is None:
-            return None
-        try:
-            return pickle.loads(self.payload)
-        except Exception:  # noqa: BLE001
-            return None
-
-    def reraise(self, worker: int, pid: int | None, seq: int) -> None:
-        raise WorkerError(f"decode worker {worker} (pid {pid}) failed on batch {seq} while decoding {self.where}: "
-                          f"{self.type_name}: {self.message}\n\nWorker traceback:\n{self.traceback}") \
-            from self.original()
+_SPAWN_WITHOUT_MAIN = threading.local()  # set around Process.start() by WorkerPool (this thread only)
+_hook_lock = threading.Lock()
+_hook_installed = False
 
 
-def _groups(requests: Sequence[Any]) -> list[tuple[int, list[Any]]]:
-    """(start index, requests of one file) in order."""
-    out: list[tuple[int, list[Any]]] = []
-    for i, r in enumerate(requests):
-        if out and out[-1][1][0].path == r.path:
-            out[-1][1].append(r)
-        else:
-            out.append((i, [r]))
-    return out
+def _install_preparation_hook() -> None:
+    """Let WorkerPool start spawn/forkserver children that do not re-import the main script.
+
+    multiprocessing makes every child re-run the main module's top level (to find objects pickled from
+    `__main__`); a training script's `import torch` there would load torch in every decode worker. The hook
+    drops the main-module entries of the preparation data, only for processes started by this thread while
+    `_SPAWN_WITHOUT_MAIN.on` is set, i.e. by a WorkerPool whose payload needs nothing from `__main__`."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        from multiprocessing import spawn
+
+        original = spawn.get_preparation_data
+
+        def get_preparation_data(name: str) -> dict[str, Any]:
+            data = original(name)
+            if getattr(_SPAWN_WITHOUT_MAIN, "on", False):
+                data.pop("init_main_from_name", None)
+                data.pop("init_main_from_path", None)
+            return data
+
+        spawn.get_preparation_data = get_preparation_data
+        _hook_installed = True
 
 
-def _worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: Callable[[], Any],
-                 parent_pid: int) -> None:
-    """Body of a decode worker process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    att = None
-    reader = None
+def needs_main_module(obj: Any) -> bool:
+    """Whether pickling `obj` refers to the `__main__` module (then a child must re-import the main script)."""
     try:
-        att = SlotAttachment(layout)
-        progress = att.progress[worker_id]
-        progress[3] = os.getpid()
-        reader = reader_factory()
-        conn.send(("ready", os.getpid()))
-        while True:
-            if not conn.poll(_PARENT_CHECK_S):
-                if os.getppid() != parent_pid:
-                    break
-                continue
-            msg = conn.recv()
-            if msg is None:
-                break
-            seq, slot, requests = msg
-            progress[0], progress[1], progress[2] = seq, 0, 1
-            group: list[Any] = []
-            try:
-                out = att.views(slot)
-                for start, group in _groups(requests):
-                    progress[1] = start
-                    reader.read(group, out)
-                progress[2] = 0
-                conn.send(("done", seq))
-            except Exception as exc:  # noqa: BLE001 - every error goes back to the main process
-                progress[2] = 0
-                conn.send(("error", seq, ExceptionWrapper(exc, describe_requests(group or requests))))
-    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
-        pass
-    except Exception as exc:  # noqa: BLE001 - a start-up failure (attach, reader construction)
-        try:
-            conn.send(("error", -1, ExceptionWrapper(exc, f"worker start-up (segment {layout.name})")))
-        except Exception:  # noqa: BLE001
-            pass
-    finally:
-        if reader is not None:
-            try:
-                reader.close()
-            except Exception:  # noqa: BLE001
-                pass
-        if att is not None:
-            att.close()
-        conn.close()
+        return b"__main__" in pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - unpicklable: let Process.start() report it
+        return True
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -130,6 +79,59 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def _process_state(pid: int | None) -> str:
+    """'stopped (SIGSTOP/SIGTSTP)', 'running', 'sleeping', ... from /proc/<pid>/stat ('' when unknown)."""
+    if pid is None:
+        return ""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+    return {"T": "stopped (SIGSTOP/SIGTSTP)", "t": "stopped by a debugger", "R": "running",
+            "S": "sleeping", "D": "in uninterruptible I/O", "Z": "zombie"}.get(state, f"state {state}")
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` (either operand order)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.ops) != 1:
+        return False
+    if not isinstance(node.test.ops[0], ast.Eq):
+        return False
+    sides = [node.test.left, node.test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    consts = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return len(names) == 1 and len(consts) == 1
+
+
+def unguarded_main_line() -> tuple[str, int] | None:
+    """(script, line) when the caller runs inside the main script's top-level code outside an
+    ``if __name__ == "__main__":`` block (spawned workers re-import the main module and would run that code
+    again); None when guarded, called from elsewhere, or the main module has no source file."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__" \
+                and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+            break
+        frame = frame.f_back
+    if frame is None:
+        return None
+    line = frame.f_lineno
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    for node in tree.body:
+        if _is_main_guard(node) and node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None
+    return str(path), line
+
+
 class WorkerPool:
     """`num_workers` decode processes attached to one `SlotLayout`.
 
@@ -137,25 +139,38 @@ class WorkerPool:
         num_workers: processes (>= 1). layout: the ring they write into. progress: the main process's view of
         the ring's progress header. reader_factory: picklable callable building a reader in each worker.
         context: multiprocessing start method ("spawn" or "forkserver"). start_timeout: seconds to wait for
-        every worker to report ready.
+        every worker to report ready. stall_timeout_s: seconds without progress (while a worker has work)
+        after which it is killed and reported.
     """
 
     def __init__(self, num_workers: int, layout: SlotLayout, progress: Any, reader_factory: Callable[[], Any], *,
-                 context: str = "spawn", start_timeout: float = 120.0) -> None:
+                 context: str = "spawn", start_timeout: float = 120.0, stall_timeout_s: float = 30.0) -> None:
         self.num_workers = num_workers
+        self.stall_timeout_s = float(stall_timeout_s)
         self._progress = progress
+        self._context = context
         ctx = get_context(context)
         self._procs: list[Any] = []
         self._conns: list[Any] = []
         self.pids: list[int | None] = []
         self._outstanding: list[deque[tuple[int, list[Any]]]] = [deque() for _ in range(num_workers)]
+        self._tick_seen = [0] * num_workers  # last progress tick observed per worker
+        self._since = [0.0] * num_workers  # monotonic time of the last progress observed per worker
         self._closed = False
+        self.main_reimported = needs_main_module(reader_factory)  # else workers skip the main script
+        self._factory_name = getattr(reader_factory, "__qualname__", type(reader_factory).__qualname__)
+        if not self.main_reimported:
+            _install_preparation_hook()
         try:
             for i in range(num_workers):
                 parent, child = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=_worker_main, args=(i, child, layout, reader_factory, os.getpid()),
+                p = ctx.Process(target=worker_main, args=(i, child, layout, reader_factory, os.getpid()),
                                 name=f"fastmix-decode-{i}", daemon=True)
-                p.start()
+                _SPAWN_WITHOUT_MAIN.on = not self.main_reimported
+                try:
+                    p.start()
+                finally:
+                    _SPAWN_WITHOUT_MAIN.on = False
                 child.close()
                 self._procs.append(p)
                 self._conns.append(parent)
@@ -165,25 +180,46 @@ class WorkerPool:
             self.close()
             raise
 
+    # ------------------------------------------------------------------ start-up
     def _wait_ready(self, timeout: float) -> None:
         waiting = set(range(self.num_workers))
         deadline = time.monotonic() + timeout
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WorkerError(f"decode workers {sorted(waiting)} did not start within {timeout:.0f}s")
+                raise WorkerError(f"decode workers {sorted(waiting)} (pids {[self.pids[i] for i in sorted(waiting)]}) "
+                                  f"did not start within {timeout:.0f}s")
             objs = [self._conns[i] for i in waiting] + [self._procs[i].sentinel for i in waiting]
             for obj in connection.wait(objs, timeout=min(left, 1.0)):
                 i = self._index_of(obj)
-                if obj is self._procs[i].sentinel and not self._conns[i].poll():
-                    self._procs[i].join(1.0)
-                    raise WorkerError(f"decode worker {i} (pid {self.pids[i]}) died at start-up "
-                                      f"({_signal_name(self._procs[i].exitcode)})")
-                msg = self._recv(i)
+                if i not in waiting:
+                    continue
+                try:
+                    msg = self._conns[i].recv() if self._conns[i].poll() else None
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    msg = None
+                if msg is None:
+                    self._procs[i].join(2.0)
+                    self._raise_start_death(i)
                 if msg[0] == "ready":
                     waiting.discard(i)
                 else:
                     msg[2].reraise(i, self.pids[i], msg[1])
+
+    def _raise_start_death(self, i: int) -> None:
+        code = self._procs[i].exitcode
+        head = f"decode worker {i} (pid {self.pids[i]}) died at start-up ({_signal_name(code)})"
+        unguarded = unguarded_main_line() if self.main_reimported else None
+        if unguarded is not None:
+            path, line = unguarded
+            raise ConfigError(
+                f"{head}: the script {path} starts the MixtureLoader at top level (line {line}) without "
+                f'`if __name__ == "__main__":`. The reader factory {self._factory_name!r} is defined in that '
+                f"script, so with the {self._context!r} start method every decode worker re-imports it and runs "
+                "its top-level code again, which tries to start workers of its own and fails. Move the training "
+                'code under `if __name__ == "__main__":` (or into a function called from there).')
+        raise WorkerError(f"{head} before it was ready (see its traceback above on stderr): the reader factory "
+                          "or the main script's top-level code failed in the worker")
 
     def _index_of(self, obj: Any) -> int:
         for i in range(self.num_workers):
@@ -191,6 +227,7 @@ class WorkerPool:
                 return i
         raise RuntimeError(f"unknown wait object {obj!r}")  # pragma: no cover
 
+    # ------------------------------------------------------------------ errors
     def _recv(self, i: int) -> tuple:
         try:
             return self._conns[i].recv()
@@ -200,31 +237,51 @@ class WorkerPool:
 
     def _death_message(self, i: int) -> str:
         code = self._procs[i].exitcode
-        where = self.where(i)
-        return (f"decode worker {i} (pid {self.pids[i]}) died ({_signal_name(code)}) while decoding {where}. "
-                "The loader stopped its workers; iterating again restarts them from the last delivered batch "
-                "(or load_state_dict).")
+        return (f"decode worker {i} (pid {self.pids[i]}) died ({_signal_name(code)}) while decoding {self.where(i)}. "
+                "The loader stopped its workers; iterating again restarts them and continues with the batch that "
+                "was not delivered (or load_state_dict).")
 
     def where(self, i: int) -> str:
-        """What worker i is decoding (from the shared progress header), or 'nothing'."""
+        """What worker i is decoding (from the shared progress header), or 'nothing (idle)'."""
         if not self._outstanding[i]:
             return "nothing (idle)"
         seq, requests = self._outstanding[i][0]
         start = 0
         try:
-            if int(self._progress[i][0]) == seq and int(self._progress[i][2]) == 1:
-                start = int(self._progress[i][1])
+            if int(self._progress[i][SEQ]) == seq and int(self._progress[i][BUSY]) == 1:
+                start = int(self._progress[i][START])
         except Exception:  # noqa: BLE001 - header already unmapped
             start = 0
         group = [r for r in requests[start:] if r.path == requests[start].path] if requests else []
         return f"batch {seq}: {describe_requests(group)}"
 
+    def _check_stalled(self) -> None:
+        """Kill and report a worker that has work but advanced no progress tick for `stall_timeout_s`."""
+        now = time.monotonic()
+        for i in range(self.num_workers):
+            if not self._outstanding[i]:
+                continue
+            tick = int(self._progress[i][TICK])
+            if tick != self._tick_seen[i]:
+                self._tick_seen[i], self._since[i] = tick, now
+            elif now - self._since[i] > self.stall_timeout_s:
+                pid = self.pids[i]
+                state = _process_state(pid)
+                where = self.where(i)
+                self._procs[i].kill()  # SIGKILL: works on a stopped process too, SIGTERM would wait for SIGCONT
+                self._procs[i].join(2.0)
+                raise WorkerError(
+                    f"decode worker {i} (pid {pid}) made no progress for {now - self._since[i]:.1f}s "
+                    f"(worker_timeout_s={self.stall_timeout_s:g}) while decoding {where}"
+                    + (f"; the process was {state}" if state else "")
+                    + ". It was killed and the loader stopped its workers; iterating again restarts them and "
+                    "continues with the batch that was not delivered. Raise worker_timeout_s if decoding one file "
+                    "legitimately takes this long.")
+
+    # ------------------------------------------------------------------ work
     @property
     def outstanding(self) -> int:
         return sum(len(q) for q in self._outstanding)
-
-    def outstanding_of(self, i: int) -> int:
-        return len(self._outstanding[i])
 
     def submit(self, worker: int, seq: int, slot: int, requests: list[Any]) -> None:
         """Send a work item to `worker`; a dead worker raises WorkerError."""
@@ -233,10 +290,12 @@ class WorkerPool:
         except (BrokenPipeError, ConnectionResetError, OSError):
             self._procs[worker].join(2.0)
             raise WorkerError(self._death_message(worker)) from None
+        if not self._outstanding[worker]:  # the stall clock starts when the worker gets work
+            self._tick_seen[worker], self._since[worker] = int(self._progress[worker][TICK]), time.monotonic()
         self._outstanding[worker].append((seq, requests))
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
-        """Wait up to `timeout` s; return completed (seq, worker) pairs. A worker error or death raises
+        """Wait up to `timeout` s; return completed (seq, worker) pairs. A worker error, death or stall raises
         WorkerError naming what it was decoding."""
         busy = [i for i in range(self.num_workers) if self._outstanding[i]]
         if not busy:
@@ -252,36 +311,49 @@ class WorkerPool:
                     if seq != msg[1]:  # pragma: no cover - protocol invariant
                         raise WorkerError(f"decode worker {i} answered batch {msg[1]}, expected {seq}")
                     done.append((seq, i))
+                    self._tick_seen[i], self._since[i] = int(self._progress[i][TICK]), time.monotonic()
                 elif msg[0] == "error":
                     msg[2].reraise(i, self.pids[i], msg[1])
             if self._outstanding[i] and not self._procs[i].is_alive() and not self._conns[i].poll():
                 self._procs[i].join(1.0)
                 raise WorkerError(self._death_message(i))
+        self._check_stalled()
         return done
 
     def describe_outstanding(self) -> str:
         return "; ".join(f"worker {i} (pid {self.pids[i]}): {self.where(i)}"
                          for i in range(self.num_workers) if self._outstanding[i]) or "nothing"
 
-    def alive(self) -> bool:
-        return not self._closed and all(p.is_alive() for p in self._procs)
+    def info(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Diagnostics from each (idle) worker: {"pid", "modules": names in its sys.modules}."""
+        if self.outstanding:
+            raise RuntimeError("WorkerPool.info() needs idle workers")
+        out = []
+        for i, conn in enumerate(self._conns):
+            conn.send(INFO)
+            if not conn.poll(timeout):
+                raise WorkerError(f"decode worker {i} (pid {self.pids[i]}) did not answer within {timeout:.0f}s")
+            msg = self._recv(i)
+            out.append(msg[1])
+        return out
 
+    # ------------------------------------------------------------------ shutdown
     def close(self, timeout: float = 2.0) -> None:
-        """Stop every worker (exit message, then SIGTERM, then SIGKILL), bounded by ~timeout + 2 s; idempotent."""
+        """Stop every worker (exit message, then SIGTERM, then SIGKILL), bounded by ~timeout + 2 s; idempotent.
+        Busy workers are SIGKILLed at once (their work is abandoned; a stopped process ignores SIGTERM)."""
         if self._closed:
             return
         self._closed = True
         for i, conn in enumerate(self._conns):
             if self._outstanding[i]:
-                continue  # busy with work nobody waits for: terminate below
+                self._procs[i].kill()
+                continue
             try:
                 conn.send(None)
             except Exception:  # noqa: BLE001
                 pass
         deadline = time.monotonic() + timeout
-        for i, p in enumerate(self._procs):
-            if self._outstanding[i]:
-                p.terminate()
+        for p in self._procs:
             p.join(max(0.0, deadline - time.monotonic()))
         for p in self._procs:
             if p.is_alive():
@@ -304,4 +376,4 @@ class WorkerPool:
             q.clear()
 
 
-__all__ = ["ExceptionWrapper", "WorkerPool"]
+__all__ = ["WorkerPool", "unguarded_main_line"]

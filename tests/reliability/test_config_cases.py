@@ -12,8 +12,8 @@ from fastmix import config as C
 from fastmix import data_loader as DL
 from fastmix.errors import ConfigError, FastmixError, MissingFileError
 from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.loader.testing import FakeReader, FakeSource
 from fastmix.sampler import MixtureSampler
+from fastmix.testing.fakes import FakeReader, FakeSource
 
 pytestmark = pytest.mark.timeout(60)
 

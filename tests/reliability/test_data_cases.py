@@ -24,11 +24,11 @@ from fastmix.errors import (
     MixedFpsWarning,
 )
 from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.loader.testing import FakeReader, FakeSource
 from fastmix.sources.checks import find_nonfinite
 from fastmix.sources.compat import check_distinct, check_mixture
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lerobot_source import LeRobotSource
+from fastmix.testing.fakes import FakeReader, FakeSource
 
 pytestmark = pytest.mark.timeout(60)
 DATA = "data/chunk-000/file-000.parquet"

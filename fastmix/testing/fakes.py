@@ -1,6 +1,6 @@
-"""Fakes for loader tests and the reliability catalogue: a source implementing the LeRobotSource batch
+"""Test fakes (loader tests, the reliability catalogue, benchmarks): a source implementing the LeRobotSource batch
 contract with synthetic frames (no files), and a picklable reader with fault injection (raise, SIGKILL,
-hang) for a chosen (dataset, episode). Light imports (numpy only) so spawn workers start fast.
+SIGSTOP, hang; optionally once) for a chosen episode or frame. Light imports (numpy only) so workers start fast.
 """
 
 from __future__ import annotations
@@ -110,23 +110,42 @@ class FakeSource:
 class FakeReader:
     """Picklable reader for `FakeRequest`s: writes `fake_frame` into `out[key][slot]`.
 
-    Fault injection for (dataset, episode) == `fault_at`: fault="raise" raises DecodeError,
-    "kill" SIGKILLs its own process, "hang" sleeps `hang_s`. `delay_s` sleeps per request (slow decode).
+    Fault injection for (dataset, episode) == `fault_at` (or, with `fault_frame`, for the frame (dataset, row)
+    == `fault_frame`): fault="raise" raises DecodeError, "kill" SIGKILLs its
+    own process, "stop" SIGSTOPs it (a stopped worker), "hang" sleeps `hang_s`. With `once_marker` (a file path)
+    the fault fires only while that file does not exist, and creates it: the first worker to reach the fault
+    takes it, later ones (e.g. restarted workers) read normally. `delay_s` sleeps per request (slow decode).
     """
 
     def __init__(self, max_open_files: int = 16, tolerance_s: float = 1e-4, *, fault: str | None = None,
-                 fault_at: tuple[str, int] | None = None, delay_s: float = 0.0, hang_s: float = 3600.0) -> None:
+                 fault_at: tuple[str, int] | None = None, delay_s: float = 0.0, hang_s: float = 3600.0,
+                 once_marker: str | None = None, fault_frame: tuple[str, int] | None = None) -> None:
         self.fault, self.fault_at, self.delay_s, self.hang_s = fault, fault_at, delay_s, hang_s
+        self.fault_frame = fault_frame
+        self.once_marker = once_marker
+        self.max_open_files = max_open_files
         self.reads = 0
+
+    def _take_fault(self) -> bool:
+        if self.once_marker is None:
+            return True
+        try:
+            os.close(os.open(self.once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
     def read(self, requests, out: dict[str, np.ndarray]) -> None:
         for r in requests:
-            if self.fault and self.fault_at == (r.dataset, r.episode):
+            hit = self.fault_at == (r.dataset, r.episode) or self.fault_frame == (r.dataset, r.row)
+            if self.fault and hit and self._take_fault():
                 if self.fault == "raise":
                     raise DecodeError(f"injected decode failure: dataset {r.dataset!r}, episode {r.episode}, "
                                       f"file {r.path}, key {r.key!r}, timestamp {r.timestamp:.4f}s")
                 if self.fault == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if self.fault == "stop":
+                    os.kill(os.getpid(), signal.SIGSTOP)
                 if self.fault == "hang":
                     time.sleep(self.hang_s)
             if self.delay_s:

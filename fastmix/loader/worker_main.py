@@ -1,0 +1,166 @@
+"""The decode worker process: its entry point `worker_main`, the default reader factory and the messages it
+exchanges with the main process. Torch-free on purpose: a spawned worker imports this module, numpy,
+`fastmix.errors`, `fastmix.loader.slots` and (through the default factory) `fastmix.sources.frames` (PyAV,
+pyarrow) — never torch or the loader module (a worker is then ~30 MiB private instead of ~280 MiB).
+
+Protocol, one duplex pipe per worker:
+  main → worker: ``(seq, slot, requests)`` (part of batch `seq`, sorted by file), ``INFO`` (answer
+  ``("info", {...})``: pid and imported module names, for diagnostics), or None (exit).
+  worker → main: ``("ready", pid)`` once, then ``("done", seq)`` or ``("error", seq, ExceptionWrapper)``.
+
+Progress header (one row of the ring's header per worker, int64 words, see `slots.PROGRESS_WORDS`):
+``SEQ`` the batch being decoded, ``START`` index of the file group being decoded within the work item,
+``BUSY`` 1 while decoding, ``PID``, ``TICK`` incremented at every file group and every item, so the main
+process can tell a stopped or hung worker (no tick for `worker_timeout_s` while it has work) from a slow one,
+and name the file it is stuck in.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastmix.loader.slots import SlotAttachment, SlotLayout
+
+SEQ, START, BUSY, PID, TICK = range(5)
+INFO = "info"
+_PARENT_CHECK_S = 1.0
+
+
+def _make_frame_reader(max_open_files: int, tolerance_s: float) -> Any:
+    from fastmix.sources.frames import FrameReader
+
+    return FrameReader(max_open_files=max_open_files, tolerance_s=tolerance_s)
+
+
+def default_reader_factory(max_open_files: int, tolerance_s: float) -> Callable[[], Any]:
+    """Picklable factory of the default reader: `FrameReader(max_open_files, tolerance_s)` built in the worker."""
+    return functools.partial(_make_frame_reader, int(max_open_files), float(tolerance_s))
+
+
+def describe_requests(requests: Sequence[Any]) -> str:
+    """'dataset X, episode(s) .., file .., key(s) .., timestamp(s) ..' of a (per-file) group of requests."""
+    if not requests:
+        return "no frames"
+    parts = []
+    for path in dict.fromkeys(r.path for r in requests):
+        group = [r for r in requests if r.path == path]
+        ds = sorted({r.dataset for r in group})
+        eps = sorted({int(r.episode) for r in group})
+        keys = sorted({r.key for r in group})
+        ts = sorted({round(float(r.timestamp), 4) for r in group})
+        ts_txt = ", ".join(f"{t:.4f}" for t in ts[:6]) + (f", ... ({len(ts)} in all)" if len(ts) > 6 else "")
+        rows = sorted({int(r.row) for r in group if r.row >= 0})
+        row_txt = f", rows {rows[:6]}" if rows else ""
+        parts.append(f"dataset {', '.join(map(repr, ds))}, episode(s) {eps[:8]}, file {path}, "
+                     f"key(s) {keys}, timestamp(s) [{ts_txt}]s{row_txt}")
+    return "; ".join(parts)
+
+
+def file_groups(requests: Sequence[Any]) -> list[tuple[int, list[Any]]]:
+    """(start index, consecutive requests of one file) in order."""
+    out: list[tuple[int, list[Any]]] = []
+    for i, r in enumerate(requests):
+        if out and out[-1][1][0].path == r.path:
+            out[-1][1].append(r)
+        else:
+            out.append((i, [r]))
+    return out
+
+
+class ExceptionWrapper:
+    """An exception raised in a worker, with `where` (what it was decoding) and the worker's traceback;
+    `reraise()` raises a WorkerError chained to the original exception when it could be pickled."""
+
+    def __init__(self, exc: BaseException, where: str) -> None:
+        self.where = where
+        self.type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self.message = str(exc)
+        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            self.payload: bytes | None = pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - unpicklable exceptions travel as text only
+            self.payload = None
+
+    def original(self) -> BaseException | None:
+        if self.payload is None:
+            return None
+        try:
+            return pickle.loads(self.payload)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def reraise(self, worker: int, pid: int | None, seq: int) -> None:
+        from fastmix.errors import WorkerError
+
+        raise WorkerError(f"decode worker {worker} (pid {pid}) failed on batch {seq} while decoding {self.where}: "
+                          f"{self.type_name}: {self.message}\n\nWorker traceback:\n{self.traceback}") \
+            from self.original()
+
+
+def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: Callable[[], Any],
+                parent_pid: int) -> None:
+    """Body of a decode worker process: attach the ring, build the reader, decode work items until told to
+    exit, the pipe closes or the parent disappears. SIGINT is ignored (the main process owns shutdown)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    att = None
+    reader = None
+    try:
+        att = SlotAttachment(layout)
+        progress = att.progress[worker_id]
+        progress[PID] = os.getpid()
+        reader = reader_factory()
+        conn.send(("ready", os.getpid()))
+        while True:
+            if not conn.poll(_PARENT_CHECK_S):
+                if os.getppid() != parent_pid:
+                    break
+                continue
+            msg = conn.recv()
+            if msg is None:
+                break
+            if msg == INFO:
+                conn.send(("info", {"pid": os.getpid(), "modules": sorted(sys.modules)}))
+                continue
+            seq, slot, requests = msg
+            progress[SEQ], progress[START], progress[BUSY] = seq, 0, 1
+            progress[TICK] += 1
+            group: list[Any] = []
+            try:
+                out = att.views(slot)
+                for start, group in file_groups(requests):
+                    progress[START] = start
+                    progress[TICK] += 1
+                    reader.read(group, out)
+                progress[BUSY] = 0
+                progress[TICK] += 1
+                conn.send(("done", seq))
+            except Exception as exc:  # noqa: BLE001 - every error goes back to the main process
+                progress[BUSY] = 0
+                conn.send(("error", seq, ExceptionWrapper(exc, describe_requests(group or requests))))
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        pass
+    except Exception as exc:  # noqa: BLE001 - a start-up failure (attach, reader construction)
+        try:
+            conn.send(("error", -1, ExceptionWrapper(exc, f"worker start-up (segment {layout.name})")))
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if att is not None:
+            att.close()
+        conn.close()
+
+
+__all__ = ["INFO", "ExceptionWrapper", "default_reader_factory", "describe_requests", "file_groups",
+           "worker_main"]
