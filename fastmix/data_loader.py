@@ -31,7 +31,7 @@ from fastmix.background import Background
 from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
-from fastmix.openpi_transforms import batched
+from fastmix.openpi_transforms import BatchedTokenizePrompt, batched
 
 logger = logging.getLogger("fastmix")
 
@@ -206,6 +206,29 @@ def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list
         ("normalize", [_t.Normalize(norm_stats, use_quantiles=bool(data_config.use_quantile_norm))]),
         ("model", [batched(t) for t in data_config.model_transforms.inputs]),
     ]
+
+
+# Transforms that never change a camera's pixels (renames, masks, low-dim math, prompts); LiberoInputs only
+# converts float CHW images to uint8 HWC, which the loader's uint8 HWC frames already are.
+_PIXEL_NEUTRAL: tuple[type, ...] = (_t.RepackTransform, _t.LiberoInputs, _t.InjectDefaultPrompt, _t.PromptFromLeRobotTask,
+                                    _t.PadStatesAndActions, _t.DeltaActions, _t.AbsoluteActions, BatchedTokenizePrompt)
+
+
+def decode_time_resize(stages: list[tuple[str, list]]) -> tuple[int, int] | None:
+    """(height, width) of the pipeline's `ResizeImages` when every transform before it leaves pixels alone:
+    the decode workers can then resize each frame as it is decoded (the same `resize_with_pad`, so the same
+    bytes), and the pipeline's own `ResizeImages` finds the images already at size (a no-op). None otherwise."""
+    for _, transforms in stages:
+        for t in transforms:
+            if isinstance(t, _t.ResizeImages):
+                return int(t.height), int(t.width)
+            if isinstance(t, _t.Normalize):
+                if any(k.split("/")[0] == "image" for k in _t.flatten_dict(dict(t.norm_stats or {}))):
+                    return None
+                continue
+            if not isinstance(t, _PIXEL_NEUTRAL):
+                return None
+    return None
 
 
 def require_norm_stats(config: Any, data_config: Any) -> None:
@@ -464,6 +487,8 @@ def create_data_loader(
     keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
     horizon = int(config.model.action_horizon)
     action_delta_timestamps(sources, keys, horizon)  # checks the action keys, naming the dataset
+    stages = transform_stages(data_config, skip_norm_stats=skip_norm_stats)
+    extra = {} if (size := decode_time_resize(stages)) is None else {"resize_images": size}
     loader = (loader_factory or make_mixture_loader)(
         sources,
         dataset_weights=None if data_config.dataset_weights is None else list(data_config.dataset_weights),
@@ -477,12 +502,13 @@ def create_data_loader(
         drop_last=True,
         rank=rank if world > 1 else None,
         world_size=world if world > 1 else None,
+        **extra,
     )
     logger.info("local_batch_size: %d", local_batch_size)
     return DataLoader(
         data_config,
         loader,
-        transform_stages(data_config, skip_norm_stats=skip_norm_stats),
+        stages,
         framework=framework,
         num_batches=num_batches,
         sharding=sharding if framework == "jax" else None,

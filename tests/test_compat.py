@@ -30,7 +30,7 @@ def test_every_difference_is_listed(video_ds, g1_root, tmp_path):
     other = LeRobotSource.__new__(LeRobotSource)  # metadata only: the data no longer matches info.json
     from fastmix.sources.meta import load_meta
 
-    other.meta, other.name = load_meta(root, "other"), "other"
+    other.meta, other.name, other._lowdim_keys = load_meta(root, "other"), "other", None
     with pytest.raises(IncompatibleDatasetsError) as e:
         check_compatible([LeRobotSource(root=video_ds), other, LeRobotSource(root=g1_root, episodes=[4])])
     msg = str(e.value)

@@ -375,3 +375,40 @@ def test_matches_lerobot_dataset_items(real_mixture, num_workers):
             checked += 1
     assert checked == 12
 
+
+
+def _pil_resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Independent reference of openpi's resize_with_pad for one uint8 HWC image: PIL bilinear to the
+    aspect-preserving size, centred on a zero canvas."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    ratio = max(w / width, h / height)
+    rh, rw = int(h / ratio), int(w / ratio)
+    small = np.asarray(Image.fromarray(image).resize((rw, rh), resample=Image.BILINEAR))
+    canvas = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
+    top, left = (height - rh) // 2, (width - rw) // 2
+    canvas[top:top + rh, left:left + rw] = small
+    return canvas
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_decode_time_resize_equals_pil_on_the_native_frames(video_ds, image_ds, num_workers):
+    """resize_images=(40, 56): the slot holds every camera of every source (video and PNG, 64x64 native) at
+    40x56, each frame equal to PIL's resize-with-pad of the native frame the same loader decodes without it."""
+    from fastmix.sources.lerobot_source import LeRobotSource
+
+    srcs = [LeRobotSource(root=video_ds), LeRobotSource(root=image_ds)]
+    kw = dict(dataset_weights=[1.0, 1.0], batch_size=6, action_horizon=3, seed=4, num_batches=3,
+              num_workers=num_workers)
+    with MixtureLoader(srcs, **kw) as native_loader, MixtureLoader(srcs, resize_images=(40, 56), **kw) as loader:
+        native, resized = as_numpy(list(native_loader)), as_numpy(list(loader))
+    assert len(native) == len(resized) == 3
+    for a, b in zip(native, resized, strict=True):
+        np.testing.assert_array_equal(a["index"], b["index"])
+        for key in ("image", "wrist_image"):
+            assert b[key].shape == (6, 40, 56, 3) and b[key].dtype == np.uint8
+            want = np.stack([_pil_resize_with_pad(f, 40, 56) for f in a[key]])
+            np.testing.assert_array_equal(b[key], want)
+    with pytest.raises(ConfigError, match="resize_images"):
+        MixtureLoader(srcs, resize_images=(40,), **kw)

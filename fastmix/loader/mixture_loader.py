@@ -42,7 +42,7 @@ from fastmix.loader.device import IMAGE_DTYPES, DeviceStage, PinnedRegion, resol
 from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, Producer, drain
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.slots import SHM_DIR, SlotRing
-from fastmix.loader.worker_main import default_reader_factory
+from fastmix.loader.worker_main import default_reader_factory, resizing_reader_factory
 from fastmix.loader.workers import WorkerPool
 from fastmix.sampler import MixtureSampler, resolve_rank_world_size
 
@@ -88,6 +88,17 @@ def _check_shm_dir(shm_dir: Any) -> str:
         raise ConfigError(f"shm_dir={path!r} is not writable by this user: the loader creates its batch slots "
                           f"there. Fix its permissions or pass another directory (default {SHM_DIR!r}).")
     return path
+
+
+def _image_size(size: Any) -> tuple[int, int] | None:
+    """None, or (height, width) as two positive ints."""
+    if size is None:
+        return None
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ConfigError(f"resize_images should be (height, width) or None, got resize_images={size!r}") from None
+    return _positive_int(h, "resize_images[0]"), _positive_int(w, "resize_images[1]")
 
 
 def default_max_open_files(num_cameras: int, batch_size: int) -> int:
@@ -165,6 +176,8 @@ class MixtureLoader:
         image_dtype: "uint8" (B,H,W,C) or "float32" (B,C,H,W) in [0,1], converted on the device.
         rank, world_size, batching: passed to MixtureSampler.
         reader_factory: picklable callable building a frame reader in each worker (default FrameReader).
+        resize_images: (height, width): decode workers resize every camera frame to it with openpi's
+            `resize_with_pad` (PIL bilinear, zero padding) before it reaches the slot; None: native size.
         max_open_files: open containers each worker's default reader keeps (default: cameras x batch_size,
             clamped to [16, 128]); ignored with a custom `reader_factory`.
         worker_timeout_s: a worker with work that makes no progress for this long (stopped, hung in a decoder)
@@ -192,7 +205,8 @@ class MixtureLoader:
                  transform: Callable[[dict], dict] | None = None, image_dtype: str = "uint8",
                  rank: int | None = None, world_size: int | None = None, batching: str = "random",
                  reader_factory: Callable[[], Any] | None = None, max_open_files: int | None = None,
-                 worker_timeout_s: float = 30.0, mp_context: str = "spawn", shm_dir: str = SHM_DIR) -> None:
+                 worker_timeout_s: float = 30.0, mp_context: str = "spawn", shm_dir: str = SHM_DIR,
+                 resize_images: tuple[int, int] | None = None) -> None:
         if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) or not sources:
             raise ConfigError(f"sources should be a non-empty list of LeRobotSource objects, got {sources!r}")
         self.sources = [_as_source(s) for s in sources]
@@ -225,7 +239,8 @@ class MixtureLoader:
                               f"(select other episodes or drop it from the mixture)")
         self.delta_timestamps = resolve_delta_timestamps(self.sources, action_horizon=action_horizon,
                                                          delta_timestamps=delta_timestamps, action_keys=action_keys)
-        self.planner = BatchPlanner(self.sources, self.delta_timestamps)
+        self.resize_images = _image_size(resize_images)
+        self.planner = BatchPlanner(self.sources, self.delta_timestamps, self.resize_images)
         if dataset_weights is not None and len(dataset_weights) != len(self.sources):
             raise ConfigError(f"dataset_weights has {len(dataset_weights)} entries but there are "
                               f"{len(self.sources)} datasets {names}")
@@ -258,6 +273,10 @@ class MixtureLoader:
         self._check_shm()
         tol = max([float(getattr(s, "tolerance_s", 1e-4)) for s in self.sources])
         self._reader_factory = reader_factory or default_reader_factory(self.max_open_files, tol)
+        if self.resize_images is not None:
+            native = {(s.name, k): tuple(int(d) for d in s.camera_shape(k)) for s in self.sources
+                      for k in self.planner.camera_keys}
+            self._reader_factory = resizing_reader_factory(self._reader_factory, self.resize_images, native)
         self._cursor = Cursor(self._num_batches, self.sampler.epoch_state)
         self._seqs = itertools.count()  # ids of work items, unique over the loader's life
         self._iterator: weakref.ref[_EpochIterator] | None = None  # weak: no loader↔iterator cycle

@@ -91,12 +91,17 @@ def _out_dtype(key: str, dtype: np.dtype) -> np.dtype:
 class BatchPlanner:
     """Plans batches over `sources` (LeRobotSource-like) with per-source `delta_timestamps`.
 
+    `image_size` (height, width): camera frames are resized to it when decoded (`resize_with_pad`), so a slot
+    holds them at that size whatever each source's native size.
+
     Attributes:
         camera_keys: camera keys (same in every source). fields: {key: (shape per sample, dtype)} of a slot.
     """
 
-    def __init__(self, sources: Sequence[Any], delta_timestamps: Sequence[dict | None]) -> None:
+    def __init__(self, sources: Sequence[Any], delta_timestamps: Sequence[dict | None],
+                 image_size: tuple[int, int] | None = None) -> None:
         self.sources = list(sources)
+        self.image_size = image_size
         self.delta_timestamps = list(delta_timestamps)
         self.index_map = IndexMap([len(s) for s in self.sources])
         self.camera_keys = list(self.sources[0].camera_keys)
@@ -104,7 +109,10 @@ class BatchPlanner:
         for src, dts in zip(self.sources, self.delta_timestamps, strict=False):
             f: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
             for key in src.camera_keys:
-                f[key] = (tuple(int(d) for d in src.camera_shape(key)), np.dtype(np.uint8))
+                shape = tuple(int(d) for d in src.camera_shape(key))
+                if image_size is not None:
+                    shape = (int(image_size[0]), int(image_size[1]), *shape[2:])
+                f[key] = (shape, np.dtype(np.uint8))
             probe = src.gather_lowdim(np.zeros(1, dtype=np.int64), dts)
             for key, arr in probe.items():
                 arr = np.asarray(arr)

@@ -44,6 +44,49 @@ def default_reader_factory(max_open_files: int, tolerance_s: float) -> Callable[
     return functools.partial(_make_frame_reader, int(max_open_files), float(tolerance_s))
 
 
+class ResizingReader:
+    """A frame reader whose frames come out resized with padding to (height, width), exactly as openpi's
+    `ResizeImages` would resize them later (`fastmix.transforms.resize_with_pad`: PIL bilinear, centred,
+    zero padding; an all-zero frame stays zero). `native` maps (dataset, key) to the decoded (H, W, C)."""
+
+    def __init__(self, inner: Any, height: int, width: int, native: dict[tuple[str, str], tuple[int, ...]]) -> None:
+        self.inner, self.height, self.width, self.native = inner, int(height), int(width), native
+
+    def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
+        import dataclasses
+
+        import numpy as np
+
+        from fastmix.transforms import resize_with_pad
+
+        by_shape: dict[tuple, list[Any]] = {}
+        for r in requests:
+            by_shape.setdefault((r.key, self.native[(r.dataset, r.key)]), []).append(r)
+        for (key, shape), group in by_shape.items():
+            if tuple(shape[:2]) == (self.height, self.width):
+                self.inner.read(group, out)
+                continue
+            tmp = {key: np.empty((len(group), *shape), dtype=np.uint8)}
+            self.inner.read([dataclasses.replace(r, slot=j) for j, r in enumerate(group)], tmp)
+            resized = resize_with_pad(tmp[key], self.height, self.width)
+            for j, r in enumerate(group):
+                out[key][r.slot] = resized[j]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _make_resizing_reader(inner_factory: Callable[[], Any], height: int, width: int,
+                          native: dict[tuple[str, str], tuple[int, ...]]) -> ResizingReader:
+    return ResizingReader(inner_factory(), height, width, native)
+
+
+def resizing_reader_factory(inner_factory: Callable[[], Any], size: tuple[int, int],
+                            native: dict[tuple[str, str], tuple[int, ...]]) -> Callable[[], Any]:
+    """Picklable factory of a `ResizingReader` around the reader `inner_factory` builds (in the worker)."""
+    return functools.partial(_make_resizing_reader, inner_factory, int(size[0]), int(size[1]), dict(native))
+
+
 def describe_requests(requests: Sequence[Any]) -> str:
     """'dataset X, episode(s) .., file .., key(s) .., timestamp(s) ..' of a (per-file) group of requests."""
     if not requests:
@@ -162,5 +205,5 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
         conn.close()
 
 
-__all__ = ["INFO", "ExceptionWrapper", "default_reader_factory", "describe_requests", "file_groups",
-           "worker_main"]
+__all__ = ["INFO", "ExceptionWrapper", "ResizingReader", "default_reader_factory", "describe_requests",
+           "file_groups", "resizing_reader_factory", "worker_main"]
