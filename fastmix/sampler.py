@@ -48,13 +48,11 @@ def resolve_rank_world_size(rank: int | None, world_size: int | None) -> tuple[i
     """(rank, world_size), each defaulting to torch.distributed's when it is initialized, else 0 and 1;
     ConfigError unless 0 <= rank < world_size."""
     if rank is None or world_size is None:
-        import torch.distributed as dist
+        from fastmix.distributed import rank_world
 
-        live = dist.is_available() and dist.is_initialized()
-        if world_size is None:
-            world_size = dist.get_world_size() if live else 1
-        if rank is None:
-            rank = dist.get_rank() if live else 0
+        live_rank, live_world = rank_world("pytorch")
+        world_size = live_world if world_size is None else world_size
+        rank = live_rank if rank is None else rank
     world_size = _positive_int(world_size, "world_size")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
         raise ConfigError(f"rank should be an integer in [0, world_size={world_size}), but got rank={rank!r}")

@@ -43,6 +43,7 @@ from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, Producer, dra
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.slots import SHM_DIR, SlotRing
 from fastmix.loader.worker_main import default_reader_factory, resizing_reader_factory
+from fastmix.sources.compat import check_mixture
 from fastmix.loader.workers import WorkerPool
 from fastmix.sampler import MixtureSampler, resolve_rank_world_size
 
@@ -176,6 +177,8 @@ class MixtureLoader:
         image_dtype: "uint8" (B,H,W,C) or "float32" (B,C,H,W) in [0,1], converted on the device.
         rank, world_size, batching: passed to MixtureSampler.
         reader_factory: picklable callable building a frame reader in each worker (default FrameReader).
+        strict_fps: refuse datasets of different fps (default: allowed with a MixedFpsWarning; chunks are built
+            per dataset from its own fps, as openpi does).
         resize_images: (height, width): decode workers resize every camera frame to it with openpi's
             `resize_with_pad` (PIL bilinear, zero padding) before it reaches the slot; None: native size.
         max_open_files: open containers each worker's default reader keeps (default: cameras x batch_size,
@@ -206,7 +209,7 @@ class MixtureLoader:
                  rank: int | None = None, world_size: int | None = None, batching: str = "random",
                  reader_factory: Callable[[], Any] | None = None, max_open_files: int | None = None,
                  worker_timeout_s: float = 30.0, mp_context: str = "spawn", shm_dir: str = SHM_DIR,
-                 resize_images: tuple[int, int] | None = None) -> None:
+                 resize_images: tuple[int, int] | None = None, strict_fps: bool = False) -> None:
         if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) or not sources:
             raise ConfigError(f"sources should be a non-empty list of LeRobotSource objects, got {sources!r}")
         self.sources = [_as_source(s) for s in sources]
@@ -215,6 +218,7 @@ class MixtureLoader:
         if dup:
             raise ConfigError(f"duplicate datasets in the mixture: {dup}; each repo_id may appear once "
                               "(raise its weight instead)")
+        check_mixture(self.sources, strict_fps=strict_fps)  # one dataset under two names; the fps rule
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.num_workers = _positive_int(num_workers, "num_workers", 0)
         self.prefetch = _positive_int(prefetch, "prefetch")

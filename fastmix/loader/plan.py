@@ -17,9 +17,11 @@ import numpy as np
 
 from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.index_map import IndexMap
+from fastmix.sources.meta import INDEX_KEYS
 
-INDEX_KEYS = ("dataset_index", "index", "episode_index", "frame_index", "task_index")
-_INT_KEYS = frozenset(INDEX_KEYS)
+# integer fields of a batch: the source's index columns (timestamp aside) and the dataset of each row
+BATCH_INT_KEYS: tuple[str, ...] = ("dataset_index", *(k for k in INDEX_KEYS if k != "timestamp"))
+_INT_KEYS = frozenset(BATCH_INT_KEYS)
 
 
 @dataclass
@@ -197,5 +199,5 @@ def split_work(requests: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(requests[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=False) if b > a]
 
 
-__all__ = ["INDEX_KEYS", "BatchPlan", "BatchPlanner", "default_action_keys", "resolve_delta_timestamps",
+__all__ = ["BATCH_INT_KEYS", "BatchPlan", "BatchPlanner", "default_action_keys", "resolve_delta_timestamps",
            "split_work"]

@@ -251,15 +251,14 @@ class LeRobotSource:
         except KeyError as e:
             raise ConfigError(f"dataset '{self.name}': task_index {e.args[0]} is not in its task table") from e
 
-    def frame_requests(self, local: Any, keys: Sequence[str] | None = None, *,
-                       slots: Sequence[int] | None = None) -> list[FrameRequest]:
-        """One FrameRequest per (row, camera key); request b of a key goes to slot b (or `slots[b]`)."""
+    def frame_requests(self, local: Any, keys: Sequence[str] | None = None) -> list[FrameRequest]:
+        """One FrameRequest per (row, camera key); request b of a key goes to slot b."""
         rows = self._check_local(local)
         keys = self.camera_keys if keys is None else list(keys)
         unknown = [k for k in keys if k not in self.camera_keys]
         if unknown:
             raise ConfigError(f"dataset '{self.name}': {unknown} are not camera keys; cameras: {self.camera_keys}")
-        slot_of = range(len(rows)) if slots is None else list(slots)
+        slot_of = range(len(rows))
         ep_pos = self._low.ep_pos[rows]
         episodes = self._low.values["episode_index"][rows].tolist()
         out: list[FrameRequest] = []
