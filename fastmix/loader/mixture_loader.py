@@ -43,9 +43,9 @@ from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, Producer, dra
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.slots import SHM_DIR, SlotRing
 from fastmix.loader.worker_main import default_reader_factory, resizing_reader_factory
-from fastmix.sources.compat import check_mixture
 from fastmix.loader.workers import WorkerPool
 from fastmix.sampler import MixtureSampler, resolve_rank_world_size
+from fastmix.sources.compat import check_mixture
 
 MAX_OPEN_FILES_BOUNDS = (16, 128)  # default container cache per worker: cameras x batch rows, clamped
 
