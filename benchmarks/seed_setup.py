@@ -22,16 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from tests.seed.seed_data import offline_environment, write_fork_dataset
 
 SEED_DATA = Path(os.environ.get("FASTMIX_BENCH_DATA", Path.home() / ".cache" / "fastmix" / "bench")).expanduser() / "seed"
-os.environ.update(
-    HF_LEROBOT_HOME=str(SEED_DATA / "lerobot"),
-    OPENPI_DATA_HOME=str(SEED_DATA / "openpi"),
-    HF_HUB_OFFLINE="1",
-    HF_DATASETS_OFFLINE="1",
-    TOKENIZERS_PARALLELISM="false",
-)
+offline_environment(SEED_DATA)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FASTMIX_SHARED", REPO.parent / "shared"))
@@ -71,25 +65,6 @@ def seed_versions() -> str:
             f"format v2.1; torch {v('torch')}; torchcodec {v('torchcodec')}; av {v('av')}; jax {v('jax')})")
 
 
-def _write_dataset(root: Path, repo_id: str, episodes: int, length: int, tasks: tuple[str, ...], seed: int) -> None:
-    """A LIBERO-like v2.1 dataset written by the fork's pinned lerobot (AV1 video)."""
-    from lerobot.common.datasets.lerobot_dataset import LeRobotDataset
-
-    from fastmix.testing.synth import lerobot_features, lowdim_values, synth_frame
-
-    ds = LeRobotDataset.create(repo_id=repo_id, fps=FPS, root=root, robot_type="synthetic", use_videos=True,
-                               features=lerobot_features(CAMERAS, CAMERA_SHAPE, True, STATE_DIM, ACTION_DIM))
-    rng = np.random.default_rng(seed)
-    for ep in range(episodes):
-        state = lowdim_values(rng, length, STATE_DIM)
-        actions = lowdim_values(rng, length, ACTION_DIM)
-        for f in range(length):
-            frame = {cam: synth_frame(CAMERA_SHAPE, ep, f, ci) for ci, cam in enumerate(CAMERAS)}
-            frame.update(state=state[f], actions=actions[f], task=tasks[ep % len(tasks)])
-            ds.add_frame(frame)
-        ds.save_episode()
-
-
 def ensure_mixture() -> dict[str, Path]:
     """{repo_id: root} of the end-to-end mixture under lerobot's home, written when missing or stale."""
     home = SEED_DATA / "lerobot"
@@ -105,7 +80,8 @@ def ensure_mixture() -> dict[str, Path]:
         if not fresh:
             tmp = root.with_name(root.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            _write_dataset(tmp, repo_id, episodes, length, tasks, seed)
+            write_fork_dataset(tmp, repo_id, num_episodes=episodes, episode_length=length, seed=seed, tasks=tasks,
+                               camera_shape=CAMERA_SHAPE)
             (tmp / MARKER).write_text(json.dumps(spec, indent=1), encoding="utf-8")
             shutil.rmtree(root, ignore_errors=True)
             tmp.rename(root)  # complete datasets only ever appear under `root`

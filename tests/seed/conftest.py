@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.seed.seed_data import offline_environment
+
 WORK = Path(os.environ.get("FASTMIX_SEED_WORK") or tempfile.mkdtemp(prefix="fastmix-seed-"))
-os.environ.update(
-    HF_LEROBOT_HOME=str(WORK / "lerobot"),
-    OPENPI_DATA_HOME=str(WORK / "openpi"),
-    HF_HUB_OFFLINE="1",
-    HF_DATASETS_OFFLINE="1",
-    TOKENIZERS_PARALLELISM="false",
-)
+offline_environment(WORK)
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FASTMIX_SHARED", REPO.parent / "shared"))

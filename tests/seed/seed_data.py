@@ -44,23 +44,38 @@ def train_tokenizer(path: Path) -> Path:
     return path
 
 
-def write_fork_dataset(root: Path, repo_id: str, *, num_episodes: int, episode_length: int, seed: int) -> Path:
-    """A LIBERO-like v2.1 dataset written by the fork's pinned lerobot (`lerobot.common.datasets`, AV1 video)."""
+def offline_environment(work: Path) -> None:
+    """Point lerobot's and openpi's homes into `work` and switch the hub off (before lerobot or openpi is
+    imported: lerobot reads HF_LEROBOT_HOME at import)."""
+    os.environ.update(
+        HF_LEROBOT_HOME=str(work / "lerobot"),
+        OPENPI_DATA_HOME=str(work / "openpi"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+
+
+def write_fork_dataset(root: Path, repo_id: str, *, num_episodes: int, episode_length: int, seed: int,
+                       tasks: tuple[str, ...] = FORK_TASKS,
+                       camera_shape: tuple[int, int, int] = CAMERA_SHAPE) -> Path:
+    """A LIBERO-like v2.1 dataset written by the fork's pinned lerobot (`lerobot.common.datasets`, AV1 video);
+    episode e does `tasks[e % len(tasks)]`."""
     from lerobot.common.datasets.lerobot_dataset import LeRobotDataset
 
     from fastmix.testing.synth import lerobot_features, lowdim_values, synth_frame
 
     ds = LeRobotDataset.create(
         repo_id=repo_id, fps=FPS, root=root, robot_type="synthetic", use_videos=True,
-        features=lerobot_features(CAMERAS, CAMERA_SHAPE, True, STATE_DIM, ACTION_DIM),
+        features=lerobot_features(CAMERAS, camera_shape, True, STATE_DIM, ACTION_DIM),
     )
     rng = np.random.default_rng(seed)
     for ep in range(num_episodes):
         state = lowdim_values(rng, episode_length, STATE_DIM)
         actions = lowdim_values(rng, episode_length, ACTION_DIM)
         for f in range(episode_length):
-            frame = {cam: synth_frame(CAMERA_SHAPE, ep, f, ci) for ci, cam in enumerate(CAMERAS)}
-            frame.update(state=state[f], actions=actions[f], task=FORK_TASKS[ep % len(FORK_TASKS)])
+            frame = {cam: synth_frame(camera_shape, ep, f, ci) for ci, cam in enumerate(CAMERAS)}
+            frame.update(state=state[f], actions=actions[f], task=tasks[ep % len(tasks)])
             ds.add_frame(frame)
         ds.save_episode()
     return root
