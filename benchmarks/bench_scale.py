@@ -335,3 +335,62 @@ def test_init_v21(benchmark, episodes, stage, store_cache):
     benchmark.extra_info.update(role="fastmix" if stage == "warm" else "reference", items=episodes,
                                 unit="episodes", ms_per_episode=round(benchmark.stats.stats.median / episodes * 1e3, 4))
     assert len(src) == frames
+
+
+# -- decode throughput vs the number of video files per camera -------------------------------------------------
+FILES_EPISODES = 10_000  # one episode per file at 10,000 files per camera
+FILES_FRAMES = 30_000 if not QUICK else 20_000
+FILES_SHAPE = (180, 320, 3)  # DROID's camera size
+FILES_BATCHES = 12 if QUICK else 30
+
+
+def ensure_files_dataset(num_video_files: int) -> Path:
+    """10,000 episodes, 3 cameras at 180x320, `num_video_files` mp4 files per camera (hard links to one real
+    H.264 file long enough for a file's run of episodes), cached like the others."""
+    from fastmix.testing.large import make_large_dataset
+
+    spec = {"frames": FILES_FRAMES, "episodes": FILES_EPISODES, "cameras": list(CAMERAS),
+            "video_files": num_video_files, "shape": list(FILES_SHAPE), "generator": 2}
+    root = scale_dir() / f"files_{num_video_files}_{FILES_FRAMES}"
+    try:
+        if json.loads((root / MARKER).read_text()) == spec:
+            return root
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(root, ignore_errors=True)
+    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_large_dataset(tmp, num_frames=FILES_FRAMES, num_episodes=FILES_EPISODES, num_video_files=num_video_files,
+                       cameras=CAMERAS, camera_shape=FILES_SHAPE)
+    (tmp / MARKER).write_text(json.dumps(spec))
+    tmp.rename(root)
+    return root
+
+
+@pytest.mark.parametrize("files", [1, 100, 10_000])
+def test_decode_files_per_camera(benchmark, files, store_cache):
+    """MixtureLoader samples/s (batch 32, 2 workers, 3 cameras, action horizon 10) over the same frames laid out
+    in 1, 100 or 10,000 video files per camera. The one-file layout is the reference row; the issue asks
+    10,000 files for >= 80 % of it (the container cache is sized cameras x batch rows)."""
+    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.sources.lerobot_source import LeRobotSource
+
+    root = ensure_files_dataset(files)
+    benchmark.group = "scale decode 3 cameras 180x320 B=32"
+    src = LeRobotSource(root=root)
+    loader = MixtureLoader([src], batch_size=32, action_horizon=10, num_workers=2, seed=0)
+    try:
+        it = iter(loader)
+        for _ in range(3):
+            next(it)  # workers started, containers of the first batches open
+
+        def run() -> None:
+            for _ in range(FILES_BATCHES):
+                next(it)
+
+        benchmark.pedantic(run, rounds=2, iterations=1)
+    finally:
+        loader.close()
+    benchmark.extra_info.update(role="reference" if files == 1 else "fastmix", items=32 * FILES_BATCHES,
+                                unit="samples", files_per_camera=files, format="uint8 BHWC",
+                                max_open_files=loader.max_open_files)
