@@ -51,13 +51,10 @@ def scale_dir() -> Path:
     return Path(os.environ.get("FASTMIX_BENCH_DATA", default)).expanduser() / "scale"
 
 
-def ensure_large(version: str, num_frames: int, num_episodes: int) -> Path:
-    """The cached synthetic dataset, generated when missing or stale (complete ones only appear at root)."""
-    from fastmix.testing.large import make_large_dataset
-
-    spec = {"version": version, "frames": num_frames, "episodes": num_episodes, "cameras": list(CAMERAS),
-            "video_files": VIDEO_FILES, "frames_per_file": FRAMES_PER_FILE, "generator": 1}
-    root = scale_dir() / f"{version}_{num_frames}_{num_episodes}"
+def cached_dataset(name: str, spec: dict, make) -> Path:
+    """`scale_dir()/name`, written by `make(path)` when missing or made from another `spec` (complete datasets
+    only ever appear under the final name)."""
+    root = scale_dir() / name
     try:
         if json.loads((root / MARKER).read_text()) == spec:
             return root
@@ -67,13 +64,22 @@ def ensure_large(version: str, num_frames: int, num_episodes: int) -> Path:
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     t = time.perf_counter()
-    make_large_dataset(tmp, num_frames=num_frames, num_episodes=num_episodes,
-                       num_data_files=max(1, num_frames // FRAMES_PER_FILE), num_video_files=VIDEO_FILES,
-                       cameras=CAMERAS, version=version)
+    make(tmp)
     (tmp / MARKER).write_text(json.dumps(spec))
     tmp.rename(root)
     print(f"\ngenerated {root} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return root
+
+
+def ensure_large(version: str, num_frames: int, num_episodes: int) -> Path:
+    """The cached synthetic dataset of one size."""
+    from fastmix.testing.large import make_large_dataset
+
+    spec = {"version": version, "frames": num_frames, "episodes": num_episodes, "cameras": list(CAMERAS),
+            "video_files": VIDEO_FILES, "frames_per_file": FRAMES_PER_FILE, "generator": 1}
+    return cached_dataset(f"{version}_{num_frames}_{num_episodes}", spec, lambda tmp: make_large_dataset(
+        tmp, num_frames=num_frames, num_episodes=num_episodes, num_data_files=max(1, num_frames // FRAMES_PER_FILE),
+        num_video_files=VIDEO_FILES, cameras=CAMERAS, version=version))
 
 
 @pytest.fixture
@@ -351,20 +357,9 @@ def ensure_files_dataset(num_video_files: int) -> Path:
 
     spec = {"frames": FILES_FRAMES, "episodes": FILES_EPISODES, "cameras": list(CAMERAS),
             "video_files": num_video_files, "shape": list(FILES_SHAPE), "generator": 2}
-    root = scale_dir() / f"files_{num_video_files}_{FILES_FRAMES}"
-    try:
-        if json.loads((root / MARKER).read_text()) == spec:
-            return root
-    except (OSError, ValueError):
-        pass
-    shutil.rmtree(root, ignore_errors=True)
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_large_dataset(tmp, num_frames=FILES_FRAMES, num_episodes=FILES_EPISODES, num_video_files=num_video_files,
-                       cameras=CAMERAS, camera_shape=FILES_SHAPE)
-    (tmp / MARKER).write_text(json.dumps(spec))
-    tmp.rename(root)
-    return root
+    return cached_dataset(f"files_{num_video_files}_{FILES_FRAMES}", spec, lambda tmp: make_large_dataset(
+        tmp, num_frames=FILES_FRAMES, num_episodes=FILES_EPISODES, num_video_files=num_video_files,
+        cameras=CAMERAS, camera_shape=FILES_SHAPE))
 
 
 @pytest.mark.parametrize("files", [1, 100, 10_000])
