@@ -76,7 +76,7 @@ def ensure_large(version: str, num_frames: int, num_episodes: int) -> Path:
     from fastmix.testing.large import make_large_dataset
 
     spec = {"version": version, "frames": num_frames, "episodes": num_episodes, "cameras": list(CAMERAS),
-            "video_files": VIDEO_FILES, "frames_per_file": FRAMES_PER_FILE, "generator": 1}
+            "video_files": VIDEO_FILES, "frames_per_file": FRAMES_PER_FILE, "generator": 2}
     return cached_dataset(f"{version}_{num_frames}_{num_episodes}", spec, lambda tmp: make_large_dataset(
         tmp, num_frames=num_frames, num_episodes=num_episodes, num_data_files=max(1, num_frames // FRAMES_PER_FILE),
         num_video_files=VIDEO_FILES, cameras=CAMERAS, version=version))
