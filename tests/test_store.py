@@ -257,3 +257,20 @@ def test_concurrent_openers_build_once(video_ds, tmp_path, cache):
     assert sums[0] == pytest.approx(float(reference(video_ds)["state"].astype(np.float64).sum()))
     (entry,) = cache.iterdir()
     assert [p.name for p in entry.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_release_pages_keeps_the_data_and_skips_memory_arrays(tmp_path):
+    """release_pages drops a store mapping's pages from the process (values read back unchanged from the page
+    cache) and never touches an in-memory array (DONTNEED on anonymous memory would zero it)."""
+    from fastmix.sources import store
+
+    values = np.arange(1 << 20, dtype=np.int64) * 7
+    path = tmp_path / "col.npy"
+    np.save(path, values)
+    mapped = store.map_npy(path)
+    assert int(mapped.sum()) == int(values.sum())  # pages faulted in
+    assert store.release_pages([mapped]) >= mapped.nbytes
+    np.testing.assert_array_equal(mapped, values)
+    in_memory = values.copy()
+    assert store.release_pages([in_memory, mapped[:0]]) == 0
+    np.testing.assert_array_equal(in_memory, values)

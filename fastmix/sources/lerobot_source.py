@@ -19,6 +19,7 @@ from fastmix.sources.deltas import check_delta_timestamps, chunk_indices, delta_
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lowdim import LowDimTable, load_lowdim
 from fastmix.sources.meta import INDEX_KEYS, DatasetMeta, lerobot_home, load_meta
+from fastmix.sources.store import release_pages
 
 _CHW_NAMES = (("channels", "height", "width"), ("channel", "height", "width"))
 
@@ -82,6 +83,8 @@ class LeRobotSource:
         self.meta = replace(self.meta, episodes=checks.check_episode_rows(
             self.meta, low.values, low.ep_pos, low.sorted_pos, self._ep_positions))
         checks.check_task_ids(self.meta, low.values["task_index"], low.values["episode_index"])
+        # the checks read every row of the index columns once: let their pages go (they stay in the page cache)
+        release_pages([low.values[k] for k in INDEX_KEYS] + [low.sorted_pos, low.sorted_index, low.ep_pos])
         if check_finite:
             checks.check_finite(self)
         self._offsets_cache: dict[tuple, dict[str, np.ndarray]] = {}

@@ -217,6 +217,7 @@ try:
     _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                            ctypes.c_long]
     _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     _MAP_FAILED = ctypes.c_void_p(-1).value
 except (OSError, AttributeError):  # pragma: no cover - non-POSIX
     _libc = None
@@ -248,4 +249,30 @@ def map_npy(path: Path) -> np.ndarray:
     weakref.finalize(buf, _libc.munmap, addr, size)
     arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
     arr.flags.writeable = False
+    _MAPPED[id(arr)] = arr
     return arr
+
+
+_MAPPED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> array map_npy returned
+_MADV_DONTNEED = 4
+
+
+def release_pages(arrays: Sequence[np.ndarray]) -> int:
+    """Drop the pages of store-mapped arrays from this process's resident set (madvise MADV_DONTNEED on a
+    shared file mapping: the data stays in the page cache and is faulted back in on the next read). For
+    columns read once at open (the integrity checks), so that they do not count as this process's memory.
+    Arrays not returned by `map_npy` are skipped (on anonymous memory DONTNEED would discard data). Returns
+    the bytes released."""
+    if _libc is None:  # pragma: no cover
+        return 0
+    page = mmap.PAGESIZE
+    done = 0
+    for arr in arrays:
+        if not isinstance(arr, np.ndarray) or _MAPPED.get(id(arr)) is not arr or arr.nbytes == 0:
+            continue
+        ptr = arr.__array_interface__["data"][0]
+        start = ptr - ptr % page
+        length = arr.nbytes + (ptr - start)
+        if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_DONTNEED) == 0:
+            done += length
+    return done
