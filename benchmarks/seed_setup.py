@@ -1,4 +1,4 @@
-"""Material for the seed-environment benchmarks (`bench_*_seed.py`, `profile_e2e_seed.py`): run with the seed
+"""Material for the seed-environment benchmarks (`bench_*_seed.py`): run with the seed
 env's python (tests/seed/make-env: the openpi fork, the lerobot 0cf8648 it pins, format v2.1).
 
 Importing this module points lerobot's and openpi's homes at the benchmark cache (before either is imported):
