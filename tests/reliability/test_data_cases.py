@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -321,6 +322,15 @@ def _overlap_video(c):
     c["videos/image/to_timestamp"][1] -= 0.2
 
 
+def _refusal(ds, copy_ds, rel: str, damage) -> tuple[Any, str]:
+    """A copy of `ds` with the parquet `rel` damaged by `damage`: (its root, the DatasetFormatError opening it)."""
+    root = copy_ds(ds)
+    edit_parquet(root / rel, damage)
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/broken", root=root)
+    return root, str(e.value)
+
+
 @pytest.mark.parametrize("damage, expect", [
     (_move_boundary, ["episode 0 ", "holds 6 rows", "length 8"]),
     (_shift_range, ["episode 1 ", "dataset_from_index=7", "give 6"]),
@@ -330,11 +340,7 @@ def _overlap_video(c):
     (_overlap_video, ["episode 0 [0.000000, 0.600000)", "episode 1 [0.400000, 1.000000)", "overlap", VIDEO]),
 ], ids=["boundary_moved_2_frames", "index_range_shifted", "length_only", "video_from_timestamp_shifted", "video_segments_overlap"])
 def test_v30_episode_metadata_disagrees_with_data(tiny_video, copy_ds, damage, expect, no_leaks):
-    root = copy_ds(tiny_video)
-    edit_parquet(root / META_EPS, damage)
-    with pytest.raises(DatasetFormatError) as e:
-        LeRobotSource("rel/broken", root=root)
-    msg = str(e.value)
+    _, msg = _refusal(tiny_video, copy_ds, META_EPS, damage)
     assert "'rel/broken'" in msg and "Repair" in msg
     for part in expect:
         assert part in msg, (part, msg)
@@ -363,11 +369,7 @@ def _index_gap(c):
     (_index_gap, ["index values [0, 1, 2, 3, 4, 100]", "not one contiguous range"]),
 ], ids=["duplicated_timestamp", "reversed_timestamps", "frame_index", "index_not_contiguous"])
 def test_v30_data_columns_disagree(tiny_video, copy_ds, damage, expect, no_leaks):
-    root = copy_ds(tiny_video)
-    edit_parquet(root / DATA, damage)
-    with pytest.raises(DatasetFormatError) as e:
-        LeRobotSource("rel/broken", root=root)
-    msg = str(e.value)
+    root, msg = _refusal(tiny_video, copy_ds, DATA, damage)
     assert "'rel/broken'" in msg and "episode 0 " in msg and str(root / DATA) in msg
     for part in expect:
         assert part in msg, (part, msg)
