@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "alias.hpp"
+#include "convert.hpp"
 #include "index_map.hpp"
 #include "mixture.hpp"
 #include "philox.hpp"
@@ -66,6 +67,22 @@ void parallel_ranges(i64 count, int threads, F&& fn) {
     for (int t = 1; t < threads; ++t) pool.emplace_back(run);
     run();
     for (auto& th : pool) th.join();
+}
+
+// Pixel conversion (convert.hpp): out = table[src], uint8 (N, H, W, C) -> float32 (N, C, H, W) or (N, H, W, C).
+void lut_u8_to_f32(const py::array_t<std::uint8_t, py::array::c_style>& src, const Arr<float>& table, Arr<float> out,
+                   bool chw) {
+    if (src.ndim() != 4) throw std::invalid_argument("src: expected uint8 (N, H, W, C)");
+    const py::ssize_t n = src.shape(0), h = src.shape(1), w = src.shape(2), c = src.shape(3);
+    const float* t = in_ptr(table, 256, "table");
+    if (out.ndim() != 4) throw std::invalid_argument("out: expected float32 (N, C, H, W) or (N, H, W, C)");
+    const bool ok = chw ? (out.shape(0) == n && out.shape(1) == c && out.shape(2) == h && out.shape(3) == w)
+                        : (out.shape(0) == n && out.shape(1) == h && out.shape(2) == w && out.shape(3) == c);
+    if (!ok) throw std::invalid_argument("out: shape does not match src (N, H, W, C) in the requested layout");
+    const std::uint8_t* s = src.data();
+    float* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    fastmix::lut_u8_to_f32(s, n, h, w, c, t, o, chw);
 }
 
 struct Tables {
@@ -182,7 +199,9 @@ i64 to_global(const Arr<i64>& offsets, const Arr<i64>& dataset, const Arr<i64>& 
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "fastmix sampling core: Philox4x64-10, Vose alias tables, mixture draws, index mapping";
+    m.doc() = "fastmix native core: Philox4x64-10, Vose alias tables, mixture draws, index mapping, pixel conversion";
+    m.def("lut_u8_to_f32", &lut_u8_to_f32, py::arg("src"), py::arg("table"), py::arg("out").noconvert(),
+          py::arg("chw"), "out = table[src] (float32), uint8 (N, H, W, C) -> (N, C, H, W) when chw, else same layout.");
     m.def("philox4x64", &philox4x64, py::arg("key"), py::arg("counters"), py::arg("out").noconvert(),
           "out[i] = Philox4x64-10 block of counters[i] (4 uint64) under key (2 uint64).");
     m.def("alias_build", &alias_build, py::arg("weights"), py::arg("threshold").noconvert(),

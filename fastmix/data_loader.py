@@ -17,6 +17,7 @@ torch.distributed (each rank takes disjoint positions of one global weighted str
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -32,6 +33,7 @@ from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
 from fastmix.openpi_transforms import BatchedTokenizePrompt, batched
+from fastmix.pixels import to_float, value_table
 
 logger = logging.getLogger("fastmix")
 
@@ -97,20 +99,32 @@ def _is_torch_uint8(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
 
 
-def observation_float(image: Any, framework: str) -> Any:
-    """uint8 images (B, H, W, C) → float32 in [-1, 1] exactly as openpi's `Observation.from_dict` computes them
-    (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32), transposed to (B, C, H, W) for the
-    pytorch framework as its torch path permutes; other dtypes are returned unchanged."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        return image
-    if framework == "pytorch":
-        image = image.transpose(0, 3, 1, 2)
+def _openpi_float(image: np.ndarray) -> np.ndarray:
+    """openpi's `Observation.from_dict` conversion of uint8 images, step by step in float32."""
     out = image.astype(np.float32)
     out /= np.float32(255.0)
     out *= np.float32(2.0)
     out -= np.float32(1.0)
     return out
+
+
+@functools.cache
+def _openpi_table() -> np.ndarray:
+    return value_table(_openpi_float)
+
+
+def observation_float(image: Any, framework: str) -> Any:
+    """uint8 images (B, H, W, C) → float32 in [-1, 1] exactly as openpi's `Observation.from_dict` computes them
+    (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32; applied once to the 256 byte values and
+    written by one native table pass, `fastmix.pixels`), transposed to (B, C, H, W) for the pytorch framework
+    as its torch path permutes; other dtypes are returned unchanged."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 4:
+        return _openpi_float(image) if image.dtype == np.uint8 else image
+    if image.size and not any(image.strides):  # one byte broadcast over the batch (an absent camera)
+        b, h, w, c = image.shape
+        return np.full((b, c, h, w) if framework == "pytorch" else image.shape, _openpi_table()[image.flat[0]])
+    return to_float(image, _openpi_table(), chw=framework == "pytorch")
 
 
 def observation_class() -> type:
@@ -311,9 +325,9 @@ class DataLoader:
         return self._data_config
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        obs_cls = observation_class()
-        for batch in self.batches(float_images=True):
-            yield obs_cls.from_dict(batch), batch["actions"]
+        """`(Observation, actions)` pairs; the Observation (openpi's, with its type checks) is built on the
+        background thread with the rest of the batch, so the training thread only pops it."""
+        yield from self._iterate(float_images=True, with_meta=False, observations=True)
 
     def __len__(self) -> int:
         """Batches one iteration yields: `num_batches`, else the batches of one epoch (iteration then loops)."""
@@ -390,11 +404,15 @@ class DataLoader:
             if empty:
                 raise RuntimeError("the mixture loader produced no batch in a whole epoch")
 
-    def _produce(self, float_images: bool) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any] | None]]:
-        """(batch, meta, loader state after it): transformed and finished, ready to hand out."""
+    def _produce(self, float_images: bool, observations: bool = False) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any] | None]]:
+        """(batch, meta, loader state after it): transformed and finished, ready to hand out. With
+        `observations`, the batch is openpi's `(Observation.from_dict(batch), batch["actions"])`."""
+        obs_cls = observation_class() if observations else None
         for raw in self._raw_batches():
             state = self._loader.state_dict() if self.prefetch else None
             batch, meta = self.transform(raw, float_images=float_images)
+            if obs_cls is not None:
+                batch = (obs_cls.from_dict(batch), batch["actions"])
             yield batch, meta, state
 
     def _stop_background(self) -> None:
@@ -412,13 +430,17 @@ class DataLoader:
         `float_images`: images as openpi's `Observation.from_dict` makes them (float32 in [-1, 1]; (B, C, H, W)
         for framework "pytorch", (B, H, W, C) for "jax"), computed with the same float32 operations.
         """
+        return self._iterate(float_images=float_images, with_meta=with_meta, observations=False)
+
+    def _iterate(self, *, float_images: bool, with_meta: bool, observations: bool) -> Iterator[Any]:
         if not self.prefetch:
-            for batch, meta, _ in self._produce(float_images):
+            for batch, meta, _ in self._produce(float_images, observations):
                 yield (batch, meta) if with_meta else batch
             return
         self._stop_background()
         self._handed = self._loader.state_dict()
-        self._active = Background(self._produce(float_images), depth=self.prefetch, name="fastmix-transforms")
+        self._active = Background(self._produce(float_images, observations), depth=self.prefetch,
+                                  name="fastmix-transforms")
         try:
             for batch, meta, state in self._active:
                 self._handed = state

@@ -310,10 +310,12 @@ class LiberoInputs(Transform):
     def _right_mask(self) -> bool:
         return str(getattr(self.model_type, "value", self.model_type)) == "pi0_fast"
 
-    def _assemble(self, data: DataDict, base: np.ndarray, wrist: np.ndarray, masks: dict) -> DataDict:
+    def _assemble(self, data: DataDict, base: np.ndarray, wrist: np.ndarray, masks: dict,
+                  zeros: np.ndarray | None = None) -> DataDict:
         inputs: DataDict = {
             "state": data["observation/state"],
-            "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
+            "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist,
+                      "right_wrist_0_rgb": np.zeros_like(base) if zeros is None else zeros},
             "image_mask": masks,
         }
         if "actions" in data:
@@ -337,7 +339,9 @@ class LiberoInputs(Transform):
             "left_wrist_0_rgb": np.ones(n, dtype=bool),
             "right_wrist_0_rgb": np.full(n, self._right_mask(), dtype=bool),
         }
-        return self._assemble(data, base, wrist, masks)
+        # the absent camera as a read-only zero-stride view: no memory, and converting it to float is a fill
+        # (`fastmix.data_loader.observation_float`); anything that writes to it fails loudly
+        return self._assemble(data, base, wrist, masks, zeros=np.broadcast_to(np.zeros((), base.dtype), base.shape))
 
 
 @dataclasses.dataclass(frozen=True)

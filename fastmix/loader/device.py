@@ -7,11 +7,13 @@
   event completed, and the consumer's current stream waits on the slot's stream before the batch is handed
   out (``record_stream`` keeps the caching allocator from recycling the batch while the consumer uses it).
 * `host_batch`: the CPU path (no device): copies out of the slot into fresh (optionally pinned) tensors, so a
-  batch stays valid after its slot is reused.
+  batch stays valid after its slot is reused; float32 images are converted in the same pass (native table
+  lookup, on the loader's pipeline thread).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from fastmix.errors import ConfigError
+from fastmix.pixels import to_float, value_table
 
 IMAGE_DTYPES = ("uint8", "float32")
 
@@ -87,16 +90,25 @@ def images_to_float(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
 
 
+@functools.cache
+def float_table() -> np.ndarray:
+    """float32 (256,): `images_to_float` applied to every byte value (what the CPU path writes per byte)."""
+    return value_table(lambda x: images_to_float(torch.from_numpy(x)).numpy())
+
+
 def host_batch(views: Mapping[str, np.ndarray], n: int, camera_keys: Sequence[str], *, pin: bool,
                image_dtype: str) -> dict[str, torch.Tensor]:
-    """CPU path: fresh tensors copied out of rows [:n] of a slot (pinned when `pin`)."""
+    """CPU path: fresh tensors copied out of rows [:n] of a slot (pinned when `pin`). float32 images are
+    `images_to_float`'s values, written by one native pass (`fastmix.pixels.to_float`, GIL released)."""
     out: dict[str, torch.Tensor] = {}
     cams = set(camera_keys)
     for key, arr in views.items():
         src = arr[:n]
         if key in cams and image_dtype == "float32":
-            t = images_to_float(torch.from_numpy(src))
-            out[key] = t.pin_memory() if pin else t
+            b, h, w, c = src.shape
+            t = torch.empty((b, c, h, w), dtype=torch.float32, pin_memory=pin)
+            to_float(src, float_table(), chw=True, out=t.numpy())
+            out[key] = t
             continue
         t = torch.empty(src.shape, dtype=torch.from_numpy(src[:0]).dtype, pin_memory=pin)
         np.copyto(t.numpy(), src)
