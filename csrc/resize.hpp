@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -21,6 +22,17 @@
 #include <stdexcept>
 #include <utility>
 #include <vector>
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+#define FASTMIX_AVX2_KERNEL 1
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTMIX_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTMIX_SIMD_CLONES
+#endif
 
 #if defined(__clang__)
 #define FASTMIX_NO_FMA
@@ -122,7 +134,7 @@ inline uint8_t clip8(int32_t acc) {
 // Horizontal pass over `rows` rows: src rows of in_w * C bytes (stride src_stride), dst rows of out_w * C bytes
 // (stride dst_stride). K: the fixed tap count (cx.kfix) as a compile-time constant, or 0 for any.
 template <int C, int K>
-void horizontal_k(const uint8_t* src, std::ptrdiff_t src_stride, int rows, const AxisCoeffs& cx, uint8_t* dst,
+FASTMIX_SIMD_CLONES void horizontal_k(const uint8_t* src, std::ptrdiff_t src_stride, int rows, const AxisCoeffs& cx, uint8_t* dst,
                   std::ptrdiff_t dst_stride) {
     const int out_w = cx.out_size, kf = K > 0 ? K : cx.kfix;
     const int32_t* start = cx.fstart.data();
@@ -167,9 +179,84 @@ void horizontal_k(const uint8_t* src, std::ptrdiff_t src_stride, int rows, const
     }
 }
 
+#ifdef FASTMIX_AVX2_KERNEL
+// AVX2 horizontal pass for 3 channels, two output pixels per 256-bit register: each tap adds the pixel's bytes
+// (loaded as 4, the 4th ignored) widened to int32 times its weight, the same integer sums as horizontal_k.
+// Outputs are vectorized while their 4-byte loads stay inside the row and their 4-byte stores inside the
+// resized row; the rest run horizontal_k's scalar code.
+template <int K>
+__attribute__((target("avx2"))) void horizontal_avx2_c3(const uint8_t* src, std::ptrdiff_t src_stride, int rows,
+                                                         const AxisCoeffs& cx, uint8_t* dst,
+                                                         std::ptrdiff_t dst_stride) {
+    constexpr int C = 3;
+    const int out_w = cx.out_size, in_w = cx.in_size;
+    const int32_t* start = cx.fstart.data();
+    const int32_t* wt = cx.fw.data();
+    int vec_end = 0;  // outputs [0, vec_end) may use 4-byte loads (start + K < in_w) and stores (o + 1 < out_w)
+    while (vec_end < out_w - 1 && start[vec_end] + K < in_w) ++vec_end;
+    const __m256i half = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+    for (int y = 0; y < rows; ++y) {
+        const uint8_t* s = src + y * src_stride;
+        uint8_t* d = dst + y * dst_stride;
+        int o = 0;
+        for (; o + 2 <= vec_end; o += 2) {
+            const uint8_t* p0 = s + start[o] * C;
+            const uint8_t* p1 = s + start[o + 1] * C;
+            const int32_t* k0 = wt + static_cast<std::ptrdiff_t>(o) * K;
+            const int32_t* k1 = k0 + K;
+            __m256i acc = half;
+            for (int i = 0; i < K; ++i) {
+                int32_t a, b;
+                std::memcpy(&a, p0 + i * C, 4);
+                std::memcpy(&b, p1 + i * C, 4);
+                const __m256i px = _mm256_cvtepu8_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(a), b, 1));
+                const __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi32(k0[i])),
+                                                          _mm_set1_epi32(k1[i]), 1);
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, w));
+            }
+            const __m256i v = _mm256_srai_epi32(acc, kPrecisionBits);
+            const __m256i b16 = _mm256_packs_epi32(v, v);      // per 128-bit lane: saturate to int16
+            const __m256i b8 = _mm256_packus_epi16(b16, b16);  // then to uint8: clip8
+            const int32_t r0 = _mm256_extract_epi32(b8, 0), r1 = _mm256_extract_epi32(b8, 4);
+            std::memcpy(d + o * C, &r0, 4);  // the 4th byte is overwritten by the next pixel
+            std::memcpy(d + (o + 1) * C, &r1, 4);
+        }
+        for (; o < out_w; ++o) {
+            const uint8_t* p = s + start[o] * C;
+            const int32_t* k = wt + static_cast<std::ptrdiff_t>(o) * K;
+            int32_t acc[C];
+            for (int ch = 0; ch < C; ++ch) acc[ch] = 1 << (kPrecisionBits - 1);
+            for (int i = 0; i < K; ++i)
+                for (int ch = 0; ch < C; ++ch) acc[ch] += static_cast<int32_t>(p[i * C + ch]) * k[i];
+            for (int ch = 0; ch < C; ++ch) d[o * C + ch] = clip8(acc[ch]);
+        }
+    }
+}
+
+// FASTMIX_RESIZE_SCALAR=1 (read once per process) forces the portable code, for tests.
+inline bool has_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2") && std::getenv("FASTMIX_RESIZE_SCALAR") == nullptr;
+    return yes;
+}
+#endif
+
 template <int C>
 void horizontal(const uint8_t* src, std::ptrdiff_t src_stride, int rows, const AxisCoeffs& cx, uint8_t* dst,
                 std::ptrdiff_t dst_stride) {
+#ifdef FASTMIX_AVX2_KERNEL
+    if (C == 3 && has_avx2()) {
+        switch (cx.kfix) {
+            case 2: return horizontal_avx2_c3<2>(src, src_stride, rows, cx, dst, dst_stride);
+            case 3: return horizontal_avx2_c3<3>(src, src_stride, rows, cx, dst, dst_stride);
+            case 4: return horizontal_avx2_c3<4>(src, src_stride, rows, cx, dst, dst_stride);
+            case 5: return horizontal_avx2_c3<5>(src, src_stride, rows, cx, dst, dst_stride);
+            case 6: return horizontal_avx2_c3<6>(src, src_stride, rows, cx, dst, dst_stride);
+            case 7: return horizontal_avx2_c3<7>(src, src_stride, rows, cx, dst, dst_stride);
+            case 8: return horizontal_avx2_c3<8>(src, src_stride, rows, cx, dst, dst_stride);
+            default: break;
+        }
+    }
+#endif
     switch (cx.kfix) {  // common tap counts unrolled: 2..3 (up to x1 down), 4..5 (to x2), 6..7 (to x3)
         case 2: return horizontal_k<C, 2>(src, src_stride, rows, cx, dst, dst_stride);
         case 3: return horizontal_k<C, 3>(src, src_stride, rows, cx, dst, dst_stride);
@@ -183,7 +270,7 @@ void horizontal(const uint8_t* src, std::ptrdiff_t src_stride, int rows, const A
 
 // Vertical pass: output row o = weighted sum of `count[o]` rows of src starting at row first[o] - row0.
 // Each row is `row_len` bytes; the accumulation runs over the whole row (vectorized by the compiler).
-inline void vertical(const uint8_t* src, std::ptrdiff_t src_stride, int row0, std::ptrdiff_t row_len,
+FASTMIX_SIMD_CLONES inline void vertical(const uint8_t* src, std::ptrdiff_t src_stride, int row0, std::ptrdiff_t row_len,
                      const AxisCoeffs& cy, uint8_t* dst, std::ptrdiff_t dst_stride, int32_t* acc) {
     const int ks = cy.ksize;
     for (int o = 0; o < cy.out_size; ++o) {

@@ -206,3 +206,26 @@ def test_decoded_video_frames_equal_pil(tmp_path, codec, size, target):
     got = R.resize_with_pad(frames, *target)
     np.testing.assert_array_equal(got, reference(frames, *target))
     assert R.native_geometry_ok(frames.shape, *target)
+
+
+def test_portable_code_path_equals_pil_too(tmp_path):
+    """The AVX2 horizontal pass is bypassed with FASTMIX_RESIZE_SCALAR=1: the portable loop must agree too."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_resize_native import reference, GEOMETRIES\n"
+        "from fastmix import resize as R\n"
+        "rng = np.random.default_rng(5)\n"
+        "for (h, w), dst in GEOMETRIES:\n"
+        "    ims = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)\n"
+        "    assert np.array_equal(R.resize_with_pad(ims, *dst), reference(ims, *dst)), (h, w, dst)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "FASTMIX_RESIZE_SCALAR": "1"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", script, here], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
