@@ -198,6 +198,34 @@ i64 to_global(const Arr<i64>& offsets, const Arr<i64>& dataset, const Arr<i64>& 
 
 }  // namespace
 
+// ---- resize_with_pad_u8 (csrc/resize.hpp): Pillow-exact BILINEAR resize + zero padding, uint8 NHWC ----
+#include "resize.hpp"
+
+namespace {
+
+void resize_with_pad_u8(const py::array_t<uint8_t, py::array::c_style>& src,
+                        py::array_t<uint8_t, py::array::c_style> out, int rh, int rw, int top, int left,
+                        bool vertical_first) {
+    if (src.ndim() != 4 || out.ndim() != 4)
+        throw std::invalid_argument("src and out must be (N, H, W, C) uint8 arrays, got " +
+                                    std::to_string(src.ndim()) + " and " + std::to_string(out.ndim()) + " dims");
+    const py::ssize_t n = src.shape(0), h = src.shape(1), w = src.shape(2), c = src.shape(3);
+    if (out.shape(0) != n || out.shape(3) != c)
+        throw std::invalid_argument("out must be (" + std::to_string(n) + ", height, width, " + std::to_string(c) +
+                                    "), got (" + std::to_string(out.shape(0)) + ", ..., " +
+                                    std::to_string(out.shape(3)) + ")");
+    const int height = static_cast<int>(out.shape(1)), width = static_cast<int>(out.shape(2));
+    const uint8_t* s = src.data();
+    uint8_t* o = out.mutable_data();  // throws if not writeable
+    if (n == 0) return;
+    py::gil_scoped_release nogil;
+    fastmix::resize::resize_with_pad(s, n, static_cast<int>(h), static_cast<int>(w), static_cast<int>(c), o, height,
+                                     width, rh, rw, top, left, vertical_first);
+}
+
+}  // namespace
+// ---- end resize_with_pad_u8 ----
+
 PYBIND11_MODULE(_native, m) {
     m.doc() = "fastmix native core: Philox4x64-10, Vose alias tables, mixture draws, index mapping, pixel conversion";
     m.def("lut_u8_to_f32", &lut_u8_to_f32, py::arg("src"), py::arg("table"), py::arg("out").noconvert(),
@@ -222,4 +250,10 @@ PYBIND11_MODULE(_native, m) {
           py::arg("local").noconvert(), "Global -> (dataset, local); returns the first bad position or -1.");
     m.def("to_global", &to_global, py::arg("offsets"), py::arg("dataset"), py::arg("local"),
           py::arg("global_index").noconvert(), "(dataset, local) -> global; returns the first bad position or -1.");
+    // ---- resize_with_pad_u8 ----
+    m.def("resize_with_pad_u8", &resize_with_pad_u8, py::arg("src"), py::arg("out").noconvert(), py::arg("rh"),
+          py::arg("rw"), py::arg("top"), py::arg("left"), py::arg("vertical_first") = false,
+          "out[i] = zeros with src[i] resized to (rh, rw) (Pillow BILINEAR, bit-exact) at (top, left); GIL "
+          "released. vertical_first: run the vertical pass first when both axes change (Pillow >= 13 may).");
+    // ---- end resize_with_pad_u8 ----
 }

@@ -569,39 +569,17 @@ class PadStatesAndActions(Transform):
 # ------------------------------------------------------------------------------------------- images
 
 
-def _resize_with_pad_one(image: np.ndarray, height: int, width: int, method: int) -> np.ndarray:
-    from PIL import Image
-
-    cur_h, cur_w = image.shape[:2]
-    if (cur_h, cur_w) == (height, width):
-        return image
-    ratio = max(cur_w / width, cur_h / height)
-    rh, rw = int(cur_h / ratio), int(cur_w / ratio)
-    resized = np.asarray(Image.fromarray(image).resize((rw, rh), resample=method))
-    out = np.zeros((height, width, *image.shape[2:]), dtype=image.dtype)
-    top, left = max(0, int((height - rh) / 2)), max(0, int((width - rw) / 2))
-    out[top : top + rh, left : left + rw] = resized
-    return out
-
-
 def resize_with_pad(images: np.ndarray, height: int, width: int, method: int | None = None) -> np.ndarray:
     """Resize uint8 images [..., H, W, C] to (height, width) keeping the aspect ratio, zero-padding the rest.
 
     Same as openpi's `image_tools.resize_with_pad` (PIL, bilinear by default; the resized image is centred,
     padding split with the extra row/column at the bottom/right). Images already that size are returned as is.
+    Delegates to `fastmix.resize.resize_with_pad`: uint8 BILINEAR images go through a native replica of PIL's
+    resample once it has been checked bit-identical to the installed PIL for that geometry, others through PIL.
     """
-    from PIL import Image
+    from fastmix.resize import resize_with_pad as _resize_with_pad
 
-    images = np.asarray(images)
-    if images.shape[-3:-1] == (height, width):
-        return images
-    method = Image.BILINEAR if method is None else method
-    flat = images.reshape(-1, *images.shape[-3:])
-    out = np.zeros((len(flat), height, width, *flat.shape[3:]), dtype=flat.dtype)
-    for i, im in enumerate(flat):
-        if im.any():  # an all-zero image (e.g. LIBERO's absent right wrist camera) resizes and pads to zeros
-            out[i] = _resize_with_pad_one(im, height, width, method)
-    return out.reshape(*images.shape[:-3], *out.shape[-3:])
+    return _resize_with_pad(images, height, width, method)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -410,5 +410,8 @@ def test_decode_time_resize_equals_pil_on_the_native_frames(video_ds, image_ds, 
             assert b[key].shape == (6, 40, 56, 3) and b[key].dtype == np.uint8
             want = np.stack([_pil_resize_with_pad(f, 40, 56) for f in a[key]])
             np.testing.assert_array_equal(b[key], want)
+    from fastmix.resize import native_geometry_ok
+
+    assert native_geometry_ok((64, 64, 3), 40, 56)  # the workers resized these frames natively, equal to PIL
     with pytest.raises(ConfigError, match="resize_images"):
         MixtureLoader(srcs, resize_images=(40,), **kw)

@@ -46,31 +46,45 @@ def default_reader_factory(max_open_files: int, tolerance_s: float) -> Callable[
 
 class ResizingReader:
     """A frame reader whose frames come out resized with padding to (height, width), exactly as openpi's
-    `ResizeImages` would resize them later (`fastmix.transforms.resize_with_pad`: PIL bilinear, centred,
-    zero padding; an all-zero frame stays zero). `native` maps (dataset, key) to the decoded (H, W, C)."""
+    `ResizeImages` would resize them later (`fastmix.resize.resize_with_pad`: PIL bilinear, centred, zero
+    padding, natively where checked bit-identical to PIL). `native` maps (dataset, key) to the decoded (H, W, C).
+    Frames are decoded into a scratch buffer reused per (key, shape); a group whose slots are consecutive is
+    resized straight into the slot."""
 
     def __init__(self, inner: Any, height: int, width: int, native: dict[tuple[str, str], tuple[int, ...]]) -> None:
         self.inner, self.height, self.width, self.native = inner, int(height), int(width), native
+        self._scratch: dict[tuple, Any] = {}
+
+    def _buffer(self, key: str, shape: tuple[int, ...], n: int) -> Any:
+        import numpy as np
+
+        buf = self._scratch.get((key, shape))
+        if buf is None or len(buf) < n:
+            buf = self._scratch[(key, shape)] = np.empty((n, *shape), dtype=np.uint8)
+        return buf[:n]
 
     def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
         import dataclasses
 
-        import numpy as np
-
-        from fastmix.transforms import resize_with_pad
+        from fastmix.resize import resize_with_pad
 
         by_shape: dict[tuple, list[Any]] = {}
         for r in requests:
-            by_shape.setdefault((r.key, self.native[(r.dataset, r.key)]), []).append(r)
+            by_shape.setdefault((r.key, tuple(self.native[(r.dataset, r.key)])), []).append(r)
         for (key, shape), group in by_shape.items():
             if tuple(shape[:2]) == (self.height, self.width):
                 self.inner.read(group, out)
                 continue
-            tmp = {key: np.empty((len(group), *shape), dtype=np.uint8)}
-            self.inner.read([dataclasses.replace(r, slot=j) for j, r in enumerate(group)], tmp)
-            resized = resize_with_pad(tmp[key], self.height, self.width)
+            frames = self._buffer(key, shape, len(group))
+            self.inner.read([dataclasses.replace(r, slot=j) for j, r in enumerate(group)], {key: frames})
+            first, dest = group[0].slot, out[key]
+            block = dest[first:first + len(group)]
+            if all(r.slot == first + j for j, r in enumerate(group)) and block.flags.c_contiguous:
+                resize_with_pad(frames, self.height, self.width, out=block)  # straight into the slot
+                continue
+            resized = resize_with_pad(frames, self.height, self.width)
             for j, r in enumerate(group):
-                out[key][r.slot] = resized[j]
+                dest[r.slot] = resized[j]
 
     def close(self) -> None:
         self.inner.close()
