@@ -1,5 +1,7 @@
 """Builds the native sampling core `fastmix._native` from `csrc/` (pybind11, C++17)."""
 
+from glob import glob
+
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
@@ -8,6 +10,7 @@ ext_modules = [
         "fastmix._native",
         sources=["csrc/module.cpp"],
         include_dirs=["csrc"],
+        depends=sorted(glob("csrc/*.hpp")),  # a header change rebuilds the module
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),

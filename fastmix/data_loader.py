@@ -16,8 +16,6 @@ torch.distributed (each rank takes disjoint positions of one global weighted str
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import os
 import pathlib
@@ -32,108 +30,14 @@ from fastmix.background import Background
 from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
+from fastmix.observation import Observation, ObservationBuilder, observation_class, observation_float
 from fastmix.openpi_transforms import BatchedTokenizePrompt, batched
-from fastmix.pixels import to_float, value_table
 
 logger = logging.getLogger("fastmix")
 
 META_KEYS = ("dataset_index", "index", "episode_index", "frame_index", "task")
 STAGES = ("repack", "data", "normalize", "model")
 Trace = Callable[[str, int, Any, dict, dict], None]
-
-
-# -------------------------------------------------------------------------------------------- Observation
-
-
-@dataclasses.dataclass
-class Observation:
-    """openpi's `Observation` (used when openpi is not importable): images, masks, state, tokenized prompt.
-
-    `from_dict` converts uint8 images to float32 in [-1, 1] exactly as openpi does (torch uint8 images are
-    also permuted to (B, C, H, W), as openpi's PyTorch path does).
-    """
-
-    images: dict[str, Any]
-    image_masks: dict[str, Any]
-    state: Any
-    tokenized_prompt: Any = None
-    tokenized_prompt_mask: Any = None
-    token_ar_mask: Any = None
-    token_loss_mask: Any = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Observation:
-        if ("tokenized_prompt" in data) != ("tokenized_prompt_mask" in data):
-            raise ValueError("tokenized_prompt and tokenized_prompt_mask must be provided together.")
-        images = dict(data["image"])
-        for key, img in images.items():
-            if isinstance(img, np.ndarray) and img.dtype == np.uint8:
-                images[key] = img.astype(np.float32) / 255.0 * 2.0 - 1.0
-            elif _is_torch_uint8(img):
-                import torch
-
-                images[key] = img.to(torch.float32).permute(0, 3, 1, 2) / 255.0 * 2.0 - 1.0
-        data["image"] = images
-        return cls(
-            images=images,
-            image_masks=data["image_mask"],
-            state=data["state"],
-            tokenized_prompt=data.get("tokenized_prompt"),
-            tokenized_prompt_mask=data.get("tokenized_prompt_mask"),
-            token_ar_mask=data.get("token_ar_mask"),
-            token_loss_mask=data.get("token_loss_mask"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["image"] = d.pop("images")
-        d["image_mask"] = d.pop("image_masks")
-        return d
-
-
-def _is_torch_uint8(x: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
-
-
-def _openpi_float(image: np.ndarray) -> np.ndarray:
-    """openpi's `Observation.from_dict` conversion of uint8 images, step by step in float32."""
-    out = image.astype(np.float32)
-    out /= np.float32(255.0)
-    out *= np.float32(2.0)
-    out -= np.float32(1.0)
-    return out
-
-
-@functools.cache
-def _openpi_table() -> np.ndarray:
-    return value_table(_openpi_float)
-
-
-def observation_float(image: Any, framework: str) -> Any:
-    """uint8 images (B, H, W, C) → float32 in [-1, 1] exactly as openpi's `Observation.from_dict` computes them
-    (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32; applied once to the 256 byte values and
-    written by one native table pass, `fastmix.pixels`), transposed to (B, C, H, W) for the pytorch framework
-    as its torch path permutes; other dtypes are returned unchanged."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 4:
-        return _openpi_float(image) if image.dtype == np.uint8 else image
-    if image.size and not any(image.strides):  # one byte broadcast over the batch (an absent camera)
-        b, h, w, c = image.shape
-        return np.full((b, c, h, w) if framework == "pytorch" else image.shape, _openpi_table()[image.flat[0]])
-    return to_float(image, _openpi_table(), chw=framework == "pytorch")
-
-
-def observation_class() -> type:
-    """openpi's `Observation` when openpi is importable, else fastmix's stand-in."""
-    try:
-        from openpi.models.model import Observation as OpenpiObservation
-    except ImportError:
-        return Observation
-    return OpenpiObservation
 
 
 # ------------------------------------------------------------------------------------------- data access
@@ -407,12 +311,12 @@ class DataLoader:
     def _produce(self, float_images: bool, observations: bool = False) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any] | None]]:
         """(batch, meta, loader state after it): transformed and finished, ready to hand out. With
         `observations`, the batch is openpi's `(Observation.from_dict(batch), batch["actions"])`."""
-        obs_cls = observation_class() if observations else None
+        build = ObservationBuilder(observation_class()) if observations else None
         for raw in self._raw_batches():
             state = self._loader.state_dict() if self.prefetch else None
             batch, meta = self.transform(raw, float_images=float_images)
-            if obs_cls is not None:
-                batch = (obs_cls.from_dict(batch), batch["actions"])
+            if build is not None:
+                batch = (build(batch), batch["actions"])
             yield batch, meta, state
 
     def _stop_background(self) -> None:

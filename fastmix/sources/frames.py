@@ -20,6 +20,7 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from av.video.reformatter import VideoReformatter
 
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
 
@@ -64,6 +65,8 @@ class _OpenVideo:
         self.stream.thread_type = "NONE"
         self.stream.thread_count = 1
         self.time_base = float(self.stream.time_base)
+        self._tb: tuple[int, int] | None = None  # the frames' time base (numerator, denominator)
+        self.rgb = VideoReformatter()  # one swscale context per open file, not one per frame
         self.frames: Iterable[av.VideoFrame] | None = None
         self.prev: tuple[float, av.VideoFrame] | None = None  # frame decoded just before `cur`
         self.cur: tuple[float, av.VideoFrame] | None = None
@@ -103,7 +106,10 @@ class _OpenVideo:
             return False
         if frame.pts is None:
             raise DecodeError("decoded a frame without a presentation timestamp")
-        pts_s = float(frame.pts * frame.time_base)
+        if self._tb is None:
+            tb = frame.time_base
+            self._tb = (tb.numerator, tb.denominator)
+        pts_s = (frame.pts * self._tb[0]) / self._tb[1]  # int / int: correctly rounded, as float(Fraction)
         if frame.key_frame:
             if self.last_key_s is not None and pts_s > self.last_key_s:
                 gap = pts_s - self.last_key_s
@@ -324,7 +330,7 @@ class FrameReader:
                         f"nearest decoded frame is at {pts_s:.6f} s, {abs(pts_s - t):.6f} s away from the request "
                         f"(tolerance_s={self.tolerance_s}); the timestamp may lie outside the video")
                 if last is None or last[0] != pts_s:
-                    last = (pts_s, frame.to_ndarray(format="rgb24"))
+                    last = (pts_s, video.rgb.reformat(frame, format="rgb24").to_ndarray())
             except DecodeError as e:
                 self._drop(path)
                 raise DecodeError(f"{e}: {_where(req)}") from e
