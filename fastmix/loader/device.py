@@ -104,7 +104,7 @@ def host_batch(views: Mapping[str, np.ndarray], n: int, camera_keys: Sequence[st
     cams = set(camera_keys)
     for key, arr in views.items():
         src = arr[:n]
-        if key in cams and image_dtype == "float32":
+        if key in cams and image_dtype == "float32" and src.dtype == np.uint8:  # (float slots: plain copy)
             b, h, w, c = src.shape
             t = torch.empty((b, c, h, w), dtype=torch.float32, pin_memory=pin)
             to_float(src, float_table(), chw=True, out=t.numpy())

@@ -38,11 +38,23 @@ import numpy as np
 from fastmix.errors import ConfigError
 from fastmix.loader import slots
 from fastmix.loader.cursor import Cursor
-from fastmix.loader.device import IMAGE_DTYPES, DeviceStage, PinnedRegion, resolve_device, resolve_pin_memory
+from fastmix.loader.device import (
+    IMAGE_DTYPES,
+    DeviceStage,
+    PinnedRegion,
+    float_table,
+    resolve_device,
+    resolve_pin_memory,
+)
+from fastmix.loader.lending import SlotLender
 from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, Producer, drain
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.slots import SHM_DIR, SlotRing
-from fastmix.loader.worker_main import default_reader_factory, resizing_reader_factory
+from fastmix.loader.worker_main import (
+    default_reader_factory,
+    floating_reader_factory,
+    resizing_reader_factory,
+)
 from fastmix.loader.workers import WorkerPool
 from fastmix.sampler import MixtureSampler, resolve_rank_world_size
 from fastmix.sources.compat import check_mixture
@@ -120,6 +132,7 @@ class _Resources:
         self.pool: WorkerPool | None = None
         self.reader: Any = None
         self.producer: Producer | None = None
+        self.lender: SlotLender | None = None
 
     def stop_producer(self) -> None:
         producer, self.producer = self.producer, None
@@ -140,6 +153,7 @@ class _Resources:
         finally:
             reader, self.reader = self.reader, None
             stage, self.stage = self.stage, None
+            self.lender = None  # lent tensors keep the old mapping alive; a new ring starts with none lent
             pinned, self.pinned = self.pinned, None
             ring, self.ring = self.ring, None
             try:
@@ -174,7 +188,8 @@ class MixtureLoader:
         pin_memory: pin host tensors (default: when CUDA is available). device: None (CPU tensors) or a CUDA
             device (copies on per-slot streams). prefetch: batches decoded ahead of the consumer.
         transform: callable(batch) -> batch, applied in the main process after assembly.
-        image_dtype: "uint8" (B,H,W,C) or "float32" (B,C,H,W) in [0,1], converted on the device.
+        image_dtype: "uint8" (B,H,W,C) or "float32" (B,C,H,W) in [0,1] (torch's `x.to(float32) / 255`): on CPU
+            the decode workers convert into float32 slots; with a device, converted there.
         rank, world_size, batching: passed to MixtureSampler.
         reader_factory: picklable callable building a frame reader in each worker (default FrameReader).
         strict_fps: refuse datasets of different fps (default: allowed with a MixedFpsWarning; chunks are built
@@ -187,6 +202,9 @@ class MixtureLoader:
             is killed and reported with its pid and the file it was decoding (default 30 s).
         mp_context: "spawn" (default) or "forkserver". shm_dir: an existing directory where the slot ring
             lives (default /dev/shm).
+        zero_copy: CPU batches are tensors over the shared-memory slot itself (no copy); a slot is reused only
+            once every tensor of its batch is gone, and past `prefetch + 2` batches held by the consumer the
+            next ones are copied. Default: on for CPU output without pinning; False copies every batch out.
 
     Example:
         >>> with MixtureLoader([src_a, src_b], dataset_weights=[1, 3], batch_size=32, action_horizon=10) as ld:
@@ -209,7 +227,8 @@ class MixtureLoader:
                  rank: int | None = None, world_size: int | None = None, batching: str = "random",
                  reader_factory: Callable[[], Any] | None = None, max_open_files: int | None = None,
                  worker_timeout_s: float = 30.0, mp_context: str = "spawn", shm_dir: str = SHM_DIR,
-                 resize_images: tuple[int, int] | None = None, strict_fps: bool = False) -> None:
+                 resize_images: tuple[int, int] | None = None, strict_fps: bool = False,
+                 zero_copy: bool | None = None) -> None:
         if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) or not sources:
             raise ConfigError(f"sources should be a non-empty list of LeRobotSource objects, got {sources!r}")
         self.sources = [_as_source(s) for s in sources]
@@ -273,14 +292,21 @@ class MixtureLoader:
             self.max_open_files = default_max_open_files(len(self.planner.camera_keys), self.batch_size)
         else:
             self.max_open_files = _positive_int(max_open_files, "max_open_files")
+        if zero_copy and (self.device is not None or self.pin_memory):
+            raise ConfigError("zero_copy=True applies to CPU batches without pin_memory (device=None, "
+                              "pin_memory=False); device and pinned batches are copies by nature")
         slots.remove_stale_segments(self.shm_dir)  # a killed process group's ring must not eat the space
-        self._check_shm()
+        want_lend = self.prefetch + 2 if (zero_copy is not False and self.device is None and not self.pin_memory) else 0
+        self._float_slots, self._lend = self._plan_ring(
+            float_slots=self.image_dtype == "float32" and self.device is None, lend=want_lend)
         tol = max([float(getattr(s, "tolerance_s", 1e-4)) for s in self.sources])
         self._reader_factory = reader_factory or default_reader_factory(self.max_open_files, tol)
         if self.resize_images is not None:
             native = {(s.name, k): tuple(int(d) for d in s.camera_shape(k)) for s in self.sources
                       for k in self.planner.camera_keys}
             self._reader_factory = resizing_reader_factory(self._reader_factory, self.resize_images, native)
+        if self._float_slots:
+            self._reader_factory = floating_reader_factory(self._reader_factory, float_table())
         self._cursor = Cursor(self._num_batches, self.sampler.epoch_state)
         self._seqs = itertools.count()  # ids of work items, unique over the loader's life
         self._iterator: weakref.ref[_EpochIterator] | None = None  # weak: no loader↔iterator cycle
@@ -444,25 +470,50 @@ class MixtureLoader:
         self._res.stop_producer()
 
     def _num_slots(self) -> int:
-        return self.prefetch + 2  # FFCV: batches_ahead + 2
+        return self.prefetch + 2 + self._lend  # FFCV: batches_ahead + 2, plus the slots that may be lent
 
-    def _check_shm(self) -> None:
-        """Fail at construction, naming the bytes needed, when `shm_dir` cannot hold the slot ring."""
-        layout = slots.SlotLayout(name="probe", fields=tuple((k, tuple(s), np.dtype(d).str) for k, (s, d) in
-                                                             self.planner.fields.items()),
-                                  batch_size=self.batch_size, num_slots=self._num_slots(),
-                                  num_workers=max(1, self.num_workers), shm_dir=self.shm_dir)
+    def _slot_fields(self, float_slots: bool | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """{key: (shape per sample, dtype)} of a slot: the planner's fields, cameras float32 (C, H, W) when the
+        workers convert."""
+        fields = dict(self.planner.fields)
+        if self._float_slots if float_slots is None else float_slots:
+            for key in self.planner.camera_keys:
+                h, w, c = fields[key][0]
+                fields[key] = ((c, h, w), np.dtype(np.float32))
+        return fields
+
+    def _ring_bytes(self, float_slots: bool, lend: int) -> int:
+        return slots.SlotLayout(name="probe", fields=tuple((k, tuple(s), np.dtype(d).str) for k, (s, d) in
+                                                           self._slot_fields(float_slots).items()),
+                                batch_size=self.batch_size, num_slots=self.prefetch + 2 + lend,
+                                num_workers=max(1, self.num_workers), shm_dir=self.shm_dir).nbytes
+
+    def _plan_ring(self, *, float_slots: bool, lend: int) -> tuple[bool, int]:
+        """(float slots, slots that may be lent) that `shm_dir` can hold, degrading in this order when it is
+        small: no lending, then uint8 slots (float conversion in the main process); warns when it degrades and
+        fails at construction, naming the bytes needed, when even the plain ring does not fit."""
         free = slots.shm_free_bytes(self.shm_dir)
-        if free < layout.nbytes:
-            raise ConfigError(slots.shm_too_small_message(
-                layout.nbytes, free, self.shm_dir,
-                f"{layout.num_slots} slots (prefetch={self.prefetch} + 2) x batch_size={self.batch_size}"))
+        options = [(float_slots, lend), (float_slots, 0), (False, lend), (False, 0)]
+        for f, n in dict.fromkeys(options):
+            if self._ring_bytes(f, n) <= free:
+                if (f, n) != (float_slots, lend):
+                    lost = [what for what, on in (("zero-copy hand-out", n < lend),
+                                                  ("float conversion in the workers", f < float_slots)) if on]
+                    warnings.warn(f"{self.shm_dir} has {free} bytes free, too little for the faster ring "
+                                  f"({self._ring_bytes(float_slots, lend)} bytes); running without "
+                                  f"{' and '.join(lost)}", RuntimeWarning, stacklevel=3)
+                return f, n
+        needed = self._ring_bytes(False, 0)
+        raise ConfigError(slots.shm_too_small_message(
+            needed, free, self.shm_dir, f"{self.prefetch + 2} slots (prefetch={self.prefetch} + 2) x "
+                                        f"batch_size={self.batch_size}"))
 
     def _ensure_started(self) -> None:
         res = self._res
         if res.ring is None:
-            res.ring = SlotRing(self.planner.fields, batch_size=self.batch_size, num_slots=self._num_slots(),
+            res.ring = SlotRing(self._slot_fields(), batch_size=self.batch_size, num_slots=self._num_slots(),
                                 num_workers=max(1, self.num_workers), shm_dir=self.shm_dir)
+            res.lender = SlotLender(self._lend) if self._lend else None
             if self.pin_memory and self.device is not None:  # CPU path copies into pinned tensors instead
                 try:
                     res.pinned = PinnedRegion(res.ring.buffer())
@@ -493,7 +544,8 @@ class MixtureLoader:
                              executor=executor, num_workers=self.num_workers, batch_size=self.batch_size,
                              num_batches=self._num_batches, last_size=self._last_size, start_batch=c.batch,
                              sampler_state=c.sampler_state, max_inflight=1 if self.num_workers == 0 else self.prefetch,
-                             seqs=self._seqs, pin_memory=self.pin_memory, image_dtype=self.image_dtype)
+                             seqs=self._seqs, pin_memory=self.pin_memory, image_dtype=self.image_dtype,
+                             lender=res.lender)
 
     def _fail(self) -> None:
         """The current pass cannot continue: stop the workers and release the ring now (not at close());

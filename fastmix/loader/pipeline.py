@@ -1,7 +1,8 @@
 """`BatchPipeline`: the batches of one pass over (the rest of) an epoch, planned and decoded ahead of the
 consumer — sampler draws → `BatchPlanner` (low-dim gather into a free slot, frame requests) → work items for
-the decode workers (or the in-process reader) → in-order collection → copy out of the slot (CPU) or
-to the device on the slot's stream (CUDA).
+the decode workers (or the in-process reader) → in-order collection → the slot lent as zero-copy tensors
+(`SlotLender`, CPU), copied out of the slot (CPU, pinned or past the lending limit) or copied to the device on
+the slot's stream (CUDA).
 
 It plans from its own frontier (the sampler, loaded with the cursor's state when the pass starts) and never
 touches the consumer's position: `next_batch()` returns the batch with the sampler state after it, and the
@@ -23,6 +24,7 @@ from collections import deque
 from typing import Any
 
 from fastmix.loader.device import DeviceStage, host_batch
+from fastmix.loader.lending import SlotLender, unheld
 from fastmix.loader.plan import BatchPlan, BatchPlanner, split_work
 from fastmix.loader.slots import SlotRing
 
@@ -76,14 +78,15 @@ class BatchPipeline:
     def __init__(self, *, sampler: Any, planner: BatchPlanner, ring: SlotRing, stage: DeviceStage | None,
                  executor: Any, num_workers: int, batch_size: int, num_batches: int, last_size: int,
                  start_batch: int, sampler_state: dict, max_inflight: int, seqs: itertools.count,
-                 pin_memory: bool, image_dtype: str) -> None:
+                 pin_memory: bool, image_dtype: str, lender: SlotLender | None = None) -> None:
         self._sampler, self._planner, self._ring, self._stage, self._exec = sampler, planner, ring, stage, executor
         self._nw = max(1, num_workers)
         self._batch_size, self._num_batches, self._last_size = batch_size, num_batches, last_size
         self._max_inflight = max_inflight
         self._seqs = seqs
         self._pin, self._image_dtype = pin_memory, image_dtype
-        self._free: deque[int] = deque(range(ring.num_slots))
+        self._lender = lender if stage is None else None
+        self._free: deque[int] = deque(unheld(ring.num_slots, self._lender))  # never a slot a consumer holds
         self._reclaim: deque[int] = deque()  # slots whose device copies may still be running
         self._inflight: dict[int, _InFlight] = {}
         self._order: deque[int] = deque()  # seqs in delivery order
@@ -94,6 +97,8 @@ class BatchPipeline:
 
     # ------------------------------------------------------------------ planning / dispatch
     def _take_slot(self) -> int | None:
+        if self._lender is not None:
+            self._free.extend(self._lender.reclaim())
         while self._reclaim and (self._stage is None or self._stage.slot_free(self._reclaim[0])):
             self._free.append(self._reclaim.popleft())
         if not self._free and self._reclaim:
@@ -165,6 +170,8 @@ class BatchPipeline:
             out = item.staged if item.staged is not None else self._stage.copy(item.slot, views, n)
             out = self._stage.hand_out(item.slot, out)
             self._reclaim.append(item.slot)
+        elif self._lender is not None and self._lender.can_lend():
+            out = self._lender.lend(item.slot, views, n)  # zero copy: the slot returns when the batch is gone
         else:
             out = host_batch(views, n, self._planner.camera_keys, pin=self._pin, image_dtype=self._image_dtype)
             self._free.append(item.slot)

@@ -101,6 +101,45 @@ def resizing_reader_factory(inner_factory: Callable[[], Any], size: tuple[int, i
     return functools.partial(_make_resizing_reader, inner_factory, int(size[0]), int(size[1]), dict(native))
 
 
+class FloatingReader:
+    """A frame reader whose camera frames land in float32 (C, H, W) slots: the inner reader decodes uint8
+    (H, W, C) frames into a scratch row, and `fastmix.pixels.to_float` writes `table[frame]` transposed into the
+    slot (`table`: float32 (256,), the reference conversion of every byte value, computed by the caller)."""
+
+    def __init__(self, inner: Any, table: Any) -> None:
+        self.inner, self.table = inner, table
+        self._scratch: dict[tuple[str, tuple[int, ...]], Any] = {}
+
+    def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
+        import numpy as np
+
+        from fastmix.pixels import to_float
+
+        scratch: dict[str, Any] = {}
+        for r in requests:
+            if r.key not in scratch:
+                b, c, h, w = out[r.key].shape
+                buf = self._scratch.get((r.key, (b, h, w, c)))
+                if buf is None:
+                    buf = self._scratch[(r.key, (b, h, w, c))] = np.empty((b, h, w, c), dtype=np.uint8)
+                scratch[r.key] = buf
+        self.inner.read(requests, scratch)
+        for r in requests:
+            to_float(scratch[r.key][r.slot:r.slot + 1], self.table, chw=True, out=out[r.key][r.slot:r.slot + 1])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _make_floating_reader(inner_factory: Callable[[], Any], table: Any) -> FloatingReader:
+    return FloatingReader(inner_factory(), table)
+
+
+def floating_reader_factory(inner_factory: Callable[[], Any], table: Any) -> Callable[[], Any]:
+    """Picklable factory of a `FloatingReader` around the reader `inner_factory` builds (in the worker)."""
+    return functools.partial(_make_floating_reader, inner_factory, table)
+
+
 def describe_requests(requests: Sequence[Any]) -> str:
     """'dataset X, episode(s) .., file .., key(s) .., timestamp(s) ..' of a (per-file) group of requests."""
     if not requests:
@@ -219,5 +258,5 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
         conn.close()
 
 
-__all__ = ["INFO", "ExceptionWrapper", "ResizingReader", "default_reader_factory", "describe_requests",
-           "file_groups", "resizing_reader_factory", "worker_main"]
+__all__ = ["INFO", "ExceptionWrapper", "FloatingReader", "ResizingReader", "default_reader_factory",
+           "describe_requests", "file_groups", "floating_reader_factory", "resizing_reader_factory", "worker_main"]
