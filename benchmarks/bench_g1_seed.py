@@ -11,7 +11,7 @@ chunks: the pinned lerobot indexes its episode ranges by episode index, which is
   default decoder (torchcodec), `DataLoader(batch_size=32, shuffle=True, num_workers=2, spawn,
   persistent_workers=True)`: float32 BCHW in [0, 1];
 * fastmix float32 — `MixtureLoader([LeRobotSource(root, episodes=...)], batch_size=32, num_workers=2,
-  image_dtype="float32")`: float32 BCHW in [0, 1] (converted in the loader's main process);
+  image_dtype="float32")`: float32 BCHW in [0, 1] (converted by the decode workers into float32 slots);
 * fastmix uint8 — the same with image_dtype="uint8": uint8 BHWC (not like-for-like; its ratio cell says so).
 
 Run (seed env python, from the repo root):
@@ -116,7 +116,7 @@ def test_fastmix_loader_g1(benchmark, g1_root, image_dtype: str) -> None:
         img = batch[CAMERA]
         want = (BATCH, 3, 480, 640) if image_dtype == "float32" else (BATCH, 480, 640, 3)
         assert str(img.dtype) == f"torch.{image_dtype}" and tuple(img.shape) == want, (img.dtype, img.shape)
-        where = "converted in the loader's main process" if image_dtype == "float32" else "as decoded"
+        where = "converted by the decode workers into float32 slots" if image_dtype == "float32" else "as decoded"
         tag(benchmark, "fastmix", FORMATS[image_dtype],
             f"MixtureLoader image_dtype={image_dtype!r}, {WORKERS} workers, the same episodes; single frames: "
             f"images {FORMATS[image_dtype]} ({where})")

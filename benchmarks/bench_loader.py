@@ -11,8 +11,9 @@ openpi's LIBERO conversion). Every row states its output format (`extra_info["fo
   [0, 1]. When torchcodec cannot load, the row is skipped with the reason (listed under "Rows not run").
 * reference pyav (video only) — the same with `video_backend="pyav"`, a second reference row.
 * fastmix float32 — `MixtureLoader(sources, dataset_weights=[1, 3], batch_size=32, action_horizon=10,
-  num_workers=2, image_dtype="float32")`: float32 BCHW in [0, 1], like the reference (the uint8 → float32
-  conversion and the permute happen in the loader's main process, on the consumer's thread).
+  num_workers=2, image_dtype="float32")`: float32 BCHW in [0, 1], like the reference (the decode workers write
+  torch's `x.to(float32) / 255` values, as a 256-entry table, transposed into float32 slots; the batch is handed
+  out zero-copy over its slot).
 * fastmix uint8 — the same with image_dtype="uint8" (the default): uint8 BHWC; not like-for-like with the
   reference (its `× reference` cell says so).
 * bound — the same requests as fastmix's plans (grouped by file, sorted by timestamp) decoded by PyAV alone
@@ -122,8 +123,8 @@ def test_fastmix_loader(benchmark, request, variant: str, image_dtype: str) -> N
                 n += len(next(it)["task"])
             return n
 
-        where = ("converted from uint8 BHWC in the loader's main process" if image_dtype == "float32"
-                 else "as decoded")
+        where = ("converted by the decode workers into float32 slots, handed out zero-copy" if image_dtype == "float32"
+                 else "as decoded, handed out zero-copy")
         tag(benchmark, variant, "fastmix", FASTMIX_BATCHES * BATCH, fmt,
             f"MixtureLoader image_dtype={image_dtype!r}, {WORKERS} workers: images {fmt} ({where})")
         assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1) == FASTMIX_BATCHES * BATCH

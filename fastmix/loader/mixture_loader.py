@@ -59,6 +59,10 @@ from fastmix.loader.workers import WorkerPool
 from fastmix.sampler import MixtureSampler, resolve_rank_world_size
 from fastmix.sources.compat import check_mixture
 
+# zero-copy: how many batches the consumer side may hold (its current batch, the one being handed to it, ones
+# queued by a prefetching wrapper) before further batches are copied: LEND_BYTES worth of slots, within bounds
+LEND_SLOTS_BOUNDS = (3, 8)
+LEND_BYTES = 256 << 20
 MAX_OPEN_FILES_BOUNDS = (16, 128)  # default container cache per worker: cameras x batch rows, clamped
 
 
@@ -203,8 +207,9 @@ class MixtureLoader:
         mp_context: "spawn" (default) or "forkserver". shm_dir: an existing directory where the slot ring
             lives (default /dev/shm).
         zero_copy: CPU batches are tensors over the shared-memory slot itself (no copy); a slot is reused only
-            once every tensor of its batch is gone, and past `prefetch + 2` batches held by the consumer the
-            next ones are copied. Default: on for CPU output without pinning; False copies every batch out.
+            once every tensor of its batch is gone; while the consumer side holds 3..8 batches (256 MiB of
+            slots) the next ones are copied. Default: on for CPU output without pinning; False copies every
+            batch out.
 
     Example:
         >>> with MixtureLoader([src_a, src_b], dataset_weights=[1, 3], batch_size=32, action_horizon=10) as ld:
@@ -296,9 +301,10 @@ class MixtureLoader:
             raise ConfigError("zero_copy=True applies to CPU batches without pin_memory (device=None, "
                               "pin_memory=False); device and pinned batches are copies by nature")
         slots.remove_stale_segments(self.shm_dir)  # a killed process group's ring must not eat the space
-        want_lend = self.prefetch + 2 if (zero_copy is not False and self.device is None and not self.pin_memory) else 0
-        self._float_slots, self._lend = self._plan_ring(
-            float_slots=self.image_dtype == "float32" and self.device is None, lend=want_lend)
+        float_slots = self.image_dtype == "float32" and self.device is None
+        want_lend = self._lend_slots(float_slots) \
+            if (zero_copy is not False and self.device is None and not self.pin_memory) else 0
+        self._float_slots, self._lend = self._plan_ring(float_slots=float_slots, lend=want_lend)
         tol = max([float(getattr(s, "tolerance_s", 1e-4)) for s in self.sources])
         self._reader_factory = reader_factory or default_reader_factory(self.max_open_files, tol)
         if self.resize_images is not None:
@@ -482,6 +488,12 @@ class MixtureLoader:
                 fields[key] = ((c, h, w), np.dtype(np.float32))
         return fields
 
+    def _lend_slots(self, float_slots: bool) -> int:
+        """Slots that may be lent: `LEND_BYTES` worth of slots, clamped to `LEND_SLOTS_BOUNDS`."""
+        per_slot = self._ring_bytes(float_slots, 1) - self._ring_bytes(float_slots, 0)
+        lo, hi = LEND_SLOTS_BOUNDS
+        return int(min(hi, max(lo, LEND_BYTES // max(1, per_slot))))
+
     def _ring_bytes(self, float_slots: bool, lend: int) -> int:
         return slots.SlotLayout(name="probe", fields=tuple((k, tuple(s), np.dtype(d).str) for k, (s, d) in
                                                            self._slot_fields(float_slots).items()),
@@ -490,12 +502,14 @@ class MixtureLoader:
 
     def _plan_ring(self, *, float_slots: bool, lend: int) -> tuple[bool, int]:
         """(float slots, slots that may be lent) that `shm_dir` can hold, degrading in this order when it is
-        small: no lending, then uint8 slots (float conversion in the main process); warns when it degrades and
-        fails at construction, naming the bytes needed, when even the plain ring does not fit."""
+        small: no lending, then uint8 slots (float conversion in the main process). The faster rings may take
+        at most half of the free space (other loaders, e.g. other ranks, share it); the plain ring all of it.
+        Warns when it degrades; fails at construction, naming the bytes needed, when even the plain ring does
+        not fit."""
         free = slots.shm_free_bytes(self.shm_dir)
         options = [(float_slots, lend), (float_slots, 0), (False, lend), (False, 0)]
         for f, n in dict.fromkeys(options):
-            if self._ring_bytes(f, n) <= free:
+            if self._ring_bytes(f, n) <= (free if (f, n) == (False, 0) else free // 2):
                 if (f, n) != (float_slots, lend):
                     lost = [what for what, on in (("zero-copy hand-out", n < lend),
                                                   ("float conversion in the workers", f < float_slots)) if on]
