@@ -209,15 +209,17 @@ def test_transform_runs_on_the_assembled_batch():
     torch.testing.assert_close(b["state"], ref["state"] * 2)
 
 
-def test_training_thread_only_hands_out(monkeypatch):
-    """CPU output: planning (sampler draws, low-dim gather) and the copy out of the slot run on the pipeline
-    thread, never on the thread calling next(); the transform runs on the consumer's thread."""
+@pytest.mark.parametrize("zero_copy", [True, False])
+def test_training_thread_only_hands_out(monkeypatch, zero_copy):
+    """CPU output: planning (sampler draws, low-dim gather) and the hand-out preparation (lending the slot, or
+    the copy out of it) run on the pipeline thread, never on the thread calling next(); the transform runs on
+    the consumer's thread."""
     import threading
 
-    from fastmix.loader import pipeline, plan
+    from fastmix.loader import lending, pipeline, plan
 
     threads: dict[str, set[str]] = {"plan": set(), "copy": set(), "transform": set()}
-    real_plan, real_copy = plan.BatchPlanner.plan, pipeline.host_batch
+    real_plan, real_copy, real_lend = plan.BatchPlanner.plan, pipeline.host_batch, lending.SlotLender.lend
 
     def traced_plan(self, *a, **kw):
         threads["plan"].add(threading.current_thread().name)
@@ -227,14 +229,19 @@ def test_training_thread_only_hands_out(monkeypatch):
         threads["copy"].add(threading.current_thread().name)
         return real_copy(*a, **kw)
 
+    def traced_lend(self, *a, **kw):
+        threads["copy"].add(threading.current_thread().name)
+        return real_lend(self, *a, **kw)
+
     def transform(batch):
         threads["transform"].add(threading.current_thread().name)
         return batch
 
     monkeypatch.setattr(plan.BatchPlanner, "plan", traced_plan)
     monkeypatch.setattr(pipeline, "host_batch", traced_copy)
+    monkeypatch.setattr(lending.SlotLender, "lend", traced_lend)
     me = threading.current_thread().name
-    with make(num_workers=2, num_batches=5, transform=transform) as loader:
+    with make(num_workers=2, num_batches=5, transform=transform, zero_copy=zero_copy) as loader:
         assert len(list(loader)) == 5
     assert threads["plan"] == threads["copy"] == {"fastmix-pipeline"}
     assert threads["transform"] == {me}
