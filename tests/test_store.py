@@ -3,6 +3,7 @@ data files; reuse, invalidation, key subsets, concurrency, read-only fallbacks, 
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pickle
@@ -120,6 +121,7 @@ def test_incomplete_store_dir_is_rebuilt(video_ds, cache):
 
 def test_dataset_dir_untouched_and_no_fds_held(video_ds):
     before = {str(p): p.stat().st_mtime_ns for p in video_ds.rglob("*")}
+    gc.collect()  # earlier tests' garbage (an mmap closes its descriptor when collected) must not count here
     fds = psutil.Process().num_fds()
     src = LeRobotSource("v", root=video_ds)
     assert psutil.Process().num_fds() == fds  # maps hold no descriptor
