@@ -104,6 +104,10 @@ def test_a_held_view_keeps_its_slot(video_ds):
         for _ in it:
             pass
         assert torch.equal(piece, want)
+    assert torch.equal(piece, want)  # still readable after close(): the mapping lives as long as the tensor
+    import os
+
+    assert leftover_segments(pid=os.getpid()) == []  # the segment itself is unlinked
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
