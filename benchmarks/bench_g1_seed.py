@@ -35,6 +35,7 @@ BATCH = 32
 WORKERS = 2
 ROUNDS = 2 if QUICK else 3
 BATCHES = 2 if QUICK else 4  # per round
+WARMUP_BATCHES = 2 * 2 * WORKERS + 1  # both sides: workers started, prefetch queues drained
 GROUP = f"loader G1 v2.1 B={BATCH}"
 FORMATS = {"float32": "float32 BCHW", "uint8": "uint8 BHWC"}
 CAMERA = "observation.images.cam_high"
@@ -83,7 +84,7 @@ def test_reference_lerobot_v21(benchmark, g1_root) -> None:
             return next(state["it"])
 
     try:
-        for _ in range(2 * 2 * WORKERS + 1):  # workers started, prefetch queues drained
+        for _ in range(WARMUP_BATCHES):  # workers started, prefetch queues drained
             batch = next_batch()
         img = batch[CAMERA]
         assert img.dtype == torch.float32 and tuple(img.shape) == (BATCH, 3, 480, 640), (img.dtype, img.shape)
@@ -111,7 +112,7 @@ def test_fastmix_loader_g1(benchmark, g1_root, image_dtype: str) -> None:
                            image_dtype=image_dtype)
     try:
         it = iter(loader)
-        for _ in range(3):
+        for _ in range(WARMUP_BATCHES):  # the same warm-up as the reference (workers' files opened)
             batch = next(it)
         img = batch[CAMERA]
         want = (BATCH, 3, 480, 640) if image_dtype == "float32" else (BATCH, 480, 640, 3)

@@ -61,7 +61,7 @@ from fastmix.sources.compat import check_mixture
 
 # zero-copy: how many batches the consumer side may hold (its current batch, the one being handed to it, ones
 # queued by a prefetching wrapper) before further batches are copied: LEND_BYTES worth of slots, within bounds
-LEND_SLOTS_BOUNDS = (3, 8)
+LEND_SLOTS_BOUNDS = (4, 8)
 LEND_BYTES = 256 << 20
 MAX_OPEN_FILES_BOUNDS = (16, 128)  # default container cache per worker: cameras x batch rows, clamped
 
@@ -207,7 +207,7 @@ class MixtureLoader:
         mp_context: "spawn" (default) or "forkserver". shm_dir: an existing directory where the slot ring
             lives (default /dev/shm).
         zero_copy: CPU batches are tensors over the shared-memory slot itself (no copy); a slot is reused only
-            once every tensor of its batch is gone; while the consumer side holds 3..8 batches (256 MiB of
+            once every tensor of its batch is gone; while the consumer side holds 4..8 batches (256 MiB of
             slots) the next ones are copied. Default: on for CPU output without pinning; False copies every
             batch out.
 

@@ -124,6 +124,12 @@ class BatchPipeline:
                 item.pending.add(w)
                 self._exec.submit(w, seq, slot, piece)
 
+    def _can_lend(self) -> bool:
+        """Whether the lender has room, after taking back the slots whose batches are gone."""
+        assert self._lender is not None
+        self._free.extend(self._lender.reclaim())
+        return self._lender.can_lend()
+
     def _complete(self, timeout: float) -> None:
         for seq, w in self._exec.poll(timeout):
             item = self._inflight.get(seq)
@@ -170,7 +176,7 @@ class BatchPipeline:
             out = item.staged if item.staged is not None else self._stage.copy(item.slot, views, n)
             out = self._stage.hand_out(item.slot, out)
             self._reclaim.append(item.slot)
-        elif self._lender is not None and self._lender.can_lend():
+        elif self._lender is not None and self._can_lend():
             out = self._lender.lend(item.slot, views, n)  # zero copy: the slot returns when the batch is gone
         else:
             out = host_batch(views, n, self._planner.camera_keys, pin=self._pin, image_dtype=self._image_dtype)

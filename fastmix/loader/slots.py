@@ -107,6 +107,13 @@ class SlotLayout:
         return os.path.join(self.shm_dir, self.name)
 
 
+def _map(fd: int, nbytes: int) -> mmap.mmap:
+    """Shared read-write mapping of the segment with its page tables filled now (MAP_POPULATE where the
+    platform has it): the first batches then pay no page fault per 4 KiB of slot, in any process."""
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(fd, nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
 def _views(buf: Any, layout: SlotLayout) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
     """(progress int64 (num_workers, PROGRESS_WORDS), per-slot {key: array}) over `buf`."""
     raw = np.frombuffer(buf, dtype=np.uint8, count=layout.nbytes)
@@ -192,7 +199,7 @@ class SlotRing:
             except OSError as exc:
                 raise ConfigError(shm_too_small_message(needed, shm_free_bytes(shm_dir), shm_dir, what)
                                   + f" ({exc.strerror})") from exc
-            mm = mmap.mmap(fd, needed)
+            mm = _map(fd, needed)
             try:
                 from multiprocessing import resource_tracker
 
@@ -258,7 +265,7 @@ class SlotAttachment:
             size = os.fstat(fd).st_size
             if size < layout.nbytes:
                 raise RuntimeError(f"shared-memory segment {layout.path} has {size} bytes, expected {layout.nbytes}")
-            self._mm = mmap.mmap(fd, layout.nbytes)
+            self._mm = _map(fd, layout.nbytes)
         finally:
             os.close(fd)
         self.progress, self._slots = _views(self._mm, layout)
