@@ -109,11 +109,19 @@ class FloatingReader:
     def __init__(self, inner: Any, table: Any) -> None:
         self.inner, self.table = inner, table
         self._scratch: dict[tuple[str, tuple[int, ...]], Any] = {}
+        # a reader that converts as it stores (FrameReader.float_table) writes the slot directly
+        self._direct = hasattr(inner, "float_table")
+        if self._direct:
+            inner.float_table = table
 
     def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
         import numpy as np
 
         from fastmix.pixels import to_float
+
+        if self._direct:
+            self.inner.read(requests, out)
+            return
 
         scratch: dict[str, Any] = {}
         for r in requests:

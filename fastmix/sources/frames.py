@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
+from fastmix.pixels import to_float
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
 
@@ -238,6 +239,9 @@ class FrameReader:
         self.tolerance_s = float(tolerance_s)
         self._open: OrderedDict[str, _OpenVideo | _OpenParquet] = OrderedDict()
         self._row_groups = _RowGroupCache(cache_bytes)
+        # float32 (256,): when set, float32 (B, C, H, W) destinations get `float_table[frame]` transposed
+        # (`loader.worker_main.FloatingReader` sets it: no uint8 round trip through a scratch row)
+        self.float_table: np.ndarray | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -337,7 +341,7 @@ class FrameReader:
             except (av.error.FFmpegError, ValueError) as e:
                 self._drop(path)
                 raise DecodeError(f"decoding failed ({e}): {_where(req)}") from e
-            _store(out, req, last[1])
+            _store(out, req, last[1], self.float_table)
 
     # -- images in parquet ------------------------------------------------------------------------------
     def _read_images(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray]) -> None:
@@ -353,7 +357,7 @@ class FrameReader:
                 raise DecodeError(f"{e}: {_where(req)}") from e
             if not data:
                 raise DecodeError(f"no embedded image bytes: {_where(req)}")
-            _store(out, req, self._decode_png(data, req))
+            _store(out, req, self._decode_png(data, req), self.float_table)
 
     @staticmethod
     def _decode_png(data: bytes, req: FrameRequest) -> np.ndarray:
@@ -371,10 +375,19 @@ class FrameReader:
         return frames[0].to_ndarray(format="rgb24")
 
 
-def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray) -> None:
+def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray, table: np.ndarray | None = None) -> None:
+    """`out[req.key][req.slot] = frame` (uint8 (H, W, C)); a float32 (C, H, W) destination gets `table[frame]`
+    transposed (`fastmix.pixels.to_float`; needs the reader's `float_table`)."""
     dest = out.get(req.key)
     if dest is None:
         raise KeyError(f"out has no array for camera key {req.key!r} ({_where(req)})")
+    if dest.dtype == np.float32 and table is not None:
+        h, w, c = frame.shape
+        if dest.shape[1:] != (c, h, w):
+            raise DecodeError(f"decoded frame has shape {frame.shape}, the float32 output expects (C, H, W) "
+                              f"{dest.shape[1:]}: {_where(req)}")
+        to_float(frame[None], table, chw=True, out=dest[req.slot:req.slot + 1])
+        return
     if dest.shape[1:] != frame.shape:
         raise DecodeError(f"decoded frame has shape {frame.shape}, the output expects {dest.shape[1:]}: "
                           f"{_where(req)}")
