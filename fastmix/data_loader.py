@@ -181,7 +181,7 @@ def _to_framework(x: Any, framework: str, sharding: Any) -> Any:
         import jax
 
         return jax.make_array_from_process_local_data(sharding, x)
-    return x
+    return x if x.flags.writeable else np.array(x)  # e.g. LiberoInputs' zero-stride absent camera
 
 
 # --------------------------------------------------------------------------------------------- the loader

@@ -128,7 +128,7 @@ def _leaf_signature(x: Any) -> Any:
     if x is None:
         return None
     if isinstance(x, dict):
-        return tuple(sorted((k, _leaf_signature(v)) for k, v in x.items()))
+        return tuple((k, _leaf_signature(v)) for k, v in x.items())  # in order: beartype checks the first item
     return (type(x), str(getattr(x, "dtype", None)), tuple(getattr(x, "shape", ())), str(getattr(x, "device", "")))
 
 

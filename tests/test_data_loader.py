@@ -180,6 +180,11 @@ def test_jax_framework_yields_numpy(tmp_path, fake):
         obs, actions = next(iter(loader))
     assert isinstance(actions, np.ndarray) and isinstance(obs.state, np.ndarray)
     assert obs.images["base_0_rgb"].shape == (4, 8, 8, 3)  # numpy images stay HWC, as in openpi
+    with fake.create(cfg, num_batches=1, framework="jax") as loader:
+        batch = next(loader.batches())  # uint8 images, as openpi's collated batch: every array writable
+    zeros = batch["image"]["right_wrist_0_rgb"]  # LiberoInputs' absent camera
+    assert zeros.flags.writeable and zeros.shape == (4, 8, 8, 3) and not zeros.any()
+    zeros[0, 0, 0, 0] = 1  # a user may write into its batch
 
 
 def test_weighted_sampling_follows_declared_weights(tmp_path, fake):

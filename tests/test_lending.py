@@ -21,11 +21,12 @@ from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import FakeReader, FakeSource
 
 
-def fake_loader(**kw) -> MixtureLoader:
+def fake_loader(camera_shape: tuple[int, int, int] = (8, 8, 3), **kw) -> MixtureLoader:
     args = dict(dataset_weights=[1.0, 3.0], batch_size=8, action_horizon=4, num_workers=0, seed=5,
                 reader_factory=FakeReader, num_batches=30)
     args.update(kw)
-    srcs = [FakeSource("ds_a", num_episodes=4, episode_length=20), FakeSource("ds_b", num_episodes=2, episode_length=15)]
+    srcs = [FakeSource("ds_a", num_episodes=4, episode_length=20, camera_shape=camera_shape),
+            FakeSource("ds_b", num_episodes=2, episode_length=15, camera_shape=camera_shape)]
     return MixtureLoader(srcs, **args)
 
 
@@ -50,12 +51,17 @@ def in_ring(loader: MixtureLoader, t: torch.Tensor) -> bool:
 
 # ------------------------------------------------------------------------------------------ the lender
 def test_lender_gives_a_slot_back_only_when_every_reference_is_gone():
-    slot_arrays = {"img": np.zeros((4, 2, 2, 3), np.uint8), "state": np.zeros((4, 3), np.float32)}
+    slot_arrays = {"img": np.zeros((4, 2, 2, 3), np.uint8), "wrist": np.zeros((4, 2, 2, 3), np.uint8),
+                   "state": np.zeros((4, 3), np.float32)}
+    cams = ("img", "wrist")
     lender = SlotLender(limit=2)
-    batch = lender.lend(0, slot_arrays, 3)
+    batch = lender.lend(0, slot_arrays, 3, cams)
     assert batch["img"].shape == (3, 2, 2, 3) and lender.held == {0}
+    keep_state = batch["state"]  # low-dim fields are copies: keeping one never holds the slot
+    assert not np.shares_memory(keep_state.numpy(), slot_arrays["state"])
+    assert np.shares_memory(batch["img"].numpy(), slot_arrays["img"])
     keep_view = batch["img"][1:].permute(0, 3, 1, 2)  # a torch view of one tensor
-    keep_numpy = batch["state"].numpy()  # a numpy array over another
+    keep_numpy = batch["wrist"].numpy()  # a numpy array over another
     del batch
     gc.collect()
     assert lender.reclaim() == [] and lender.held == {0}
@@ -63,11 +69,31 @@ def test_lender_gives_a_slot_back_only_when_every_reference_is_gone():
     assert lender.held == {0}
     del keep_numpy
     assert lender.reclaim() == [0] and lender.held == set()
-    one, two = lender.lend(1, slot_arrays, 4), lender.lend(2, slot_arrays, 4)
+    one, two = lender.lend(1, slot_arrays, 4, cams), lender.lend(2, slot_arrays, 4, cams)
     assert not lender.can_lend() and lender.held == {1, 2}
     del one
     assert lender.reclaim() == [1] and lender.can_lend()
-    del two
+    del two, keep_state
+
+
+def mapped_rings() -> list[str]:
+    """fastmix ring segments this process still maps (unlinked ones show as "(deleted)")."""
+    with open("/proc/self/maps") as f:
+        return sorted({line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
+                       for line in f if "/fastmix_" in line})
+
+
+def test_keeping_low_dim_fields_holds_no_ring():
+    """An index or a state kept from each of three closed loaders maps no ring: only images are lent."""
+    kept = []
+    for _ in range(3):
+        with fake_loader(num_batches=4) as loader:
+            for b in loader:
+                kept.append((b["index"], b["state"], b["task"]))
+            del b  # the last batch itself (its images are lent)
+    gc.collect()
+    assert mapped_rings() == []
+    assert len(kept) == 12
 
 
 # --------------------------------------------------------------------------------------- whole loader
@@ -134,28 +160,36 @@ def test_float32_slots_are_torchs_conversion(video_ds, image_ds, num_workers):
 
 def test_small_shm_degrades_with_a_warning_and_the_same_batches(monkeypatch):
     from fastmix.errors import ConfigError
-    with fake_loader(image_dtype="float32", zero_copy=False) as plain:
+
+    shape = (64, 64, 3)  # slots large enough that uint8 slots with lending are smaller than float slots
+    with fake_loader(shape, image_dtype="float32", zero_copy=False) as plain:
         base = plain._ring_bytes(False, 0)
-        full = plain._ring_bytes(True, plain._lend_slots(True))
+        lend = plain._lend_slots(True)
+        full = plain._ring_bytes(True, lend)
+        uint8_lending = plain._ring_bytes(False, plain._lend_slots(False))
         ref = [snapshot(b) for b in plain]
+    assert all(b["image"].dtype == torch.float32 and b["image"].shape[1] == 3 for b in ref)
+
+    def check(free: int, want: tuple[bool, int], lost: str) -> None:
+        monkeypatch.setattr(slots, "shm_free_bytes", lambda d=None: free)
+        with pytest.warns(RuntimeWarning, match=lost) as w:
+            loader = fake_loader(shape, image_dtype="float32")
+        assert str(free) in str(w[0].message)
+        with loader:
+            assert (loader._float_slots, loader._lend) == want
+            for i, b in enumerate(loader):  # float32 (B, C, H, W) whatever the ring, and the same values
+                assert_same(snapshot(b), ref[i], f"batch {i}")
+
     # the faster rings may take half of the free space: just too little for lending, enough for float slots
-    monkeypatch.setattr(slots, "shm_free_bytes", lambda d=None: 2 * full - 2)
-    with pytest.warns(RuntimeWarning, match=r"running without zero-copy hand-out$") as w:
-        loader = fake_loader(image_dtype="float32")
-    assert str(full) in str(w[0].message)
-    with loader:
-        assert (loader._float_slots, loader._lend) == (True, 0)
-        assert all(assert_same(snapshot(b), ref[i], f"batch {i}") is None for i, b in enumerate(loader))
-    monkeypatch.setattr(slots, "shm_free_bytes", lambda d=None: base)  # room for the plain ring only
-    with pytest.warns(RuntimeWarning, match="zero-copy hand-out and float conversion in the workers"):
-        loader = fake_loader(image_dtype="float32")
-    with loader:
-        assert (loader._float_slots, loader._lend) == (False, 0)
-        for i, b in enumerate(loader):
-            assert_same(snapshot(b), ref[i], f"batch {i}")
+    check(2 * full - 2, (True, 0), r"running without zero-copy hand-out$")
+    # too little for float slots but enough for uint8 slots with lending: float32 is still what comes out
+    # (uint8 slots are converted as they are copied, never lent as uint8)
+    assert uint8_lending < plain._ring_bytes(True, 0)
+    check(2 * uint8_lending, (False, 0), "zero-copy hand-out and float conversion in the workers")
+    check(base, (False, 0), "zero-copy hand-out and float conversion in the workers")
     monkeypatch.setattr(slots, "shm_free_bytes", lambda d=None: base - 1)
     with pytest.raises(ConfigError, match=rf"\({base} bytes"):
-        fake_loader()
+        fake_loader(shape, image_dtype="float32")
 
 
 def test_zero_copy_off_copies_every_batch():

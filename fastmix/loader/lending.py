@@ -1,7 +1,7 @@
 """`SlotLender`: CPU batches handed out as tensors over the shared-memory slot itself (no copy), and the slot
 given back only when every tensor of that batch is gone.
 
-A lent batch's tensors are `torch.from_numpy` views of per-hand-out numpy views of the slot; each tensor keeps
+A lent batch's camera tensors are `torch.from_numpy` views of per-hand-out numpy views of the slot; each tensor keeps
 its numpy view alive (torch holds it as the storage's owner, and so does every torch view, `.numpy()` array or
 slice taken from the tensor). The lender keeps only weak references to those numpy views: the slot is free again
 once all of them are dead, never earlier, so the workers never write into memory a consumer can still read.
@@ -13,7 +13,7 @@ pass never reuses a slot a consumer still holds from the previous one.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,13 +43,18 @@ class SlotLender:
     def can_lend(self) -> bool:
         return len(self._lent) < self.limit
 
-    def lend(self, slot: int, views: Mapping[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
-        """Tensors over rows [:n] of `slot`'s arrays; the slot counts as lent until all of them are gone."""
+    def lend(self, slot: int, views: Mapping[str, np.ndarray], n: int, keys: Collection[str]) -> dict[str, torch.Tensor]:
+        """Tensors over rows [:n] of `slot`'s arrays named in `keys` (the cameras), fresh copies of the others
+        (low-dim fields: a few KB, so that keeping an index or a state never holds a slot); the slot counts as
+        lent until all the lent tensors are gone."""
         if slot in self._lent:
             raise RuntimeError(f"slot {slot} is already lent")  # pragma: no cover - pipeline invariant
         out: dict[str, torch.Tensor] = {}
         refs: list[weakref.ref] = []
         for key, arr in views.items():
+            if key not in keys:
+                out[key] = torch.from_numpy(arr[:n].copy())
+                continue
             view = arr[:n]  # a fresh view object per hand-out: its lifetime is this batch's
             refs.append(weakref.ref(view))
             out[key] = torch.from_numpy(view)

@@ -139,9 +139,11 @@ class _Resources:
         self.lender: SlotLender | None = None
 
     def stop_producer(self) -> None:
+        """Stop the pipeline thread; if it does not stop in time (a step stuck for 30 s), release everything
+        (workers, ring) so that no new pass shares slots or the lender with it."""
         producer, self.producer = self.producer, None
-        if producer is not None:
-            producer.stop()
+        if producer is not None and not producer.stop():
+            self.release()
 
     def release(self) -> None:
         """Stop the pipeline thread and the workers, close the reader, wait for device copies, unregister and
@@ -208,8 +210,10 @@ class MixtureLoader:
             lives (default /dev/shm).
         zero_copy: CPU batches are tensors over the shared-memory slot itself (no copy); a slot is reused only
             once every tensor of its batch is gone; while the consumer side holds 4..8 batches (256 MiB of
-            slots) the next ones are copied. Default: on for CPU output without pinning; False copies every
-            batch out.
+            slots) the next ones are copied. Only camera arrays are lent (low-dim fields are copied, a few
+            KB): keeping any slice of a lent image keeps its slot lent and the ring's shared memory mapped,
+            even after close(), until it is dropped. Default: on for CPU output without pinning; False copies
+            every batch out.
 
     Example:
         >>> with MixtureLoader([src_a, src_b], dataset_weights=[1, 3], batch_size=32, action_horizon=10) as ld:
@@ -507,7 +511,8 @@ class MixtureLoader:
         Warns when it degrades; fails at construction, naming the bytes needed, when even the plain ring does
         not fit."""
         free = slots.shm_free_bytes(self.shm_dir)
-        options = [(float_slots, lend), (float_slots, 0), (False, lend), (False, 0)]
+        # float32 asked for: uint8 slots are only ever copied out (converting), never lent as uint8
+        options = [(True, lend), (True, 0), (False, 0)] if float_slots else [(False, lend), (False, 0)]
         for f, n in dict.fromkeys(options):
             if self._ring_bytes(f, n) <= (free if (f, n) == (False, 0) else free // 2):
                 if (f, n) != (float_slots, lend):

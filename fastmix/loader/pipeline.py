@@ -177,7 +177,8 @@ class BatchPipeline:
             out = self._stage.hand_out(item.slot, out)
             self._reclaim.append(item.slot)
         elif self._lender is not None and self._can_lend():
-            out = self._lender.lend(item.slot, views, n)  # zero copy: the slot returns when the batch is gone
+            # zero copy: the slot returns when the batch's images are gone
+            out = self._lender.lend(item.slot, views, n, self._planner.camera_keys)
         else:
             out = host_batch(views, n, self._planner.camera_keys, pin=self._pin, image_dtype=self._image_dtype)
             self._free.append(item.slot)

@@ -115,3 +115,27 @@ def test_numpy_batches_jax_framework(counted):
             np.testing.assert_array_equal(obs.images[k], ref.images[k])
         np.testing.assert_array_equal(obs.state, ref.state)
     assert build.checked_signatures == 1 and len(calls) == 1 + 3
+
+
+def test_image_key_order_is_part_of_the_signature(counted):
+    """beartype checks one item of a dict, so openpi's verdict can depend on the images' order: a batch with
+    the same keys in another order is checked again (and fails where openpi fails)."""
+    from fastmix.observation import ObservationBuilder
+
+    Observation, _ = counted
+
+    def with_order(keys):
+        data = batch(0)
+        data["image"]["left_wrist_0_rgb"] = data["image"]["left_wrist_0_rgb"].to(torch.int32)
+        data["image"] = {k: data["image"][k] for k in keys}
+        return data
+
+    good = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+    bad = ("left_wrist_0_rgb", "base_0_rgb", "right_wrist_0_rgb")
+    Observation.from_dict(with_order(good))  # openpi accepts this order
+    with pytest.raises(Exception) as ref:
+        Observation.from_dict(with_order(bad))  # and rejects this one
+    build = ObservationBuilder(Observation)
+    build(with_order(good))
+    with pytest.raises(type(ref.value)):
+        build(with_order(bad))
