@@ -41,12 +41,12 @@ def _kernel() -> Any:
     return getattr(_native, "resize_with_pad_u8", None)
 
 
-def _pil_resized(image: np.ndarray, rh: int, rw: int) -> np.ndarray:
-    """PIL's BILINEAR resize of one (H, W, C) uint8 image to (rh, rw, C); C == 1 as PIL mode "L"."""
+def _pil_resized(image: np.ndarray, rh: int, rw: int, method: int = BILINEAR) -> np.ndarray:
+    """PIL's resize of one (H, W, C) image to (rh, rw, C); uint8 C == 1 as PIL mode "L"."""
     from PIL import Image
 
-    plane = image[..., 0] if image.shape[-1] == 1 else image
-    return np.asarray(Image.fromarray(plane).resize((rw, rh), resample=Image.BILINEAR)).reshape(rh, rw, -1)
+    plane = image[..., 0] if image.shape[-1] == 1 and image.dtype == np.uint8 else image
+    return np.asarray(Image.fromarray(plane).resize((rw, rh), resample=method)).reshape(rh, rw, -1)
 
 
 def _check_images(h: int, w: int, c: int) -> np.ndarray:
@@ -105,16 +105,12 @@ def native_geometry_ok(src_shape: tuple[int, ...], height: int, width: int) -> b
 
 def _pil_resize_with_pad(images: np.ndarray, height: int, width: int, method: int) -> np.ndarray:
     """The PIL path, image by image (1 channel as mode "L"); all-zero images are zeros without PIL."""
-    from PIL import Image
-
     flat = images.reshape(-1, *images.shape[-3:])
     out = np.zeros((len(flat), height, width, *flat.shape[3:]), dtype=flat.dtype)
     rh, rw, top, left = pad_geometry(flat.shape[1], flat.shape[2], height, width)
     for i, im in enumerate(flat):
         if im.any():  # an all-zero image (e.g. LIBERO's absent right wrist camera) resizes and pads to zeros
-            plane = im[..., 0] if im.shape[-1] == 1 and im.dtype == np.uint8 else im
-            resized = np.asarray(Image.fromarray(plane).resize((rw, rh), resample=method))
-            out[i, top : top + rh, left : left + rw] = resized.reshape(rh, rw, -1)
+            out[i, top : top + rh, left : left + rw] = _pil_resized(im, rh, rw, method)
     return out.reshape(*images.shape[:-3], *out.shape[-3:])
 
 

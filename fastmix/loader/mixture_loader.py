@@ -494,15 +494,18 @@ class MixtureLoader:
 
     def _lend_slots(self, float_slots: bool) -> int:
         """Slots that may be lent: `LEND_BYTES` worth of slots, clamped to `LEND_SLOTS_BOUNDS`."""
-        per_slot = self._ring_bytes(float_slots, 1) - self._ring_bytes(float_slots, 0)
         lo, hi = LEND_SLOTS_BOUNDS
-        return int(min(hi, max(lo, LEND_BYTES // max(1, per_slot))))
+        return int(min(hi, max(lo, LEND_BYTES // self._layout(float_slots, 0).slot_nbytes)))
 
-    def _ring_bytes(self, float_slots: bool, lend: int) -> int:
+    def _layout(self, float_slots: bool, lend: int) -> slots.SlotLayout:
+        """The ring's layout with float32 or uint8 camera slots and `lend` lendable slots (a probe: no segment)."""
         return slots.SlotLayout(name="probe", fields=tuple((k, tuple(s), np.dtype(d).str) for k, (s, d) in
                                                            self._slot_fields(float_slots).items()),
                                 batch_size=self.batch_size, num_slots=self.prefetch + 2 + lend,
-                                num_workers=max(1, self.num_workers), shm_dir=self.shm_dir).nbytes
+                                num_workers=max(1, self.num_workers), shm_dir=self.shm_dir)
+
+    def _ring_bytes(self, float_slots: bool, lend: int) -> int:
+        return self._layout(float_slots, lend).nbytes
 
     def _plan_ring(self, *, float_slots: bool, lend: int) -> tuple[bool, int]:
         """(float slots, slots that may be lent) that `shm_dir` can hold, degrading in this order when it is

@@ -115,13 +115,12 @@ class FloatingReader:
             inner.float_table = table
 
     def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
-        import numpy as np
-
-        from fastmix.pixels import to_float
-
         if self._direct:
             self.inner.read(requests, out)
             return
+        import numpy as np
+
+        from fastmix.pixels import to_float
 
         scratch: dict[str, Any] = {}
         for r in requests:
