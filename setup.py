@@ -1,4 +1,4 @@
-"""Builds the native sampling core `fastmix._native` from `csrc/` (pybind11, C++17)."""
+"""Builds the native sampling core `fastmix.kernels._native` from `csrc/` (pybind11, C++17)."""
 
 from glob import glob
 
@@ -7,7 +7,7 @@ from setuptools import setup
 
 ext_modules = [
     Pybind11Extension(
-        "fastmix._native",
+        "fastmix.kernels._native",
         sources=["csrc/module.cpp"],
         include_dirs=["csrc"],
         depends=sorted(glob("csrc/*.hpp")),  # a header change rebuilds the module

@@ -104,7 +104,7 @@ def test_reference_lerobot_v21(benchmark, g1_root) -> None:
 
 @pytest.mark.parametrize("image_dtype", list(FORMATS))
 def test_fastmix_loader_g1(benchmark, g1_root, image_dtype: str) -> None:
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.sources.lerobot_source import LeRobotSource
 
     src = LeRobotSource("g1_v21_partial", root=g1_root, episodes=seed_setup.G1_EPISODES)

@@ -99,7 +99,7 @@ def mixture(request, variant: str) -> list[Path]:
 @pytest.mark.parametrize("image_dtype", list(IMAGE_DTYPES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_fastmix_loader(benchmark, request, variant: str, image_dtype: str) -> None:
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
 
     roots = mixture(request, variant)
     loader = MixtureLoader(sources_of(roots), dataset_weights=WEIGHTS, batch_size=BATCH, action_horizon=HORIZON,
@@ -283,7 +283,7 @@ def _bound_work(requests: list[Any]) -> list[tuple[str, str, str, list]]:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_decode_bound(benchmark, request, variant: str) -> None:
     from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
-    from fastmix.sampler import MixtureSampler
+    from fastmix.core.sampler import MixtureSampler
 
     roots = mixture(request, variant)
     srcs = sources_of(roots)
@@ -351,7 +351,7 @@ def tree_rss() -> int:
 
 
 def test_fastmix_rss_flat(benchmark, request) -> None:
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
 
     roots = mixture(request, "video")
     samples: list[tuple[int, int]] = []
@@ -396,7 +396,7 @@ def test_next_latency_when_ahead(benchmark, request) -> None:
     report; the issue-12 target is <= 0.5 ms for batch 32 with 2 workers."""
     import time
 
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
 
     roots = mixture(request, "video")
     loader = MixtureLoader(sources_of(roots), dataset_weights=WEIGHTS, batch_size=BATCH, action_horizon=HORIZON,

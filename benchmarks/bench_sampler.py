@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
-from fastmix.alias import AliasTable
-from fastmix.index_map import IndexMap
-from fastmix.sampler import MixtureSampler
+from fastmix.core.alias import AliasTable
+from fastmix.core.index_map import IndexMap
+from fastmix.core.sampler import MixtureSampler
 
 QUICK = os.environ.get("FASTMIX_BENCH_QUICK", "") not in ("", "0")
 SIZES = {"1e5": 10**5, "1e6": 10**6} if QUICK else {"1e6": 10**6, "1e7": 10**7}

@@ -5,7 +5,7 @@ episode) opened by LeRobotSource through the low-dim store.
 Per size: cold init (empty store: the build), warm init (store built), main-process memory after init and after
 touching every low-dim row (RSS / PSS / USS growth per frame, measured in fresh processes), the same with 4
 "ranks" opening the dataset at once on this node (PSS shows the sharing; the in-memory loader without the store
-is the reference), and the norm-stats kernel (RunningStats vs fastmix.stats_kernels.StatsAccumulator) per frame.
+is the reference), and the norm-stats kernel (RunningStats vs fastmix.kernels.stats.StatsAccumulator) per frame.
 1e7 and 3e7 are marked slow; FASTMIX_BENCH_SCALE_MAX (e.g. "1e6", "1e7") caps the sizes, and
 FASTMIX_BENCH_QUICK=1 runs 1e6 only. Datasets are cached under $FASTMIX_BENCH_DATA/scale (default
 ~/.cache/fastmix/bench/scale); stores go to a temporary FASTMIX_CACHE.
@@ -235,8 +235,8 @@ def _norm_stats_feed(src, frames: int, stats_factory, horizon: int = 10, batch: 
 @pytest.mark.parametrize("frames", sizes())
 @pytest.mark.parametrize("impl", ["RunningStats", "StatsAccumulator"])
 def test_norm_stats_kernel(benchmark, frames, impl, store_cache):
-    from fastmix.norm_stats import RunningStats
-    from fastmix.stats_kernels import StatsAccumulator
+    from fastmix.openpi.norm_stats import RunningStats
+    from fastmix.kernels.stats import StatsAccumulator
 
     root = ensure_large("v3.0", frames, frames // FRAMES_PER_EPISODE)
     src = _open(root, lowdim_keys=["state", "actions"])
@@ -258,7 +258,7 @@ def _batches(src, lo: int, hi: int, horizon: int = 10, batch: int = 256):
 def _moments_worker(root: str, cache: str, lo: int, hi: int) -> list:
     os.environ["FASTMIX_CACHE"] = cache
     from fastmix.sources.lerobot_source import LeRobotSource
-    from fastmix.stats_kernels import batch_moments
+    from fastmix.kernels.stats import batch_moments
 
     src = LeRobotSource(root=root, lowdim_keys=["state", "actions"])
     return [(b, batch_moments(s), batch_moments(a)) for b, s, a in _batches(src, lo, hi)]
@@ -267,7 +267,7 @@ def _moments_worker(root: str, cache: str, lo: int, hi: int) -> list:
 def _hist_worker(root: str, cache: str, lo: int, hi: int, schedules) -> tuple:
     os.environ["FASTMIX_CACHE"] = cache
     from fastmix.sources.lerobot_source import LeRobotSource
-    from fastmix.stats_kernels import PartialStats
+    from fastmix.kernels.stats import PartialStats
 
     src = LeRobotSource(root=root, lowdim_keys=["state", "actions"])
     ps, pa = PartialStats(), PartialStats()
@@ -278,10 +278,10 @@ def _hist_worker(root: str, cache: str, lo: int, hi: int, schedules) -> tuple:
 
 
 def parallel_norm_stats(root: Path, cache: Path, frames: int, workers: int = 2, batch: int = 256) -> tuple:
-    """The exact two-pass per-process reduction of fastmix.stats_kernels over `workers` processes."""
+    """The exact two-pass per-process reduction of fastmix.kernels.stats over `workers` processes."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from fastmix.stats_kernels import edge_schedule, reduce_stats
+    from fastmix.kernels.stats import edge_schedule, reduce_stats
 
     n = frames - 9  # rows with a full action window
     nb = -(-n // batch)
@@ -312,7 +312,7 @@ def test_norm_stats_parallel(benchmark, frames, store_cache):
     benchmark.extra_info.update(role="fastmix", items=frames, unit="frames", workers=2,
                                 us_per_frame=round(benchmark.stats.stats.median / frames * 1e6, 3))
     if frames <= 10**6:
-        from fastmix.stats_kernels import StatsAccumulator
+        from fastmix.kernels.stats import StatsAccumulator
 
         s, a = _norm_stats_feed(src, frames - 9, StatsAccumulator)
         for got, acc in zip(res, (s, a), strict=True):
@@ -367,7 +367,7 @@ def test_decode_files_per_camera(benchmark, files, store_cache):
     """MixtureLoader samples/s (batch 32, 2 workers, 3 cameras, action horizon 10) over the same frames laid out
     in 1, 100 or 10,000 video files per camera. The one-file layout is the reference row; the issue asks
     10,000 files for >= 80 % of it (the container cache is sized cameras x batch rows)."""
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.sources.lerobot_source import LeRobotSource
 
     root = ensure_files_dataset(files)

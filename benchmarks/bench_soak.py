@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from fastmix.loader.mixture_loader import MixtureLoader
+from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import live_pids, wait_gone
 

@@ -22,27 +22,27 @@ _EXPORTS: dict[str, str] = {
     "MissingFileError": "fastmix.errors",
     "WorkerError": "fastmix.errors",
     # sampling core
-    "AliasTable": "fastmix.alias",
-    "IndexMap": "fastmix.index_map",
-    "Mixture": "fastmix.mixture",
-    "MixtureSampler": "fastmix.sampler",
-    "backend": "fastmix._backend",
+    "AliasTable": "fastmix.core.alias",
+    "IndexMap": "fastmix.core.index_map",
+    "Mixture": "fastmix.core.mixture",
+    "MixtureSampler": "fastmix.core.sampler",
+    "backend": "fastmix.kernels.backend",
     # reader
     "LeRobotSource": "fastmix.sources.lerobot_source",
     "check_compatible": "fastmix.sources.compat",
     # loader
-    "MixtureLoader": "fastmix.loader.mixture_loader",
+    "MixtureLoader": "fastmix.loader.loader",
     # openpi surface
-    "AssetsConfig": "fastmix.config",
-    "DataConfig": "fastmix.config",
-    "LeRobotLiberoDataConfig": "fastmix.config",
-    "MultiDatasetLiberoDataConfig": "fastmix.config",
-    "Pi0Config": "fastmix.config",
-    "TrainConfig": "fastmix.config",
-    "create_data_loader": "fastmix.data_loader",
-    "get_config": "fastmix.config",
-    "list_configs": "fastmix.config",
-    "register": "fastmix.config",
+    "AssetsConfig": "fastmix.openpi.config",
+    "DataConfig": "fastmix.openpi.config",
+    "LeRobotLiberoDataConfig": "fastmix.openpi.config",
+    "MultiDatasetLiberoDataConfig": "fastmix.openpi.config",
+    "Pi0Config": "fastmix.openpi.config",
+    "TrainConfig": "fastmix.openpi.config",
+    "create_data_loader": "fastmix.openpi.data_loader",
+    "get_config": "fastmix.openpi.registry",
+    "list_configs": "fastmix.openpi.registry",
+    "register": "fastmix.openpi.registry",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -13,9 +13,9 @@ import sys
 # subcommand -> (module, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastmix.demo.main", "generate the embedded default mixture and train a small policy on it"),
-    "verify": ("fastmix.verify", "check a registered config's data pipeline and its mixture (CONFIG [NUM_SAMPLES])"),
-    "equivalence": ("fastmix.equivalence", "statistical equivalence of fastmix's sampler to WeightedRandomSampler"),
-    "compute-norm-stats": ("fastmix.compute_norm_stats", "compute norm_stats.json over a config's whole mixture"),
+    "verify": ("fastmix.tools.verify", "check a registered config's data pipeline and its mixture (CONFIG [NUM_SAMPLES])"),
+    "equivalence": ("fastmix.tools.equivalence", "statistical equivalence of fastmix's sampler to WeightedRandomSampler"),
+    "compute-norm-stats": ("fastmix.tools.compute_norm_stats", "compute norm_stats.json over a config's whole mixture"),
 }
 
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:  # import only the chosen command's module (keeps `fastmix --help` fast)
             importlib.import_module(module_name).add_arguments(p)
     args = parser.parse_args(argv)
+    import fastmix.demo.configs  # noqa: F401  (the demo configs join the registry the commands read)
     from fastmix.errors import FastmixError
 
     try:

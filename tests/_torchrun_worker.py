@@ -20,7 +20,7 @@ from fastmix import distributed
 
 def sampler_scenario(spec: dict[str, Any]) -> dict[str, Any]:
     """Draw batches with rank/world size taken from torch.distributed; resume a world-size-1 state."""
-    from fastmix.sampler import MixtureSampler
+    from fastmix.core.sampler import MixtureSampler
 
     kw = dict(dataset_sizes=spec["sizes"], dataset_weights=spec["weights"], seed=spec["seed"])
     s = MixtureSampler(**kw)  # rank / world_size from the process group
@@ -40,7 +40,7 @@ def sampler_scenario(spec: dict[str, Any]) -> dict[str, Any]:
 
 def make_loader(spec: dict[str, Any], **kw: Any) -> Any:
     """A MixtureLoader (num_workers=0) over in-memory fake sources (the loader's logic, no decoding cost)."""
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader, FakeSource
 
     sources = [FakeSource(f"ds{i}", num_episodes=n // 10, episode_length=10) for i, n in enumerate(spec["sizes"])]
@@ -81,10 +81,10 @@ class _Iterable:
 
 
 def train_scenario(spec: dict[str, Any]) -> dict[str, Any]:
-    """One step of the example training loop (`fastmix.train.train`) with its policy wrapped in DDP."""
+    """One step of the example training loop (`fastmix.demo.train.train`) with its policy wrapped in DDP."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from fastmix import train
+    from fastmix.demo import train
 
     policies: list[torch.nn.Module] = []
     plain = train.SmallPolicy

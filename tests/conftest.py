@@ -77,7 +77,7 @@ def g1_root() -> Path:
 @pytest.fixture
 def fake_sources(monkeypatch: pytest.MonkeyPatch) -> list:
     """create_data_loader opens two in-memory FakeSources (2×5 and 1×4 frames) instead of LeRobot roots."""
-    from fastmix import data_loader
+    from fastmix.openpi import data_loader
     from fastmix.testing.fakes import FakeSource
 
     sources = [FakeSource("fake/a", num_episodes=2, episode_length=5),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fastmix import seeds
-from fastmix.alias import AliasTable
+from fastmix.core import seeds
+from fastmix.core.alias import AliasTable
 from fastmix.errors import ConfigError
 
 M64 = (1 << 64) - 1

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import fastmix
-from fastmix import _backend
-from fastmix.alias import AliasTable
+from fastmix.kernels import backend as _backend
+from fastmix.core.alias import AliasTable
 from fastmix.errors import ConfigError
-from fastmix.index_map import IndexMap
-from fastmix.sampler import MixtureSampler
+from fastmix.core.index_map import IndexMap
+from fastmix.core.sampler import MixtureSampler
 
 CONFIGS = {
     "two": dict(dataset_sizes=[10000, 1000], dataset_weights=[1.0, 10.0]),
@@ -63,7 +63,7 @@ def test_backend_selection(monkeypatch) -> None:
     assert fastmix.backend() == "native"
     monkeypatch.setenv("FASTMIX_BACKEND", "numba")
     assert fastmix.backend() == "numba"
-    assert _backend.kernels().__name__ == "fastmix._kernels_numba"
+    assert _backend.kernels().__name__ == "fastmix.kernels.numba_kernels"
     monkeypatch.setenv("FASTMIX_BACKEND", "cuda")
     with pytest.raises(ConfigError, match="FASTMIX_BACKEND='cuda'"):
         fastmix.backend()
@@ -74,7 +74,7 @@ def test_missing_extension_falls_back_to_numba_with_a_warning(monkeypatch) -> No
 
     def load(name: str):
         if name == "native":
-            raise ImportError("No module named 'fastmix._native'")
+            raise ImportError("No module named 'fastmix.kernels._native'")
         return real_load(name)
 
     monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
@@ -92,7 +92,8 @@ def test_missing_extension_falls_back_to_numba_with_a_warning(monkeypatch) -> No
 
 @pytest.mark.parametrize("start, stride", [(0, 1), (7, 1), (3, 2), (1, 5)])
 def test_native_threads_do_not_change_the_stream(start: int, stride: int) -> None:
-    from fastmix import _native, seeds
+    from fastmix.kernels import _native
+    from fastmix.core import seeds
 
     s = MixtureSampler([10000, 1000, 3], [1.0, 10.0, 2.0])
     m = s.mixture
@@ -117,7 +118,7 @@ import numpy as np
 from numba.core import config
 assert config.DISABLE_JIT, "NUMBA_DISABLE_JIT did not take"
 warnings.simplefilter("ignore", RuntimeWarning)  # uint64 wrap-around of numpy scalars is intended
-from fastmix import _kernels_numba as k
+from fastmix.kernels import numba_kernels as k
 from tests.test_backends import jit_off_cases
 out = {}
 for name, (fn, args, outputs) in jit_off_cases().items():
@@ -132,7 +133,7 @@ np.savez(sys.argv[1], **out)
 
 def jit_off_cases() -> dict[str, tuple[str, tuple, tuple[int, ...]]]:
     """Small inputs of every numba kernel: name -> (kernel, args, indices of the args it writes)."""
-    from fastmix import seeds
+    from fastmix.core import seeds
 
     cases: dict[str, tuple[str, tuple, tuple[int, ...]]] = {}
     rng = np.random.default_rng(5)
@@ -178,7 +179,7 @@ def test_numba_kernels_without_jit_equal_native(tmp_path) -> None:
     import sys
     from pathlib import Path
 
-    from fastmix import _native
+    from fastmix.kernels import _native
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=os.pathsep.join([str(root), *sys.path]))
@@ -197,8 +198,8 @@ def test_numba_kernels_without_jit_equal_native(tmp_path) -> None:
 
 # ---------------------------------------------------------------- stratified draws: an independent reference
 def _philox_words(seed: int, epoch: int, tag: int, block: int, attempt: int = 0) -> list[int]:
-    """Block `block` of stream (seed, epoch, tag) from numpy's own Philox (see fastmix.seeds)."""
-    from fastmix import seeds
+    """Block `block` of stream (seed, epoch, tag) from numpy's own Philox (see fastmix.core.seeds)."""
+    from fastmix.core import seeds
 
     return [int(v) for v in np.random.Philox(key=seed, counter=seeds.numpy_counter(epoch, tag, block, attempt))
             .random_raw(4)]
@@ -233,7 +234,7 @@ def reference_stratified(sizes: list[int], weights: list[float], weighting: str,
     """Global indices of successive stratified batches on one rank, from exact (Fraction) shares, numpy's
     Philox and the layout in csrc/mixture.hpp: Fisher-Yates over the grouped labels with word 0 of block p_i
     of the permutation stream, then the local index of slot i from the mixture stream at position p_i."""
-    from fastmix import seeds
+    from fastmix.core import seeds
 
     mass = [Fraction(w) * (n if weighting == "per_sample" else 1) for w, n in zip(weights, sizes, strict=True)]
     shares = [m / sum(mass) for m in mass]

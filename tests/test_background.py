@@ -1,4 +1,4 @@
-"""fastmix.background.Background: a generator iterated on a thread, bounded ahead, errors in place."""
+"""fastmix.loader.background.Background: a generator iterated on a thread, bounded ahead, errors in place."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fastmix.background import Background
+from fastmix.loader.background import Background
 
 
 def test_items_in_order_and_exhaustion():

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from fastmix import cli
-from fastmix import config as C
+from fastmix.openpi import config as C
+from fastmix.openpi import registry as R
+import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
 
 BAD_INPUT = [
     (["verify", "no_such_cfg"], "Config 'no_such_cfg' not found."),
@@ -35,13 +37,13 @@ def test_malformed_norm_stats_file_is_named_not_a_traceback(tmp_path, capsys) ->
     (tmp_path / "assets" / "shared").mkdir(parents=True)
     bad = tmp_path / "assets" / "shared" / "norm_stats.json"
     bad.write_text('{"stats": {}}')
-    cfg = C.register(C.TrainConfig(
+    cfg = R.register(C.TrainConfig(
         name="cli_bad_stats", data=C.MultiDatasetLiberoDataConfig(
             repo_ids=["fake/a"], assets=C.AssetsConfig(assets_dir=str(tmp_path / "assets"), asset_id="shared"))))
     try:
         assert cli.main(["compute-norm-stats", cfg.name]) == 2
     finally:
-        C.unregister(cfg.name)
+        R.unregister(cfg.name)
     err = capsys.readouterr().err
     assert f"malformed norm stats file {bad}" in err and "Traceback" not in err
 

@@ -9,9 +9,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from fastmix import config as C
-from fastmix import norm_stats as ns
-from fastmix import transforms as T
+from fastmix.openpi import config as C
+from fastmix.openpi import registry as R
+import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
+from fastmix.openpi import norm_stats as ns
+from fastmix.openpi import transforms as T
 from fastmix.errors import ConfigError
 
 
@@ -159,43 +161,43 @@ def test_demo_configs_registered_from_spec(monkeypatch, tmp_path):
     from fastmix.demo import spec
 
     monkeypatch.setenv("FASTMIX_HOME", str(tmp_path))
-    assert {"fastmix_demo", "fastmix_demo_native", "fastmix_demo_pi0"} <= set(C.list_configs())
-    cfg = C.get_config("fastmix_demo")
+    assert {"fastmix_demo", "fastmix_demo_native", "fastmix_demo_pi0"} <= set(R.list_configs())
+    cfg = R.get_config("fastmix_demo")
     assert list(cfg.data.repo_ids) == [d.repo_id for d in spec.DEMO_DATASETS]
     assert tuple(cfg.data.dataset_weights) == spec.DEMO_WEIGHTS
     assert cfg.data.lerobot_home == str(tmp_path / "lerobot")
     assert cfg.data.assets.assets_dir == str(tmp_path / "assets")
     assert cfg.model.action_horizon == spec.DEMO_ACTION_HORIZON and cfg.model.pi05
-    assert not C.get_config("fastmix_demo_pi0").data.create(tmp_path, C.get_config("fastmix_demo_pi0").model).use_quantile_norm
+    assert not R.get_config("fastmix_demo_pi0").data.create(tmp_path, R.get_config("fastmix_demo_pi0").model).use_quantile_norm
 
 
 def test_get_config_unknown_suggests_closest():
     with pytest.raises(ConfigError, match="Config 'fastmix_dmeo' not found. Did you mean 'fastmix_demo'?"):
-        C.get_config("fastmix_dmeo")
+        R.get_config("fastmix_dmeo")
 
 
 def test_register_unregister_and_duplicates():
     cfg = C.TrainConfig(name="test_cfg_register", data=_multi())
-    C.register(cfg)
+    R.register(cfg)
     try:
-        assert C.get_config("test_cfg_register") is cfg and "test_cfg_register" in C.list_configs()
+        assert R.get_config("test_cfg_register") is cfg and "test_cfg_register" in R.list_configs()
         with pytest.raises(ConfigError, match="'test_cfg_register' is already registered"):
-            C.register(cfg)
+            R.register(cfg)
         other = dataclasses.replace(cfg, batch_size=4)
-        C.register(other, overwrite=True)
-        assert C.get_config("test_cfg_register").batch_size == 4
+        R.register(other, overwrite=True)
+        assert R.get_config("test_cfg_register").batch_size == 4
         with pytest.raises(ConfigError, match="'fastmix_demo' is already registered"):
-            C.register(dataclasses.replace(cfg, name="fastmix_demo"))
+            R.register(dataclasses.replace(cfg, name="fastmix_demo"))
     finally:
-        C.unregister("test_cfg_register")
+        R.unregister("test_cfg_register")
     with pytest.raises(ConfigError, match="no registered config named 'test_cfg_register'"):
-        C.unregister("test_cfg_register")
+        R.unregister("test_cfg_register")
 
 
 def test_tyro_cli_overrides_fields():
     pytest.importorskip("tyro")
-    cfg = C.cli(["fastmix_demo", "--batch-size", "8", "--data.dataset-weights", "1", "1", "5", "--seed", "3"])
+    cfg = R.cli(["fastmix_demo", "--batch-size", "8", "--data.dataset-weights", "1", "1", "5", "--seed", "3"])
     assert (cfg.name, cfg.batch_size, cfg.seed) == ("fastmix_demo", 8, 3)
     assert list(cfg.data.dataset_weights) == [1.0, 1.0, 5.0]
     with pytest.raises(SystemExit):
-        C.cli(["fastmix_demo", "--data.dataset-weights", "1", "-1", "1"])
+        R.cli(["fastmix_demo", "--data.dataset-weights", "1", "-1", "1"])

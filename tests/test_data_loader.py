@@ -9,12 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fastmix import compute_norm_stats as cns
-from fastmix import config as C
-from fastmix import data_loader as DL
+from fastmix.tools import compute_norm_stats as cns
+from fastmix.openpi import config as C
+from fastmix.openpi import data_loader as DL
 from fastmix.errors import ConfigError
 from fastmix.testing.fakes import FakeReader, FakeSource
-from fastmix.transforms import Transform as _t_Transform
+from fastmix.openpi.transforms import Transform as _t_Transform
 from tests.resume_harness import check_resume, forever
 
 
@@ -62,7 +62,7 @@ class Injected:
         return self.sources
 
     def loader_factory(self, sources, **kw):
-        from fastmix.loader.mixture_loader import MixtureLoader
+        from fastmix.loader.loader import MixtureLoader
 
         self.made.append(kw)
         return MixtureLoader(sources, reader_factory=FakeReader, **kw)
@@ -251,8 +251,8 @@ def test_resume_harness_sees_a_loader_that_forgets_its_position(tmp_path, fake):
 
 def test_resume_harness_on_the_sampler_and_the_mixture_loader(sources):
     """The same harness on the layers below (their own tests own the details)."""
-    from fastmix.loader.mixture_loader import MixtureLoader
-    from fastmix.sampler import MixtureSampler
+    from fastmix.loader.loader import MixtureLoader
+    from fastmix.core.sampler import MixtureSampler
 
     check_resume(lambda: MixtureSampler([7, 5], [1.0, 3.0], seed=3), forever, epoch_length=12)
 
@@ -281,7 +281,7 @@ def test_ranks_split_one_global_weighted_stream(tmp_path, fake):
 
 def test_batch_transforms_equal_openpi_per_sample_pipeline(tmp_path, fake, sources):
     """For the same samples, the batched pipeline gives what openpi's per-sample transforms give."""
-    from fastmix import transforms as T
+    from fastmix.openpi import transforms as T
     from fastmix.testing.fakes import fake_frame
 
     cfg = fake.with_stats(tmp_path, extra_delta_transform=True)
@@ -323,7 +323,7 @@ def real_home(tmp_path_factory):
 
 def test_real_datasets_batches_equal_openpi_per_sample_path(real_home, tmp_path):
     """fastmix's batches == openpi's path: LeRobotDataset item -> PromptFromLeRobotTask -> per-sample transforms."""
-    from fastmix import transforms as T
+    from fastmix.openpi import transforms as T
     from fastmix.sources.lerobot_source import LeRobotSource
 
     cfg = _cfg(tmp_path, ("t/video", "t/images"), name="real_cfg", lerobot_home=str(real_home), weights=[1.0, 2.0],

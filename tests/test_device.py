@@ -9,10 +9,10 @@ import torch
 
 from fastmix.errors import ConfigError
 from fastmix.loader.device import host_batch, images_to_float, resolve_device, resolve_pin_memory
-from fastmix.loader.mixture_loader import MixtureLoader
+from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import SlotRing
 from fastmix.testing.fakes import FakeReader, FakeSource
-from fastmix.train import TrainStats, train
+from fastmix.demo.train import TrainStats, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

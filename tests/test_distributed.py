@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastmix.sampler import MixtureSampler
+from fastmix.core.sampler import MixtureSampler
 from tests._torchrun_worker import make_loader, take
 
 SCENARIOS = ["sampler", "loader", "train"]
@@ -165,7 +165,7 @@ def test_loader_ranks_split_one_stream_and_resume_across_world_sizes(torchrun_re
 
 
 def test_one_ddp_step_of_the_training_example(torchrun_results: list[dict[str, Any]]) -> None:
-    """Both ranks ran `fastmix.train.train` for one step under DDP on different batches: the gradients were
+    """Both ranks ran `fastmix.demo.train.train` for one step under DDP on different batches: the gradients were
     all-reduced (equal on both ranks) and so the parameters after the step are identical."""
     r0, r1 = (res["train"] for res in torchrun_results)
     assert r0["steps"] == r1["steps"] == 1

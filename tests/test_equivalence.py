@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from fastmix import equivalence
-from fastmix.equivalence import (
+from fastmix.tools import equivalence
+from fastmix.tools.equivalence import (
     check_equivalence,
     chi_square_gof,
     frame_bins,
@@ -19,9 +19,9 @@ from fastmix.equivalence import (
     random_frame_weights,
     reference_draws,
 )
-from fastmix.index_map import IndexMap
-from fastmix.mixture import Mixture
-from fastmix.sampler import MixtureSampler
+from fastmix.core.index_map import IndexMap
+from fastmix.core.mixture import Mixture
+from fastmix.core.sampler import MixtureSampler
 
 DRAWS = 200_000
 NUM_TESTS = 16  # 5 goodness-of-fit + 1 coverage per sampler (fastmix, reference), 4 two-sample
@@ -192,7 +192,7 @@ def test_chi_square_gof_pools_small_categories_and_rejects_impossible_counts() -
 
 
 def test_coverage_p_value_is_the_union_bound() -> None:
-    from fastmix.equivalence import _coverage
+    from fastmix.tools.equivalence import _coverage
 
     probs = np.array([0.5, 0.3, 0.15, 0.05])
     r = _coverage("c", np.array([60, 40, 0, 0]), probs, 100)  # frames 2 (15 expected) and 3 (5) never drawn

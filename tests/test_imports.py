@@ -1,4 +1,9 @@
-"""Imports among fastmix modules run one way (leaf modules -> config -> sources -> loader -> commands): no cycle.
+"""The folders are the layers and imports run only downward:
+
+    errors, _args, distributed < kernels < core < sources < loader < openpi < tools, testing < demo < cli
+
+A module may import its own floor and the floors below; any import up a floor — module- or function-level —
+fails `test_imports_run_only_downward`, naming the file and line. Within a floor, no cycle.
 
 Every module's imports are read with `ast`, function-level imports included; `if TYPE_CHECKING:` blocks and the
 lazy `fastmix/__init__.py` (it imports on attribute access only) are left out. Importing `fastmix.a.b` also
@@ -105,17 +110,82 @@ def describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
 
 def test_the_graph_sees_function_level_imports_and_skips_type_checking() -> None:
     src = ("from typing import TYPE_CHECKING\nfrom fastmix.errors import ConfigError\n"
-           "if TYPE_CHECKING:\n    from fastmix.config import TrainConfig\n"
-           "def f():\n    from fastmix import sampler as s\n    from .sources import meta\n")
+           "if TYPE_CHECKING:\n    from fastmix.openpi.config import TrainConfig\n"
+           "def f():\n    from fastmix.core import sampler as s\n    from .sources import meta\n")
     names = {n for n, _ in _imported_names(ast.parse(src), "fastmix.x", False)}
-    assert {"fastmix.errors", "fastmix.sampler", "fastmix.sources.meta"} <= names
-    assert "fastmix.config" not in names and "fastmix.config.TrainConfig" not in names
+    assert {"fastmix.errors", "fastmix.core.sampler", "fastmix.sources.meta"} <= names
+    assert "fastmix.openpi.config" not in names and "fastmix.openpi.config.TrainConfig" not in names
     assert find_cycle({"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b": 1}, "b": {}, "c": {"a": 3}}) is None
 
 
 def test_no_import_cycle_among_fastmix_modules() -> None:
     graph = import_graph()
-    assert len(graph) > 30 and "fastmix.data_loader" in graph
+    assert len(graph) > 30 and "fastmix.openpi.data_loader" in graph
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle:\n" + describe(cycle, graph)
+
+
+# floor of each top-level name under fastmix/ (a folder's modules and its __init__ share its folder's floor)
+FLOORS: dict[str, int] = {
+    "errors": 0, "_args": 0, "distributed": 0,
+    "kernels": 1,
+    "core": 2,
+    "sources": 3,
+    "loader": 4,
+    "openpi": 5,
+    "tools": 6, "testing": 6,
+    "demo": 7,
+    "cli": 8, "__main__": 8,
+}
+
+
+def floor(module: str) -> int:
+    """The floor of a dotted fastmix module name (KeyError for a module no floor is assigned to)."""
+    return FLOORS[module.split(".")[1]]
+
+
+def test_every_module_has_a_floor_and_the_root_is_small() -> None:
+    files = module_files()
+    unplaced = sorted(m for m in files if m != ROOT and m.split(".")[1] not in FLOORS)
+    assert not unplaced, f"modules in no layer (add them to a folder, or to FLOORS): {unplaced}"
+    root_modules = sorted(p.name for p in PACKAGE_DIR.iterdir() if p.is_file() and p.suffix in (".py", ".so"))
+    assert len(root_modules) <= 6, f"at most six modules directly in fastmix/, found {root_modules}"
+    folders = {p.name for p in PACKAGE_DIR.iterdir() if (p / "__init__.py").exists()}
+    assert folders == {"kernels", "core", "sources", "loader", "openpi", "tools", "testing", "demo"}, folders
+
+
+def test_imports_run_only_downward() -> None:
+    files = module_files()
+    graph = import_graph()
+    up = [f"  {files[m].relative_to(PACKAGE_DIR.parent)}:{line}: {m} (floor {floor(m)}) imports {t} "
+          f"(floor {floor(t)})"
+          for m, edges in sorted(graph.items()) for t, line in sorted(edges.items(), key=lambda e: e[1])
+          if floor(t) > floor(m)]
+    assert not up, "imports that run up a floor:\n" + "\n".join(up)
+
+
+def test_an_upward_function_level_import_is_seen() -> None:
+    src = "def f():\n    from fastmix.demo import spec\n"
+    names = [n for n, _ in _imported_names(ast.parse(src), "fastmix.core.sampler", False)]
+    assert "fastmix.demo.spec" in names and floor("fastmix.demo.spec") > floor("fastmix.core.sampler")
+
+
+def test_no_module_over_500_lines() -> None:
+    long = {str(p.relative_to(PACKAGE_DIR.parent)): n for p in PACKAGE_DIR.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"modules over 500 lines: {long}"
+
+
+def test_the_native_extension_is_imported_only_by_kernels() -> None:
+    graph = import_graph()
+    files = module_files()
+    native = "fastmix.kernels._native"
+    users = []
+    for module, path in files.items():
+        if module.startswith("fastmix.kernels") or module == ROOT:
+            continue
+        names = [n for n, _ in _imported_names(ast.parse(path.read_text()), module, path.name == "__init__.py")]
+        if any(n == native or n.startswith(native + ".") for n in names):
+            users.append(module)
+    assert not users and graph, f"modules importing {native} outside fastmix.kernels: {users}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmix.index_map import IndexMap
+from fastmix.core.index_map import IndexMap
 
 BACKENDS = ["native", "numba"]
 

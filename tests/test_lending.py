@@ -16,7 +16,7 @@ import torch
 
 from fastmix.loader import slots
 from fastmix.loader.lending import SlotLender
-from fastmix.loader.mixture_loader import MixtureLoader
+from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import FakeReader, FakeSource
 

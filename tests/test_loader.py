@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fastmix.errors import ConfigError, IncompatibleDatasetsError
-from fastmix.index_map import IndexMap
-from fastmix.loader.mixture_loader import MixtureLoader
+from fastmix.core.index_map import IndexMap
+from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.sampler import MixtureSampler
+from fastmix.core.sampler import MixtureSampler
 from fastmix.testing.fakes import FakeReader, FakeSource, fake_frame, live_pids
 
 H = 5
@@ -417,7 +417,7 @@ def test_decode_time_resize_equals_pil_on_the_native_frames(video_ds, image_ds, 
             assert b[key].shape == (6, 40, 56, 3) and b[key].dtype == np.uint8
             want = np.stack([_pil_resize_with_pad(f, 40, 56) for f in a[key]])
             np.testing.assert_array_equal(b[key], want)
-    from fastmix.resize import native_geometry_ok
+    from fastmix.kernels.resize import native_geometry_ok
 
     assert native_geometry_ok((64, 64, 3), 40, 56)  # the workers resized these frames natively, equal to PIL
     with pytest.raises(ConfigError, match="resize_images"):

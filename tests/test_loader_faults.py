@@ -19,7 +19,7 @@ import pytest
 
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
-from fastmix.loader.mixture_loader import MixtureLoader
+from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
 
@@ -170,7 +170,7 @@ def test_keyboard_interrupt_in_consumer(no_leaks):
 
 CTRL_C_SCRIPT = textwrap.dedent("""
     import functools, sys
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader, FakeSource
     if __name__ == "__main__":
         loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2,

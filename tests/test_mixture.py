@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastmix.errors import ConfigError
-from fastmix.mixture import Mixture
+from fastmix.core.mixture import Mixture
 
 
 def test_per_sample_share_is_weight_times_frames() -> None:

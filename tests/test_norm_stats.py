@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from fastmix import compute_norm_stats as cns
-from fastmix import norm_stats as ns
+from fastmix.tools import compute_norm_stats as cns
+from fastmix.openpi import norm_stats as ns
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError, MissingFileError
 from fastmix.testing.fakes import FakeSource
 
@@ -120,7 +120,7 @@ def test_cli_arguments():
 
 
 def _fake_config(tmp_path, name="ns_fake_cfg", horizon=3, **data_kw):
-    from fastmix import config as C
+    from fastmix.openpi import config as C
 
     return C.TrainConfig(
         name=name,
@@ -184,8 +184,9 @@ def test_compute_norm_stats_counts_delta_actions(tmp_path, fake_sources):
 def _run_cli(monkeypatch, tmp_path, sources, argv, name="ns_fake_cli") -> int:
     """`fastmix compute-norm-stats` (the CLI entry point) on a registered fake config over `sources` (the
     command opens sources itself: data_loader.open_sources is the one thing replaced)."""
-    from fastmix import cli, data_loader
-    from fastmix import config as C
+    from fastmix import cli
+    from fastmix.openpi import data_loader
+    from fastmix.openpi import config as C
 
     monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
     cfg = C.register(_fake_config(tmp_path, name=name))

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from fastmix import data_loader as DL
+from fastmix.openpi import data_loader as DL
 from fastmix import openpi as adapter
 
 FAKE_DATA_LOADER = '''
@@ -81,7 +81,7 @@ def test_signatures_match_openpi(fake_openpi):
 
 
 def test_install_routes_and_uninstall_restores(fake_openpi, monkeypatch, tmp_path):
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader, FakeSource
     from tests.test_data_loader import _with_stats
 
@@ -120,7 +120,7 @@ def test_fake_and_rlds_configs_stay_on_openpi(fake_openpi):
     import dataclasses as dc
     import pathlib
 
-    from fastmix import config as C
+    from fastmix.openpi import config as C
 
     adapter.install()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmix import seeds
-from fastmix._backend import kernels
+from fastmix.core import seeds
+from fastmix.kernels.backend import kernels
 from fastmix.errors import ConfigError
 
 M64 = (1 << 64) - 1

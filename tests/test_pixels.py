@@ -1,4 +1,4 @@
-"""uint8 → float32 conversion by value table (`fastmix.pixels`) against the reference operations themselves:
+"""uint8 → float32 conversion by value table (`fastmix.kernels.pixels`) against the reference operations themselves:
 torch's `images_to_float` ops (`to(float32) / 255`) and openpi's `Observation.from_dict` formula
 (`x.astype(float32) / 255.0 * 2.0 - 1.0` in numpy, `x.to(float32).permute(0, 3, 1, 2) / 255.0 * 2.0 - 1.0` in torch),
 bit for bit, native kernel and numpy fallback."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastmix import pixels
-from fastmix.data_loader import observation_float
+from fastmix.kernels import pixels
+from fastmix.openpi.data_loader import observation_float
 from fastmix.loader.device import float_table, host_batch
 
 
@@ -23,7 +23,7 @@ def kernel(request, monkeypatch):
     if request.param == "numpy":
         monkeypatch.setattr(pixels, "_KERNEL", None)
     elif pixels._KERNEL is None:
-        pytest.skip("fastmix._native has no lut_u8_to_f32 (extension not built)")
+        pytest.skip("fastmix.kernels._native has no lut_u8_to_f32 (extension not built)")
     return request.param
 
 

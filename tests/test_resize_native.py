@@ -1,4 +1,4 @@
-"""fastmix.resize.resize_with_pad against PIL itself: the native kernel must be bit-identical to
+"""fastmix.kernels.resize.resize_with_pad against PIL itself: the native kernel must be bit-identical to
 `PIL.Image.resize((rw, rh), BILINEAR)` pasted centred on a zero canvas (openpi's `image_tools.resize_with_pad`),
 on random, extreme and real decoded video frames, with whatever Pillow is installed; PIL serves what the native
 kernel cannot prove."""
@@ -12,7 +12,7 @@ import PIL
 import pytest
 from PIL import Image
 
-from fastmix import resize as R
+from fastmix.kernels import resize as R
 
 RNG = np.random.default_rng(12)
 
@@ -125,7 +125,7 @@ def test_bilinear_constant_is_pils():
 
 
 def test_without_the_native_symbol_pil_serves(monkeypatch):
-    from fastmix import _native
+    from fastmix.kernels import _native
 
     monkeypatch.delattr(_native, "resize_with_pad_u8")
     images = RNG.integers(0, 256, size=(3, 256, 256, 3), dtype=np.uint8)
@@ -154,7 +154,7 @@ def test_a_self_check_mismatch_warns_once_and_pil_serves(monkeypatch):
 
 
 def test_transforms_resize_with_pad_delegates_and_equals_pil():
-    from fastmix import transforms as T
+    from fastmix.openpi import transforms as T
 
     images = RNG.integers(0, 256, size=(4, 480, 640, 3), dtype=np.uint8)
     images[1] = 0

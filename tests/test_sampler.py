@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from fastmix import seeds
+from fastmix.core import seeds
 from fastmix.errors import ConfigError
-from fastmix.sampler import MixtureSampler
+from fastmix.core.sampler import MixtureSampler
 
 M64 = (1 << 64) - 1
 

@@ -1,4 +1,4 @@
-"""fastmix.stats_kernels against numpy's np.histogram / np.linspace and today's np.histogram-based RunningStats:
+"""fastmix.kernels.stats against numpy's np.histogram / np.linspace and today's np.histogram-based RunningStats:
 identical numbers (exact equality), including values on bin edges, at the range ends, outside it, NaN,
 degenerate edges, and the parallel (per-process partial) reduction."""
 
@@ -9,8 +9,8 @@ import pickle
 import numpy as np
 import pytest
 
-from fastmix import stats_kernels as sk
-from fastmix.norm_stats import NormStats
+from fastmix.kernels import stats as sk
+from fastmix.openpi.norm_stats import NormStats
 
 
 def edge_heavy(rng: np.random.Generator, edges: np.ndarray, n: int) -> np.ndarray:
@@ -26,7 +26,7 @@ def edge_heavy(rng: np.random.Generator, edges: np.ndarray, n: int) -> np.ndarra
 
 class RunningStats:
     """fastmix's former RunningStats, one np.histogram per dimension: the reference the kernels must equal
-    (fastmix.norm_stats.RunningStats now runs on the kernels; test_norm_stats checks it against this class's
+    (fastmix.openpi.norm_stats.RunningStats now runs on the kernels; test_norm_stats checks it against this class's
     numbers through the public API)."""
 
     NUM_BINS = 5000
@@ -80,9 +80,9 @@ class RunningStats:
 
 
 def test_norm_stats_running_stats_equals_the_reference():
-    """fastmix.norm_stats.RunningStats (on the kernels) gives the reference's numbers bit for bit, over batches
+    """fastmix.openpi.norm_stats.RunningStats (on the kernels) gives the reference's numbers bit for bit, over batches
     that widen the range several times, with repeated values on bin edges."""
-    from fastmix.norm_stats import RunningStats as Fast
+    from fastmix.openpi.norm_stats import RunningStats as Fast
 
     rng = np.random.default_rng(5)
     batches = [rng.standard_normal((64, 10, 7)) * (1 + i) + i for i in range(12)]
@@ -164,9 +164,9 @@ def reference_stats(batches) -> RunningStats:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_norm_stats_running_stats_identical_on_widening_batches(seed):
-    """fastmix.norm_stats.RunningStats (on StatsAccumulator) against the reference, batches that widen the
+    """fastmix.openpi.norm_stats.RunningStats (on StatsAccumulator) against the reference, batches that widen the
     range again and again."""
-    from fastmix.norm_stats import RunningStats as Fast
+    from fastmix.openpi.norm_stats import RunningStats as Fast
 
     batches = batches_with_widening(seed)
     ref, fast = reference_stats(batches), Fast()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmix import transforms as T
-from fastmix.config import ModelType
-from fastmix.norm_stats import NormStats
+from fastmix.openpi import transforms as T
+from fastmix.openpi.config import ModelType
+from fastmix.openpi.norm_stats import NormStats
 
 RNG = np.random.default_rng(0)
 
@@ -192,7 +192,7 @@ def test_prompt_from_lerobot_task_and_error_names_index():
 
 
 def _repack():
-    from fastmix.config import LIBERO_REPACK
+    from fastmix.openpi.config import LIBERO_REPACK
 
     return T.RepackTransform(dict(LIBERO_REPACK))
 

@@ -9,15 +9,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fastmix import config as C
-from fastmix import data_loader as DL
-from fastmix import verify as V
+from fastmix.openpi import config as C
+from fastmix.openpi import registry as R
+import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
+from fastmix.openpi import data_loader as DL
+from fastmix.tools import verify as V
 from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from tests.test_data_loader import _cfg
 
 
 def fake_loader_factory(sources, **kw):
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader
 
     return MixtureLoader(sources, reader_factory=FakeReader, **kw)
@@ -45,7 +47,7 @@ def fakes():
 
 def _with_stats(tmp_path, fakes, **kw):
     """A `_cfg` over the fake sources, with norm stats computed over them."""
-    from fastmix.compute_norm_stats import compute_norm_stats
+    from fastmix.tools.compute_norm_stats import compute_norm_stats
 
     cfg = _cfg(tmp_path, **kw)
     compute_norm_stats(cfg, progress=False, open_sources=fakes["open_sources"])
@@ -113,7 +115,7 @@ def test_verify_reports_incompatible_datasets_and_wrong_normalization(tmp_path, 
     assert not report.check("compatibility").ok and "(9,) in fake/b" in report.check("compatibility").detail
 
     # a Normalize that does not use the config's stats is caught by the transform-stage check
-    from fastmix import transforms as T
+    from fastmix.openpi import transforms as T
 
     def broken(loader):
         data_config = loader.data_config()
@@ -156,26 +158,26 @@ def demo_home(tmp_path_factory):
 
 
 def test_demo_config_compute_norm_stats_then_verify_passes(demo_home, monkeypatch, tmp_path, capsys):
-    from fastmix import compute_norm_stats as ns
+    from fastmix.tools import compute_norm_stats as ns
 
     monkeypatch.setenv("FASTMIX_HOME", str(demo_home))
     parser = argparse.ArgumentParser()
     ns.add_arguments(parser)
     assert ns.run(parser.parse_args(["fastmix_demo_native"])) == 0
     assert (demo_home / "assets" / "fastmix_demo" / "norm_stats.json").exists()
-    cfg = C.get_config("fastmix_demo_native")
-    cfg = C.register(dataclasses.replace(cfg, name="verify_demo_small", batch_size=8, num_workers=1))
+    cfg = R.get_config("fastmix_demo_native")
+    cfg = R.register(dataclasses.replace(cfg, name="verify_demo_small", batch_size=8, num_workers=1))
     try:
         assert _run("verify_demo_small", 240, tmp_path / "demo.png") == 0
     finally:
-        C.unregister(cfg.name)
+        R.unregister(cfg.name)
     out = capsys.readouterr().out
     assert "Verification passed." in out and "[PASS] compatibility" in out
     assert "'put the cream cheese in the bowl'" in out  # the image dataset's task, seen as its prompt
 
 
 def test_unknown_config_exit_status_2(capsys):
-    from fastmix import compute_norm_stats as ns
+    from fastmix.tools import compute_norm_stats as ns
 
     parser = argparse.ArgumentParser()
     V.add_arguments(parser)

@@ -3,7 +3,7 @@
 1. generates the three LIBERO-like datasets of `fastmix/demo/spec.py` with lerobot's writer (once; reused),
 2. computes their norm stats over the whole mixture,
 3. takes the registered demo config and builds its loader with `fastmix.create_data_loader`,
-4. trains a small policy (`fastmix.train`) for a few hundred steps on CUDA when present, else the CPU,
+4. trains a small policy (`fastmix.demo.train`) for a few hundred steps on CUDA when present, else the CPU,
    with a progress bar showing samples/s and the data-wait fraction,
 5. prints the effective mixture against the observed shares with a chi-square p-value,
 6. writes a PNG of loss, throughput and mixture shares.
@@ -24,7 +24,7 @@ import numpy as np
 from fastmix.demo import spec
 from fastmix.errors import ConfigError
 
-CONFIG_NAME = "fastmix_demo_native"  # the demo mixture at the cameras' own resolution (fastmix.config)
+CONFIG_NAME = "fastmix_demo_native"  # the demo mixture at the cameras' own resolution (fastmix.openpi.config)
 P_THRESHOLD = 0.01
 
 
@@ -72,9 +72,9 @@ class MixtureCheck:
 
 
 def check_mixture(names: list[str], expected: np.ndarray, counts: np.ndarray) -> MixtureCheck:
-    """Chi-square goodness of fit of `counts` to `expected` shares (`fastmix.equivalence.chi_square_gof`: a draw
+    """Chi-square goodness of fit of `counts` to `expected` shares (`fastmix.tools.equivalence.chi_square_gof`: a draw
     of a dataset with share 0 gives p = 0)."""
-    from fastmix.equivalence import chi_square_gof
+    from fastmix.tools.equivalence import chi_square_gof
 
     expected = np.asarray(expected, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.int64)
@@ -83,7 +83,7 @@ def check_mixture(names: list[str], expected: np.ndarray, counts: np.ndarray) ->
 
 
 class _PolicyFeed:
-    """Feeds `fastmix.train.train` from `create_data_loader`'s openpi batches: cameras in use (image mask not all
+    """Feeds `fastmix.demo.train.train` from `create_data_loader`'s openpi batches: cameras in use (image mask not all
     False) flattened to top-level (B, H, W, C) tensors, plus "state" and "actions"; counts draws per dataset."""
 
     def __init__(self, loader: Any, num_datasets: int) -> None:
@@ -121,9 +121,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import tqdm
 
-    from fastmix import compute_norm_stats, norm_stats, train
-    from fastmix import config as fm_config
-    from fastmix.data_loader import create_data_loader
+    from fastmix.tools import compute_norm_stats
+    from fastmix.openpi import norm_stats
+    from fastmix.demo import train
+    from fastmix.openpi import registry as fm_registry
+    from fastmix.openpi.data_loader import create_data_loader
     from fastmix.demo.data import ensure_demo_data
     from fastmix.demo.plots import plot_summary
 
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     print("[1/5] datasets (lerobot's writer, format v3.0)")
     ensure_demo_data()
 
-    config = dataclasses.replace(fm_config.get_config(args.config), batch_size=args.batch_size,
+    config = dataclasses.replace(fm_registry.get_config(args.config), batch_size=args.batch_size,
                                  num_workers=args.num_workers, seed=args.seed)
     data_config = config.data.create(config.assets_dirs, config.model)
     stats_path = norm_stats.norm_stats_dir(config, data_config) / norm_stats.NORM_STATS_FILE
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     print("  effective mixture (expected):")
     print("  " + loader.mixture.format_table(names).replace("\n", "\n  "))
 
-    print(f"[4/5] training a small policy (fastmix.train) for {args.steps} steps on {device}")
+    print(f"[4/5] training a small policy (fastmix.demo.train) for {args.steps} steps on {device}")
     torch.manual_seed(args.seed)
     feed = _PolicyFeed(loader, len(names))
     losses: list[float] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "BatchPlanner": "fastmix.loader.plan",
-    "MixtureLoader": "fastmix.loader.mixture_loader",
+    "MixtureLoader": "fastmix.loader.loader",
     "SlotRing": "fastmix.loader.slots",
     "WorkerPool": "fastmix.loader.workers",
 }

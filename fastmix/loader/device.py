@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fastmix.errors import ConfigError
-from fastmix.pixels import to_float, value_table
+from fastmix.kernels.pixels import to_float, value_table
 
 IMAGE_DTYPES = ("uint8", "float32")
 
@@ -99,7 +99,7 @@ def float_table() -> np.ndarray:
 def host_batch(views: Mapping[str, np.ndarray], n: int, camera_keys: Sequence[str], *, pin: bool,
                image_dtype: str) -> dict[str, torch.Tensor]:
     """CPU path: fresh tensors copied out of rows [:n] of a slot (pinned when `pin`). float32 images are
-    `images_to_float`'s values, written by one native pass (`fastmix.pixels.to_float`, GIL released)."""
+    `images_to_float`'s values, written by one native pass (`fastmix.kernels.pixels.to_float`, GIL released)."""
     out: dict[str, torch.Tensor] = {}
     cams = set(camera_keys)
     for key, arr in views.items():

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fastmix.errors import ConfigError, IncompatibleDatasetsError
-from fastmix.index_map import IndexMap
+from fastmix.core.index_map import IndexMap
 from fastmix.sources.meta import INDEX_KEYS
 
 # integer fields of a batch: the source's index columns (timestamp aside) and the dataset of each row

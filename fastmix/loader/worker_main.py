@@ -46,7 +46,7 @@ def default_reader_factory(max_open_files: int, tolerance_s: float) -> Callable[
 
 class ResizingReader:
     """A frame reader whose frames come out resized with padding to (height, width), exactly as openpi's
-    `ResizeImages` would resize them later (`fastmix.resize.resize_with_pad`: PIL bilinear, centred, zero
+    `ResizeImages` would resize them later (`fastmix.kernels.resize.resize_with_pad`: PIL bilinear, centred, zero
     padding, natively where checked bit-identical to PIL). `native` maps (dataset, key) to the decoded (H, W, C).
     Frames are decoded into a scratch buffer reused per (key, shape); a group whose slots are consecutive is
     resized straight into the slot."""
@@ -66,7 +66,7 @@ class ResizingReader:
     def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
         import dataclasses
 
-        from fastmix.resize import resize_with_pad
+        from fastmix.kernels.resize import resize_with_pad
 
         by_shape: dict[tuple, list[Any]] = {}
         for r in requests:
@@ -103,7 +103,7 @@ def resizing_reader_factory(inner_factory: Callable[[], Any], size: tuple[int, i
 
 class FloatingReader:
     """A frame reader whose camera frames land in float32 (C, H, W) slots: the inner reader decodes uint8
-    (H, W, C) frames into a scratch row, and `fastmix.pixels.to_float` writes `table[frame]` transposed into the
+    (H, W, C) frames into a scratch row, and `fastmix.kernels.pixels.to_float` writes `table[frame]` transposed into the
     slot (`table`: float32 (256,), the reference conversion of every byte value, computed by the caller)."""
 
     def __init__(self, inner: Any, table: Any) -> None:
@@ -120,7 +120,7 @@ class FloatingReader:
             return
         import numpy as np
 
-        from fastmix.pixels import to_float
+        from fastmix.kernels.pixels import to_float
 
         scratch: dict[str, Any] = {}
         for r in requests:

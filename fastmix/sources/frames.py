@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
-from fastmix.pixels import to_float
+from fastmix.kernels.pixels import to_float
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
 
@@ -377,7 +377,7 @@ class FrameReader:
 
 def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray, table: np.ndarray | None = None) -> None:
     """`out[req.key][req.slot] = frame` (uint8 (H, W, C)); a float32 (C, H, W) destination gets `table[frame]`
-    transposed (`fastmix.pixels.to_float`; needs the reader's `float_table`)."""
+    transposed (`fastmix.kernels.pixels.to_float`; needs the reader's `float_table`)."""
     dest = out.get(req.key)
     if dest is None:
         raise KeyError(f"out has no array for camera key {req.key!r} ({_where(req)})")

@@ -45,7 +45,7 @@ class LeRobotSource:
             `delta_timestamps`, and the indices) are materialized, and `gather_lowdim` returns only them;
             naming a key the dataset lacks is a ConfigError (see `fastmix.sources.store`).
 
-    At open the metadata is checked against the data (`fastmix.sources.checks`): per-episode rows, index,
+    At open the metadata is checked against the data (`fastmix.sources.integrity`): per-episode rows, index,
     frame_index, timestamps, v3.0 video segments, column dtypes, task ids, file existence. Any disagreement
     raises DatasetFormatError / MissingFileError naming dataset, file, episode and both values.
 

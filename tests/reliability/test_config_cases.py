@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from fastmix import config as C
-from fastmix import data_loader as DL
+from fastmix.openpi import config as C
+from fastmix.openpi import data_loader as DL
 from fastmix.errors import ConfigError, FastmixError, MissingFileError
-from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.sampler import MixtureSampler
+from fastmix.loader.loader import MixtureLoader
+from fastmix.core.sampler import MixtureSampler
 from fastmix.testing.fakes import FakeReader, FakeSource
 
 pytestmark = pytest.mark.timeout(60)

@@ -24,8 +24,8 @@ from fastmix.errors import (
     MissingFileError,
     MixedFpsWarning,
 )
-from fastmix.loader.mixture_loader import MixtureLoader
-from fastmix.sources.checks import find_nonfinite
+from fastmix.loader.loader import MixtureLoader
+from fastmix.sources.integrity import find_nonfinite
 from fastmix.sources.compat import check_distinct, check_mixture
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lerobot_source import LeRobotSource

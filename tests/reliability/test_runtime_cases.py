@@ -22,7 +22,7 @@ import pytest
 
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
-from fastmix.loader.mixture_loader import MixtureLoader
+from fastmix.loader.loader import MixtureLoader
 from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
@@ -392,7 +392,7 @@ def test_stale_segments_of_dead_pids_removed_at_start(tmp_path, caplog, no_leaks
 
 KILL9_SCRIPT = textwrap.dedent("""
     import functools, sys
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader, FakeSource
     if __name__ == "__main__":
         loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2, shm_dir=sys.argv[1],
@@ -568,7 +568,7 @@ def test_missing_shm_dir_is_a_clear_error(tmp_path, kind, no_leaks):
 
 
 UNGUARDED_SCRIPT = textwrap.dedent("""
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader, FakeSource
 
 
@@ -605,8 +605,8 @@ def test_script_without_main_guard(tmp_path, factory):
 
 def test_decode_modules_do_not_import_torch():
     code = ("import sys, fastmix.loader.worker_main, fastmix.loader.slots, fastmix.sources.frames, fastmix.errors, "
-            "fastmix.testing.fakes; bad = [m for m in ('torch', 'fastmix.loader.mixture_loader', "
-            "'fastmix.loader.workers', 'fastmix.sampler') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+            "fastmix.testing.fakes; bad = [m for m in ('torch', 'fastmix.loader.loader', "
+            "'fastmix.loader.workers', 'fastmix.core.sampler') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert res.returncode == 0, res.stdout + res.stderr
@@ -616,7 +616,7 @@ WORKER_MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch  # a training script imports torch at top level: the workers must not
     import psutil
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.sources.lerobot_source import LeRobotSource
 
     if __name__ == "__main__":
@@ -639,8 +639,8 @@ def test_decode_worker_imports_no_torch_and_is_small(tiny_video, tmp_path, recor
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     modules = set(out["modules"])
-    assert "torch" not in modules and "fastmix.loader.mixture_loader" not in modules
-    assert "fastmix.sampler" not in modules and "fastmix.sources.lerobot_source" not in modules  # nor the script
+    assert "torch" not in modules and "fastmix.loader.loader" not in modules
+    assert "fastmix.core.sampler" not in modules and "fastmix.sources.lerobot_source" not in modules  # nor the script
     assert {"fastmix.loader.worker_main", "fastmix.sources.frames", "av"} <= modules
     uss_mib = out["uss"] / 2**20
     record_property("worker_uss_mib", round(uss_mib, 1))
@@ -649,7 +649,7 @@ def test_decode_worker_imports_no_torch_and_is_small(tiny_video, tmp_path, recor
 
 
 def test_container_cache_sized_from_the_mixture(no_leaks):
-    from fastmix.loader.mixture_loader import default_max_open_files
+    from fastmix.loader.loader import default_max_open_files
     from fastmix.sources.frames import FrameReader
 
     assert default_max_open_files(2, 6) == 16 and default_max_open_files(3, 32) == 96

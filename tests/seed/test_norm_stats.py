@@ -27,7 +27,7 @@ def fork_stats(datasets, assets_dir, tokenizer):
 
 
 def test_norm_stats_equal_the_forks(fork_stats, assets_dir):
-    from fastmix.compute_norm_stats import compute_norm_stats
+    from fastmix.tools.compute_norm_stats import compute_norm_stats
 
     config, theirs = fork_stats
     ours_path = compute_norm_stats(config, batch_size=config.batch_size, progress=False)

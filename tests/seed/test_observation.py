@@ -1,4 +1,4 @@
-"""`fastmix.observation.ObservationBuilder` with the fork's own `openpi.models.model.Observation`: the result is
+"""`fastmix.openpi.observation.ObservationBuilder` with the fork's own `openpi.models.model.Observation`: the result is
 what `Observation.from_dict` builds, the fork's jaxtyping/beartype checks run for every new batch signature
 (and still reject a bad batch after good ones were seen), and later batches of a checked signature skip them."""
 
@@ -57,7 +57,7 @@ def fields_equal(a, b) -> None:
 
 
 def test_builds_what_from_dict_builds_and_checks_each_signature_once(counted):
-    from fastmix.observation import ObservationBuilder
+    from fastmix.openpi.observation import ObservationBuilder
 
     Observation, calls = counted
     build = ObservationBuilder(Observation)
@@ -73,7 +73,7 @@ def test_builds_what_from_dict_builds_and_checks_each_signature_once(counted):
 
 
 def test_a_bad_batch_is_rejected_as_openpi_rejects_it(counted):
-    from fastmix.observation import ObservationBuilder
+    from fastmix.openpi.observation import ObservationBuilder
 
     Observation, _ = counted
     bad = batch(1, state_dtype=torch.int64)  # the fork declares state Float[..., "*b s"]
@@ -88,7 +88,7 @@ def test_a_bad_batch_is_rejected_as_openpi_rejects_it(counted):
 
 
 def test_uint8_images_always_go_through_from_dict(counted):
-    from fastmix.observation import ObservationBuilder
+    from fastmix.openpi.observation import ObservationBuilder
 
     Observation, calls = counted
     build = ObservationBuilder(Observation)
@@ -102,7 +102,7 @@ def test_uint8_images_always_go_through_from_dict(counted):
 
 
 def test_numpy_batches_jax_framework(counted):
-    from fastmix.observation import ObservationBuilder
+    from fastmix.openpi.observation import ObservationBuilder
 
     Observation, calls = counted
     build = ObservationBuilder(Observation)
@@ -120,7 +120,7 @@ def test_numpy_batches_jax_framework(counted):
 def test_image_key_order_is_part_of_the_signature(counted):
     """beartype checks one item of a dict, so openpi's verdict can depend on the images' order: a batch with
     the same keys in another order is checked again (and fails where openpi fails)."""
-    from fastmix.observation import ObservationBuilder
+    from fastmix.openpi.observation import ObservationBuilder
 
     Observation, _ = counted
 

@@ -64,7 +64,7 @@ def test_installed_fastmix_applies_dataset_weights(datasets, assets_dir, norm_st
 def test_verify_openpi_reports_ignored_weights(datasets, assets_dir, norm_stats_dir, capsys):
     """`fastmix verify CONFIG N --openpi` measures the fork's loader: FAIL with expected vs observed, and the
     counts are exactly the fork's own draws (same seed) measured above by other code."""
-    from fastmix import verify
+    from fastmix.tools import verify
     from tests.seed.seed_data import register_fork_config
 
     config = weighted_config(datasets, assets_dir, norm_stats_dir, "seed_weights_verify")
@@ -82,7 +82,7 @@ def test_verify_openpi_reports_ignored_weights(datasets, assets_dir, norm_stats_
 
 
 def test_verify_openpi_unknown_config_is_an_error(capsys):
-    from fastmix import verify
+    from fastmix.tools import verify
 
     code = verify.run(argparse.Namespace(config_name="no_such_config", num_samples=10, plot=None, alpha=ALPHA,
                                          openpi=True))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.pixels import to_float, value_table
+from fastmix.kernels.pixels import to_float, value_table
 
 
 @dataclasses.dataclass
@@ -93,7 +93,7 @@ def _openpi_table() -> np.ndarray:
 def observation_float(image: Any, framework: str) -> Any:
     """uint8 images (B, H, W, C) → float32 in [-1, 1] exactly as openpi's `Observation.from_dict` computes them
     (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32; applied once to the 256 byte values and
-    written by one native table pass, `fastmix.pixels`), transposed to (B, C, H, W) for the pytorch framework
+    written by one native table pass, `fastmix.kernels.pixels`), transposed to (B, C, H, W) for the pytorch framework
     as its torch path permutes; other dtypes are returned unchanged."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 4:

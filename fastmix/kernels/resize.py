@@ -2,7 +2,7 @@
 
 `resize_with_pad(images, height, width)` is openpi's `image_tools.resize_with_pad`: PIL `Image.resize((rw, rh),
 BILINEAR)` to the aspect-preserving size, centred on a zero canvas. PIL stays the definition: the native kernel
-(`fastmix._native.resize_with_pad_u8`, csrc/resize.hpp, a replica of Pillow's 8-bit resample) serves a geometry
+(`fastmix.kernels._native.resize_with_pad_u8`, csrc/resize.hpp, a replica of Pillow's 8-bit resample) serves a geometry
 (source H, W, C -> height, width) only after a one-time self-check against the installed PIL on deterministic
 test images; otherwise, and for anything but uint8 BILINEAR with 1 or 3 channels, PIL runs per image (2 and 4
 channels are LA / RGBA, which PIL resizes with premultiplied alpha). The self-check also learns the pass order:
@@ -35,7 +35,7 @@ def pad_geometry(cur_h: int, cur_w: int, height: int, width: int) -> tuple[int, 
 
 def _kernel() -> Any:
     try:
-        from fastmix import _native
+        from fastmix.kernels import _native
     except ImportError:
         return None
     return getattr(_native, "resize_with_pad_u8", None)
@@ -82,7 +82,7 @@ def _self_check(h: int, w: int, c: int, height: int, width: int) -> str | None:
         import PIL
 
         warnings.warn(
-            f"fastmix.resize: the native resize does not reproduce Pillow {PIL.__version__} for images "
+            f"fastmix.kernels.resize: the native resize does not reproduce Pillow {PIL.__version__} for images "
             f"{h}x{w}x{c} -> {height}x{width} (resized to {rh}x{rw}); PIL resizes this geometry instead (same "
             "result, slower). Please report it with the Pillow version.",
             RuntimeWarning,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastmix._backend import kernels
+from fastmix.kernels.backend import kernels
 from fastmix.errors import ConfigError
 
 

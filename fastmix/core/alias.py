@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastmix import seeds
-from fastmix._backend import kernels
+from fastmix.core import seeds
+from fastmix.kernels.backend import kernels
 from fastmix.errors import ConfigError
 
 _TWO64 = float(1 << 64)

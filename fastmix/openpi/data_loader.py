@@ -1,6 +1,6 @@
 """`create_data_loader`: openpi's data loader semantics on fastmix's weighted mixture loader.
 
-    from fastmix.data_loader import create_data_loader
+    from fastmix.openpi.data_loader import create_data_loader
     loader = create_data_loader(config, shuffle=True, num_batches=1000, framework="pytorch")
     for observation, actions in loader:    # openpi's DataLoaderImpl output: (Observation.from_dict(batch), actions)
         ...
@@ -24,14 +24,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastmix import transforms as _t
-from fastmix._checks import check_optional_int
-from fastmix.background import Background
+from fastmix.openpi import transforms as _t
+from fastmix._args import check_optional_int
+from fastmix.loader.background import Background
 from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
-from fastmix.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
-from fastmix.observation import Observation, ObservationBuilder, observation_class, observation_float
-from fastmix.openpi_transforms import BatchedTokenizePrompt, batched
+from fastmix.openpi.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
+from fastmix.openpi.observation import Observation, ObservationBuilder, observation_class, observation_float
+from fastmix.openpi.batched import BatchedTokenizePrompt, batched
 
 logger = logging.getLogger("fastmix")
 
@@ -115,7 +115,7 @@ def lowdim_batch(planner: BatchPlanner, global_index: np.ndarray, data_config: A
 
 def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list[tuple[str, list]]:
     """openpi's transform order as named stages: repack, data, normalize, model. openpi transforms of known
-    types become their batched equivalents (`fastmix.openpi_transforms.batched`: same bytes, no per-sample
+    types become their batched equivalents (`fastmix.openpi.batched.batched`: same bytes, no per-sample
     split and stack); the rest run per sample."""
     norm_stats = None if skip_norm_stats else data_config.norm_stats
     return [
@@ -355,7 +355,7 @@ class DataLoader:
 
 def make_mixture_loader(sources: Sequence[Any], **kwargs: Any) -> Any:
     """The default `loader_factory` of `create_data_loader`: `MixtureLoader(sources, **kwargs)`."""
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
 
     return MixtureLoader(sources, **kwargs)
 

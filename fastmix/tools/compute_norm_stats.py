@@ -2,7 +2,7 @@
 
 Computes the statistics of `state` and `actions` after the config's repack and data transforms (so delta actions
 are counted as the model sees them) over the whole mixture, every frame of every dataset once (or `--max-frames`
-frames drawn uniformly), and writes `assets_dir/asset_id/norm_stats.json` (format: `fastmix.norm_stats`).
+frames drawn uniformly), and writes `assets_dir/asset_id/norm_stats.json` (format: `fastmix.openpi.norm_stats`).
 Only the low-dimensional columns are read: cameras are never decoded (the data transforms see 1x1 placeholder
 images). A NaN or inf reaching the statistics is an error naming the dataset, episode, frame and key; nothing is
 written then.
@@ -19,27 +19,27 @@ from typing import Any
 
 import numpy as np
 
-from fastmix import data_loader as _dl
-from fastmix import transforms as _t
-from fastmix._checks import check_int, check_optional_int
+from fastmix.openpi import data_loader as _dl
+from fastmix.openpi import transforms as _t
+from fastmix._args import check_int, check_optional_int
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError
-from fastmix.norm_stats import RunningStats, norm_stats_dir, save
+from fastmix.openpi.norm_stats import RunningStats, norm_stats_dir, save
 
 STATS_KEYS = ("state", "actions")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.config)")
+    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.openpi.config)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (uniform draw)")
     parser.add_argument("--batch-size", type=int, default=256, help="frames read per step (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-frames draw")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastmix import config as _config
+    from fastmix.openpi import registry as _registry
 
     try:
-        config = _config.get_config(args.config_name)
+        config = _registry.get_config(args.config_name)
         path = compute_norm_stats(config, max_frames=args.max_frames, batch_size=args.batch_size, seed=args.seed)
     except FastmixError as e:
         print(f"fastmix compute-norm-stats: error: {e}", file=sys.stderr)
@@ -83,7 +83,7 @@ def compute_norm_stats(
 ) -> pathlib.Path:
     """Compute state/actions statistics over a config's whole mixture and save them; returns the file path.
 
-    `open_sources(data_config)` gives the datasets (default: `fastmix.data_loader.open_sources`). Raises
+    `open_sources(data_config)` gives the datasets (default: `fastmix.openpi.data_loader.open_sources`). Raises
     DatasetFormatError (nothing written) when a value reaching the statistics is NaN or inf."""
     import tqdm
 

@@ -1,6 +1,6 @@
 """Normalization statistics (a leaf module: no fastmix import but the errors): openpi's `NormStats`,
 `RunningStats`, the `norm_stats.json` format (serialize, load, save) and where a config keeps the file.
-The `fastmix compute-norm-stats` command that computes them is `fastmix.compute_norm_stats`.
+The `fastmix compute-norm-stats` command that computes them is `fastmix.tools.compute_norm_stats`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fastmix.errors import ConfigError, DatasetFormatError, MissingFileError
-from fastmix.stats_kernels import NUM_BINS, StatsAccumulator
+from fastmix.kernels.stats import NUM_BINS, StatsAccumulator
 
 NORM_STATS_FILE = "norm_stats.json"
 
@@ -50,7 +50,7 @@ class RunningStats:
     keeps a 5000-bin histogram over [min, max]; when a new batch widens the range the counts are moved to
     the new bins (each old bin's count placed at its left edge). A quantile q is the left edge of the first
     bin whose cumulative count reaches q * count. The histogram work is batched and vectorized over all
-    dimensions (`fastmix.stats_kernels.StatsAccumulator`: the same numbers, bit for bit).
+    dimensions (`fastmix.kernels.stats.StatsAccumulator`: the same numbers, bit for bit).
     """
 
     NUM_BINS = NUM_BINS

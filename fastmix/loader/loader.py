@@ -56,7 +56,7 @@ from fastmix.loader.worker_main import (
     resizing_reader_factory,
 )
 from fastmix.loader.workers import WorkerPool
-from fastmix.sampler import MixtureSampler, resolve_rank_world_size
+from fastmix.core.sampler import MixtureSampler, resolve_rank_world_size
 from fastmix.sources.compat import check_mixture
 
 # zero-copy: how many batches the consumer side may hold (its current batch, the one being handed to it, ones

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fastmix import transforms as _t
-from fastmix._checks import check_int
+from fastmix.openpi import transforms as _t
+from fastmix._args import check_int
 
 DEFAULT_NUM_SAMPLES = 1000
 DEFAULT_ALPHA = 1e-3
@@ -58,7 +58,7 @@ class Report:
 def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str) -> np.ndarray:
     """Per-dataset shares a config declares (`Mixture.shares`): per_sample ∝ w_i·N_i (the reference's
     WeightedRandomSampler), per_dataset ∝ w_i."""
-    from fastmix.mixture import Mixture
+    from fastmix.core.mixture import Mixture
 
     return Mixture(sizes, weights, weighting=weighting).shares
 
@@ -66,7 +66,7 @@ def expected_shares(sizes: list[int], weights: list[float] | None, weighting: st
 def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
     """(statistic, p-value) of observed counts against expected shares (`equivalence.chi_square_gof`); a count
     where the share is 0 gives (inf, 0)."""
-    from fastmix.equivalence import chi_square_gof
+    from fastmix.tools.equivalence import chi_square_gof
 
     res = chi_square_gof(np.asarray(observed), np.asarray(expected_share, dtype=np.float64))
     return res.statistic, res.p_value
@@ -221,7 +221,7 @@ def _check_compatibility(run: _Run) -> None:
 
 def _check_norm_stats(run: _Run) -> bool:
     """Whether the config has norm stats (False: the remaining checks run unnormalized)."""
-    from fastmix import data_loader as _dl
+    from fastmix.openpi import data_loader as _dl
 
     if run.data_config.norm_stats is not None:
         kind = "quantile" if run.data_config.use_quantile_norm else "z-score"
@@ -236,7 +236,7 @@ def _check_norm_stats(run: _Run) -> bool:
 
 def _check_finite_data(run: _Run) -> None:
     """NaN/inf in the datasets' numeric features (dataset, key, episode, frame of the first ones)."""
-    from fastmix.sources.checks import find_nonfinite
+    from fastmix.sources.integrity import find_nonfinite
 
     found = []
     for s in run.sources:
@@ -253,7 +253,7 @@ def _check_finite_data(run: _Run) -> None:
 def _check_loading(run: _Run, normalize: bool) -> bool:
     """Draw `num_samples` samples through the config's loader, recording per-dataset counts, prompts, final
     values and every transform call."""
-    from fastmix import data_loader as _dl
+    from fastmix.openpi import data_loader as _dl
 
     local_bs = max(1, int(run.config.batch_size))
     num_batches = max(1, math.ceil(run.num_samples / local_bs))
@@ -376,12 +376,12 @@ def verify(
     """Run every check on `config` (a TrainConfig) drawing `num_samples` samples; returns the report.
 
     Args:
-        open_sources: `open_sources(data_config) -> sources` (default: `fastmix.data_loader.open_sources`).
+        open_sources: `open_sources(data_config) -> sources` (default: `fastmix.openpi.data_loader.open_sources`).
         check_compatible: raises when the sources differ (default: `fastmix.sources.compat.check_compatible`).
-        create_loader: `create_data_loader`-like factory (default: `fastmix.data_loader.create_data_loader`);
+        create_loader: `create_data_loader`-like factory (default: `fastmix.openpi.data_loader.create_data_loader`);
             it is handed the opened sources as `open_sources=`.
     """
-    from fastmix import data_loader as _dl
+    from fastmix.openpi import data_loader as _dl
     from fastmix.sources.compat import check_compatible as _check_compatible
 
     num_samples = check_int(num_samples, "num_samples", minimum=1)
@@ -470,7 +470,7 @@ def _finish(report: Report, out: Callable[[str], None]) -> Report:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.config)")
+    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.openpi.config)")
     parser.add_argument("num_samples", metavar="NUM_SAMPLES", nargs="?", type=int, default=DEFAULT_NUM_SAMPLES,
                         help=f"samples to draw (default {DEFAULT_NUM_SAMPLES})")
     parser.add_argument("--plot", default=None, help="PNG path of the shares chart (default ./verify_CONFIG.png)")
@@ -482,7 +482,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastmix import config as _config
+    from fastmix.openpi import registry as _registry
 
     if args.openpi:
         try:
@@ -491,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fastmix verify --openpi: error: openpi is not importable ({e})", file=sys.stderr)
             return 2
         try:
-            config = openpi_config.get_config(args.config_name)
+            config = openpi_registry.get_config(args.config_name)
         except ValueError as e:  # openpi's "Config '...' not found"
             print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
             return 2
@@ -499,7 +499,7 @@ def run(args: argparse.Namespace) -> int:
     from fastmix.errors import FastmixError
 
     try:
-        config = _config.get_config(args.config_name)
+        config = _registry.get_config(args.config_name)
     except FastmixError as e:
         print(f"fastmix verify: error: {e}", file=sys.stderr)
         return 2

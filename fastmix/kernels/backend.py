@@ -1,4 +1,4 @@
-"""Chooses the sampling-core implementation: the C++ extension `fastmix._native`, or its numba twin.
+"""Chooses the sampling-core implementation: the C++ extension `fastmix.kernels._native`, or its numba twin.
 
 `FASTMIX_BACKEND=numba` forces the numba kernels; `FASTMIX_BACKEND=native` requires the extension.
 Without the variable, the extension is used when importable, else numba with a warning. Both give
@@ -21,7 +21,7 @@ _CHOICES = ("native", "numba")
 
 @cache
 def _load(name: str) -> types.ModuleType:
-    return importlib.import_module("fastmix._native" if name == "native" else "fastmix._kernels_numba")
+    return importlib.import_module("fastmix.kernels._native" if name == "native" else "fastmix.kernels.numba_kernels")
 
 
 @lru_cache(maxsize=1)
@@ -35,9 +35,9 @@ def _resolve(requested: str) -> str:
         return "native"
     except ImportError as exc:
         if requested == "native":
-            raise ImportError(f"{_ENV}=native but the extension fastmix._native is missing: {exc}") from exc
+            raise ImportError(f"{_ENV}=native but the extension fastmix.kernels._native is missing: {exc}") from exc
         warnings.warn(
-            f"fastmix._native is not built ({exc}); using the numba kernels (same stream, slower). "
+            f"fastmix.kernels._native is not built ({exc}); using the numba kernels (same stream, slower). "
             "Build it with `pip install -e .`.",
             RuntimeWarning,
             stacklevel=3,

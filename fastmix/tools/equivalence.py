@@ -37,10 +37,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmix._checks import check_int
+from fastmix._args import check_int
 from fastmix.errors import ConfigError
-from fastmix.mixture import WEIGHTINGS, Mixture
-from fastmix.sampler import MixtureSampler
+from fastmix.core.mixture import WEIGHTINGS, Mixture
+from fastmix.core.sampler import MixtureSampler
 
 DEFAULT_ALPHA = 1e-3  # family-wise false-alarm rate of the whole check
 MIN_EXPECTED = 5.0  # smallest expected count of a chi-square category

@@ -19,7 +19,7 @@ import numpy as np
 from fastmix.errors import ConfigError
 
 if TYPE_CHECKING:  # only named in annotations: transforms stay a leaf
-    from fastmix.norm_stats import NormStats
+    from fastmix.openpi.norm_stats import NormStats
 
 DataDict = dict[str, Any]
 
@@ -302,7 +302,7 @@ class LiberoInputs(Transform):
 
     Reads `observation/image`, `observation/wrist_image`, `observation/state`, optional `actions` and
     `prompt`. The right wrist camera is zero-filled; it is masked out except for pi0-FAST.
-    `model_type` is a `fastmix.config.ModelType` (or its string value, or openpi's enum).
+    `model_type` is a `fastmix.openpi.config.ModelType` (or its string value, or openpi's enum).
     """
 
     model_type: Any
@@ -340,7 +340,7 @@ class LiberoInputs(Transform):
             "right_wrist_0_rgb": np.full(n, self._right_mask(), dtype=bool),
         }
         # the absent camera as a read-only zero-stride view: no memory, and converting it to float is a fill
-        # (`fastmix.data_loader.observation_float`); anything that writes to it fails loudly
+        # (`fastmix.openpi.data_loader.observation_float`); anything that writes to it fails loudly
         return self._assemble(data, base, wrist, masks, zeros=np.broadcast_to(np.zeros((), base.dtype), base.shape))
 
 
@@ -574,10 +574,10 @@ def resize_with_pad(images: np.ndarray, height: int, width: int, method: int | N
 
     Same as openpi's `image_tools.resize_with_pad` (PIL, bilinear by default; the resized image is centred,
     padding split with the extra row/column at the bottom/right). Images already that size are returned as is.
-    Delegates to `fastmix.resize.resize_with_pad`: uint8 BILINEAR images go through a native replica of PIL's
+    Delegates to `fastmix.kernels.resize.resize_with_pad`: uint8 BILINEAR images go through a native replica of PIL's
     resample once it has been checked bit-identical to the installed PIL for that geometry, others through PIL.
     """
-    from fastmix.resize import resize_with_pad as _resize_with_pad
+    from fastmix.kernels.resize import resize_with_pad as _resize_with_pad
 
     return _resize_with_pad(images, height, width, method)
 

@@ -6,7 +6,7 @@ batch of 32 for the LIBERO pipeline, more than the transforms' own work). `batch
 known openpi type, with exactly the known fields, to a fastmix transform that works on the whole batch:
 
     RepackTransform, InjectDefaultPrompt, ResizeImages, PadStatesAndActions, DeltaActions (openpi.transforms),
-    LiberoInputs (openpi.policies.libero_policy)  → fastmix.transforms' batched versions;
+    LiberoInputs (openpi.policies.libero_policy)  → fastmix.openpi.transforms' batched versions;
     TokenizePrompt (openpi.transforms)             → `BatchedTokenizePrompt`, the same tokenizer called once
                                                      per distinct prompt (per row when the state is tokenized).
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmix import transforms as _t
+from fastmix.openpi import transforms as _t
 
 _TRANSFORMS = "openpi.transforms"
 _LIBERO = "openpi.policies.libero_policy"

@@ -5,9 +5,9 @@ host→device copy not already done by the loader) and the time of the step itse
 optimizer; synchronized on CUDA so the split is honest), and returns `TrainStats` with samples/s and the
 data-wait fraction.
 
-    python -m fastmix.train --generate-tmp --steps 200              # generated LIBERO-like mixture
-    python -m fastmix.train --generate-tmp --device cuda --image-dtype float32   # CUDA path (streams, pinned)
-    python -m fastmix.train --root /path/ds_a --root /path/ds_b --weights 1 3
+    python -m fastmix.demo.train --generate-tmp --steps 200              # generated LIBERO-like mixture
+    python -m fastmix.demo.train --generate-tmp --device cuda --image-dtype float32   # CUDA path (streams, pinned)
+    python -m fastmix.demo.train --root /path/ds_a --root /path/ds_b --weights 1 3
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def _generate(root: Path, shape: tuple[int, int, int], quick: bool) -> list[Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastmix.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastmix.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", action="append", default=[], help="dataset root (repeat for a mixture)")
     p.add_argument("--generate-tmp", action="store_true", help="generate a LIBERO-like 2-dataset mixture in a temp dir")
     p.add_argument("--quick", action="store_true", help="with --generate-tmp: small datasets")
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     args = p.parse_args(argv)
 
-    from fastmix.loader.mixture_loader import MixtureLoader
+    from fastmix.loader.loader import MixtureLoader
     from fastmix.sources.lerobot_source import LeRobotSource
 
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")

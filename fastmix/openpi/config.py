@@ -1,11 +1,11 @@
 """openpi-compatible configs: `DataConfig`, `AssetsConfig`, the data config factories (LIBERO, multi-dataset
-LIBERO), `Pi0Config`, `TrainConfig`, and a registry (`get_config`, `register`, `list_configs`, `cli`).
+LIBERO), `Pi0Config`, `TrainConfig`. The registry of named configs is `fastmix.openpi.registry`.
 
 Field names and semantics follow openpi (`openpi.training.config`, `openpi.models.pi0_config`) and the
 co-training fork's `MultiDatasetLiberoDataConfig`, so a config written for them runs on fastmix with only
 the import changed:
 
-    from fastmix.config import AssetsConfig, DataConfig, MultiDatasetLiberoDataConfig, Pi0Config, TrainConfig
+    from fastmix.openpi.config import AssetsConfig, DataConfig, MultiDatasetLiberoDataConfig, Pi0Config, TrainConfig
 
 fastmix-only fields (all optional): `lerobot_home` (a root dir holding `<repo_id>/` datasets; None resolves
 like lerobot: `$HF_LEROBOT_HOME/<repo_id>`), `weighting` ("per_sample", the reference's semantics, or
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import enum
 import logging
 import math
@@ -27,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastmix import norm_stats as _normalize  # the leaf: NormStats, load
-from fastmix import transforms as _transforms
-from fastmix._checks import check_int
+from fastmix.openpi import transforms as _transforms
+from fastmix._args import check_int
 from fastmix.errors import ConfigError
 
 if TYPE_CHECKING:  # tyro is optional at run time (a test/CLI dependency)
@@ -405,93 +404,6 @@ class TrainConfig:
         return (pathlib.Path(self.checkpoint_base_dir) / self.name / self.exp_name).resolve()
 
 
-# ---------------------------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, TrainConfig] = {}
-
-
-def demo_configs() -> list[TrainConfig]:
-    """The configs of the embedded demo mixture (`fastmix.demo.spec`), built from the current environment."""
-    from fastmix.demo import spec
-
-    repo_ids = [d.repo_id for d in spec.DEMO_DATASETS]
-
-    def make(name: str, model: Any, image_resolution: tuple[int, int] | None) -> TrainConfig:
-        return TrainConfig(
-            name=name,
-            model=model,
-            data=MultiDatasetLiberoDataConfig(
-                repo_ids=repo_ids,
-                dataset_weights=list(spec.DEMO_WEIGHTS),
-                base_config=DataConfig(prompt_from_task=True),
-                assets=AssetsConfig(assets_dir=str(spec.demo_assets_dir()), asset_id="fastmix_demo"),
-                lerobot_home=str(spec.demo_home()),
-                model_transforms=ModelTransformFactory(image_resolution=image_resolution),
-            ),
-            batch_size=32,
-            num_workers=2,
-            seed=0,
-            exp_name="demo",
-            wandb_enabled=False,
-        )
-
-    h = spec.DEMO_ACTION_HORIZON
-    return [
-        # openpi's pi05 pipeline: quantile norm, 224x224 images, state/actions padded to 32.
-        make("fastmix_demo", Pi0Config(pi05=True, action_horizon=h), (224, 224)),
-        # The same at the cameras' own resolution (what the demo's small policy trains on).
-        make("fastmix_demo_native", Pi0Config(pi05=True, action_horizon=h, action_dim=spec.DEMO_ACTION_DIM), None),
-        # pi0 pipeline: z-score normalization.
-        make("fastmix_demo_pi0", Pi0Config(action_horizon=h), (224, 224)),
-    ]
-
-
-def _all_configs() -> dict[str, TrainConfig]:
-    configs = {c.name: c for c in demo_configs()}
-    configs.update(_REGISTRY)
-    return configs
-
-
-def register(config: TrainConfig, *, overwrite: bool = False) -> TrainConfig:
-    """Add `config` to the registry under `config.name` (ConfigError if taken, unless `overwrite`)."""
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"register() takes a TrainConfig, got {type(config).__name__}")
-    if not overwrite and config.name in _all_configs():
-        raise ConfigError(f"a config named '{config.name}' is already registered (pass overwrite=True)")
-    _REGISTRY[config.name] = config
-    return config
-
-
-def unregister(name: str) -> None:
-    """Remove a config added with `register` (ConfigError naming it if absent)."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"no registered config named '{name}'")
-    del _REGISTRY[name]
-
-
-def list_configs() -> list[str]:
-    """The names of every registered config (demo configs included), sorted."""
-    return sorted(_all_configs())
-
-
-def get_config(config_name: str) -> TrainConfig:
-    """The registered config `config_name`; ConfigError with the closest name when not found."""
-    configs = _all_configs()
-    if config_name not in configs:
-        closest = difflib.get_close_matches(config_name, list(configs), n=1, cutoff=0.0)
-        hint = f" Did you mean '{closest[0]}'? " if closest else ""
-        raise ConfigError(f"Config '{config_name}' not found.{hint}".rstrip())
-    return configs[config_name]
-
-
-def cli(args: Sequence[str] | None = None) -> TrainConfig:
-    """Pick a registered config by name and override its fields from the command line (openpi's `cli()`)."""
-    import tyro
-
-    configs = _all_configs()
-    return tyro.extras.overridable_config_cli({k: (k, v) for k, v in configs.items()}, args=args)
-
-
 __all__ = [
     "AssetsConfig",
     "DataConfig",
@@ -504,11 +416,5 @@ __all__ = [
     "Pi0Config",
     "Pi0FASTConfig",
     "TrainConfig",
-    "cli",
-    "demo_configs",
-    "get_config",
-    "list_configs",
-    "register",
-    "unregister",
     "validate_dataset_weights",
 ]

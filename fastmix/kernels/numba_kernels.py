@@ -1,4 +1,4 @@
-"""Numba twin of the native core (`csrc/*.hpp` → `fastmix._native`): same functions, same signatures,
+"""Numba twin of the native core (`csrc/*.hpp` → `fastmix.kernels._native`): same functions, same signatures,
 bit-identical output. Used when the extension is missing or `FASTMIX_BACKEND=numba`.
 
 One helper per C++ helper, named alike (`_philox4x64_10`, `_block` = Stream::block, `_bounded`, `_alias_select`,

@@ -18,9 +18,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from fastmix.alias import AliasTable, check_weights
+from fastmix.core.alias import AliasTable, check_weights
 from fastmix.errors import ConfigError
-from fastmix.index_map import check_sizes
+from fastmix.core.index_map import check_sizes
 
 WEIGHTINGS = ("per_sample", "per_dataset")
 _TWO64 = 1 << 64

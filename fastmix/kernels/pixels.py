@@ -3,7 +3,7 @@
 A conversion such as torch's `x.to(float32) / 255.0` or openpi's `x.astype(float32) / 255.0 * 2.0 - 1.0` maps
 each byte to one float32 value. `value_table(fn)` applies the reference function `fn` itself to the 256 byte
 values once; `to_float(images, table)` then writes `table[images]` (optionally transposed HWC → CHW) in one pass
-of native code that releases the GIL (`fastmix._native.lut_u8_to_f32`; numpy indexing when the extension
+of native code that releases the GIL (`fastmix.kernels._native.lut_u8_to_f32`; numpy indexing when the extension
 lacks it). Every output element is therefore the reference's own result for its byte — bit for bit, without
 relying on the compiler reproducing the reference's float arithmetic.
 
@@ -32,7 +32,7 @@ def value_table(fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
 
 def _native_kernel() -> Callable[..., None] | None:
     try:
-        from fastmix import _native
+        from fastmix.kernels import _native
     except ImportError:
         return None
     return getattr(_native, "lut_u8_to_f32", None)

@@ -33,7 +33,7 @@ def create_torch_dataset(data_config: Any, action_horizon: int, model_config: An
     """openpi's `create_torch_dataset(data_config, action_horizon, model_config)` on fastmix's reader."""
     if _use_openpi(data_config):
         return _ORIGINALS["create_torch_dataset"](data_config, action_horizon, model_config)
-    from fastmix import data_loader
+    from fastmix.openpi import data_loader
 
     return data_loader.create_torch_dataset(data_config, action_horizon, model_config)
 
@@ -64,7 +64,7 @@ def create_data_loader(
         )
     if framework == "jax" and sharding is None:
         sharding = _default_jax_sharding()
-    from fastmix import data_loader
+    from fastmix.openpi import data_loader
 
     return data_loader.create_data_loader(
         config,

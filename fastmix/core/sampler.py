@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from fastmix import seeds
-from fastmix._backend import kernels, threads_for
+from fastmix.core import seeds
+from fastmix.kernels.backend import kernels, threads_for
 from fastmix.errors import ConfigError
-from fastmix.index_map import IndexMap
-from fastmix.mixture import Mixture
+from fastmix.core.index_map import IndexMap
+from fastmix.core.mixture import Mixture
 
 BATCHINGS = ("random", "stratified")
 _ITER_CHUNK = 8192  # indices generated at a time by __iter__ in random / sequential mode
