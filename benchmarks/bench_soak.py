@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from fastmix.loader.options import MemoryOptions
 from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import live_pids, wait_gone
@@ -64,7 +65,7 @@ def soak(sources, duration_s: float, every_s: float) -> dict:
     t0 = time.monotonic()
     next_sample = t0
     with MixtureLoader(sources, dataset_weights=[1.0, 2.0], batch_size=BATCH_SIZE, action_horizon=10,
-                       num_workers=2, seed=0, pin_memory=False) as loader:
+                       num_workers=2, seed=0, memory=MemoryOptions(pin_memory=False)) as loader:
         epoch = 0
         while time.monotonic() - t0 < duration_s:
             loader.set_epoch(epoch)

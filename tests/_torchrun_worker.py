@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fastmix.loader.options import WorkerOptions
 from fastmix import distributed
 
 
@@ -45,8 +46,7 @@ def make_loader(spec: dict[str, Any], **kw: Any) -> Any:
 
     sources = [FakeSource(f"ds{i}", num_episodes=n // 10, episode_length=10) for i, n in enumerate(spec["sizes"])]
     return MixtureLoader(sources, dataset_weights=spec["weights"], batch_size=spec["loader_batch"],
-                         action_horizon=spec["horizon"], num_workers=0, seed=spec["seed"],
-                         reader_factory=FakeReader, **kw)
+                         action_horizon=spec["horizon"], num_workers=0, seed=spec["seed"], **kw, workers=WorkerOptions(reader_factory=FakeReader))
 
 
 def loader_ids(batch: dict[str, Any]) -> np.ndarray:

@@ -48,10 +48,10 @@ def test_probabilities_of_a_hand_built_table() -> None:
 
 
 @pytest.mark.parametrize("bad, pattern", [
-    ([1.0, -2.0], r"weights\[1\] = -2\.0 is negative"),
-    ([1.0, float("nan")], r"weights\[1\] = nan is not finite"),
-    ([float("inf"), 1.0], r"weights\[0\] = inf is not finite"),
-    ([0.0, 0.0, 0.0], r"all zero \(3 entries\)"),
+    ([1.0, -2.0], r"weights must be non-negative, got weights\[1\]=-2\.0"),
+    ([1.0, float("nan")], r"weights must be finite, got weights\[1\]=nan"),
+    ([float("inf"), 1.0], r"weights must be finite, got weights\[0\]=inf"),
+    ([0.0, 0.0, 0.0], r"must not all be zero, got weights=\[0\.0, 0\.0, 0\.0\]"),
     ([], r"non-empty"),
     ([[1.0, 2.0]], r"1-D"),
 ])

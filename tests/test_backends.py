@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import fastmix
-from fastmix.kernels import backend as _backend
 from fastmix.core.alias import AliasTable
-from fastmix.errors import ConfigError
 from fastmix.core.index_map import IndexMap
 from fastmix.core.sampler import MixtureSampler
+from fastmix.errors import ConfigError
+from fastmix.kernels import backend as _backend
 
 CONFIGS = {
     "two": dict(dataset_sizes=[10000, 1000], dataset_weights=[1.0, 10.0]),
@@ -69,6 +69,16 @@ def test_backend_selection(monkeypatch) -> None:
         fastmix.backend()
 
 
+def test_native_is_the_extension_only_while_the_backend_is_native(monkeypatch) -> None:
+    monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
+    assert _backend.native() is _backend.kernels("native")
+    assert _backend.native().__name__ == "fastmix.kernels._native"
+    monkeypatch.setenv("FASTMIX_BACKEND", "numba")
+    assert _backend.native() is None
+    monkeypatch.setenv("FASTMIX_BACKEND", "native")
+    assert _backend.native() is _backend.kernels("native")
+
+
 def test_missing_extension_falls_back_to_numba_with_a_warning(monkeypatch) -> None:
     real_load = _backend._load
 
@@ -79,21 +89,22 @@ def test_missing_extension_falls_back_to_numba_with_a_warning(monkeypatch) -> No
 
     monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
     monkeypatch.setattr(_backend, "_load", load)
-    _backend._resolve.cache_clear()
+    _backend.reset()
     try:
         with pytest.warns(RuntimeWarning, match="using the numba kernels"):
             assert _backend.backend() == "numba"
+        assert _backend.native() is None  # the pixel kernels fall back too
         monkeypatch.setenv("FASTMIX_BACKEND", "native")
         with pytest.raises(ImportError, match="FASTMIX_BACKEND=native"):
             _backend.backend()
     finally:
-        _backend._resolve.cache_clear()
+        _backend.reset()
 
 
 @pytest.mark.parametrize("start, stride", [(0, 1), (7, 1), (3, 2), (1, 5)])
 def test_native_threads_do_not_change_the_stream(start: int, stride: int) -> None:
-    from fastmix.kernels import _native
     from fastmix.core import seeds
+    from fastmix.kernels import _native
 
     s = MixtureSampler([10000, 1000, 3], [1.0, 10.0, 2.0])
     m = s.mixture

@@ -47,7 +47,7 @@ def test_non_finite_weight_error(bad):
 def test_all_zero_weights_and_non_number_errors():
     with pytest.raises(ConfigError, match=r"must not all be zero, got dataset_weights=\[0.0, 0, 0.0\]"):
         _multi(dataset_weights=[0.0, 0, 0.0])
-    with pytest.raises(ConfigError, match=r"dataset_weights\[0\]='1' .* is not a number"):
+    with pytest.raises(ConfigError, match=r"dataset_weights must be numbers, got dataset_weights\[0\]='1' for repo_ids\[0\]='dataset1'"):
         _multi(dataset_weights=["1", 1, 1])
     _multi(dataset_weights=[0.0, 1.0, np.float32(2.0)])  # one zero weight is allowed
 

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fastmix.loader.options import WorkerOptions
 from fastmix.tools import compute_norm_stats as cns
 from fastmix.openpi import config as C
 from fastmix.openpi import data_loader as DL
@@ -65,7 +66,7 @@ class Injected:
         from fastmix.loader.loader import MixtureLoader
 
         self.made.append(kw)
-        return MixtureLoader(sources, reader_factory=FakeReader, **kw)
+        return MixtureLoader(sources, **kw, workers=WorkerOptions(reader_factory=FakeReader))
 
     def create(self, cfg, **kw) -> DL.DataLoader:
         return DL.create_data_loader(cfg, open_sources=self.open_sources, loader_factory=self.loader_factory, **kw)
@@ -257,8 +258,7 @@ def test_resume_harness_on_the_sampler_and_the_mixture_loader(sources):
     check_resume(lambda: MixtureSampler([7, 5], [1.0, 3.0], seed=3), forever, epoch_length=12)
 
     def make() -> MixtureLoader:
-        return MixtureLoader(sources, batch_size=4, num_workers=0, seed=1, shuffle=True, drop_last=True,
-                             reader_factory=FakeReader)
+        return MixtureLoader(sources, batch_size=4, num_workers=0, seed=1, shuffle=True, drop_last=True, workers=WorkerOptions(reader_factory=FakeReader))
 
     check_resume(make, forever, epoch_length=3, key=lambda b: tuple(b["index"].tolist()), close=MixtureLoader.close)
 

@@ -3,7 +3,9 @@ and errors that name dataset, episode, file, key and timestamp."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import re
 import shutil
 
 import av
@@ -233,3 +235,83 @@ def test_hevc_open_gop_random_reads_equal_sequential_decode(tmp_path):
         np.testing.assert_array_equal(read(reader, reqs, frames.shape[1:]), frames[batch])
     ref = decode_video_frames(path, [pts[i] for i in picks[:20].tolist()], 1e-4, backend="pyav")
     assert ref.shape[0] == 20  # lerobot's pyav backend reads them all too
+
+
+class _NoHook:
+    """A reader without the store hook (as a custom reader_factory may build): read(requests, out) only."""
+
+    def __init__(self, inner: FrameReader) -> None:
+        self.inner = inner
+
+    def read(self, requests, out) -> None:
+        self.inner.read(requests, out)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_store_hook_and_the_float32_reader_stack(video_ds, image_ds, kind):
+    """FrameReader hands each decoded uint8 frame to a store hook (it knows nothing of floats); the reader
+    stack's float32 readers (`fastmix.loader.readers`) equal the uint8 frames looked up in the unit table —
+    straight into the float32 rows through the hook, through a reader without the hook (uint8 scratch rows),
+    and resized — with duplicate rows and slots out of order. Factories pickle (they travel to the workers)."""
+    from fastmix.kernels.pixels import to_float, unit_table
+    from fastmix.kernels.resize import resize_with_pad
+    from fastmix.loader.readers import (
+        FloatingReader,
+        ResizingReader,
+        default_reader_factory,
+        floating_reader_factory,
+        resizing_reader_factory,
+    )
+
+    src = LeRobotSource(root=video_ds if kind == "video" else image_ds)
+    rows = np.random.default_rng(5).integers(0, len(src), 10)
+    rows[3] = rows[7]
+    reqs = src.frame_requests(rows, ["image"])
+    order = np.random.default_rng(6).permutation(len(reqs))
+    reqs = [dataclasses.replace(r, slot=int(s)) for r, s in zip(reqs, order, strict=True)]
+    h, w, c = src.camera_shape("image")
+    u8 = np.zeros((len(reqs), h, w, c), np.uint8)
+    FrameReader().read(reqs, {"image": u8})
+
+    seen = []
+    FrameReader().read(reqs, {"image": u8}, store=lambda dest, slot, frame: seen.append((dest is u8, slot, frame)))
+    assert sorted(s for _, s, _ in seen) == list(range(len(reqs))) and all(d for d, _, _ in seen)
+    assert all(f.dtype == np.uint8 and np.array_equal(f, u8[s]) for _, s, f in seen)
+
+    def floats(reader) -> np.ndarray:
+        out = np.full((len(reqs), c, *reader_size(reader)), np.nan, np.float32)
+        reader.read(reqs, {"image": out})
+        return out
+
+    def reader_size(reader):
+        inner = reader.inner if isinstance(reader, FloatingReader) else reader
+        return (inner.height, inner.width) if isinstance(inner, ResizingReader) else (h, w)
+
+    want = to_float(u8, unit_table(), chw=True)
+    direct = FloatingReader(FrameReader(), unit_table())
+    scratch = FloatingReader(_NoHook(FrameReader()), unit_table())
+    assert direct._direct and not scratch._direct
+    np.testing.assert_array_equal(floats(direct).view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(floats(scratch).view(np.uint32), want.view(np.uint32))
+
+    native = {(src.name, "image"): (h, w, c)}
+    want_small = to_float(resize_with_pad(u8, 48, 40), unit_table(), chw=True)
+    for inner in (FrameReader(), _NoHook(FrameReader())):
+        for size, expected in (((48, 40), want_small), ((h, w), want)):  # resized; already the size
+            got = floats(FloatingReader(ResizingReader(inner, *size, native), unit_table()))
+            np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    small_u8 = np.zeros((len(reqs), 48, 40, c), np.uint8)
+    ResizingReader(FrameReader(), 48, 40, native).read(reqs, {"image": small_u8})  # uint8, slots out of order
+    np.testing.assert_array_equal(small_u8, resize_with_pad(u8, 48, 40))
+
+    factory = floating_reader_factory(resizing_reader_factory(default_reader_factory(4, 1e-4), (48, 40), native),
+                                      unit_table())
+    built = pickle.loads(pickle.dumps(factory))()
+    assert isinstance(built, FloatingReader) and built._direct and built.inner.inner.max_open_files == 4
+    np.testing.assert_array_equal(floats(built).view(np.uint32), want_small.view(np.uint32))
+
+    with pytest.raises(DecodeError, match=r"float32 output expects \(C, H, W\).*" + re.escape(reqs[0].path)):
+        direct.read(reqs[:1], {"image": np.zeros((1, c, w + 1, h), np.float32)})

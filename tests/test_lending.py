@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.loader_args import grouped
 from fastmix.loader import slots
 from fastmix.loader.lending import SlotLender
 from fastmix.loader.loader import MixtureLoader
@@ -27,7 +28,7 @@ def fake_loader(camera_shape: tuple[int, int, int] = (8, 8, 3), **kw) -> Mixture
     args.update(kw)
     srcs = [FakeSource("ds_a", num_episodes=4, episode_length=20, camera_shape=camera_shape),
             FakeSource("ds_b", num_episodes=2, episode_length=15, camera_shape=camera_shape)]
-    return MixtureLoader(srcs, **args)
+    return MixtureLoader(srcs, **grouped(**args))
 
 
 def snapshot(batch: dict) -> dict:
@@ -143,7 +144,7 @@ def test_float32_slots_are_torchs_conversion(video_ds, image_ds, num_workers):
     srcs = [LeRobotSource(root=video_ds), LeRobotSource(root=image_ds)]
     kw = dict(dataset_weights=[1.0, 1.0], batch_size=6, action_horizon=3, seed=2, num_batches=4,
               num_workers=num_workers)
-    with MixtureLoader(srcs, **kw) as u8, MixtureLoader(srcs, image_dtype="float32", **kw) as f32:
+    with MixtureLoader(srcs, **grouped(**kw)) as u8, MixtureLoader(srcs, image_dtype="float32", **grouped(**kw)) as f32:
         assert f32._float_slots and f32._res.ring is None
         pairs = [(snapshot(a), snapshot(b)) for a, b in zip(u8, f32, strict=True)]
         assert f32._res.ring.layout.fields[[k for k, *_ in f32._res.ring.layout.fields].index("image")][2] == "<f4"
@@ -163,10 +164,11 @@ def test_small_shm_degrades_with_a_warning_and_the_same_batches(monkeypatch):
 
     shape = (64, 64, 3)  # slots large enough that uint8 slots with lending are smaller than float slots
     with fake_loader(shape, image_dtype="float32", zero_copy=False) as plain:
-        base = plain._ring_bytes(False, 0)
-        lend = plain._lend_slots(True)
-        full = plain._ring_bytes(True, lend)
-        uint8_lending = plain._ring_bytes(False, plain._lend_slots(False))
+        sizer = plain._sizer
+        base = sizer.layout(False, 0).nbytes
+        lend = sizer.lend_slots(True)
+        full = sizer.layout(True, lend).nbytes
+        uint8_lending = sizer.layout(False, sizer.lend_slots(False)).nbytes
         ref = [snapshot(b) for b in plain]
     assert all(b["image"].dtype == torch.float32 and b["image"].shape[1] == 3 for b in ref)
 

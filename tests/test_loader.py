@@ -11,6 +11,7 @@ import psutil
 import pytest
 import torch
 
+from tests.loader_args import grouped
 from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.core.index_map import IndexMap
 from fastmix.loader.loader import MixtureLoader
@@ -29,7 +30,7 @@ def make(srcs=None, **kw):
     args = dict(dataset_weights=[1.0, 3.0], batch_size=8, action_horizon=H, num_workers=0, seed=3,
                 reader_factory=FakeReader)
     args.update(kw)
-    return MixtureLoader(srcs or sources(), **args)
+    return MixtureLoader(srcs or sources(), **grouped(**args))
 
 
 def as_numpy(batches):
@@ -275,7 +276,7 @@ def test_explicit_delta_timestamps_and_action_keys():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=1000), "larger than the mixture"),
     (dict(action_keys=["joint_torque"]), "unknown key 'joint_torque'"),
-    (dict(dataset_weights=[1.0]), "dataset_weights has 1 entries"),
+    (dict(dataset_weights=[1.0]), r"dataset_weights length \(1\) must match"),
     (dict(image_dtype="float16"), "image_dtype"),
     (dict(num_workers=-1), "num_workers"),
     (dict(prefetch=0), "prefetch"),
@@ -408,7 +409,7 @@ def test_decode_time_resize_equals_pil_on_the_native_frames(video_ds, image_ds, 
     srcs = [LeRobotSource(root=video_ds), LeRobotSource(root=image_ds)]
     kw = dict(dataset_weights=[1.0, 1.0], batch_size=6, action_horizon=3, seed=4, num_batches=3,
               num_workers=num_workers)
-    with MixtureLoader(srcs, **kw) as native_loader, MixtureLoader(srcs, resize_images=(40, 56), **kw) as loader:
+    with MixtureLoader(srcs, **grouped(**kw)) as native_loader, MixtureLoader(srcs, resize_images=(40, 56), **grouped(**kw)) as loader:
         native, resized = as_numpy(list(native_loader)), as_numpy(list(loader))
     assert len(native) == len(resized) == 3
     for a, b in zip(native, resized, strict=True):
@@ -421,4 +422,4 @@ def test_decode_time_resize_equals_pil_on_the_native_frames(video_ds, image_ds, 
 
     assert native_geometry_ok((64, 64, 3), 40, 56)  # the workers resized these frames natively, equal to PIL
     with pytest.raises(ConfigError, match="resize_images"):
-        MixtureLoader(srcs, resize_images=(40,), **kw)
+        MixtureLoader(srcs, resize_images=(40,), **grouped(**kw))

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.loader_args import grouped
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.loader import MixtureLoader
@@ -34,7 +35,7 @@ def make(reader=FakeReader, **kw):
     args = dict(dataset_weights=[1.0, 3.0], batch_size=8, action_horizon=4, num_workers=1, seed=5,
                 reader_factory=reader)
     args.update(kw)
-    return MixtureLoader(sources(), **args)
+    return MixtureLoader(sources(), **grouped(**args))
 
 
 def first_episode_drawn(ds_name: str) -> int:
@@ -170,11 +171,11 @@ def test_keyboard_interrupt_in_consumer(no_leaks):
 
 CTRL_C_SCRIPT = textwrap.dedent("""
     import functools, sys
-    from fastmix.loader.loader import MixtureLoader
+    from fastmix.loader import MixtureLoader, WorkerOptions
     from fastmix.testing.fakes import FakeReader, FakeSource
     if __name__ == "__main__":
-        loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2,
-                               reader_factory=functools.partial(FakeReader, delay_s=0.05), num_batches=10**6)
+        loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2, num_batches=10**6,
+                               workers=WorkerOptions(reader_factory=functools.partial(FakeReader, delay_s=0.05)))
         for i, b in enumerate(loader):
             if i == 1:
                 print(loader.shm_name, *loader.worker_pids, flush=True)

@@ -64,16 +64,16 @@ def test_format_table_lists_everything() -> None:
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    (dict(dataset_sizes=[10, 0]), r"dataset_sizes\[1\] = 0"),
-    (dict(dataset_sizes=[10, 2.5]), r"dataset_sizes\[1\] = 2\.5"),
+    (dict(dataset_sizes=[10, 0]), r"dataset_sizes\[1\] must be an integer >= 1, got dataset_sizes\[1\]=0"),
+    (dict(dataset_sizes=[10, 2.5]), r"got dataset_sizes\[1\]=2\.5"),
     (dict(dataset_sizes=[]), "empty"),
-    (dict(dataset_sizes=[10, 20], dataset_weights=[1.0]), "1 entries but there are 2 datasets"),
-    (dict(dataset_sizes=[10, 20], dataset_weights=[1.0, -1.0]), r"dataset_weights\[1\] = -1\.0 is negative"),
-    (dict(dataset_sizes=[10, 20], dataset_weights=[0.0, 0.0]), "all zero"),
+    (dict(dataset_sizes=[10, 20], dataset_weights=[1.0]), r"dataset_weights length \(1\) must match datasets length \(2\)"),
+    (dict(dataset_sizes=[10, 20], dataset_weights=[1.0, -1.0]), r"must be non-negative, got dataset_weights\[1\]=-1\.0"),
+    (dict(dataset_sizes=[10, 20], dataset_weights=[0.0, 0.0]), "must not all be zero"),
     (dict(dataset_sizes=[10, 20], weighting="uniform"), "weighting='uniform'"),
-    (dict(dataset_sizes=[2, 3], frame_weights=[None]), "frame_weights has 1 entries"),
+    (dict(dataset_sizes=[2, 3], frame_weights=[None]), r"frame_weights length \(1\) must match"),
     (dict(dataset_sizes=[2, 3], frame_weights=[None, [1.0, 2.0]]), r"frame_weights\[1\] has 2 entries"),
-    (dict(dataset_sizes=[2, 3], frame_weights=[[1.0, float("nan")], None]), r"frame_weights\[0\]\[1\] = nan"),
+    (dict(dataset_sizes=[2, 3], frame_weights=[[1.0, float("nan")], None]), r"must be finite, got frame_weights\[0\]\[1\]=nan"),
 ])
 def test_bad_configuration_is_named(kwargs, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):

@@ -186,14 +186,14 @@ def _run_cli(monkeypatch, tmp_path, sources, argv, name="ns_fake_cli") -> int:
     command opens sources itself: data_loader.open_sources is the one thing replaced)."""
     from fastmix import cli
     from fastmix.openpi import data_loader
-    from fastmix.openpi import config as C
+    from fastmix.openpi import registry as R
 
     monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
-    cfg = C.register(_fake_config(tmp_path, name=name))
+    cfg = R.register(_fake_config(tmp_path, name=name))
     try:
         return cli.main(["compute-norm-stats", name, *argv])
     finally:
-        C.unregister(cfg.name)
+        R.unregister(cfg.name)
 
 
 def test_compute_norm_stats_max_frames_and_cli(tmp_path, fake_sources, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from fastmix.loader.options import WorkerOptions
 from fastmix.openpi import data_loader as DL
 from fastmix import openpi as adapter
 
@@ -87,7 +88,7 @@ def test_install_routes_and_uninstall_restores(fake_openpi, monkeypatch, tmp_pat
 
     sources = [FakeSource("fake/a", num_episodes=2, episode_length=5), FakeSource("fake/b", num_episodes=1, episode_length=4)]
     monkeypatch.setattr(DL, "open_sources", lambda data_config: sources)
-    monkeypatch.setattr(DL, "make_mixture_loader", lambda s, **kw: MixtureLoader(s, reader_factory=FakeReader, **kw))
+    monkeypatch.setattr(DL, "make_mixture_loader", lambda s, **kw: MixtureLoader(s, **kw, workers=WorkerOptions(reader_factory=FakeReader)))
     cfg = _with_stats(tmp_path, weights=[1.0, 2.0])
 
     original = fake_openpi.create_data_loader

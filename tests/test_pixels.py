@@ -1,7 +1,7 @@
 """uint8 → float32 conversion by value table (`fastmix.kernels.pixels`) against the reference operations themselves:
-torch's `images_to_float` ops (`to(float32) / 255`) and openpi's `Observation.from_dict` formula
+torch's `to(float32) / 255` (the loader's float32 images) and openpi's `Observation.from_dict` formula
 (`x.astype(float32) / 255.0 * 2.0 - 1.0` in numpy, `x.to(float32).permute(0, 3, 1, 2) / 255.0 * 2.0 - 1.0` in torch),
-bit for bit, native kernel and numpy fallback."""
+bit for bit, native kernel and numpy fallback (FASTMIX_BACKEND=numba switches the extension off)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from fastmix.kernels import pixels
-from fastmix.openpi.data_loader import observation_float
-from fastmix.loader.device import float_table, host_batch
+from fastmix.loader.device import host_batch, images_to_float
+from fastmix.loader.readers import FloatStore
+from fastmix.openpi.observation import Observation, observation_float
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -21,10 +22,51 @@ def _bits(a: np.ndarray) -> np.ndarray:
 @pytest.fixture(params=["native", "numpy"])
 def kernel(request, monkeypatch):
     if request.param == "numpy":
-        monkeypatch.setattr(pixels, "_KERNEL", None)
-    elif pixels._KERNEL is None:
+        monkeypatch.setenv("FASTMIX_BACKEND", "numba")  # the switch turns the extension off: numpy indexing
+        assert pixels._kernel() is None
+    elif pixels._kernel() is None:
         pytest.skip("fastmix.kernels._native has no lut_u8_to_f32 (extension not built)")
     return request.param
+
+
+def test_tables_equal_the_reference_ops_on_every_byte() -> None:
+    x = torch.arange(256, dtype=torch.uint8)
+    unit = x.to(torch.float32) / 255  # torch's op (the loader's float32 images)
+    openpi_torch = x.to(torch.float32) / 255.0 * 2.0 - 1.0
+    openpi_np = x.numpy().astype(np.float32) / 255.0 * 2.0 - 1.0  # openpi's Observation.from_dict
+    assert pixels.unit_table().dtype == pixels.openpi_table().dtype == np.float32
+    np.testing.assert_array_equal(_bits(pixels.unit_table()), _bits(unit.numpy()))
+    np.testing.assert_array_equal(_bits(pixels.openpi_table()), _bits(openpi_torch.numpy()))
+    np.testing.assert_array_equal(_bits(pixels.openpi_table()), _bits(openpi_np))
+    for table in (pixels.unit_table(), pixels.openpi_table()):
+        assert not table.flags.writeable  # one home, not to be edited in place
+        with pytest.raises(ValueError):
+            table[0] = 1.0
+
+
+def test_images_to_float_is_the_table_and_torch_op() -> None:
+    """The device stage's conversion (run on CUDA, checked here on the CPU) gives the table's values, which
+    are torch's `to(float32) / 255` as the CPU computes it."""
+    x = torch.from_numpy(np.arange(256 * 3, dtype=np.int64).reshape(1, 16, 16, 3).astype(np.uint8))
+    got = images_to_float(x)
+    ref = x.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, ref)
+
+
+def test_float_store_writes_the_table_transposed(kernel) -> None:
+    """The store hook the float32 reader stack hands the frame reader: one uint8 (H, W, C) frame into a float32
+    (C, H, W) row, a uint8 row as is, a frame of another shape a ValueError."""
+    frame = np.random.default_rng(3).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    dest = np.full((3, 3, 5, 7), np.nan, np.float32)
+    FloatStore(pixels.unit_table())(dest, 1, frame)
+    ref = torch.from_numpy(frame).permute(2, 0, 1).to(torch.float32).div(255.0).numpy()
+    np.testing.assert_array_equal(_bits(dest[1]), _bits(ref))
+    assert np.isnan(dest[0]).all() and np.isnan(dest[2]).all()
+    u8 = np.zeros((2, 5, 7, 3), np.uint8)
+    FloatStore(pixels.unit_table())(u8, 0, frame)
+    np.testing.assert_array_equal(u8[0], frame)
+    with pytest.raises(ValueError, match="float32 output expects"):
+        FloatStore(pixels.unit_table())(np.zeros((1, 3, 7, 5), np.float32), 0, frame)
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 4, 4, 1), (1, 3, 9, 4), (4, 16, 8, 3)])
@@ -32,7 +74,7 @@ def test_unit_float_equals_torch_ops(kernel, shape) -> None:
     x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     x.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)[: min(256, x.size)]  # every byte value seen
     ref = torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float32).div(255.0).numpy()
-    got = pixels.to_float(x, float_table(), chw=True)
+    got = pixels.to_float(x, pixels.unit_table(), chw=True)
     assert got.shape == ref.shape and got.dtype == np.float32
     np.testing.assert_array_equal(_bits(got), _bits(ref))
 
@@ -61,7 +103,9 @@ def test_broadcast_constant_image_is_a_fill() -> None:
     assert observation_float(zeros, "jax").shape == (3, 4, 5, 3)
 
 
-def test_host_batch_float32_equals_torch_ops() -> None:
+@pytest.mark.parametrize("backend", ["native", "numba"])
+def test_host_batch_float32_equals_torch_ops(backend, monkeypatch) -> None:
+    monkeypatch.setenv("FASTMIX_BACKEND", backend)
     rng = np.random.default_rng(2)
     views = {"cam": rng.integers(0, 256, size=(5, 6, 7, 3), dtype=np.uint8),
              "state": rng.normal(size=(5, 4)).astype(np.float32)}
@@ -76,8 +120,16 @@ def test_host_batch_float32_equals_torch_ops() -> None:
 
 def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="uint8 images"):
-        pixels.to_float(np.zeros((2, 3, 3), np.uint8), float_table(), chw=True)
+        pixels.to_float(np.zeros((2, 3, 3), np.uint8), pixels.unit_table(), chw=True)
     with pytest.raises(ValueError, match="float32"):
-        pixels.to_float(np.zeros((1, 2, 2, 3), np.uint8), float_table(), chw=True, out=np.empty((1, 2, 2, 3), np.float32))
-    with pytest.raises(ValueError, match="256 float32 values"):
-        pixels.value_table(lambda x: x.astype(np.float64))
+        pixels.to_float(np.zeros((1, 2, 2, 3), np.uint8), pixels.unit_table(), chw=True, out=np.empty((1, 2, 2, 3), np.float32))
+
+
+def test_stand_in_from_dict_equals_observation_float() -> None:
+    """fastmix's stand-in `Observation.from_dict` (openpi's formula, literally) and the table agree."""
+    x = np.random.default_rng(4).integers(0, 256, size=(2, 4, 6, 3), dtype=np.uint8)
+    obs = Observation.from_dict({"image": {"cam": x}, "image_mask": {"cam": np.ones(2, bool)},
+                                 "state": np.zeros((2, 3), np.float32)})
+    np.testing.assert_array_equal(_bits(obs.images["cam"]), _bits(observation_float(x, "jax")))
+    assert observation_float(x[0, 0], "jax").shape == (6, 3)  # other ranks: the table, same layout
+    np.testing.assert_array_equal(_bits(observation_float(x[0, 0], "jax")), _bits(obs.images["cam"][0, 0]))

@@ -125,12 +125,40 @@ def test_bilinear_constant_is_pils():
 
 
 def test_without_the_native_symbol_pil_serves(monkeypatch):
-    from fastmix.kernels import _native
+    from fastmix.kernels import backend
 
-    monkeypatch.delattr(_native, "resize_with_pad_u8")
+    monkeypatch.delattr(backend.native(), "resize_with_pad_u8")
     images = RNG.integers(0, 256, size=(3, 256, 256, 3), dtype=np.uint8)
     np.testing.assert_array_equal(R.resize_with_pad(images, 224, 224), reference(images, 224, 224))
     assert not R.native_geometry_ok(images.shape, 224, 224)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_backend_switch_turns_the_native_kernel_off(monkeypatch, channels):
+    """FASTMIX_BACKEND=numba: no native kernel (resize has no numba twin), PIL serves, same pixels; a geometry
+    checked natively before is not used natively while the switch is off, and is again after."""
+    images = np.concatenate([RNG.integers(0, 256, size=(3, 256, 256, channels), dtype=np.uint8),
+                             extremes(256, 256, channels)])
+    want = reference(images, 224, 224)
+    monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
+    np.testing.assert_array_equal(R.resize_with_pad(images, 224, 224), want)
+    assert R.native_geometry_ok(images.shape, 224, 224)
+
+    monkeypatch.setenv("FASTMIX_BACKEND", "numba")
+    assert R._kernel() is None and not R.native_geometry_ok(images.shape, 224, 224)
+    pil_calls = []
+    real = R._pil_resized
+    monkeypatch.setattr(R, "_pil_resized", lambda *a, **k: (pil_calls.append(1), real(*a, **k))[1])
+    out = np.full((len(images), 224, 224, channels), 7, np.uint8)
+    assert R.resize_with_pad(images, 224, 224, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    assert len(pil_calls) == int(images.reshape(len(images), -1).any(axis=1).sum())  # all-zero images: no PIL
+
+    monkeypatch.setenv("FASTMIX_BACKEND", "native")
+    assert R.native_geometry_ok(images.shape, 224, 224)
+    pil_calls.clear()
+    np.testing.assert_array_equal(R.resize_with_pad(images, 224, 224), want)
+    assert not pil_calls
 
 
 def test_a_self_check_mismatch_warns_once_and_pil_serves(monkeypatch):
@@ -218,7 +246,7 @@ def test_portable_code_path_equals_pil_too(tmp_path):
         "import numpy as np, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_resize_native import reference, GEOMETRIES\n"
-        "from fastmix import resize as R\n"
+        "from fastmix.kernels import resize as R\n"
         "rng = np.random.default_rng(5)\n"
         "for (h, w), dst in GEOMETRIES:\n"
         "    ims = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)\n"

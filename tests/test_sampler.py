@@ -159,18 +159,20 @@ def test_load_state_errors_are_named() -> None:
     s = MixtureSampler([10, 10])
     with pytest.raises(ConfigError, match="missing key 'epoch'"):
         s.load_state_dict({"seed": 0})
-    with pytest.raises(ConfigError, match=r"carry_counts'\] has 3 entries"):
+    with pytest.raises(ConfigError, match=r"carry_counts'\] length \(3\) must match datasets length \(2\)"):
         s.load_state_dict({**s.state_dict(), "carry_counts": [0, 0, 0]})
 
 
 @pytest.mark.parametrize("change, pattern", [
-    ({"position": -1}, r"\['position'\] should be an integer >= 0, got -1"),
-    ({"position": 2.5}, r"\['position'\] should be an integer"),
-    ({"epoch": "1"}, r"\['epoch'\] should be an integer"),
-    ({"world_size": 0}, r"\['world_size'\] should be an integer >= 1"),
-    ({"pending": "xy"}, r"\['pending'\] should be a list of integers"),
-    ({"carry_counts": [[0], [1]]}, r"\['carry_counts'\] has 2 entries"),
-    ({"seed": -3}, r"MixtureSampler state: seed must be an integer in \[0, 2\*\*128\), got -3"),
+    ({"position": -1}, r"\['position'\] must be an integer >= 0, got MixtureSampler state\['position'\]=-1"),
+    ({"position": 2.5}, r"\['position'\] must be an integer"),
+    ({"epoch": "1"}, r"\['epoch'\] must be an integer"),
+    ({"world_size": 0}, r"\['world_size'\] must be an integer >= 1"),
+    ({"pending": "xy"}, r"\['pending'\] must be a list of integers"),
+    ({"carry_counts": [[0], [1]]}, r"\['carry_counts'\]\[0\] must be an integer >= 0, got .*=\[0\]"),
+    ({"carry_counts": [0, 0, 0]}, r"\['carry_counts'\] length \(3\) must match datasets length \(2\)"),
+    ({"seed": -3}, r"MixtureSampler state\['seed'\] must be an integer >= 0 and < 2\*\*128, "
+                   r"got MixtureSampler state\['seed'\]=-3"),
 ])
 def test_malformed_state_is_refused_and_changes_nothing(change, pattern) -> None:
     s = MixtureSampler([10, 10], seed=4)

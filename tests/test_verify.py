@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fastmix.loader.options import WorkerOptions
 from fastmix.openpi import config as C
 from fastmix.openpi import registry as R
 import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
@@ -22,7 +23,7 @@ def fake_loader_factory(sources, **kw):
     from fastmix.loader.loader import MixtureLoader
     from fastmix.testing.fakes import FakeReader
 
-    return MixtureLoader(sources, reader_factory=FakeReader, **kw)
+    return MixtureLoader(sources, **kw, workers=WorkerOptions(reader_factory=FakeReader))
 
 
 def create_loader_with(loader_factory=fake_loader_factory, edit=None):

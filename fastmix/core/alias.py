@@ -10,33 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fastmix._args import check_weights
 from fastmix.core import seeds
 from fastmix.kernels.backend import kernels
-from fastmix.errors import ConfigError
 
 _TWO64 = float(1 << 64)
-
-
-def check_weights(weights: Sequence[float] | np.ndarray, name: str = "weights") -> np.ndarray:
-    """Weights as a contiguous float64 array (n,), n >= 1; ConfigError names `name[i]` and the bad value
-    for negative, NaN or infinite entries, and reports an all-zero vector."""
-    try:
-        w = np.ascontiguousarray(weights, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a 1-D sequence of numbers: {exc}") from exc
-    if w.ndim != 1 or w.size == 0:
-        raise ConfigError(f"{name} must be a non-empty 1-D sequence of numbers, got shape {w.shape}")
-    bad = ~np.isfinite(w)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ConfigError(f"{name}[{i}] = {float(w[i])!r} is not finite; weights must be finite and >= 0")
-    neg = w < 0
-    if neg.any():
-        i = int(np.argmax(neg))
-        raise ConfigError(f"{name}[{i}] = {float(w[i])!r} is negative; weights must be finite and >= 0")
-    if not (w > 0).any():
-        raise ConfigError(f"{name} are all zero ({w.size} entries); at least one must be positive")
-    return w
 
 
 class AliasTable:
@@ -59,7 +37,7 @@ class AliasTable:
 
     def __init__(self, weights: Sequence[float] | np.ndarray, *, name: str = "weights",
                  backend: str | None = None) -> None:
-        w = check_weights(weights, name)
+        w = check_weights(weights, what=name)
         self._k = kernels(backend)
         self.threshold = np.empty(w.size, dtype=np.uint64)
         self.alias = np.empty(w.size, dtype=np.int64)
@@ -86,4 +64,4 @@ class AliasTable:
         return out
 
 
-__all__ = ["AliasTable", "check_weights"]
+__all__ = ["AliasTable"]

@@ -7,24 +7,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastmix.kernels.backend import kernels
+from fastmix._args import check_int
 from fastmix.errors import ConfigError
+from fastmix.kernels.backend import kernels
 
 
 def check_sizes(sizes: Sequence[int] | np.ndarray, name: str = "dataset_sizes") -> np.ndarray:
-    """Sizes as int64 (K,), K >= 1, every entry a positive integer; ConfigError names `name[i]` otherwise."""
-    raw = list(sizes) if not isinstance(sizes, np.ndarray) else list(sizes.ravel())
-    if not raw:
-        raise ConfigError(f"{name} is empty; need at least one dataset")
-    out = np.empty(len(raw), dtype=np.int64)
-    for i, v in enumerate(raw):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1 or v >= 1 << 63:
-            raise ConfigError(f"{name}[{i}] = {v!r}; every dataset size must be an integer >= 1 (frames)")
-        out[i] = int(v)
-    total = sum(int(v) for v in raw)
+    """Sizes as int64 (K,), K >= 1, every entry an integer >= 1 (`check_int`, naming `name[i]`); their sum
+    must stay below 2**63."""
+    if isinstance(sizes, np.ndarray):
+        sizes = sizes.ravel().tolist()
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not sizes:
+        raise ConfigError(f"{name} must be a non-empty sequence of integers (frames per dataset), "
+                          f"got {name}={sizes!r}")
+    raw = [check_int(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(sizes)]
+    total = sum(raw)
     if total >= 1 << 63:
-        raise ConfigError(f"{name} sum to {total} frames; the total must stay below 2**63")
-    return out
+        raise ConfigError(f"{name} must sum to less than 2**63 frames, got {name}={raw} (sum {total})")
+    return np.array(raw, dtype=np.int64)
 
 
 class IndexMap:

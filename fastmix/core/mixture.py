@@ -18,9 +18,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from fastmix.core.alias import AliasTable, check_weights
+from fastmix._args import check_weights
+from fastmix.core.alias import AliasTable
+from fastmix.core.index_map import IndexMap
 from fastmix.errors import ConfigError
-from fastmix.core.index_map import check_sizes
 
 WEIGHTINGS = ("per_sample", "per_dataset")
 _TWO64 = 1 << 64
@@ -58,11 +59,13 @@ class Mixture:
         dataset_weights: (K,) finite, >= 0, not all zero; default all ones.
         weighting: "per_sample" (share ∝ w_i·N_i) or "per_dataset" (share ∝ w_i).
         frame_weights: None, or K entries each None (uniform) or a float array (N_i,) of per-frame weights.
-        backend: kernels to build the tables with (None: `fastmix.backend()`).
+        backend: kernels to build the tables and the index map with (None: `fastmix.backend()`).
+        names: K dataset names (errors and `format_table` name them; default "dataset i").
 
     Attributes:
-        sizes int64 (K,), weights float64 (K,), weighting str, masses float64 (K,) (unnormalized shares),
-        shares float64 (K,) (sum 1), dataset_table AliasTable (K), frame_tables list of AliasTable | None.
+        index_map IndexMap (the mixture's one global ↔ (dataset, local) map), sizes int64 (K,), names list[str],
+        weights float64 (K,), weighting str, masses float64 (K,) (unnormalized shares), shares float64 (K,)
+        (sum 1), dataset_table AliasTable (K), frame_tables list of AliasTable | None.
     """
 
     def __init__(
@@ -73,18 +76,20 @@ class Mixture:
         weighting: str = "per_sample",
         frame_weights: Sequence[Sequence[float] | np.ndarray | None] | None = None,
         backend: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
-        self.sizes = check_sizes(dataset_sizes)
+        self.index_map = IndexMap(dataset_sizes, backend=backend)
+        self.sizes = self.index_map.sizes
         k = self.sizes.size
+        self.names = [f"dataset {i}" for i in range(k)] if names is None else [str(n) for n in names]
+        if len(self.names) != k:
+            raise ConfigError(f"names length ({len(self.names)}) must match dataset_sizes length ({k}): "
+                              f"names={self.names}, dataset_sizes={self.sizes.tolist()}")
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting={weighting!r} is not one of {WEIGHTINGS}")
         self.weighting = weighting
-        if dataset_weights is None:
-            dataset_weights = np.ones(k)
-        self.weights = check_weights(dataset_weights, "dataset_weights")
-        if self.weights.size != k:
-            raise ConfigError(f"dataset_weights has {self.weights.size} entries but there are {k} datasets "
-                              f"(dataset_sizes={self.sizes.tolist()})")
+        weights = check_weights(dataset_weights, self.names, names_what="datasets")
+        self.weights = np.ones(k) if weights is None else weights
         self.frame_weights = self._check_frame_weights(frame_weights)
         frame_mass = np.array([self.sizes[i] if f is None else f.sum() for i, f in enumerate(self.frame_weights)],
                               dtype=np.float64)
@@ -103,13 +108,14 @@ class Mixture:
         if frame_weights is None:
             return [None] * k
         if len(frame_weights) != k:
-            raise ConfigError(f"frame_weights has {len(frame_weights)} entries but there are {k} datasets")
+            raise ConfigError(f"frame_weights length ({len(frame_weights)}) must match datasets length ({k}): "
+                              f"datasets={self.names}")
         out: list[np.ndarray | None] = []
         for i, f in enumerate(frame_weights):
             if f is None:
                 out.append(None)
                 continue
-            w = check_weights(f, f"frame_weights[{i}]")
+            w = check_weights(f, what=f"frame_weights[{i}]")
             if w.size != self.sizes[i]:
                 raise ConfigError(f"frame_weights[{i}] has {w.size} entries but dataset {i} has "
                                   f"{int(self.sizes[i])} frames")
@@ -137,7 +143,7 @@ class Mixture:
 
     @property
     def total(self) -> int:
-        return int(self.sizes.sum())
+        return self.index_map.total
 
     def dataset_probabilities(self) -> np.ndarray:
         """float64 (K,): the exact probability of each dataset under the sampler's dataset draw (from the
@@ -169,7 +175,7 @@ class Mixture:
     def format_table(self, names: Sequence[str] | None = None) -> str:
         """Printable table: dataset, frames, weight, frame weighting, expected share (%)."""
         k = self.num_datasets
-        names = [f"dataset {i}" for i in range(k)] if names is None else [str(n) for n in names]
+        names = self.names if names is None else [str(n) for n in names]
         if len(names) != k:
             raise ConfigError(f"format_table got {len(names)} names for {k} datasets")
         rule = "share ∝ weight × frames" if self.weighting == "per_sample" else "share ∝ weight"

@@ -28,20 +28,15 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from fastmix._args import check_int, check_int_list, check_optional_int
 from fastmix.core import seeds
-from fastmix.kernels.backend import kernels, threads_for
-from fastmix.errors import ConfigError
 from fastmix.core.index_map import IndexMap
 from fastmix.core.mixture import Mixture
+from fastmix.errors import ConfigError
+from fastmix.kernels.backend import kernels, threads_for
 
 BATCHINGS = ("random", "stratified")
 _ITER_CHUNK = 8192  # indices generated at a time by __iter__ in random / sequential mode
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} should be a positive integer value, but got {name}={value!r}")
-    return int(value)
 
 
 def resolve_rank_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -53,21 +48,22 @@ def resolve_rank_world_size(rank: int | None, world_size: int | None) -> tuple[i
         live_rank, live_world = rank_world("pytorch")
         world_size = live_world if world_size is None else world_size
         rank = live_rank if rank is None else rank
-    world_size = _positive_int(world_size, "world_size")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-        raise ConfigError(f"rank should be an integer in [0, world_size={world_size}), but got rank={rank!r}")
-    return int(rank), world_size
+    world_size = check_int(world_size, "world_size", minimum=1)
+    rank = check_int(rank, "rank", minimum=0, below=world_size, below_text=f"world_size ({world_size})")
+    return rank, world_size
 
 
-def _state_int(state: Any, key: str, where: str, minimum: int = 0) -> int:
-    """state[key] as an int >= minimum, or ConfigError naming `where[key]`."""
+def _state_value(state: Mapping[str, Any], key: str, where: str) -> Any:
+    """state[key], or ConfigError naming `where` and the keys it has."""
     try:
-        value = state[key]
+        return state[key]
     except KeyError:
         raise ConfigError(f"{where} is missing key {key!r}; got keys {sorted(state)}") from None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{where}[{key!r}] should be an integer >= {minimum}, got {value!r}")
-    return int(value)
+
+
+def _state_int(state: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
+    """state[key] as an int >= minimum (`check_int`, naming `where[key]`)."""
+    return check_int(_state_value(state, key, where), f"{where}[{key!r}]", minimum=minimum)
 
 
 class MixtureSampler(Sampler[int]):
@@ -86,6 +82,10 @@ class MixtureSampler(Sampler[int]):
         frame_weights: None, or K entries each None or a float array (N_i,) of per-frame weights.
         batch_size: chunk that `__iter__` stratifies (stratified mode only; default 1).
         backend: "native" / "numba" / None (`fastmix.backend()`).
+        names: K dataset names, for errors and `mixture.format_table()` (default "dataset i").
+
+    Attributes:
+        mixture: the `Mixture`; index_map: its `IndexMap` (`mixture.index_map`, the one map of this mixture).
 
     Example:
         >>> s = MixtureSampler([10000, 1000], [1.0, 10.0], seed=0)
@@ -119,18 +119,20 @@ class MixtureSampler(Sampler[int]):
         frame_weights: Sequence[Sequence[float] | np.ndarray | None] | None = None,
         batch_size: int | None = None,
         backend: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.mixture = Mixture(dataset_sizes, dataset_weights, weighting=weighting, frame_weights=frame_weights,
-                               backend=backend)
-        self.index_map = IndexMap(self.mixture.sizes, backend=backend)
-        self.num_samples = self.index_map.total if num_samples is None else _positive_int(num_samples, "num_samples")
+                               backend=backend, names=names)
+        self.index_map = self.mixture.index_map
+        num_samples = check_optional_int(num_samples, "num_samples", minimum=1)
+        self.num_samples = self.index_map.total if num_samples is None else num_samples
         self.seed = seeds.check_seed(seed)
         self.rank, self.world_size = resolve_rank_world_size(rank, world_size)
         if batching not in BATCHINGS:
             raise ConfigError(f"batching={batching!r} is not one of {BATCHINGS}")
         self.batching = batching
         self.shuffle = bool(shuffle)
-        self.batch_size = 1 if batch_size is None else _positive_int(batch_size, "batch_size")
+        self.batch_size = check_optional_int(batch_size, "batch_size", minimum=1) or 1
         self._k = kernels(backend)
         self.epoch = 0
         self._reset_epoch_state()
@@ -192,35 +194,22 @@ class MixtureSampler(Sampler[int]):
         ceil(global_position / W) * W (never repeating a draw); stratified pending draws are then dropped.
         A malformed state raises ConfigError naming the key (`where` prefixes it) and changes nothing."""
         if not isinstance(state, Mapping):
-            raise ConfigError(f"{where} should be a dict (from MixtureSampler.state_dict()), got {type(state).__name__}")
-        if "seed" not in state:
-            raise ConfigError(f"{where} is missing key 'seed'; got keys {sorted(state)}")
-        try:
-            seed = seeds.check_seed(state["seed"])
-            epoch = seeds.check_epoch(_state_int(state, self.EPOCH_KEY, where))
-        except ConfigError as exc:
-            if str(exc).startswith(where):
-                raise
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where} must be a dict (from MixtureSampler.state_dict()), "
+                              f"got {where}={type(state).__name__}")
+        seed = seeds.check_seed(_state_value(state, "seed", where), f"{where}['seed']")
+        epoch = seeds.check_epoch(_state_value(state, self.EPOCH_KEY, where), f"{where}[{self.EPOCH_KEY!r}]")
         saved_world = _state_int(state, "world_size", where, minimum=1)
         if saved_world == self.world_size:
             position = _state_int(state, self.POSITION_KEY, where)
-            pending_raw = state.get("pending", [])
-            if not isinstance(pending_raw, (list, tuple, np.ndarray)) or \
-                    any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in pending_raw):
-                raise ConfigError(f"{where}['pending'] should be a list of integers, got {pending_raw!r}")
-            pending = deque(int(v) for v in pending_raw)
+            pending = deque(check_int_list(state.get("pending", []), f"{where}['pending']"))
         else:
             position = -(-_state_int(state, self.GLOBAL_POSITION_KEY, where) // self.world_size)
             pending = deque()
-        counts_raw = state.get("carry_counts", [0] * self.mixture.num_datasets)
-        try:
-            counts = np.asarray(counts_raw, dtype=np.int64)
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{where}['carry_counts'] should be a list of integers, got {counts_raw!r}") from None
-        if counts.shape != (self.mixture.num_datasets,):
-            raise ConfigError(f"{where}['carry_counts'] has {counts.size} entries; this sampler has "
-                              f"{self.mixture.num_datasets} datasets")
+        counts = np.array(check_int_list(state.get("carry_counts", [0] * self.mixture.num_datasets),
+                                         f"{where}['carry_counts']", minimum=0), dtype=np.int64)
+        if counts.size != self.mixture.num_datasets:
+            raise ConfigError(f"{where}['carry_counts'] length ({counts.size}) must match datasets length "
+                              f"({self.mixture.num_datasets}): datasets={self.mixture.names}")
         carry_total = _state_int(state, "carry_total", where) if "carry_total" in state else 0
         self.seed, self.epoch = seed, epoch
         self._reset_epoch_state()
@@ -268,9 +257,7 @@ class MixtureSampler(Sampler[int]):
 
     def next_indices(self, n: int) -> np.ndarray:
         """int64 (n,): this rank's next n global indices (a stratified batch when batching="stratified")."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ConfigError(f"next_indices(n) needs an integer n >= 0, got n={n!r}")
-        n = int(n)
+        n = check_int(n, "n", minimum=0)
         if self._pending:  # finish what __iter__ started, in stream order
             take = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
             return np.concatenate([np.asarray(take, dtype=np.int64), self.next_indices(n - len(take))])

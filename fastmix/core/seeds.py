@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastmix.errors import ConfigError
+from fastmix._args import check_int
 
 STREAM_MIXTURE = 0  # dataset and frame choices of every draw
 STREAM_PERMUTATION = 1  # order of the slots inside a stratified batch
@@ -29,21 +29,14 @@ STREAM_ALIAS = 2  # AliasTable.draw used on its own
 _MASK64 = (1 << 64) - 1
 
 
-def check_seed(seed: int) -> int:
-    """The seed as a Python int in [0, 2^128), or ConfigError."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be an integer in [0, 2**128), got {seed!r}")
-    seed = int(seed)
-    if not 0 <= seed < 1 << 128:
-        raise ConfigError(f"seed must be an integer in [0, 2**128), got {seed}")
-    return seed
+def check_seed(seed: int, name: str = "seed") -> int:
+    """The seed as a Python int in [0, 2^128), or ConfigError naming `name` (`check_int`'s wording)."""
+    return check_int(seed, name, minimum=0, below=1 << 128, below_text="2**128")
 
 
-def check_epoch(epoch: int) -> int:
-    """The epoch as a Python int in [0, 2^64), or ConfigError."""
-    if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch <= _MASK64:
-        raise ConfigError(f"epoch must be an integer in [0, 2**64), got {epoch!r}")
-    return int(epoch)
+def check_epoch(epoch: int, name: str = "epoch") -> int:
+    """The epoch as a Python int in [0, 2^64), or ConfigError naming `name` (`check_int`'s wording)."""
+    return check_int(epoch, name, minimum=0, below=1 << 64, below_text="2**64")
 
 
 def philox_key(seed: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from fastmix.loader.options import MemoryOptions
 
 
 @dataclass
@@ -203,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         weights = args.weights or ([1.0, 3.0] if len(sources) == 2 else None)
         loader_device = device if (device.type == "cuda") else None
         with MixtureLoader(sources, dataset_weights=weights, batch_size=args.batch_size,
-                           action_horizon=args.action_horizon, num_workers=args.num_workers, prefetch=args.prefetch,
+                           action_horizon=args.action_horizon, num_workers=args.num_workers,
                            device=loader_device, image_dtype=args.image_dtype,
-                           num_batches=max(1, args.steps)) as loader:
+                           num_batches=max(1, args.steps), memory=MemoryOptions(prefetch=args.prefetch)) as loader:
             print(loader.mixture.format_table([s.name for s in sources]), flush=True)
             print(f"device {device} (loader copies on per-slot CUDA streams: {loader_device is not None}, "
                   f"pinned slots: {loader.pin_memory})", flush=True)

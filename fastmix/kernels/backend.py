@@ -1,8 +1,13 @@
-"""Chooses the sampling-core implementation: the C++ extension `fastmix.kernels._native`, or its numba twin.
+"""The one door to the C++ extension `fastmix.kernels._native`, and the switch between it and its fallbacks.
 
-`FASTMIX_BACKEND=numba` forces the numba kernels; `FASTMIX_BACKEND=native` requires the extension.
-Without the variable, the extension is used when importable, else numba with a warning. Both give
-bit-identical streams (tests/test_backends.py).
+`FASTMIX_BACKEND=numba` forces the fallbacks; `FASTMIX_BACKEND=native` requires the extension. Without the
+variable, the extension is used when importable, else the fallbacks with a warning. The switch covers every
+kernel: the sampling kernels (`kernels()`: the extension or its bit-identical numba twin, same streams —
+tests/test_backends.py) and the pixel kernels, which ask `native()` for the extension and use their numpy/PIL
+fallback (same results) when it gives None (`resize`, `pixels`). No other module imports the extension.
+
+The resolution is cached per value of FASTMIX_BACKEND (setting the variable takes effect at the next call);
+`reset()` forgets it, for tests that replace how the extension is loaded.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ def _resolve(requested: str) -> str:
         if requested == "native":
             raise ImportError(f"{_ENV}=native but the extension fastmix.kernels._native is missing: {exc}") from exc
         warnings.warn(
-            f"fastmix.kernels._native is not built ({exc}); using the numba kernels (same stream, slower). "
+            f"fastmix.kernels._native is not built ({exc}); using the numba kernels and the numpy/PIL pixel "
+            "kernels (same results, slower). "
             "Build it with `pip install -e .`.",
             RuntimeWarning,
             stacklevel=3,
@@ -48,6 +54,17 @@ def _resolve(requested: str) -> str:
 def backend() -> str:
     """Name of the kernels in use: "native" or "numba" (reads FASTMIX_BACKEND on every call)."""
     return _resolve(os.environ.get(_ENV, "").strip().lower())
+
+
+def native() -> types.ModuleType | None:
+    """The extension module when the backend in use is "native", else None (FASTMIX_BACKEND=numba, or the
+    extension is not built): what the pixel kernels call through, falling back to numpy/PIL on None."""
+    return _load("native") if backend() == "native" else None
+
+
+def reset() -> None:
+    """Forget the resolved backend: the next call resolves it again (and warns again when falling back)."""
+    _resolve.cache_clear()
 
 
 def max_threads() -> int:
@@ -78,4 +95,4 @@ def kernels(name: str | None = None) -> types.ModuleType:
     return _load(name)
 
 
-__all__ = ["backend", "kernels", "max_threads", "threads_for"]
+__all__ = ["backend", "kernels", "max_threads", "native", "reset", "threads_for"]

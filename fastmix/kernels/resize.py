@@ -2,11 +2,13 @@
 
 `resize_with_pad(images, height, width)` is openpi's `image_tools.resize_with_pad`: PIL `Image.resize((rw, rh),
 BILINEAR)` to the aspect-preserving size, centred on a zero canvas. PIL stays the definition: the native kernel
-(`fastmix.kernels._native.resize_with_pad_u8`, csrc/resize.hpp, a replica of Pillow's 8-bit resample) serves a geometry
-(source H, W, C -> height, width) only after a one-time self-check against the installed PIL on deterministic
-test images; otherwise, and for anything but uint8 BILINEAR with 1 or 3 channels, PIL runs per image (2 and 4
-channels are LA / RGBA, which PIL resizes with premultiplied alpha). The self-check also learns the pass order:
-Pillow <= 12 resamples horizontally first, Pillow 13 vertically first for some geometries.
+(`resize_with_pad_u8` of the extension, csrc/resize.hpp, a replica of Pillow's 8-bit resample, asked for through
+`fastmix.kernels.backend.native()`) serves a geometry (source H, W, C -> height, width) only after a one-time
+self-check against the installed PIL on deterministic test images; otherwise — and for anything but uint8
+BILINEAR with 1 or 3 channels, or when the extension is switched off (FASTMIX_BACKEND=numba) or not built — PIL
+runs per image (2 and 4 channels are LA / RGBA, which PIL resizes with premultiplied alpha). The self-check
+also learns the pass order: Pillow <= 12 resamples horizontally first, Pillow 13 vertically first for some
+geometries.
 
 numpy only (plus PIL on the fallback and self-check paths): decode workers import this without torch.
 """
@@ -18,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from fastmix.kernels.backend import native
+
 BILINEAR = 2  # PIL.Image.Resampling.BILINEAR (openpi's default), named here so the native path never imports PIL
 
 _HORIZONTAL_FIRST, _VERTICAL_FIRST = "horizontal_first", "vertical_first"
-# (src H, W, C, height, width) -> pass order the native kernel reproduces PIL with, or None: use PIL.
+# (src H, W, C, height, width) -> pass order the native kernel reproduces PIL with, or None: use PIL (consulted
+# only while the native kernel is in use).
 _plans: dict[tuple[int, int, int, int, int], str | None] = {}
 
 
@@ -34,11 +39,9 @@ def pad_geometry(cur_h: int, cur_w: int, height: int, width: int) -> tuple[int, 
 
 
 def _kernel() -> Any:
-    try:
-        from fastmix.kernels import _native
-    except ImportError:
-        return None
-    return getattr(_native, "resize_with_pad_u8", None)
+    """The native resize kernel, or None (the backend is not "native", or the extension lacks it)."""
+    ext = native()
+    return None if ext is None else getattr(ext, "resize_with_pad_u8", None)
 
 
 def _pil_resized(image: np.ndarray, rh: int, rw: int, method: int = BILINEAR) -> np.ndarray:
@@ -100,7 +103,7 @@ def _plan(src_shape: tuple[int, ...], height: int, width: int) -> str | None:
 
 def native_geometry_ok(src_shape: tuple[int, ...], height: int, width: int) -> bool:
     """Whether uint8 BILINEAR images of shape (..., H, W, C) resize to (height, width) natively (self-checked)."""
-    return _plan(tuple(src_shape), height, width) is not None
+    return _kernel() is not None and _plan(tuple(src_shape), height, width) is not None
 
 
 def _pil_resize_with_pad(images: np.ndarray, height: int, width: int, method: int) -> np.ndarray:
@@ -134,7 +137,8 @@ def resize_with_pad(images: Any, height: int, width: int, method: int | None = N
         return images
     method = BILINEAR if method is None else int(method)
     c = images.shape[-1]
-    if images.dtype == np.uint8 and method == BILINEAR and images.size:
+    kernel = _kernel()
+    if kernel is not None and images.dtype == np.uint8 and method == BILINEAR and images.size:
         order = _plan(images.shape, height, width)
         if order is not None:
             rh, rw, top, left = pad_geometry(images.shape[-3], images.shape[-2], height, width)
@@ -142,7 +146,7 @@ def resize_with_pad(images: Any, height: int, width: int, method: int | None = N
             shape = (*images.shape[:-3], height, width, c)
             if out is None or (out.shape == shape and out.dtype == np.uint8 and out.flags.c_contiguous):
                 target = out if out is not None else np.empty(shape, np.uint8)
-                _kernel()(flat, target.reshape(-1, height, width, c), rh, rw, top, left, order == _VERTICAL_FIRST)
+                kernel(flat, target.reshape(-1, height, width, c), rh, rw, top, left, order == _VERTICAL_FIRST)
                 return target
     result = _pil_resize_with_pad(images, height, width, method)
     if out is not None:

@@ -1,20 +1,31 @@
-"""`Cursor`: the consumer's position in the batch stream — the one place it lives.
+"""`Position` and `Cursor`: where the batch stream stands — the one place the consumer's position lives.
 
-The position is (epoch, batches of that epoch handed out, sampler state after them). It advances only when
-a batch is handed to the consumer (`advance`), never when a batch is planned or decoded, so an error
-anywhere before the hand-out (a dead or stalled worker, a failing `transform`, Ctrl-C) leaves it on the
-batch that was not delivered, and iterating again continues with exactly that batch. Planning runs ahead on
-its own copy of the sampler state (the iterator's frontier), never on this one.
+A `Position` is (epoch, batches of that epoch handed out, sampler state after them). Every batch a stream
+produces travels with the position after it (`BatchStream`), so whoever hands a batch out records exactly that
+position (`Cursor.set`), never the planning frontier: an error anywhere before the hand-out (a dead or stalled
+worker, a failing transform, Ctrl-C) leaves the cursor on the batch that was not delivered, and iterating again
+continues with exactly that batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Position:
+    """A point of the batch stream: the next batch is batch `batch` of epoch `epoch`, drawn from the sampler
+    state `sampler_state`."""
+
+    epoch: int
+    batch: int
+    sampler_state: dict[str, Any] = field(compare=False)
+
+
 class Cursor:
-    """Position after the last batch handed out.
+    """The position after the last batch handed out, and the arithmetic of positions.
 
     Args:
         num_batches: batches per epoch. epoch_start: epoch -> the sampler state at the epoch's first draw.
@@ -23,35 +34,50 @@ class Cursor:
     def __init__(self, num_batches: int, epoch_start: Callable[[int], dict[str, Any]]) -> None:
         self.num_batches = int(num_batches)
         self._epoch_start = epoch_start
-        self.epoch = 0
-        self.batch = 0
-        self.sampler_state = epoch_start(0)
+        self.position = self.start(0)
+
+    # positions (pure)
+    def start(self, epoch: int) -> Position:
+        """The first batch of `epoch`."""
+        return Position(int(epoch), 0, self._epoch_start(int(epoch)))
+
+    def after(self, position: Position, sampler_state: dict[str, Any]) -> Position:
+        """The position after the batch at `position`, whose draws left the sampler at `sampler_state`; after
+        an epoch's last batch, the first batch of the next epoch."""
+        if position.batch + 1 >= self.num_batches:
+            return self.start(position.epoch + 1)
+        return Position(position.epoch, position.batch + 1, sampler_state)
+
+    def at(self, epoch: int, batch: int, sampler_state: dict[str, Any]) -> Position:
+        """Batch `batch` of `epoch` (a resume); past the epoch's last batch, the next epoch's first."""
+        if int(batch) >= self.num_batches:
+            return self.start(int(epoch) + 1)
+        return Position(int(epoch), int(batch), dict(sampler_state))
+
+    # the consumer's position
+    def set(self, position: Position) -> None:
+        """Record that the consumer stands at `position` (a batch was handed out, a resume, a new epoch)."""
+        self.position = position
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
+    @property
+    def batch(self) -> int:
+        return self.position.batch
+
+    @property
+    def sampler_state(self) -> dict[str, Any]:
+        return self.position.sampler_state
 
     @property
     def remaining(self) -> int:
         """Batches of the current epoch not yet handed out."""
-        return self.num_batches - self.batch
-
-    def advance(self, sampler_state: dict[str, Any]) -> None:
-        """One batch was handed out; `sampler_state` is the sampler's state after its draws. Moves to the next
-        epoch after the epoch's last batch."""
-        self.batch += 1
-        self.sampler_state = sampler_state
-        if self.batch >= self.num_batches:
-            self.start_epoch(self.epoch + 1)
-
-    def start_epoch(self, epoch: int) -> None:
-        """Move to the first batch of `epoch`."""
-        self.epoch, self.batch, self.sampler_state = int(epoch), 0, self._epoch_start(int(epoch))
-
-    def seek(self, epoch: int, batch: int, sampler_state: dict[str, Any]) -> None:
-        """Move to batch `batch` of `epoch` (a resume); `sampler_state` is the sampler's state there."""
-        self.epoch, self.batch, self.sampler_state = int(epoch), int(batch), dict(sampler_state)
-        if self.batch >= self.num_batches:
-            self.start_epoch(self.epoch + 1)
+        return self.num_batches - self.position.batch
 
     def __repr__(self) -> str:
         return f"Cursor(epoch={self.epoch}, batch={self.batch}/{self.num_batches})"
 
 
-__all__ = ["Cursor"]
+__all__ = ["Cursor", "Position"]

@@ -3,12 +3,16 @@
 * `PinnedRegion`: registers the shared-memory ring as page-locked memory (``cudaHostRegister``), so slot
   tensors are pinned without a copy; unregistered on close.
 * `DeviceStage`: one CUDA stream per slot. A batch is copied on its slot's stream (``non_blocking``), the
-  images converted there when ``image_dtype="float32"``, an event recorded; the slot is reused only after its
+  images converted there when ``image_dtype="float32"`` (`images_to_float`), an event recorded; the slot is
+  reused only after its
   event completed, and the consumer's current stream waits on the slot's stream before the batch is handed
   out (``record_stream`` keeps the caching allocator from recycling the batch while the consumer uses it).
 * `host_batch`: the CPU path (no device): copies out of the slot into fresh (optionally pinned) tensors, so a
   batch stays valid after its slot is reused; float32 images are converted in the same pass (native table
   lookup, on the loader's pipeline thread).
+
+float32 images are torch's `x.to(torch.float32) / 255` on the CPU, bit for bit, on every path: each path looks
+the bytes up in `fastmix.kernels.pixels.unit_table()` (the decode workers too, for float32 slots).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 
 from fastmix.errors import ConfigError
-from fastmix.kernels.pixels import to_float, value_table
+from fastmix.kernels.pixels import to_float, unit_table
 
 IMAGE_DTYPES = ("uint8", "float32")
 
@@ -85,21 +89,23 @@ class PinnedRegion:
             self._buffer = None
 
 
-def images_to_float(t: torch.Tensor) -> torch.Tensor:
-    """uint8 (B,H,W,C) → float32 (B,C,H,W) in [0, 1] (on t's device)."""
-    return t.permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
-
-
 @functools.cache
-def float_table() -> np.ndarray:
-    """float32 (256,): `images_to_float` applied to every byte value (what the CPU path writes per byte)."""
-    return value_table(lambda x: images_to_float(torch.from_numpy(x)).numpy())
+def _unit_lut(device: torch.device) -> torch.Tensor:
+    return torch.tensor(unit_table(), dtype=torch.float32, device=device)
+
+
+def images_to_float(t: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,H,W,C) → float32 (B,C,H,W) in [0, 1] on t's device: `unit_table()[t]`, i.e. torch's
+    `t.to(torch.float32) / 255` as the CPU computes it (CUDA's division by a scalar multiplies by the reciprocal,
+    which differs in the last bit for some bytes; the table keeps GPU and CPU batches identical)."""
+    return _unit_lut(t.device)[t.int()].permute(0, 3, 1, 2).contiguous()
 
 
 def host_batch(views: Mapping[str, np.ndarray], n: int, camera_keys: Sequence[str], *, pin: bool,
                image_dtype: str) -> dict[str, torch.Tensor]:
     """CPU path: fresh tensors copied out of rows [:n] of a slot (pinned when `pin`). float32 images are
-    `images_to_float`'s values, written by one native pass (`fastmix.kernels.pixels.to_float`, GIL released)."""
+    `unit_table()[image]` transposed, written by one native pass (`fastmix.kernels.pixels.to_float`, GIL
+    released)."""
     out: dict[str, torch.Tensor] = {}
     cams = set(camera_keys)
     for key, arr in views.items():
@@ -107,7 +113,7 @@ def host_batch(views: Mapping[str, np.ndarray], n: int, camera_keys: Sequence[st
         if key in cams and image_dtype == "float32" and src.dtype == np.uint8:  # (float slots: plain copy)
             b, h, w, c = src.shape
             t = torch.empty((b, c, h, w), dtype=torch.float32, pin_memory=pin)
-            to_float(src, float_table(), chw=True, out=t.numpy())
+            to_float(src, unit_table(), chw=True, out=t.numpy())
             out[key] = t
             continue
         t = torch.empty(src.shape, dtype=torch.from_numpy(src[:0]).dtype, pin_memory=pin)

@@ -1,10 +1,11 @@
-"""`SlotLender`: CPU batches handed out as tensors over the shared-memory slot itself (no copy), and the slot
-given back only when every tensor of that batch is gone.
+"""`SlotLender`: CPU batches handed out as arrays or tensors over the shared-memory slot itself (no copy), and the
+slot given back only when every array of that batch is gone.
 
-A lent batch's camera tensors are `torch.from_numpy` views of per-hand-out numpy views of the slot; each tensor keeps
-its numpy view alive (torch holds it as the storage's owner, and so does every torch view, `.numpy()` array or
-slice taken from the tensor). The lender keeps only weak references to those numpy views: the slot is free again
-once all of them are dead, never earlier, so the workers never write into memory a consumer can still read.
+A lent camera array is made from a per-hand-out owner object (`_Lent`, exposing the slot rows through the array
+interface): the array, every numpy view or slice of it, a `torch.from_numpy` tensor over it and every torch view
+or `.numpy()` of that tensor keep the owner alive. The lender keeps only weak references to the owners: the slot
+is free again once all of them are dead, never earlier, so the workers never write into memory a consumer can
+still read.
 At most `limit` slots are lent at a time; past that the pipeline copies the batch out instead (a consumer
 keeping many batches gets correct copies, not a stalled loader). The lender outlives a pipeline pass, so a new
 pass never reuses a slot a consumer still holds from the previous one.
@@ -18,6 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+class _Lent:
+    """Owner of one lent view of a slot: arrays made from it with `np.asarray` (and everything viewing them) keep
+    it alive, so its weak reference dies only when the last of them is gone."""
+
+    __slots__ = ("__array_interface__", "__weakref__", "_view")
+
+    def __init__(self, view: np.ndarray) -> None:
+        self._view = view
+        self.__array_interface__ = view.__array_interface__
 
 
 class SlotLender:
@@ -43,21 +55,23 @@ class SlotLender:
     def can_lend(self) -> bool:
         return len(self._lent) < self.limit
 
-    def lend(self, slot: int, views: Mapping[str, np.ndarray], n: int, keys: Collection[str]) -> dict[str, torch.Tensor]:
-        """Tensors over rows [:n] of `slot`'s arrays named in `keys` (the cameras), fresh copies of the others
-        (low-dim fields: a few KB, so that keeping an index or a state never holds a slot); the slot counts as
-        lent until all the lent tensors are gone."""
+    def lend(self, slot: int, views: Mapping[str, np.ndarray], n: int, keys: Collection[str], *,
+             numpy: bool = False) -> dict[str, Any]:
+        """Tensors (numpy arrays with `numpy`) over rows [:n] of `slot`'s arrays named in `keys` (the cameras),
+        fresh copies of the others (low-dim fields: a few KB, so that keeping an index or a state never holds a
+        slot); the slot counts as lent until all the lent arrays (and anything viewing them) are gone."""
+        wrap = (lambda a: a) if numpy else torch.from_numpy
         if slot in self._lent:
             raise RuntimeError(f"slot {slot} is already lent")  # pragma: no cover - pipeline invariant
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, Any] = {}
         refs: list[weakref.ref] = []
         for key, arr in views.items():
             if key not in keys:
-                out[key] = torch.from_numpy(arr[:n].copy())
+                out[key] = wrap(arr[:n].copy())
                 continue
-            view = arr[:n]  # a fresh view object per hand-out: its lifetime is this batch's
-            refs.append(weakref.ref(view))
-            out[key] = torch.from_numpy(view)
+            owner = _Lent(arr[:n])  # a fresh owner per hand-out: its lifetime is this batch's
+            refs.append(weakref.ref(owner))
+            out[key] = wrap(np.asarray(owner))
         self._lent[slot] = refs
         return out
 

@@ -4,25 +4,19 @@ the decode workers (or the in-process reader) → in-order collection → the sl
 (`SlotLender`, CPU), copied out of the slot (CPU, pinned or past the lending limit) or copied to the device on
 the slot's stream (CUDA).
 
-It plans from its own frontier (the sampler, loaded with the cursor's state when the pass starts) and never
-touches the consumer's position: `next_batch()` returns the batch with the sampler state after it, and the
-caller advances the cursor when (and only when) it hands the batch out.
-
-`Producer` runs a pipeline on a background thread into a small queue of ready batches, so that when the
-loader is ahead the training thread's `next()` is a queue pop: planning (sampler draws, index map, low-dim
-gather), dispatch, collection and the copy out of the slot all happen on that thread (numpy, torch copies and
-pipe I/O release the GIL). Batches and errors travel through the queue in order, so the batches before an
-error are still handed out and the cursor stays exact.
+It plans from its own frontier (the sampler, loaded with the start position's state when the pass starts) and
+never touches the consumer's position: `next_batch()` returns the batch with the sampler state after it;
+`stream.BatchStream` turns that into the position after the batch, which travels with it to the hand-out.
 """
 
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 from collections import deque
 from typing import Any
 
+from fastmix.loader.cursor import Position
 from fastmix.loader.device import DeviceStage, host_batch
 from fastmix.loader.lending import SlotLender, unheld
 from fastmix.loader.plan import BatchPlan, BatchPlanner, split_work
@@ -71,27 +65,28 @@ class BatchPipeline:
         planner: BatchPlanner. ring: the slot ring. stage: DeviceStage or None (CPU tensors).
         executor: WorkerPool or InlineExecutor. num_workers: work items per batch (>= 1).
         batch_size, num_batches, last_size: rows per batch, batches per epoch, rows of the last one.
-        start_batch, sampler_state: where the pass starts. max_inflight: batches planned ahead.
+        start: where the pass starts (a batch of the current epoch). max_inflight: batches planned ahead.
         seqs: the loader's work-item id counter (unique across passes). pin_memory, image_dtype: CPU copy-out.
+        output: "torch" (tensors) or "numpy" (arrays) for CPU batches; device batches are tensors.
     """
 
     def __init__(self, *, sampler: Any, planner: BatchPlanner, ring: SlotRing, stage: DeviceStage | None,
                  executor: Any, num_workers: int, batch_size: int, num_batches: int, last_size: int,
-                 start_batch: int, sampler_state: dict, max_inflight: int, seqs: itertools.count,
-                 pin_memory: bool, image_dtype: str, lender: SlotLender | None = None) -> None:
+                 start: Position, max_inflight: int, seqs: itertools.count, pin_memory: bool, image_dtype: str,
+                 lender: SlotLender | None = None, output: str = "torch") -> None:
         self._sampler, self._planner, self._ring, self._stage, self._exec = sampler, planner, ring, stage, executor
         self._nw = max(1, num_workers)
         self._batch_size, self._num_batches, self._last_size = batch_size, num_batches, last_size
         self._max_inflight = max_inflight
         self._seqs = seqs
-        self._pin, self._image_dtype = pin_memory, image_dtype
+        self._pin, self._image_dtype, self._output = pin_memory, image_dtype, output
         self._lender = lender if stage is None else None
         self._free: deque[int] = deque(unheld(ring.num_slots, self._lender))  # never a slot a consumer holds
         self._reclaim: deque[int] = deque()  # slots whose device copies may still be running
         self._inflight: dict[int, _InFlight] = {}
         self._order: deque[int] = deque()  # seqs in delivery order
-        self._planned = start_batch  # batches of this epoch planned so far
-        sampler.load_state_dict(sampler_state)
+        self._planned = start.batch  # batches of this epoch planned so far
+        sampler.load_state_dict(start.sampler_state)
         if stage is not None:
             stage.close()  # copies launched by an abandoned pass must finish before slots are reused
 
@@ -178,72 +173,16 @@ class BatchPipeline:
             self._reclaim.append(item.slot)
         elif self._lender is not None and self._can_lend():
             # zero copy: the slot returns when the batch's images are gone
-            out = self._lender.lend(item.slot, views, n, self._planner.camera_keys)
+            out = self._lender.lend(item.slot, views, n, self._planner.camera_keys, numpy=self._output == "numpy")
         else:
             out = host_batch(views, n, self._planner.camera_keys, pin=self._pin, image_dtype=self._image_dtype)
+            if self._output == "numpy":
+                out = {k: t.numpy() for k, t in out.items()}  # views of the (pinned) host tensors, no copy
             self._free.append(item.slot)
         batch: dict[str, Any] = dict(out)
         batch["task"] = list(item.plan.tasks)
         batch["prompt"] = list(item.plan.tasks)
         return batch
-
-
-class Producer:
-    """Runs `pipeline.next_batch()` `count` times on a daemon thread into a queue of at most `depth` ready
-    batches. `get()` returns them in order and re-raises the thread's error in its place; `stop()` ends the
-    thread (bounded: every wait on the thread polls the stop flag every `poll_s`)."""
-
-    def __init__(self, pipeline: BatchPipeline, count: int, *, depth: int = 1, poll_s: float = 0.1) -> None:
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._poll_s = poll_s
-        self._thread = threading.Thread(target=self._run, args=(pipeline, count), name="fastmix-pipeline",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, pipeline: BatchPipeline, count: int) -> None:
-        try:
-            for _ in range(count):
-                out = pipeline.next_batch(self._stop, self._poll_s)
-                if out is None or not self._put(("batch", out)):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, in order
-            self._put(("error", exc))
-
-    def _put(self, msg: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(msg, timeout=self._poll_s)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def get(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The next ready batch and the sampler state after it (waits; interruptible by Ctrl-C)."""
-        while True:
-            try:
-                kind, value = self._queue.get(timeout=self._poll_s)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    raise RuntimeError("the loader's pipeline thread ended without a batch") from None
-                continue
-            if kind == "error":
-                raise value
-            return value
-
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the thread and wait up to `timeout` s for it (not when called from the thread itself); drop
-        ready batches. Returns whether the thread has ended."""
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        return not self._thread.is_alive()
 
 
 def drain(executor: Any) -> None:
@@ -253,4 +192,4 @@ def drain(executor: Any) -> None:
         executor.poll(POLL_S)
 
 
-__all__ = ["POLL_S", "BatchPipeline", "InlineExecutor", "Producer", "drain"]
+__all__ = ["POLL_S", "BatchPipeline", "InlineExecutor", "drain"]

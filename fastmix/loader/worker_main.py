@@ -1,7 +1,8 @@
-"""The decode worker process: its entry point `worker_main`, the default reader factory and the messages it
-exchanges with the main process. Torch-free on purpose: a spawned worker imports this module, numpy,
-`fastmix.errors`, `fastmix.loader.slots` and (through the default factory) `fastmix.sources.frames` (PyAV,
-pyarrow) — never torch or the loader module (a worker is then ~30 MiB private instead of ~280 MiB).
+"""The decode worker process: its entry point `worker_main` and the messages it exchanges with the main
+process. Torch-free on purpose: a spawned worker imports this module, numpy, `fastmix.errors`,
+`fastmix.loader.slots` and what its reader factory needs (the reader stack, `fastmix.loader.readers`:
+`fastmix.kernels`, `fastmix.sources.frames` with PyAV and pyarrow) — never torch or the loader module (a worker
+is then ~30 MiB private instead of ~280 MiB).
 
 Protocol, one duplex pipe per worker:
   main → worker: ``(seq, slot, requests)`` (part of batch `seq`, sorted by file), ``INFO`` (answer
@@ -17,7 +18,6 @@ and name the file it is stuck in.
 
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import signal
@@ -31,120 +31,6 @@ from fastmix.loader.slots import SlotAttachment, SlotLayout
 SEQ, START, BUSY, PID, TICK = range(5)
 INFO = "info"
 _PARENT_CHECK_S = 1.0
-
-
-def _make_frame_reader(max_open_files: int, tolerance_s: float) -> Any:
-    from fastmix.sources.frames import FrameReader
-
-    return FrameReader(max_open_files=max_open_files, tolerance_s=tolerance_s)
-
-
-def default_reader_factory(max_open_files: int, tolerance_s: float) -> Callable[[], Any]:
-    """Picklable factory of the default reader: `FrameReader(max_open_files, tolerance_s)` built in the worker."""
-    return functools.partial(_make_frame_reader, int(max_open_files), float(tolerance_s))
-
-
-class ResizingReader:
-    """A frame reader whose frames come out resized with padding to (height, width), exactly as openpi's
-    `ResizeImages` would resize them later (`fastmix.kernels.resize.resize_with_pad`: PIL bilinear, centred, zero
-    padding, natively where checked bit-identical to PIL). `native` maps (dataset, key) to the decoded (H, W, C).
-    Frames are decoded into a scratch buffer reused per (key, shape); a group whose slots are consecutive is
-    resized straight into the slot."""
-
-    def __init__(self, inner: Any, height: int, width: int, native: dict[tuple[str, str], tuple[int, ...]]) -> None:
-        self.inner, self.height, self.width, self.native = inner, int(height), int(width), native
-        self._scratch: dict[tuple, Any] = {}
-
-    def _buffer(self, key: str, shape: tuple[int, ...], n: int) -> Any:
-        import numpy as np
-
-        buf = self._scratch.get((key, shape))
-        if buf is None or len(buf) < n:
-            buf = self._scratch[(key, shape)] = np.empty((n, *shape), dtype=np.uint8)
-        return buf[:n]
-
-    def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
-        import dataclasses
-
-        from fastmix.kernels.resize import resize_with_pad
-
-        by_shape: dict[tuple, list[Any]] = {}
-        for r in requests:
-            by_shape.setdefault((r.key, tuple(self.native[(r.dataset, r.key)])), []).append(r)
-        for (key, shape), group in by_shape.items():
-            if tuple(shape[:2]) == (self.height, self.width):
-                self.inner.read(group, out)
-                continue
-            frames = self._buffer(key, shape, len(group))
-            self.inner.read([dataclasses.replace(r, slot=j) for j, r in enumerate(group)], {key: frames})
-            first, dest = group[0].slot, out[key]
-            block = dest[first:first + len(group)]
-            if all(r.slot == first + j for j, r in enumerate(group)) and block.flags.c_contiguous:
-                resize_with_pad(frames, self.height, self.width, out=block)  # straight into the slot
-                continue
-            resized = resize_with_pad(frames, self.height, self.width)
-            for j, r in enumerate(group):
-                dest[r.slot] = resized[j]
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def _make_resizing_reader(inner_factory: Callable[[], Any], height: int, width: int,
-                          native: dict[tuple[str, str], tuple[int, ...]]) -> ResizingReader:
-    return ResizingReader(inner_factory(), height, width, native)
-
-
-def resizing_reader_factory(inner_factory: Callable[[], Any], size: tuple[int, int],
-                            native: dict[tuple[str, str], tuple[int, ...]]) -> Callable[[], Any]:
-    """Picklable factory of a `ResizingReader` around the reader `inner_factory` builds (in the worker)."""
-    return functools.partial(_make_resizing_reader, inner_factory, int(size[0]), int(size[1]), dict(native))
-
-
-class FloatingReader:
-    """A frame reader whose camera frames land in float32 (C, H, W) slots: the inner reader decodes uint8
-    (H, W, C) frames into a scratch row, and `fastmix.kernels.pixels.to_float` writes `table[frame]` transposed into the
-    slot (`table`: float32 (256,), the reference conversion of every byte value, computed by the caller)."""
-
-    def __init__(self, inner: Any, table: Any) -> None:
-        self.inner, self.table = inner, table
-        self._scratch: dict[tuple[str, tuple[int, ...]], Any] = {}
-        # a reader that converts as it stores (FrameReader.float_table) writes the slot directly
-        self._direct = hasattr(inner, "float_table")
-        if self._direct:
-            inner.float_table = table
-
-    def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
-        if self._direct:
-            self.inner.read(requests, out)
-            return
-        import numpy as np
-
-        from fastmix.kernels.pixels import to_float
-
-        scratch: dict[str, Any] = {}
-        for r in requests:
-            if r.key not in scratch:
-                b, c, h, w = out[r.key].shape
-                buf = self._scratch.get((r.key, (b, h, w, c)))
-                if buf is None:
-                    buf = self._scratch[(r.key, (b, h, w, c))] = np.empty((b, h, w, c), dtype=np.uint8)
-                scratch[r.key] = buf
-        self.inner.read(requests, scratch)
-        for r in requests:
-            to_float(scratch[r.key][r.slot:r.slot + 1], self.table, chw=True, out=out[r.key][r.slot:r.slot + 1])
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def _make_floating_reader(inner_factory: Callable[[], Any], table: Any) -> FloatingReader:
-    return FloatingReader(inner_factory(), table)
-
-
-def floating_reader_factory(inner_factory: Callable[[], Any], table: Any) -> Callable[[], Any]:
-    """Picklable factory of a `FloatingReader` around the reader `inner_factory` builds (in the worker)."""
-    return functools.partial(_make_floating_reader, inner_factory, table)
 
 
 def describe_requests(requests: Sequence[Any]) -> str:
@@ -265,5 +151,4 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
         conn.close()
 
 
-__all__ = ["INFO", "ExceptionWrapper", "FloatingReader", "ResizingReader", "default_reader_factory",
-           "describe_requests", "file_groups", "floating_reader_factory", "resizing_reader_factory", "worker_main"]
+__all__ = ["INFO", "ExceptionWrapper", "describe_requests", "file_groups", "worker_main"]

@@ -19,16 +19,14 @@ import abc
 import dataclasses
 import enum
 import logging
-import math
-import numbers
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastmix import norm_stats as _normalize  # the leaf: NormStats, load
-from fastmix.openpi import transforms as _transforms
-from fastmix._args import check_int
+from fastmix._args import check_int, check_weights
 from fastmix.errors import ConfigError
+from fastmix.openpi import norm_stats as _normalize  # the leaf: NormStats, load
+from fastmix.openpi import transforms as _transforms
 
 if TYPE_CHECKING:  # tyro is optional at run time (a test/CLI dependency)
     Suppress = Any
@@ -58,6 +56,11 @@ class ModelType(enum.Enum):
 # ------------------------------------------------------------------------------------------------- models
 
 
+def _check_action_dims(model_config: Any) -> None:
+    check_int(model_config.action_dim, "action_dim", minimum=1)
+    check_int(model_config.action_horizon, "action_horizon", minimum=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pi0Config:
     """openpi's pi0 / pi05 model config (the fields the data pipeline reads, named as openpi names them).
@@ -80,8 +83,7 @@ class Pi0Config:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
         if self.discrete_state_input is None:
             object.__setattr__(self, "discrete_state_input", self.pi05)
-        check_int(self.action_dim, "action_dim", minimum=1)
-        check_int(self.action_horizon, "action_horizon", minimum=1)
+        _check_action_dims(self)
 
     @property
     def model_type(self) -> ModelType:
@@ -99,8 +101,7 @@ class Pi0FASTConfig:
     max_token_len: int = 250
 
     def __post_init__(self) -> None:
-        check_int(self.action_dim, "action_dim", minimum=1)
-        check_int(self.action_horizon, "action_horizon", minimum=1)
+        _check_action_dims(self)
 
     @property
     def model_type(self) -> ModelType:
@@ -164,24 +165,8 @@ class DataConfig:
 
 
 def validate_dataset_weights(repo_ids: Sequence[str], dataset_weights: Sequence[float] | None) -> None:
-    """The reference's weight checks, each error naming the offending value."""
-    if dataset_weights is None:
-        return
-    weights = list(dataset_weights)
-    if len(weights) != len(repo_ids):
-        raise ConfigError(
-            f"dataset_weights length ({len(weights)}) must match repo_ids length ({len(repo_ids)}): "
-            f"dataset_weights={weights}, repo_ids={list(repo_ids)}"
-        )
-    for i, (w, r) in enumerate(zip(weights, repo_ids, strict=True)):
-        if isinstance(w, bool) or not isinstance(w, numbers.Real):
-            raise ConfigError(f"dataset_weights[{i}]={w!r} (repo {r!r}) is not a number")
-        if not math.isfinite(w):
-            raise ConfigError(f"dataset_weights must be finite, got dataset_weights[{i}]={w} for repo {r!r}")
-        if w < 0:
-            raise ConfigError(f"dataset_weights must be non-negative, got dataset_weights[{i}]={w} for repo {r!r}")
-    if not any(w > 0 for w in weights):
-        raise ConfigError(f"dataset_weights must not all be zero, got dataset_weights={weights}")
+    """The reference's weight checks (`fastmix._args.check_weights`), each error naming the offending value."""
+    check_weights(dataset_weights, list(repo_ids))
 
 
 def _validate_repo_ids(repo_ids: Sequence[str]) -> None:
@@ -345,7 +330,6 @@ class MultiDatasetLiberoDataConfig(LeRobotLiberoDataConfig):
         return list(self.repo_ids)
 
     def create(self, assets_dirs: pathlib.Path, model_config: Any) -> DataConfig:
-        validate_dataset_weights(self.repo_ids, self.dataset_weights)
         base = super().create(assets_dirs, model_config)
         return dataclasses.replace(
             base,

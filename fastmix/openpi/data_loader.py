@@ -26,12 +26,12 @@ import numpy as np
 
 from fastmix.openpi import transforms as _t
 from fastmix._args import check_optional_int
-from fastmix.loader.background import Background
+from fastmix.loader.prefetch import Prefetcher
 from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.openpi.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
 from fastmix.openpi.observation import Observation, ObservationBuilder, observation_class, observation_float
-from fastmix.openpi.batched import BatchedTokenizePrompt, batched
+from fastmix.openpi.transforms.batched import batched
 
 logger = logging.getLogger("fastmix")
 
@@ -126,29 +126,6 @@ def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list
     ]
 
 
-# Transforms that never change a camera's pixels (renames, masks, low-dim math, prompts); LiberoInputs only
-# converts float CHW images to uint8 HWC, which the loader's uint8 HWC frames already are.
-_PIXEL_NEUTRAL: tuple[type, ...] = (_t.RepackTransform, _t.LiberoInputs, _t.InjectDefaultPrompt, _t.PromptFromLeRobotTask,
-                                    _t.PadStatesAndActions, _t.DeltaActions, _t.AbsoluteActions, BatchedTokenizePrompt)
-
-
-def decode_time_resize(stages: list[tuple[str, list]]) -> tuple[int, int] | None:
-    """(height, width) of the pipeline's `ResizeImages` when every transform before it leaves pixels alone:
-    the decode workers can then resize each frame as it is decoded (the same `resize_with_pad`, so the same
-    bytes), and the pipeline's own `ResizeImages` finds the images already at size (a no-op). None otherwise."""
-    for _, transforms in stages:
-        for t in transforms:
-            if isinstance(t, _t.ResizeImages):
-                return int(t.height), int(t.width)
-            if isinstance(t, _t.Normalize):
-                if any(k.split("/")[0] == "image" for k in _t.flatten_dict(dict(t.norm_stats or {}))):
-                    return None
-                continue
-            if not isinstance(t, _PIXEL_NEUTRAL):
-                return None
-    return None
-
-
 def require_norm_stats(config: Any, data_config: Any) -> None:
     """The reference's "Normalization stats not found" error (with the command to run) when stats are absent."""
     if data_config.norm_stats is not None or getattr(data_config, "repo_id", None) == "fake":
@@ -158,14 +135,6 @@ def require_norm_stats(config: Any, data_config: Any) -> None:
     except ValueError:
         path = None
     raise ConfigError(missing_norm_stats_message(config.name, path))
-
-
-def _to_numpy(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _to_numpy(v) for k, v in x.items()}
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
-    return x
 
 
 def _to_framework(x: Any, framework: str, sharding: Any) -> Any:
@@ -194,10 +163,13 @@ class DataLoader:
     `dataset_index`, `index`, `episode_index`, `frame_index`, `task`), `trace` (if set) is called as
     `trace(stage, i, transform, before, after)` after every transform.
 
-    The transforms (and, when iterating for Observations, the uint8 → float32 image conversion openpi's
-    `Observation.from_dict` would do) run on a background thread `prefetch` batches ahead (0: on the caller's
-    thread): the training thread pops ready batches. `state_dict()` is the position after the last batch
-    handed out, whatever was prefetched; stopping early or an error leaves the loader there.
+    The loader hands out numpy arrays; the transforms run on them, and the result is converted once to the
+    framework's arrays (torch tensors sharing the memory, or jax arrays). The transforms (and, when iterating for
+    Observations, the uint8 → float32 image conversion openpi's `Observation.from_dict` would do) run on a
+    `Prefetcher` thread `prefetch` batches ahead (0: on the caller's thread). Each batch carries the loader
+    position after it; handing a batch out records that position in the `MixtureLoader`'s cursor, so
+    `state_dict()` is the position after the last batch handed out, whatever was prefetched, and stopping early
+    or an error leaves it there (nothing to rewind).
     """
 
     def __init__(
@@ -221,8 +193,6 @@ class DataLoader:
         self.sources = list(sources)
         self.trace: Trace | None = None
         self.prefetch = check_optional_int(prefetch, "prefetch", minimum=0) or 0
-        self._handed: dict[str, Any] | None = None  # loader state after the last batch handed out
-        self._active: Background | None = None
 
     # openpi's protocol
     def data_config(self) -> Any:
@@ -230,7 +200,7 @@ class DataLoader:
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         """`(Observation, actions)` pairs; the Observation (openpi's, with its type checks) is built on the
-        background thread with the rest of the batch, so the training thread only pops it."""
+        prefetch thread with the rest of the batch, so the training thread only pops it."""
         yield from self._iterate(float_images=True, with_meta=False, observations=True)
 
     def __len__(self) -> int:
@@ -253,16 +223,13 @@ class DataLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Position after the last batch handed out (epoch, batch, sampler stream)."""
-        return self._loader.state_dict() if self._active is None or self._handed is None else dict(self._handed)
+        return self._loader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly after the batch `state` was taken at."""
-        self._stop_background()
+        """Continue exactly after the batch `state` was taken at (ends a running iteration)."""
         self._loader.load_state_dict(state)
-        self._handed = None
 
     def close(self) -> None:
-        self._stop_background()
         self._loader.close()
 
     def __enter__(self) -> DataLoader:
@@ -272,9 +239,8 @@ class DataLoader:
         self.close()
 
     def transform(self, raw: dict[str, Any], *, float_images: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Run the stages on one raw loader batch; returns (batch in the framework's arrays, meta).
-        `float_images`: see `batches`."""
-        raw = _to_numpy(raw)
+        """Run the stages on one raw loader batch (numpy arrays); returns (batch in the framework's arrays,
+        meta). `float_images`: see `batches`."""
         meta = {k: raw[k] for k in META_KEYS if k in raw}
         data = dict(raw)
         if not getattr(self._data_config, "prompt_from_task", False):
@@ -294,39 +260,15 @@ class DataLoader:
             data["image"] = {k: observation_float(v, self.framework) for k, v in data["image"].items()}
         return _to_framework(data, self.framework, self.sharding), meta
 
-    def _raw_batches(self) -> Iterator[dict[str, Any]]:
-        """The loader's batches, epoch after epoch (each with its own order), until `num_batches`."""
-        produced = 0
-        while self.num_batches is None or produced < self.num_batches:
-            empty = True
-            for raw in self._loader:  # one (rest of an) epoch; the loader then moves to the next epoch
-                empty = False
-                yield raw
-                produced += 1
-                if self.num_batches is not None and produced >= self.num_batches:
-                    return
-            if empty:
-                raise RuntimeError("the mixture loader produced no batch in a whole epoch")
-
-    def _produce(self, float_images: bool, observations: bool = False) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any] | None]]:
-        """(batch, meta, loader state after it): transformed and finished, ready to hand out. With
+    def _produce(self, stream: Any, float_images: bool, observations: bool) -> Iterator[tuple[Any, dict, Any]]:
+        """(batch, meta, loader position after it): transformed and finished, ready to hand out. With
         `observations`, the batch is openpi's `(Observation.from_dict(batch), batch["actions"])`."""
         build = ObservationBuilder(observation_class()) if observations else None
-        for raw in self._raw_batches():
-            state = self._loader.state_dict() if self.prefetch else None
+        for raw, position in stream:
             batch, meta = self.transform(raw, float_images=float_images)
             if build is not None:
                 batch = (build(batch), batch["actions"])
-            yield batch, meta, state
-
-    def _stop_background(self) -> None:
-        """Stop the prefetch thread and put the loader back after the last batch handed out."""
-        active, self._active = self._active, None
-        if active is None:
-            return
-        active.stop()
-        if self._handed is not None and self._handed != self._loader.state_dict():
-            self._loader.load_state_dict(self._handed)  # drop what was prefetched and not handed out
+            yield batch, meta, position
 
     def batches(self, *, with_meta: bool = False, float_images: bool = False) -> Iterator[Any]:
         """Collated, transformed batch dicts (openpi's `_collate_fn` output), optionally with their meta.
@@ -337,20 +279,25 @@ class DataLoader:
         return self._iterate(float_images=float_images, with_meta=with_meta, observations=False)
 
     def _iterate(self, *, float_images: bool, with_meta: bool, observations: bool) -> Iterator[Any]:
-        if not self.prefetch:
-            for batch, meta, _ in self._produce(float_images, observations):
-                yield (batch, meta) if with_meta else batch
-            return
-        self._stop_background()
-        self._handed = self._loader.state_dict()
-        self._active = Background(self._produce(float_images, observations), depth=self.prefetch,
-                                  name="fastmix-transforms")
+        stream = self._loader.stream(self.num_batches, output="numpy")
+        produced = self._produce(stream, float_images, observations)
+        ahead = Prefetcher(lambda stop: produced, depth=self.prefetch, name="fastmix-transforms") \
+            if self.prefetch else None
         try:
-            for batch, meta, state in self._active:
-                self._handed = state
+            for batch, meta, position in (ahead if ahead is not None else produced):
+                if stream.closed:  # superseded (a newer iteration, load_state_dict, set_epoch, close)
+                    return
+                self._loader.hand_out(position)
                 yield (batch, meta) if with_meta else batch
         finally:
-            self._stop_background()
+            # this iteration's own stream and thread only (a newer iteration has its own)
+            if ahead is not None:
+                ahead.stop(timeout=0)
+            stream.close()
+            if ahead is not None:
+                ahead.stop()
+            else:
+                produced.close()
 
 
 def make_mixture_loader(sources: Sequence[Any], **kwargs: Any) -> Any:
@@ -414,7 +361,7 @@ def create_data_loader(
     horizon = int(config.model.action_horizon)
     action_delta_timestamps(sources, keys, horizon)  # checks the action keys, naming the dataset
     stages = transform_stages(data_config, skip_norm_stats=skip_norm_stats)
-    extra = {} if (size := decode_time_resize(stages)) is None else {"resize_images": size}
+    extra = {} if (size := _t.decode_size(stages)) is None else {"resize_images": size}
     loader = (loader_factory or make_mixture_loader)(
         sources,
         dataset_weights=None if data_config.dataset_weights is None else list(data_config.dataset_weights),

@@ -3,7 +3,7 @@ float32 image conversion `Observation.from_dict` performs, and `ObservationBuild
 Observations of a stream of batches.
 
 openpi's `Observation` is a jaxtyping-typechecked dataclass: every construction runs beartype/jaxtyping checks
-of its fields (≈ 5 ms per batch of 32 on a 2-core machine, most of it building a checked function per call).
+of its fields (costly, most of it building a checked function per call).
 Those checks look only at the fields' types, dtypes and shapes, so their outcome is a function of that
 signature. `ObservationBuilder` calls `from_dict` (checks included) for the first batch of each signature and
 builds later batches of an already-checked signature with the dataclass' own `__init__` — after verifying on
@@ -13,13 +13,12 @@ the first batch that `from_dict` maps the batch's entries to the fields one to o
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fastmix.kernels.pixels import to_float, value_table
+from fastmix.kernels.pixels import openpi_table, to_float
 
 
 @dataclasses.dataclass
@@ -76,32 +75,21 @@ def _is_torch_uint8(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.uint8
 
 
-def _openpi_float(image: np.ndarray) -> np.ndarray:
-    """openpi's `Observation.from_dict` conversion of uint8 images, step by step in float32."""
-    out = image.astype(np.float32)
-    out /= np.float32(255.0)
-    out *= np.float32(2.0)
-    out -= np.float32(1.0)
-    return out
-
-
-@functools.cache
-def _openpi_table() -> np.ndarray:
-    return value_table(_openpi_float)
-
-
 def observation_float(image: Any, framework: str) -> Any:
     """uint8 images (B, H, W, C) → float32 in [-1, 1] exactly as openpi's `Observation.from_dict` computes them
-    (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32; applied once to the 256 byte values and
-    written by one native table pass, `fastmix.kernels.pixels`), transposed to (B, C, H, W) for the pytorch framework
-    as its torch path permutes; other dtypes are returned unchanged."""
+    (`x.astype(float32) / 255.0 * 2.0 - 1.0`, each step in float32: `fastmix.kernels.pixels.openpi_table()`,
+    written by one native table pass), transposed to (B, C, H, W) for the pytorch framework as its torch path
+    permutes; uint8 arrays of other ranks are converted in their layout; other dtypes are returned unchanged."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 4:
-        return _openpi_float(image) if image.dtype == np.uint8 else image
+    if image.dtype != np.uint8:
+        return image
+    table = openpi_table()
+    if image.ndim != 4:
+        return np.asarray(table[image])
     if image.size and not any(image.strides):  # one byte broadcast over the batch (an absent camera)
         b, h, w, c = image.shape
-        return np.full((b, c, h, w) if framework == "pytorch" else image.shape, _openpi_table()[image.flat[0]])
-    return to_float(image, _openpi_table(), chw=framework == "pytorch")
+        return np.full((b, c, h, w) if framework == "pytorch" else image.shape, table[image.flat[0]])
+    return to_float(image, table, chw=framework == "pytorch")
 
 
 def observation_class() -> type:

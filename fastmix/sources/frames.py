@@ -6,13 +6,17 @@ forward decoding pass over the file: it seeks to the keyframe before a target on
 (the target lies more than one keyframe interval ahead), otherwise it keeps decoding. The frame returned for
 a timestamp is the decoded frame nearest to it, which must lie within `tolerance_s` — what LeRobotDataset's
 "pyav" backend returns. Open containers live in a bounded LRU (one single-threaded codec context each).
+
+Frames are uint8 (H, W, C) RGB. Where they land is the caller's: `read(requests, out, store=...)` hands each
+decoded frame to a store hook (`Store`; default `store_frame`, a plain copy into `out[key][slot]`), so a
+wrapper can put it straight into another layout or dtype without a copy through a scratch row.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +27,19 @@ import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
-from fastmix.kernels.pixels import to_float
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
+
+# store(dest, slot, frame): write the uint8 (H, W, C) `frame` into row `slot` of `dest` (= out[key]); raise
+# ValueError when it does not fit (FrameReader re-raises it as a DecodeError naming the request)
+Store = Callable[[np.ndarray, int, np.ndarray], None]
+
+
+def store_frame(dest: np.ndarray, slot: int, frame: np.ndarray) -> None:
+    """The default `Store`: `dest[slot] = frame`, for a destination of rows shaped like the frame."""
+    if dest.shape[1:] != frame.shape:
+        raise ValueError(f"decoded frame has shape {frame.shape}, the output expects {dest.shape[1:]}")
+    dest[slot] = frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +69,7 @@ class _OpenVideo:
     """One open container, its decode position and what it has learned about the keyframe spacing."""
 
     def __init__(self, path: str) -> None:
-        # an .mp4 is opened with its demuxer named: no format probing (~10 % of an open, which matters when
+        # an .mp4 is opened with its demuxer named: no format probing (a part of every open, which matters when
         # a mixture has thousands of files and most reads open one)
         fmt = "mp4" if path.lower().endswith(".mp4") else None
         self.container = av.open(path, format=fmt, metadata_errors="ignore")
@@ -156,7 +170,7 @@ class _OpenVideo:
 
 class _OpenParquet:
     """One open image parquet file and its row-group layout. Reads are plain (not memory-mapped): a
-    memory-mapped column chunk pays a page fault per 4 KiB and reads about 20x slower on first touch."""
+    memory-mapped column chunk pays a page fault per 4 KiB and reads much slower on first touch."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -185,8 +199,8 @@ class _OpenParquet:
 class _RowGroupCache:
     """LRU of decoded-from-parquet image columns, keyed (path, key, row group), bounded in bytes.
 
-    A random batch touches rows all over a file; without it every row would re-read its row group (about
-    3 ms for 100 rows of 256x256 PNGs). Entries hold compressed PNG bytes, not pixels.
+    A random batch touches rows all over a file; without it every row would re-read its row group. Entries
+    hold compressed PNG bytes, not pixels.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -218,7 +232,7 @@ class _RowGroupCache:
 
 
 class FrameReader:
-    """Decodes FrameRequests into caller-owned uint8 HWC arrays.
+    """Decodes FrameRequests into caller-owned arrays (uint8 HWC rows, or whatever a store hook writes).
 
     Args:
         max_open_files: bound of the LRU of open containers / parquet files (evicted ones are closed).
@@ -239,9 +253,6 @@ class FrameReader:
         self.tolerance_s = float(tolerance_s)
         self._open: OrderedDict[str, _OpenVideo | _OpenParquet] = OrderedDict()
         self._row_groups = _RowGroupCache(cache_bytes)
-        # float32 (256,): when set, float32 (B, C, H, W) destinations get `float_table[frame]` transposed
-        # (`loader.worker_main.FloatingReader` sets it: no uint8 round trip through a scratch row)
-        self.float_table: np.ndarray | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -279,17 +290,20 @@ class FrameReader:
             f.close()
         self._row_groups.clear()
 
-    def read(self, requests: Sequence[FrameRequest], out: dict[str, np.ndarray]) -> None:
-        """Write `out[req.key][req.slot]` (uint8 (H, W, C)) for every request; raises MissingFileError or
+    def read(self, requests: Sequence[FrameRequest], out: dict[str, np.ndarray],
+             store: Store | None = None) -> None:
+        """Write `out[req.key][req.slot]` (uint8 (H, W, C)) for every request — or, with `store`, call
+        `store(out[req.key], req.slot, frame)` with the uint8 (H, W, C) frame instead; raises MissingFileError or
         DecodeError naming dataset, episode, file, key and timestamp/row."""
         by_path: dict[str, list[FrameRequest]] = defaultdict(list)
         for req in requests:
             by_path[req.path].append(req)
+        store = store_frame if store is None else store
         for path, reqs in by_path.items():
             if reqs[0].row < 0:
-                self._read_video(path, reqs, out)
+                self._read_video(path, reqs, out, store)
             else:
-                self._read_images(path, reqs, out)
+                self._read_images(path, reqs, out, store)
 
     # -- files ------------------------------------------------------------------------------------------
     def _get(self, path: str, req: FrameRequest, kind: type) -> _OpenVideo | _OpenParquet:
@@ -318,7 +332,7 @@ class FrameReader:
         self._row_groups.drop(path)
 
     # -- video ------------------------------------------------------------------------------------------
-    def _read_video(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray]) -> None:
+    def _read_video(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray], store: Store) -> None:
         video = self._get(path, reqs[0], _OpenVideo)
         assert isinstance(video, _OpenVideo)
         order = sorted(reqs, key=lambda r: r.timestamp)
@@ -341,10 +355,10 @@ class FrameReader:
             except (av.error.FFmpegError, ValueError) as e:
                 self._drop(path)
                 raise DecodeError(f"decoding failed ({e}): {_where(req)}") from e
-            _store(out, req, last[1], self.float_table)
+            _store(out, req, last[1], store)
 
     # -- images in parquet ------------------------------------------------------------------------------
-    def _read_images(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray]) -> None:
+    def _read_images(self, path: str, reqs: list[FrameRequest], out: dict[str, np.ndarray], store: Store) -> None:
         pf = self._get(path, reqs[0], _OpenParquet)
         assert isinstance(pf, _OpenParquet)
         for req in sorted(reqs, key=lambda r: (r.key, r.row)):
@@ -357,7 +371,7 @@ class FrameReader:
                 raise DecodeError(f"{e}: {_where(req)}") from e
             if not data:
                 raise DecodeError(f"no embedded image bytes: {_where(req)}")
-            _store(out, req, self._decode_png(data, req), self.float_table)
+            _store(out, req, self._decode_png(data, req), store)
 
     @staticmethod
     def _decode_png(data: bytes, req: FrameRequest) -> np.ndarray:
@@ -375,20 +389,12 @@ class FrameReader:
         return frames[0].to_ndarray(format="rgb24")
 
 
-def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray, table: np.ndarray | None = None) -> None:
-    """`out[req.key][req.slot] = frame` (uint8 (H, W, C)); a float32 (C, H, W) destination gets `table[frame]`
-    transposed (`fastmix.kernels.pixels.to_float`; needs the reader's `float_table`)."""
+def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray, store: Store) -> None:
+    """`store(out[req.key], req.slot, frame)`; a frame that does not fit is a DecodeError naming the request."""
     dest = out.get(req.key)
     if dest is None:
         raise KeyError(f"out has no array for camera key {req.key!r} ({_where(req)})")
-    if dest.dtype == np.float32 and table is not None:
-        h, w, c = frame.shape
-        if dest.shape[1:] != (c, h, w):
-            raise DecodeError(f"decoded frame has shape {frame.shape}, the float32 output expects (C, H, W) "
-                              f"{dest.shape[1:]}: {_where(req)}")
-        to_float(frame[None], table, chw=True, out=dest[req.slot:req.slot + 1])
-        return
-    if dest.shape[1:] != frame.shape:
-        raise DecodeError(f"decoded frame has shape {frame.shape}, the output expects {dest.shape[1:]}: "
-                          f"{_where(req)}")
-    dest[req.slot] = frame
+    try:
+        store(dest, req.slot, frame)
+    except ValueError as e:
+        raise DecodeError(f"{e}: {_where(req)}") from e

@@ -5,7 +5,6 @@ path (`gather_lowdim`, `tasks_of`, `frame_requests`) for the loader.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from fastmix._args import check_int, check_int_list, check_seconds
 from fastmix.errors import ConfigError, DatasetFormatError
-from fastmix.sources import checks
+from fastmix.sources import integrity
 from fastmix.sources.deltas import check_delta_timestamps, chunk_indices, delta_indices
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lowdim import LowDimTable, load_lowdim
@@ -36,8 +36,8 @@ class LeRobotSource:
             {"actions": [t / fps for t in range(action_horizon)]}; each must be a multiple of 1/fps ± tolerance_s.
         tolerance_s: tolerance of the delta check and of video frame timestamps, in seconds.
         max_open_files: bound of the open-container LRU used by `source[i]`.
-        check_finite: also refuse NaN/inf in numeric features at open (`checks.find_nonfinite`; about
-            25 ms per 1e6 frames x 26 floats, off by default because lerobot loads such data).
+        check_finite: also refuse NaN/inf in numeric features at open (`integrity.find_nonfinite`; a scan of every
+            numeric value, off by default because lerobot loads such data).
         require_videos: refuse at open when a video file of a selected episode is missing (lerobot refuses
             too); False finds them only when a frame is read (e.g. low-dim-only use of a partial download).
             Missing data files are always refused at open, all of them listed with an `episodes=` hint.
@@ -62,36 +62,34 @@ class LeRobotSource:
                  lowdim_keys: Sequence[str] | None = None) -> None:
         if repo_id is None and root is None:
             raise ConfigError("LeRobotSource needs a repo_id or a root, but got neither")
-        if not tolerance_s >= 0 or not math.isfinite(tolerance_s):
-            raise ConfigError(f"tolerance_s should be a finite number >= 0, but got tolerance_s={tolerance_s}")
         self.root = Path(root).expanduser() if root is not None else lerobot_home() / str(repo_id)
         self.name: str = repo_id if repo_id is not None else self.root.name
-        self.tolerance_s = float(tolerance_s)
+        self.tolerance_s = check_seconds(tolerance_s, "tolerance_s", allow_zero=True)
         self.delta_timestamps = _parse_deltas(delta_timestamps, self.name)
         self.meta: DatasetMeta = load_meta(self.root, self.name)
         self._ep_positions = self._select_episodes(episodes)
         self._lowdim_keys = self._select_lowdim_keys(lowdim_keys)
-        checks.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
-        checks.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
+        integrity.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
+        integrity.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
         try:
             self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions, self._lowdim_keys)
         except DatasetFormatError as e:
             if "meta/ lists" in str(e):  # total frame count differs: name the episode
-                checks.explain_row_counts(self.meta, self._ep_positions, e)
+                integrity.explain_row_counts(self.meta, self._ep_positions, e)
             raise
         low = self._low
-        self.meta = replace(self.meta, episodes=checks.check_episode_rows(
+        self.meta = replace(self.meta, episodes=integrity.check_episode_rows(
             self.meta, low.values, low.ep_pos, low.sorted_pos, self._ep_positions))
-        checks.check_task_ids(self.meta, low.values["task_index"], low.values["episode_index"])
+        integrity.check_task_ids(self.meta, low.values["task_index"], low.values["episode_index"])
         # the checks read every row of the index columns once: let their pages go (they stay in the page cache)
         release_pages([low.values[k] for k in INDEX_KEYS] + [low.sorted_pos, low.sorted_index, low.ep_pos])
         if check_finite:
-            checks.check_finite(self)
+            integrity.check_finite(self)
         self._offsets_cache: dict[tuple, dict[str, np.ndarray]] = {}
         self._offsets(self.delta_timestamps)  # validates now
         self._video_paths = {k: np.array([str(self.root / p) for p in self.meta.episodes.video_file[k]], dtype=object)
                              for k in self.video_keys}
-        self._max_open_files = int(max_open_files)
+        self._max_open_files = check_int(max_open_files, "max_open_files", minimum=1)
         self._reader: FrameReader | None = None
 
     # -- description --------------------------------------------------------------------------------------
@@ -99,7 +97,8 @@ class LeRobotSource:
         table = self.meta.episodes
         if episodes is None:
             return np.arange(len(table), dtype=np.int64)
-        wanted = np.unique(np.asarray(list(episodes), dtype=np.int64))
+        wanted = np.unique(np.asarray(check_int_list(
+            episodes if isinstance(episodes, np.ndarray) else list(episodes), "episodes"), dtype=np.int64))
         pos = np.searchsorted(table.episode_index, wanted)
         ok = (pos < len(table)) & (table.episode_index[np.minimum(pos, len(table) - 1)] == wanted)
         if not ok.all():
@@ -345,8 +344,8 @@ def _parse_deltas(delta_timestamps: Mapping[str, Sequence[float]] | None, datase
         try:
             out[key] = [float(d) for d in deltas]
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"dataset '{dataset}': delta_timestamps[{key!r}] should be a list of numbers "
-                              f"(seconds), but got {deltas!r}") from e
+            raise ConfigError(f"dataset '{dataset}': delta_timestamps[{key!r}] must be a list of numbers "
+                              f"(seconds), got delta_timestamps[{key!r}]={deltas!r}") from e
     return out
 
 

@@ -48,7 +48,7 @@ class EpisodeTable:
     indices (the "index" column). data_file: (E,) relative data parquet path. video_file[key]: (E,) relative
     mp4 path; video_from_ts[key]: float64 (E,) seconds where the episode starts inside that mp4 (0 in v2.x);
     video_to_ts[key]: float64 (E,) where it ends (v3.0 `to_timestamp`; NaN when the metadata has none).
-    In v2.x, [from, to) is a cumulative sum of lengths until `checks.check_episode_rows` replaces it by the
+    In v2.x, [from, to) is a cumulative sum of lengths until `integrity.check_episode_rows` replaces it by the
     range the data's `index` column holds.
     """
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.openpi import data_loader as _dl
-from fastmix.openpi import transforms as _t
 from fastmix._args import check_int, check_optional_int
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError
+from fastmix.openpi import data_loader as _dl
+from fastmix.openpi import transforms as _t
 from fastmix.openpi.norm_stats import RunningStats, norm_stats_dir, save
 
 STATS_KEYS = ("state", "actions")

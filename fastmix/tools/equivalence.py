@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fastmix._args import check_int
-from fastmix.errors import ConfigError
 from fastmix.core.mixture import WEIGHTINGS, Mixture
 from fastmix.core.sampler import MixtureSampler
+from fastmix.errors import ConfigError
 
 DEFAULT_ALPHA = 1e-3  # family-wise false-alarm rate of the whole check
 MIN_EXPECTED = 5.0  # smallest expected count of a chi-square category
@@ -230,17 +230,19 @@ def check_equivalence(
     mixture (sizes, weights, weighting, frame_weights). `sampler` replaces the fastmix sampler under test
     (default: a MixtureSampler of that same mixture, seeded with `seed`); the reference uses `seed` too."""
     draws = check_int(draws, "draws", minimum=1)
-    mixture = Mixture(sizes, weights, weighting=weighting, frame_weights=frame_weights)
     if sampler is None:
         sampler = MixtureSampler(sizes, weights, weighting=weighting, frame_weights=frame_weights, seed=seed,
                                  rank=0, world_size=1)
+        mixture = sampler.mixture
+    else:  # the declared mixture, independent of the sampler under test
+        mixture = Mixture(sizes, weights, weighting=weighting, frame_weights=frame_weights)
     if sampler.index_map.total != mixture.total:
         raise ConfigError(f"sampler covers {sampler.index_map.total} frames, the mixture {mixture.total}")
     fast = sampler.next_indices(draws)
     ref = reference_draws(mixture.reference_weights(), draws, seed)
 
     probs = mixture.sample_probabilities()
-    categories = _Categories(mixture, sampler, probs, draws, max_bins)
+    categories = _Categories(mixture, probs, draws, max_bins)
     c_fast, c_ref = categories.count(fast), categories.count(ref)
     result = EquivalenceResult(
         sizes=[int(s) for s in mixture.sizes], weights=mixture.weights.tolist(), weighting=weighting, draws=draws,
@@ -262,10 +264,9 @@ class _Categories:
     """The category partitions of the tests: datasets, position bins, hash bins, residue classes, frames; each
     with its exact probabilities (`probabilities[kind]`) and a counter of draws (`count(indices)`)."""
 
-    def __init__(self, mixture: Mixture, sampler: MixtureSampler, probs: np.ndarray, draws: int,
-                 max_bins: int) -> None:
+    def __init__(self, mixture: Mixture, probs: np.ndarray, draws: int, max_bins: int) -> None:
         self.residues = f"dataset, frame mod {RESIDUE_MODULUS}"
-        d, local = sampler.index_map.to_local(np.arange(probs.size, dtype=np.int64))
+        d, local = mixture.index_map.to_local(np.arange(probs.size, dtype=np.int64))
         self._of = {
             "datasets": d.astype(np.int64),
             "position bins": frame_bins(probs, draws, max_bins=max_bins),

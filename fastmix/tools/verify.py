@@ -21,139 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.openpi import transforms as _t
 from fastmix._args import check_int
-
-DEFAULT_NUM_SAMPLES = 1000
-DEFAULT_ALPHA = 1e-3
-
-
-@dataclasses.dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclasses.dataclass
-class Report:
-    config_name: str
-    checks: list[Check] = dataclasses.field(default_factory=list)
-    expected_shares: list[float] = dataclasses.field(default_factory=list)
-    observed_counts: list[int] = dataclasses.field(default_factory=list)
-    p_value: float | None = None
-    plot_path: pathlib.Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def check(self, name: str) -> Check:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(f"no check named {name!r}; checks: {[c.name for c in self.checks]}")
-
-
-def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str) -> np.ndarray:
-    """Per-dataset shares a config declares (`Mixture.shares`): per_sample ∝ w_i·N_i (the reference's
-    WeightedRandomSampler), per_dataset ∝ w_i."""
-    from fastmix.core.mixture import Mixture
-
-    return Mixture(sizes, weights, weighting=weighting).shares
-
-
-def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
-    """(statistic, p-value) of observed counts against expected shares (`equivalence.chi_square_gof`); a count
-    where the share is 0 gives (inf, 0)."""
-    from fastmix.tools.equivalence import chi_square_gof
-
-    res = chi_square_gof(np.asarray(observed), np.asarray(expected_share, dtype=np.float64))
-    return res.statistic, res.p_value
-
-
-def plot_shares(path: pathlib.Path, names: list[str], expected: np.ndarray, observed: np.ndarray, title: str) -> None:
-    """A PNG bar chart of expected vs observed per-dataset shares."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names)), 3.8))
-    ax.bar(x - 0.2, expected, 0.4, label="expected (config)")
-    ax.bar(x + 0.2, observed, 0.4, label="observed (loader)")
-    ax.set_xticks(x, [n.split("/")[-1] for n in names], rotation=15)
-    ax.set_ylabel("share of samples")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-class _StageMonitor:
-    """Counts every transform call per stage and checks that each stage did its job."""
-
-    def __init__(self, data_config: Any) -> None:
-        self.data_config = data_config
-        self.calls: collections.Counter = collections.Counter()
-        self.problems: list[str] = []
-        self.normalized_in_range: list[float] = []
-
-    def _problem(self, msg: str) -> None:
-        if msg not in self.problems:
-            self.problems.append(msg)
-
-    def __call__(self, stage: str, i: int, t: Any, before: dict, after: dict) -> None:
-        self.calls[(stage, i)] += 1
-        name = getattr(t, "__name__", type(t).__name__)
-        if isinstance(t, _t.RepackTransform):
-            want = set(_t.flatten_dict(t.structure))
-            got = set(_t.flatten_dict(after))
-            if not want <= got:
-                self._problem(f"repack: output lacks {sorted(want - got)}")
-        elif isinstance(t, _t.LiberoInputs):
-            if set(after.get("image", {})) != set(_t.IMAGE_KEYS) or set(after.get("image_mask", {})) != set(_t.IMAGE_KEYS):
-                self._problem(f"data: LiberoInputs gave image keys {sorted(after.get('image', {}))}")
-            if "state" not in after or "actions" not in after:
-                self._problem("data: LiberoInputs output lacks state or actions")
-        elif isinstance(t, _t.Normalize) and t.norm_stats is not None:
-            self._check_normalize(t, before, after)
-        elif isinstance(t, _t.ResizeImages):
-            shapes = {k: tuple(np.shape(v)[-3:-1]) for k, v in after["image"].items()}
-            bad = {k: s for k, s in shapes.items() if s != (t.height, t.width)}
-            if bad:
-                self._problem(f"model: ResizeImages left images at {bad}, want {(t.height, t.width)}")
-        elif isinstance(t, _t.PadStatesAndActions):
-            for k in ("state", "actions"):
-                if k in after and np.shape(after[k])[-1] < t.model_action_dim:
-                    self._problem(f"model: {k} has {np.shape(after[k])[-1]} dims after padding to {t.model_action_dim}")
-        elif isinstance(t, _t.InjectDefaultPrompt) and t.prompt is not None and "prompt" not in after:
-            self._problem(f"model: {name} did not set a prompt")
-
-    def _check_normalize(self, t: _t.Normalize, before: dict, after: dict) -> None:
-        flat_b, flat_a = _t.flatten_dict(before), _t.flatten_dict(after)
-        for key, s in t.norm_stats.items():
-            if key not in flat_b:
-                continue
-            x = np.asarray(flat_b[key], dtype=np.float64)
-            d = x.shape[-1]
-            if t.use_quantiles:
-                q01, q99 = np.asarray(s.q01)[:d], np.asarray(s.q99)[:d]
-                want = 2.0 * (x - q01) / (q99 - q01 + 1e-6) - 1.0
-            else:
-                want = (x - np.asarray(s.mean)[:d]) / (np.asarray(s.std)[:d] + 1e-6)
-            got = np.asarray(flat_a[key], dtype=np.float64)
-            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
-                self._problem(f"normalize: {key} is not normalized with the config's norm stats")
-            if t.use_quantiles:
-                self.normalized_in_range.append(float(np.mean(np.abs(got) <= 1.0 + 1e-3)))
-
-
-def _fmt_row(cells: list[Any], widths: list[int]) -> str:
-    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+from fastmix.tools.verify_openpi import verify_openpi
+from fastmix.tools.verify_report import (
+    DEFAULT_ALPHA,
+    DEFAULT_NUM_SAMPLES,
+    Check,
+    Report,
+    chi_square,
+    expected_shares,
+    finish,
+    fmt_row,
+    plot_shares,
+)
+from fastmix.tools.verify_stages import StageMonitor
 
 
 @dataclasses.dataclass
@@ -177,7 +58,7 @@ class _Run:
     finals: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     n_batches: int = 0
     stages: list = dataclasses.field(default_factory=list)
-    monitor: _StageMonitor | None = None
+    monitor: StageMonitor | None = None
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.report.checks.append(Check(name, ok, detail))
@@ -194,10 +75,10 @@ def _check_datasets(run: _Run) -> bool:
     sources = run.sources
     run.out("\nDatasets:")
     widths = [max(8, *(len(s.name) for s in sources)), 8, 5, 8, 9, 40]
-    run.out(_fmt_row(["name", "version", "fps", "frames", "episodes", "cameras"], widths))
+    run.out(fmt_row(["name", "version", "fps", "frames", "episodes", "cameras"], widths))
     for s in sources:
         cams = ", ".join(f"{k} {'x'.join(map(str, s.camera_shape(k)))}" for k in s.camera_keys)
-        run.out(_fmt_row([s.name, s.codebase_version, s.fps, s.num_frames, s.num_episodes, cams], widths))
+        run.out(fmt_row([s.name, s.codebase_version, s.fps, s.num_frames, s.num_episodes, cams], widths))
         tasks = list(s.tasks.values())
         run.out(f"    tasks ({len(tasks)}): {'; '.join(tasks[:3])}{' ...' if len(tasks) > 3 else ''}")
     empty = [s.name for s in sources if len(s) == 0]
@@ -257,7 +138,7 @@ def _check_loading(run: _Run, normalize: bool) -> bool:
 
     local_bs = max(1, int(run.config.batch_size))
     num_batches = max(1, math.ceil(run.num_samples / local_bs))
-    run.monitor = _StageMonitor(run.data_config)
+    run.monitor = StageMonitor(run.data_config)
     run.counts = np.zeros(len(run.sources), dtype=np.int64)
     run.prompts = [collections.Counter() for _ in run.sources]
     try:
@@ -327,10 +208,10 @@ def _check_mixture(run: _Run) -> tuple[np.ndarray, np.ndarray, float]:
     run.report.expected_shares, run.report.observed_counts, run.report.p_value = exp.tolist(), counts.tolist(), p
     run.out("\nMixture (expected from the config's weights vs observed from the loader):")
     widths = [max(8, *(len(s.name) for s in run.sources)), 8, 8, 9, 9, 7]
-    run.out(_fmt_row(["dataset", "weight", "frames", "expected", "observed", "count"], widths))
+    run.out(fmt_row(["dataset", "weight", "frames", "expected", "observed", "count"], widths))
     for i, s in enumerate(run.sources):
         w = 1.0 if run.weights is None else run.weights[i]
-        run.out(_fmt_row([s.name, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{obs_share[i]:.4f}", int(counts[i])], widths))
+        run.out(fmt_row([s.name, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{obs_share[i]:.4f}", int(counts[i])], widths))
     run.add("mixture", p >= run.alpha, f"chi-square {stat:.2f}, p-value {p:.4g} "
             f"({'>=' if p >= run.alpha else '<'} alpha {run.alpha:g}) over {int(counts.sum())} samples")
     return exp, obs_share, p
@@ -397,76 +278,19 @@ def verify(
         f"\n  asset_id: {data_config.asset_id}\n  prompt_from_task: {data_config.prompt_from_task}"
         f"\n  use_quantile_norm: {data_config.use_quantile_norm}")
     if not _check_datasets(run):
-        return _finish(run.report, out)
+        return finish(run.report, out)
     _check_compatibility(run)
     _check_finite_data(run)
     normalize = _check_norm_stats(run)
     if not _check_loading(run, normalize):
-        return _finish(run.report, out)
+        return finish(run.report, out)
     _check_statistics(run)
     _check_transforms(run)
     exp, obs_share, p = _check_mixture(run)
     _check_prompts(run)
     path = pathlib.Path(plot_path) if plot_path is not None else pathlib.Path(f"verify_{config.name}.png")
     _check_plot(run, path, exp, obs_share, p)
-    return _finish(run.report, out)
-
-
-def verify_openpi(
-    config: Any,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    *,
-    alpha: float = DEFAULT_ALPHA,
-    out: Callable[[str], None] = print,
-) -> Report:
-    """Measure the per-dataset shares openpi's own loader draws for `config` (for users still on the fork).
-
-    Draws `num_samples` indices through openpi's un-patched training loader (`fastmix.openpi.openpi_draws`)
-    and tests them against the shares the config declares (per-sample weights, ∝ w_i·N_i, as openpi's
-    COTRAINING_GUIDE describes them). FAIL when they differ, e.g. because openpi's loader ignores
-    `dataset_weights` (it wraps the ConcatDataset before checking for one, so it draws with RandomSampler:
-    uniform over frames, shares N_i / N).
-    """
-    from fastmix.openpi import openpi_draws
-
-    num_samples = check_int(num_samples, "num_samples", minimum=1)
-    report = Report(config.name)
-    bar = "=" * 72
-    out(f"{bar}\nMeasuring openpi's own loader for config: {config.name}\n{bar}")
-    data_config = config.data.create(config.assets_dirs, config.model)
-    repo_ids = list(getattr(data_config, "repo_ids", None) or [data_config.repo_id])
-    weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
-    sizes, counts, sampler = openpi_draws(config, num_samples)
-    exp = expected_shares(sizes, weights, "per_sample")
-    uniform = expected_shares(sizes, None, "per_sample")
-    stat, p = chi_square(counts, exp)
-    _, p_uniform = chi_square(counts, uniform)
-    report.expected_shares, report.observed_counts, report.p_value = exp.tolist(), counts.tolist(), p
-    out(f"  sampler: {sampler}\n  dataset_weights: {weights}\n")
-    widths = [max(8, *(len(r) for r in repo_ids)), 8, 8, 9, 9, 9, 7]
-    out(_fmt_row(["dataset", "weight", "frames", "expected", "uniform", "observed", "count"], widths))
-    total = max(1, int(counts.sum()))
-    for i, r in enumerate(repo_ids):
-        w = 1.0 if weights is None else weights[i]
-        out(_fmt_row([r, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{uniform[i]:.4f}", f"{counts[i] / total:.4f}",
-                      int(counts[i])], widths))
-    detail = (f"chi-square {stat:.2f}, p-value {p:.4g} ({'>=' if p >= alpha else '<'} alpha {alpha:g}) against "
-              f"the declared weights over {total} draws; against uniform-over-frames p = {p_uniform:.4g}")
-    ignored = weights is not None and p < alpha <= p_uniform
-    if ignored:
-        detail += (f"; openpi's loader ignores dataset_weights={weights} ({sampler} draws uniformly over frames):"
-                   f" expected {np.round(exp, 4).tolist()}, observed {np.round(counts / total, 4).tolist()}."
-                   " fastmix.openpi.install() applies them")
-    report.checks.append(Check("mixture", p >= alpha, detail))
-    out(f"[{'PASS' if p >= alpha else 'FAIL'}] mixture: {detail}")
-    return _finish(report, out)
-
-
-def _finish(report: Report, out: Callable[[str], None]) -> Report:
-    failed = [c.name for c in report.checks if not c.ok]
-    out("=" * 72)
-    out("Verification passed." if not failed else f"Verification FAILED: {', '.join(failed)}")
-    return report
+    return finish(run.report, out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -491,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fastmix verify --openpi: error: openpi is not importable ({e})", file=sys.stderr)
             return 2
         try:
-            config = openpi_registry.get_config(args.config_name)
+            config = openpi_config.get_config(args.config_name)
         except ValueError as e:  # openpi's "Config '...' not found"
             print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
             return 2

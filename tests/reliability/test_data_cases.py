@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from fastmix.loader.options import WorkerOptions
 from fastmix.errors import (
     ConfigError,
     DatasetFormatError,
@@ -181,7 +182,7 @@ def test_different_keys_and_shapes_table(no_leaks):
     a = FakeSource("ds_a", state_dim=8)
     b = FakeSource("ds_b", state_dim=9, cameras=("image",))
     with pytest.raises(IncompatibleDatasetsError) as e:
-        MixtureLoader([a, b], batch_size=4, num_workers=0, reader_factory=FakeReader)
+        MixtureLoader([a, b], batch_size=4, num_workers=0, workers=WorkerOptions(reader_factory=FakeReader))
     lines = str(e.value).splitlines()
     row = {ln.split()[0]: ln for ln in lines[1:]}
     assert "state" in row and "(8,)" in row["state"] and "(9,)" in row["state"]
@@ -218,8 +219,7 @@ def test_empty_dataset_source(tiny_video, no_leaks):
 
 def test_empty_dataset_in_mixture(no_leaks):
     with pytest.raises(ConfigError) as e:
-        MixtureLoader([FakeSource("ds_a"), FakeSource("empty_ds", num_episodes=0)], batch_size=4, num_workers=0,
-                      reader_factory=FakeReader)
+        MixtureLoader([FakeSource("ds_a"), FakeSource("empty_ds", num_episodes=0)], batch_size=4, num_workers=0, workers=WorkerOptions(reader_factory=FakeReader))
     assert "empty_ds" in str(e.value)
 
 

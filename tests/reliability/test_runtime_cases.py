@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.loader_args import grouped
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.loader import MixtureLoader
@@ -37,7 +38,7 @@ def make(reader=FakeReader, **kw):
     args = dict(dataset_weights=[1.0, 2.0], batch_size=6, action_horizon=3, num_workers=1, seed=11,
                 num_batches=8, reader_factory=reader)
     args.update(kw)
-    return MixtureLoader(sources(), **args)
+    return MixtureLoader(sources(), **grouped(**args))
 
 
 def key(b) -> np.ndarray:
@@ -392,11 +393,12 @@ def test_stale_segments_of_dead_pids_removed_at_start(tmp_path, caplog, no_leaks
 
 KILL9_SCRIPT = textwrap.dedent("""
     import functools, sys
-    from fastmix.loader.loader import MixtureLoader
+    from fastmix.loader import MemoryOptions, MixtureLoader, WorkerOptions
     from fastmix.testing.fakes import FakeReader, FakeSource
     if __name__ == "__main__":
-        loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2, shm_dir=sys.argv[1],
-                               reader_factory=functools.partial(FakeReader, delay_s=0.05), num_batches=10**6)
+        loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=2, num_batches=10**6,
+                               memory=MemoryOptions(shm_dir=sys.argv[1]),
+                               workers=WorkerOptions(reader_factory=functools.partial(FakeReader, delay_s=0.05)))
         for i, b in enumerate(loader):
             if i == 1:
                 print(loader.shm_name, *loader.worker_pids, flush=True)
@@ -484,7 +486,7 @@ def test_state_dict_of_another_mixture_is_refused(what, no_leaks):
     args = dict(dataset_weights=[1.0, 2.0], batch_size=6, action_horizon=3, num_workers=0, seed=11,
                 num_batches=8, reader_factory=FakeReader)
     args.update(kw)
-    with MixtureLoader(srcs, **args) as other:
+    with MixtureLoader(srcs, **grouped(**args)) as other:
         before = other.state_dict()
         with pytest.raises(ConfigError, match="another mixture") as e:
             other.load_state_dict(state)
@@ -511,7 +513,7 @@ MALFORMED = {
                                                              if k != "position"}},
                                  r"state\['sampler'\] is missing key 'position'"),
     "sampler position float": (lambda s: {**s, "sampler": {**s["sampler"], "position": 1.5}},
-                               r"state\['sampler'\]\['position'\] should be an integer"),
+                               r"state\['sampler'\]\['position'\] must be an integer"),
     "carry_counts text": (lambda s: {**s, "sampler": {**s["sampler"], "carry_counts": "ab"}},
                           r"\['carry_counts'\]"),
     "sampler epoch disagrees": (lambda s: {**s, "sampler": {**s["sampler"], "epoch": 3}},
@@ -568,7 +570,7 @@ def test_missing_shm_dir_is_a_clear_error(tmp_path, kind, no_leaks):
 
 
 UNGUARDED_SCRIPT = textwrap.dedent("""
-    from fastmix.loader.loader import MixtureLoader
+    from fastmix.loader import MixtureLoader, WorkerOptions
     from fastmix.testing.fakes import FakeReader, FakeSource
 
 
@@ -577,7 +579,8 @@ UNGUARDED_SCRIPT = textwrap.dedent("""
 
 
     loader = MixtureLoader([FakeSource("a"), FakeSource("b")], batch_size=4, num_workers=1,
-                           reader_factory=MyReader if "mine" in __import__("sys").argv else FakeReader)
+                           workers=WorkerOptions(reader_factory=MyReader if "mine" in __import__("sys").argv
+                                                 else FakeReader))
     for batch in loader:
         print("got a batch", flush=True)
         break
@@ -616,7 +619,7 @@ WORKER_MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch  # a training script imports torch at top level: the workers must not
     import psutil
-    from fastmix.loader.loader import MixtureLoader
+    from fastmix.loader import MixtureLoader, WorkerOptions
     from fastmix.sources.lerobot_source import LeRobotSource
 
     if __name__ == "__main__":

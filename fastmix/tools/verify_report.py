@@ -1,0 +1,95 @@
+"""The report of `fastmix verify` and its statistics: `Check`, `Report`, the declared shares of a mixture
+(`expected_shares`), the chi-square test of observed counts (`chi_square`), the shares chart (`plot_shares`)
+and the printed table rows and verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+DEFAULT_NUM_SAMPLES = 1000
+DEFAULT_ALPHA = 1e-3
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class Report:
+    config_name: str
+    checks: list[Check] = dataclasses.field(default_factory=list)
+    expected_shares: list[float] = dataclasses.field(default_factory=list)
+    observed_counts: list[int] = dataclasses.field(default_factory=list)
+    p_value: float | None = None
+    plot_path: pathlib.Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check named {name!r}; checks: {[c.name for c in self.checks]}")
+
+
+def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str) -> np.ndarray:
+    """Per-dataset shares a config declares (`Mixture.shares`): per_sample ∝ w_i·N_i (the reference's
+    WeightedRandomSampler), per_dataset ∝ w_i."""
+    from fastmix.core.mixture import Mixture
+
+    return Mixture(sizes, weights, weighting=weighting).shares
+
+
+def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
+    """(statistic, p-value) of observed counts against expected shares (`equivalence.chi_square_gof`); a count
+    where the share is 0 gives (inf, 0)."""
+    from fastmix.tools.equivalence import chi_square_gof
+
+    res = chi_square_gof(np.asarray(observed), np.asarray(expected_share, dtype=np.float64))
+    return res.statistic, res.p_value
+
+
+def plot_shares(path: pathlib.Path, names: list[str], expected: np.ndarray, observed: np.ndarray, title: str) -> None:
+    """A PNG bar chart of expected vs observed per-dataset shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names)), 3.8))
+    ax.bar(x - 0.2, expected, 0.4, label="expected (config)")
+    ax.bar(x + 0.2, observed, 0.4, label="observed (loader)")
+    ax.set_xticks(x, [n.split("/")[-1] for n in names], rotation=15)
+    ax.set_ylabel("share of samples")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt_row(cells: list[Any], widths: list[int]) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+
+
+def finish(report: Report, out: Callable[[str], None]) -> Report:
+    failed = [c.name for c in report.checks if not c.ok]
+    out("=" * 72)
+    out("Verification passed." if not failed else f"Verification FAILED: {', '.join(failed)}")
+    return report
+
+
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_NUM_SAMPLES", "Check", "Report", "chi_square", "expected_shares", "finish",
+           "fmt_row", "plot_shares"]
