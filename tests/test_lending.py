@@ -186,7 +186,7 @@ def test_small_shm_degrades_with_a_warning_and_the_same_batches(monkeypatch):
     check(2 * full - 2, (True, 0), r"running without zero-copy hand-out$")
     # too little for float slots but enough for uint8 slots with lending: float32 is still what comes out
     # (uint8 slots are converted as they are copied, never lent as uint8)
-    assert uint8_lending < plain._ring_bytes(True, 0)
+    assert uint8_lending < sizer.layout(True, 0).nbytes
     check(2 * uint8_lending, (False, 0), "zero-copy hand-out and float conversion in the workers")
     check(base, (False, 0), "zero-copy hand-out and float conversion in the workers")
     monkeypatch.setattr(slots, "shm_free_bytes", lambda d=None: base - 1)

@@ -44,6 +44,9 @@ class BatchStream:
         self._prefetcher: Prefetcher | None = None
         self._inline: Iterator[tuple[dict[str, Any], Position]] | None = None
         try:
+            # the first pass starts on the caller's thread: workers and ring exist once the stream does, and a
+            # start-up error (a worker that cannot start, too little shared memory) raises here
+            self._first = loader._start_pass(start, output)
             if loader.device is None:
                 self._prefetcher = Prefetcher(self._produce, depth=1, name="fastmix-pipeline")
             else:
@@ -57,11 +60,13 @@ class BatchStream:
         cursor = self._cursor
         position, left = self._start, self._count
         while left is None or left > 0:
-            loader = self._loader()
-            if loader is None:
-                return
-            pipeline = loader._start_pass(position, self._output)
-            del loader  # not held across the yields below
+            pipeline, self._first = self._first, None
+            if pipeline is None:  # a later epoch
+                loader = self._loader()
+                if loader is None:
+                    return
+                pipeline = loader._start_pass(position, self._output)
+                del loader  # not held across the yields below
             n = cursor.num_batches - position.batch
             n = n if left is None else min(n, left)
             for _ in range(n):

@@ -505,10 +505,10 @@ def _state():
 
 MALFORMED = {
     "missing batch": (lambda s: {k: v for k, v in s.items() if k != "batch"}, "missing key 'batch'"),
-    "epoch as text": (lambda s: {**s, "epoch": "0"}, r"state\['epoch'\] should be an integer"),
-    "negative batch": (lambda s: {**s, "batch": -1}, r"state\['batch'\] should be an integer >= 0, got -1"),
+    "epoch as text": (lambda s: {**s, "epoch": "0"}, r"state\['epoch'\] must be an integer"),
+    "negative batch": (lambda s: {**s, "batch": -1}, r"state\['batch'\] must be an integer >= 0, got MixtureLoader state\['batch'\]=-1"),
     "batch past the epoch": (lambda s: {**s, "batch": 99}, r"state\['batch'\]=99 is outside \[0, 8\]"),
-    "sampler not a dict": (lambda s: {**s, "sampler": [1, 2]}, r"state\['sampler'\] should be a dict"),
+    "sampler not a dict": (lambda s: {**s, "sampler": [1, 2]}, r"state\['sampler'\] must be a dict"),
     "sampler missing position": (lambda s: {**s, "sampler": {k: v for k, v in s["sampler"].items()
                                                              if k != "position"}},
                                  r"state\['sampler'\] is missing key 'position'"),
@@ -518,8 +518,8 @@ MALFORMED = {
                           r"\['carry_counts'\]"),
     "sampler epoch disagrees": (lambda s: {**s, "sampler": {**s["sampler"], "epoch": 3}},
                                 r"state\['sampler'\]\['epoch'\]=3 disagrees with state\['epoch'\]=0"),
-    "mixture not a dict": (lambda s: {**s, "mixture": 5}, r"state\['mixture'\] should be a dict"),
-    "not a dict": (lambda s: [1, 2], "should be a dict"),
+    "mixture not a dict": (lambda s: {**s, "mixture": 5}, r"state\['mixture'\] must be a dict"),
+    "not a dict": (lambda s: [1, 2], "must be a dict"),
 }
 
 
@@ -602,7 +602,7 @@ def test_script_without_main_guard(tmp_path, factory):
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("fastmix.errors.ConfigError") and str(script) in last
-    assert 'without `if __name__ == "__main__":`' in last and "(line 12)" in last and "'MyReader'" in last
+    assert 'without `if __name__ == "__main__":`' in last and "(line 13)" in last and "'MyReader'" in last
     assert "iterating again" not in last
 
 
