@@ -1,7 +1,8 @@
 """fastmix: a high-performance weighted multi-dataset loader for co-training on LeRobot datasets.
 
-The public API is imported lazily (torch, numba and PyAV load only when first needed).
-Data flow: config → sources → sampler → index mapping → decode workers → batch slots → device.
+The public API is imported lazily (torch, numba and PyAV load only when first needed). The folders are the
+layers, imports run only downward: kernels → core → sources → loader → openpi → tools → demo (and `cli` on top);
+`errors`, `_args` and `distributed` sit below them all.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ _EXPORTS: dict[str, str] = {
     "LeRobotSource": "fastmix.sources.lerobot_source",
     "check_compatible": "fastmix.sources.compat",
     # loader
+    "MemoryOptions": "fastmix.loader.options",
     "MixtureLoader": "fastmix.loader.loader",
+    "WorkerOptions": "fastmix.loader.options",
     # openpi surface
     "AssetsConfig": "fastmix.openpi.config",
     "DataConfig": "fastmix.openpi.config",

@@ -9,12 +9,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from fastmix.openpi import config as C
-from fastmix.openpi import registry as R
 import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
-from fastmix.openpi import norm_stats as ns
-from fastmix.openpi import transforms as T
 from fastmix.errors import ConfigError
+from fastmix.openpi import config as C
+from fastmix.openpi import norm_stats as ns
+from fastmix.openpi import registry as R
+from fastmix.openpi import transforms as T
 
 
 def _multi(**kw) -> C.MultiDatasetLiberoDataConfig:

@@ -364,6 +364,34 @@ def test_create_torch_dataset_is_concat_of_lerobot_like_items(real_home, tmp_pat
     assert item["actions_is_pad"].tolist() == [False, True, True]
 
 
+def test_create_torch_dataset_opens_each_dataset_once(real_home, tmp_path, monkeypatch):
+    """One open per repo id (the chunk's fps comes from the opened dataset; no second open), and the items
+    equal those of a LeRobotSource opened directly with the chunk (the pinned lerobot's item, as parity tests)."""
+    from fastmix.sources import lerobot_source
+
+    opened = []
+    real_init = lerobot_source.LeRobotSource.__init__
+
+    def counting_init(self, *args, **kwargs):
+        opened.append(args[0] if args else kwargs.get("root"))
+        real_init(self, *args, **kwargs)
+
+    cfg = _cfg(tmp_path, ("t/video", "t/images"), name="real_cfg3", lerobot_home=str(real_home))
+    dc = cfg.data.create(cfg.assets_dirs, cfg.model)
+    monkeypatch.setattr(lerobot_source.LeRobotSource, "__init__", counting_init)
+    ds = DL.create_torch_dataset(dc, 3, cfg.model)
+    assert opened == ["t/video", "t/images"]
+    monkeypatch.setattr(lerobot_source.LeRobotSource, "__init__", real_init)
+    fps = ds.datasets[1].source.fps
+    direct = lerobot_source.LeRobotSource("t/images", root=real_home / "t/images",
+                                          delta_timestamps={"actions": [t / fps for t in range(3)]})
+    for i in (0, 5, 11):
+        got, want = ds.datasets[1][i], direct[i]
+        assert set(want) <= set(got)
+        for k, v in want.items():
+            assert (v == got[k]).all() if hasattr(v, "shape") else v == got[k], (i, k)
+
+
 def test_resolve_root_follows_the_sources_dataset_home(monkeypatch, tmp_path):
     from fastmix.sources.meta import lerobot_home
 

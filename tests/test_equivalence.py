@@ -10,6 +10,9 @@ import json
 import numpy as np
 import pytest
 
+from fastmix.core.index_map import IndexMap
+from fastmix.core.mixture import Mixture
+from fastmix.core.sampler import MixtureSampler
 from fastmix.tools import equivalence
 from fastmix.tools.equivalence import (
     check_equivalence,
@@ -19,9 +22,6 @@ from fastmix.tools.equivalence import (
     random_frame_weights,
     reference_draws,
 )
-from fastmix.core.index_map import IndexMap
-from fastmix.core.mixture import Mixture
-from fastmix.core.sampler import MixtureSampler
 
 DRAWS = 200_000
 NUM_TESTS = 16  # 5 goodness-of-fit + 1 coverage per sampler (fastmix, reference), 4 two-sample

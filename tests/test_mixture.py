@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmix.errors import ConfigError
 from fastmix.core.mixture import Mixture
+from fastmix.errors import ConfigError
 
 
 def test_per_sample_share_is_weight_times_frames() -> None:

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from fastmix.tools import compute_norm_stats as cns
-from fastmix.openpi import norm_stats as ns
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError, MissingFileError
+from fastmix.openpi import norm_stats as ns
 from fastmix.testing.fakes import FakeSource
+from fastmix.tools import compute_norm_stats as cns
 
 
 def test_running_stats_mean_std_match_numpy_across_batches_with_widening_range():

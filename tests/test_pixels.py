@@ -25,7 +25,7 @@ def kernel(request, monkeypatch):
         monkeypatch.setenv("FASTMIX_BACKEND", "numba")  # the switch turns the extension off: numpy indexing
         assert pixels._kernel() is None
     elif pixels._kernel() is None:
-        pytest.skip("fastmix.kernels._native has no lut_u8_to_f32 (extension not built)")
+        pytest.skip("no native lut_u8_to_f32 (FASTMIX_BACKEND=numba, or the extension is not built)")
     return request.param
 
 

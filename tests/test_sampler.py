@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from fastmix.core import seeds
-from fastmix.errors import ConfigError
 from fastmix.core.sampler import MixtureSampler
+from fastmix.errors import ConfigError
 
 M64 = (1 << 64) - 1
 

@@ -9,13 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fastmix.loader.options import WorkerOptions
-from fastmix.openpi import config as C
-from fastmix.openpi import registry as R
 import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
-from fastmix.openpi import data_loader as DL
-from fastmix.tools import verify as V
 from fastmix.errors import ConfigError, IncompatibleDatasetsError
+from fastmix.loader.options import WorkerOptions
+from fastmix.openpi import data_loader as DL
+from fastmix.openpi import registry as R
+from fastmix.tools import verify as V
 from tests.test_data_loader import _cfg
 
 

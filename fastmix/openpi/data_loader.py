@@ -420,10 +420,8 @@ def create_torch_dataset(data_config: Any, action_horizon: int, model_config: An
     home = getattr(data_config, "lerobot_home", None)
     parts = []
     for repo_id in repo_ids_of(data_config):
-        probe = LeRobotSource(repo_id, root=resolve_root(repo_id, home))
-        src = LeRobotSource(
-            repo_id, root=probe.root, delta_timestamps=action_delta_timestamps([probe], keys, action_horizon)[0]
-        )
+        src = LeRobotSource(repo_id, root=resolve_root(repo_id, home))  # opened once; the chunk needs its fps
+        src = src.with_delta_timestamps(action_delta_timestamps([src], keys, action_horizon)[0])
         parts.append(SourceDataset(src, bool(getattr(data_config, "prompt_from_task", False))))
     return torch.utils.data.ConcatDataset(parts)
 

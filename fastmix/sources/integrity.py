@@ -7,7 +7,7 @@ exactly as lerobot 0.4.4 handles absolute indices), `frame_index == index - from
 timestamps, v3.0 video segments that match length / fps and do not overlap, known task ids, existing files
 and, optionally, finite numbers (`find_nonfinite`). Each disagreement raises a `DatasetFormatError` /
 `MissingFileError` naming the dataset, file, episode and both values, and how to repair. Cost: O(frames)
-numpy passes (about 25 ms for 1e6 frames), one parquet footer per data file, one stat per distinct video file.
+numpy passes, one parquet footer per data file, one stat per distinct video file.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def find_nonfinite(source: Any, keys: Sequence[str] | None = None, *,
     per key (None: all). A row counts once however many of its values are non-finite.
 
     Works on any LeRobotSource-like object with `lowdim_keys`, `num_frames` and `gather_lowdim(rows)`
-    (without delta_timestamps); vectorized, about 25 ms per 1e6 rows x 26 floats.
+    (without delta_timestamps); vectorized over rows and values.
     """
     keys = list(source.lowdim_keys) if keys is None else list(keys)
     unknown = [k for k in keys if k not in source.lowdim_keys]

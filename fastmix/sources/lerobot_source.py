@@ -5,6 +5,8 @@ path (`gather_lowdim`, `tasks_of`, `frame_requests`) for the loader.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -187,6 +189,17 @@ class LeRobotSource:
     def __repr__(self) -> str:
         return (f"LeRobotSource(name={self.name!r}, version={self.codebase_version}, episodes={self.num_episodes}, "
                 f"frames={self.num_frames}, fps={self.fps}, cameras={self.camera_keys}, lowdim={self.lowdim_keys})")
+
+    def with_delta_timestamps(self, delta_timestamps: Mapping[str, Sequence[float]] | None) -> LeRobotSource:
+        """This dataset serving `delta_timestamps` (e.g. an action chunk at its own fps, known only once it is
+        open): a copy sharing the opened metadata, the low-dim tables and the checks already made — the files
+        are not opened again. The copy has its own frame reader."""
+        other = copy.copy(self)
+        other.delta_timestamps = _parse_deltas(delta_timestamps, self.name)
+        other._offsets_cache = {}
+        other._reader = None
+        other._offsets(other.delta_timestamps)  # validates now
+        return other
 
     # -- batch path -------------------------------------------------------------------------------------
     def _offsets(self, delta_timestamps: Mapping[str, Sequence[float]] | None) -> dict[str, np.ndarray]:

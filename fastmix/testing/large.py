@@ -1,7 +1,7 @@
 """Large synthetic LeRobot datasets (v3.0 or v2.1, many files) written fast, for scale tests and benchmarks.
 
 `make_large_dataset(root, num_frames=..., num_episodes=..., num_data_files=..., num_video_files=...)` writes
-"state" (float32, 8) and "actions" (float32, 7) random walks-free random values plus the index columns with
+"state" (float32, 8) and "actions" (float32, 7) standard-normal random values plus the index columns with
 vectorized pyarrow writes, and camera videos that all point into ONE real small mp4 (H.264, made once with
 PyAV, as many frames as the longest file's run of episodes): every video file of every camera is a hard link
 to it (a copy where links are not possible); the episodes of a file are consecutive, non-overlapping segments
@@ -128,6 +128,99 @@ def _write_many(jobs: list, fn, threads: int) -> None:
             pass
 
 
+def _write_v30(root: Path, meta: Path, mp4: Path | None, layout: tuple, *, lengths: np.ndarray,
+               ep_start: np.ndarray, cameras: Sequence[str], tasks: list[str], fps: int, chunks_size: int,
+               seed: int, threads: int, compression: str) -> dict:
+    """The v3.0 files (data parquets, video links, meta/episodes, meta/tasks.parquet); returns info.json's
+    layout fields. `layout` = (F, V, data_of, video_of, seg_from) from `_v30_layout`."""
+    F, V, data_of, video_of, seg_from = layout
+    E = len(lengths)
+    bounds = np.searchsorted(data_of, np.arange(F + 1))
+
+    def write_data(f: int) -> None:
+        e0, e1 = int(bounds[f]), int(bounds[f + 1])
+        path = root / V30_DATA.format(chunk_index=f // chunks_size, file_index=f % chunks_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = _frames_table(int(ep_start[e0]), int(ep_start[e1]), ep_start, lengths, e0, e1, fps, len(tasks), seed)
+        pq.write_table(t, path, compression=compression)
+
+    _write_many(list(range(F)), write_data, threads)
+    for cam in cameras:
+        for v in range(V):
+            _link(mp4, root / V30_VIDEO.format(video_key=cam, chunk_index=v // chunks_size,
+                                               file_index=v % chunks_size))
+    ep_idx = np.arange(E, dtype=np.int64)
+    cols: dict[str, pa.Array] = {
+        "episode_index": pa.array(ep_idx),
+        "tasks": pa.array([[tasks[e % len(tasks)]] for e in range(E)], type=pa.list_(pa.string())),
+        "length": pa.array(lengths),
+        "data/chunk_index": pa.array(data_of // chunks_size),
+        "data/file_index": pa.array(data_of % chunks_size),
+        "dataset_from_index": pa.array(ep_start[:-1]),
+        "dataset_to_index": pa.array(ep_start[1:]),
+    }
+    for cam in cameras:
+        cols[f"videos/{cam}/chunk_index"] = pa.array(video_of // chunks_size)
+        cols[f"videos/{cam}/file_index"] = pa.array(video_of % chunks_size)
+        cols[f"videos/{cam}/from_timestamp"] = pa.array(seg_from / fps)
+        cols[f"videos/{cam}/to_timestamp"] = pa.array((seg_from + lengths) / fps)
+    cols["meta/episodes/chunk_index"] = pa.array(np.zeros(E, np.int64))
+    cols["meta/episodes/file_index"] = pa.array(np.zeros(E, np.int64))
+    (meta / "episodes" / "chunk-000").mkdir(parents=True)
+    pq.write_table(pa.table(cols), meta / "episodes" / "chunk-000" / "file-000.parquet")
+    import pandas as pd
+
+    pd.DataFrame({"task_index": np.arange(len(tasks))}, index=pd.Index(tasks)).to_parquet(meta / "tasks.parquet")
+    return {"data_path": V30_DATA, "video_path": V30_VIDEO if cameras else None,
+            "data_files_size_in_mb": 100, "video_files_size_in_mb": 200}
+
+
+def _write_v21(root: Path, meta: Path, mp4: Path | None, *, lengths: np.ndarray, ep_start: np.ndarray,
+               cameras: Sequence[str], tasks: list[str], fps: int, chunks_size: int, seed: int, threads: int,
+               compression: str) -> dict:
+    """The v2.1 files (one parquet and one video link per camera per episode, the jsonl metadata); returns
+    info.json's layout fields."""
+    E = len(lengths)
+
+    def write_episode(e: int) -> None:
+        chunk = e // chunks_size
+        path = root / V21_DATA.format(episode_chunk=chunk, episode_index=e)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = _frames_table(int(ep_start[e]), int(ep_start[e + 1]), ep_start, lengths, e, e + 1, fps, len(tasks),
+                          seed)
+        pq.write_table(t, path, compression=compression)
+        for cam in cameras:
+            _link(mp4, root / V21_VIDEO.format(episode_chunk=chunk, video_key=cam, episode_index=e))
+
+    _write_many(list(range(E)), write_episode, threads)
+    with (meta / "episodes.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(f'{{"episode_index": {e}, "tasks": {json.dumps([tasks[e % len(tasks)]])}, '
+                     f'"length": {int(n)}}}\n' for e, n in enumerate(lengths.tolist()))
+    with (meta / "tasks.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks))
+    st = _stats(0)
+    with (meta / "episodes_stats.jsonl").open("w", encoding="utf-8") as f:
+        for e, n in enumerate(lengths.tolist()):
+            s = {k: {**v, "count": [n]} for k, v in st.items()}
+            f.write(f'{{"episode_index": {e}, "stats": {json.dumps(s)}}}\n')
+    return {"data_path": V21_DATA, "video_path": V21_VIDEO if cameras else None,
+            "total_chunks": (E - 1) // chunks_size + 1, "total_videos": E * len(cameras)}
+
+
+def _v30_layout(lengths: np.ndarray, ep_start: np.ndarray, num_data_files: int, num_video_files: int) -> tuple:
+    """(F, V, data_of, video_of, seg_from): file counts, the data and video file of each episode (contiguous
+    runs), and each episode's first frame inside its video file — the episodes of a video file are
+    consecutive segments of it (as lerobot writes them: never overlapping)."""
+    E = len(lengths)
+    F = max(1, min(int(num_data_files), E))
+    V = max(1, min(int(num_video_files), E))
+    data_of = np.arange(E) * F // E  # file of each episode (contiguous runs)
+    video_of = np.arange(E) * V // E
+    file_first = np.searchsorted(video_of, video_of)
+    seg_from = (ep_start[:-1] - ep_start[file_first]).astype(np.int64)
+    return F, V, data_of, video_of, seg_from
+
+
 def make_large_dataset(root: str | Path, *, num_frames: int, num_episodes: int, num_data_files: int = 1,
                        num_video_files: int = 1, cameras: Sequence[str] = ("image",), version: str = "v3.0",
                        fps: int = 10, camera_shape: tuple[int, int, int] = (32, 32, 3),
@@ -151,82 +244,18 @@ def make_large_dataset(root: str | Path, *, num_frames: int, num_episodes: int, 
     tasks = list(tasks)
     meta = root / "meta"
     meta.mkdir(parents=True)
+    common = dict(lengths=lengths, ep_start=ep_start, cameras=cameras, tasks=tasks, fps=fps,
+                  chunks_size=chunks_size, seed=seed, threads=threads, compression=compression)
     if version == "v3.0":
-        F = max(1, min(int(num_data_files), E))
-        V = max(1, min(int(num_video_files), E))
-        data_of = np.arange(E) * F // E  # file of each episode (contiguous runs)
-        video_of = np.arange(E) * V // E
-        # the episodes of a video file are consecutive segments of it (as lerobot writes them: never overlapping)
-        file_first = np.searchsorted(video_of, video_of)
-        seg_from = (ep_start[:-1] - ep_start[file_first]).astype(np.int64)
-        span = int((seg_from + lengths).max())
+        layout = _v30_layout(lengths, ep_start, num_data_files, num_video_files)
+        span = int((layout[4] + lengths).max())  # the longest run of segments in one video file
     else:
-        span = int(lengths.max())
+        layout, span = None, int(lengths.max())
     mp4 = write_mp4(meta / ".source.mp4", span + 1, fps, camera_shape) if cameras else None
-
-    if version == "v3.0":
-        bounds = np.searchsorted(data_of, np.arange(F + 1))
-
-        def write_data(f: int) -> None:
-            e0, e1 = int(bounds[f]), int(bounds[f + 1])
-            path = root / V30_DATA.format(chunk_index=f // chunks_size, file_index=f % chunks_size)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            t = _frames_table(int(ep_start[e0]), int(ep_start[e1]), ep_start, lengths, e0, e1, fps, len(tasks), seed)
-            pq.write_table(t, path, compression=compression)
-
-        _write_many(list(range(F)), write_data, threads)
-        for cam in cameras:
-            for v in range(V):
-                _link(mp4, root / V30_VIDEO.format(video_key=cam, chunk_index=v // chunks_size,
-                                                   file_index=v % chunks_size))
-        ep_idx = np.arange(E, dtype=np.int64)
-        cols: dict[str, pa.Array] = {
-            "episode_index": pa.array(ep_idx),
-            "tasks": pa.array([[tasks[e % len(tasks)]] for e in range(E)], type=pa.list_(pa.string())),
-            "length": pa.array(lengths),
-            "data/chunk_index": pa.array(data_of // chunks_size),
-            "data/file_index": pa.array(data_of % chunks_size),
-            "dataset_from_index": pa.array(ep_start[:-1]),
-            "dataset_to_index": pa.array(ep_start[1:]),
-        }
-        for cam in cameras:
-            cols[f"videos/{cam}/chunk_index"] = pa.array(video_of // chunks_size)
-            cols[f"videos/{cam}/file_index"] = pa.array(video_of % chunks_size)
-            cols[f"videos/{cam}/from_timestamp"] = pa.array(seg_from / fps)
-            cols[f"videos/{cam}/to_timestamp"] = pa.array((seg_from + lengths) / fps)
-        cols["meta/episodes/chunk_index"] = pa.array(np.zeros(E, np.int64))
-        cols["meta/episodes/file_index"] = pa.array(np.zeros(E, np.int64))
-        (meta / "episodes" / "chunk-000").mkdir(parents=True)
-        pq.write_table(pa.table(cols), meta / "episodes" / "chunk-000" / "file-000.parquet")
-        import pandas as pd
-
-        pd.DataFrame({"task_index": np.arange(len(tasks))}, index=pd.Index(tasks)).to_parquet(meta / "tasks.parquet")
-        info_extra = {"data_path": V30_DATA, "video_path": V30_VIDEO if cameras else None,
-                      "data_files_size_in_mb": 100, "video_files_size_in_mb": 200}
+    if layout is not None:
+        info_extra = _write_v30(root, meta, mp4, layout, **common)
     else:
-        def write_episode(e: int) -> None:
-            chunk = e // chunks_size
-            path = root / V21_DATA.format(episode_chunk=chunk, episode_index=e)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            t = _frames_table(int(ep_start[e]), int(ep_start[e + 1]), ep_start, lengths, e, e + 1, fps, len(tasks),
-                              seed)
-            pq.write_table(t, path, compression=compression)
-            for cam in cameras:
-                _link(mp4, root / V21_VIDEO.format(episode_chunk=chunk, video_key=cam, episode_index=e))
-
-        _write_many(list(range(E)), write_episode, threads)
-        with (meta / "episodes.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(f'{{"episode_index": {e}, "tasks": {json.dumps([tasks[e % len(tasks)]])}, '
-                         f'"length": {int(n)}}}\n' for e, n in enumerate(lengths.tolist()))
-        with (meta / "tasks.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks))
-        st = _stats(0)
-        with (meta / "episodes_stats.jsonl").open("w", encoding="utf-8") as f:
-            for e, n in enumerate(lengths.tolist()):
-                s = {k: {**v, "count": [n]} for k, v in st.items()}
-                f.write(f'{{"episode_index": {e}, "stats": {json.dumps(s)}}}\n')
-        info_extra = {"data_path": V21_DATA, "video_path": V21_VIDEO if cameras else None,
-                      "total_chunks": (E - 1) // chunks_size + 1, "total_videos": E * len(cameras)}
+        info_extra = _write_v21(root, meta, mp4, **common)
     if mp4 is not None:
         mp4.unlink()
     (meta / "stats.json").write_text(json.dumps(_stats(int(num_frames))), encoding="utf-8")

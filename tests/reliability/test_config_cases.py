@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from tests.loader_args import grouped
-from fastmix.openpi import config as C
-from fastmix.openpi import data_loader as DL
+from fastmix.core.sampler import MixtureSampler
 from fastmix.errors import ConfigError, FastmixError, MissingFileError
 from fastmix.loader.loader import MixtureLoader
-from fastmix.core.sampler import MixtureSampler
+from fastmix.openpi import config as C
+from fastmix.openpi import data_loader as DL
 from fastmix.testing.fakes import FakeReader, FakeSource
+from tests.loader_args import grouped
 
 pytestmark = pytest.mark.timeout(60)
 
