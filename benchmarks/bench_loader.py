@@ -282,8 +282,8 @@ def _bound_work(requests: list[Any]) -> list[tuple[str, str, str, list]]:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_decode_bound(benchmark, request, variant: str) -> None:
-    from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
     from fastmix.core.sampler import MixtureSampler
+    from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 
     roots = mixture(request, variant)
     srcs = sources_of(roots)

@@ -235,8 +235,8 @@ def _norm_stats_feed(src, frames: int, stats_factory, horizon: int = 10, batch: 
 @pytest.mark.parametrize("frames", sizes())
 @pytest.mark.parametrize("impl", ["RunningStats", "StatsAccumulator"])
 def test_norm_stats_kernel(benchmark, frames, impl, store_cache):
-    from fastmix.openpi.norm_stats import RunningStats
     from fastmix.kernels.stats import StatsAccumulator
+    from fastmix.openpi.norm_stats import RunningStats
 
     root = ensure_large("v3.0", frames, frames // FRAMES_PER_EPISODE)
     src = _open(root, lowdim_keys=["state", "actions"])
@@ -257,8 +257,8 @@ def _batches(src, lo: int, hi: int, horizon: int = 10, batch: int = 256):
 
 def _moments_worker(root: str, cache: str, lo: int, hi: int) -> list:
     os.environ["FASTMIX_CACHE"] = cache
-    from fastmix.sources.lerobot_source import LeRobotSource
     from fastmix.kernels.stats import batch_moments
+    from fastmix.sources.lerobot_source import LeRobotSource
 
     src = LeRobotSource(root=root, lowdim_keys=["state", "actions"])
     return [(b, batch_moments(s), batch_moments(a)) for b, s, a in _batches(src, lo, hi)]
@@ -266,8 +266,8 @@ def _moments_worker(root: str, cache: str, lo: int, hi: int) -> list:
 
 def _hist_worker(root: str, cache: str, lo: int, hi: int, schedules) -> tuple:
     os.environ["FASTMIX_CACHE"] = cache
-    from fastmix.sources.lerobot_source import LeRobotSource
     from fastmix.kernels.stats import PartialStats
+    from fastmix.sources.lerobot_source import LeRobotSource
 
     src = LeRobotSource(root=root, lowdim_keys=["state", "actions"])
     ps, pa = PartialStats(), PartialStats()

@@ -16,8 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
-from fastmix.loader.options import MemoryOptions
 from fastmix.loader.loader import MixtureLoader
+from fastmix.loader.options import MemoryOptions
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import live_pids, wait_gone
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fastmix.loader.options import WorkerOptions
 from fastmix import distributed
+from fastmix.loader.options import WorkerOptions
 
 
 def sampler_scenario(spec: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
 from fastmix import cli
 from fastmix.openpi import config as C
 from fastmix.openpi import registry as R
-import fastmix.demo.configs  # noqa: F401  (registers the demo configs)
 
 BAD_INPUT = [
     (["verify", "no_such_cfg"], "Config 'no_such_cfg' not found."),

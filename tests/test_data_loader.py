@@ -9,13 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fastmix.errors import ConfigError
 from fastmix.loader.options import WorkerOptions
-from fastmix.tools import compute_norm_stats as cns
 from fastmix.openpi import config as C
 from fastmix.openpi import data_loader as DL
-from fastmix.errors import ConfigError
-from fastmix.testing.fakes import FakeReader, FakeSource
 from fastmix.openpi.transforms import Transform as _t_Transform
+from fastmix.testing.fakes import FakeReader, FakeSource
+from fastmix.tools import compute_norm_stats as cns
 from tests.resume_harness import check_resume, forever
 
 
@@ -252,8 +252,8 @@ def test_resume_harness_sees_a_loader_that_forgets_its_position(tmp_path, fake):
 
 def test_resume_harness_on_the_sampler_and_the_mixture_loader(sources):
     """The same harness on the layers below (their own tests own the details)."""
-    from fastmix.loader.loader import MixtureLoader
     from fastmix.core.sampler import MixtureSampler
+    from fastmix.loader.loader import MixtureLoader
 
     check_resume(lambda: MixtureSampler([7, 5], [1.0, 3.0], seed=3), forever, epoch_length=12)
 

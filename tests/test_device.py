@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.loader_args import grouped
+from fastmix.demo.train import TrainStats, train
 from fastmix.errors import ConfigError
 from fastmix.loader.device import host_batch, images_to_float, resolve_device, resolve_pin_memory
 from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import SlotRing
 from fastmix.testing.fakes import FakeReader, FakeSource
-from fastmix.demo.train import TrainStats, train
+from tests.loader_args import grouped
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.loader_args import grouped
 from fastmix.loader import slots
 from fastmix.loader.lending import SlotLender
 from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import FakeReader, FakeSource
+from tests.loader_args import grouped
 
 
 def fake_loader(camera_shape: tuple[int, int, int] = (8, 8, 3), **kw) -> MixtureLoader:

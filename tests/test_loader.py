@@ -11,13 +11,13 @@ import psutil
 import pytest
 import torch
 
-from tests.loader_args import grouped
-from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.core.index_map import IndexMap
+from fastmix.core.sampler import MixtureSampler
+from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
-from fastmix.core.sampler import MixtureSampler
 from fastmix.testing.fakes import FakeReader, FakeSource, fake_frame, live_pids
+from tests.loader_args import grouped
 
 H = 5
 

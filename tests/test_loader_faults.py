@@ -17,12 +17,12 @@ import time
 import numpy as np
 import pytest
 
-from tests.loader_args import grouped
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.loader import MixtureLoader
 from fastmix.loader.slots import leftover_segments
 from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
+from tests.loader_args import grouped
 
 pytestmark = pytest.mark.timeout(120)
 

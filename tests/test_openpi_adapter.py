@@ -9,9 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 
+from fastmix import openpi as adapter
 from fastmix.loader.options import WorkerOptions
 from fastmix.openpi import data_loader as DL
-from fastmix import openpi as adapter
 
 FAKE_DATA_LOADER = '''
 """Stand-in for openpi.training.data_loader: openpi's signatures, bodies that record being called."""

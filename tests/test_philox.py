@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fastmix.core import seeds
-from fastmix.kernels.backend import kernels
 from fastmix.errors import ConfigError
+from fastmix.kernels.backend import kernels
 
 M64 = (1 << 64) - 1
 BACKENDS = ["native", "numba"]

@@ -121,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import tqdm
 
-    from fastmix.tools import compute_norm_stats
-    from fastmix.openpi import norm_stats
     from fastmix.demo import train
-    from fastmix.openpi import registry as fm_registry
-    from fastmix.openpi.data_loader import create_data_loader
     from fastmix.demo.data import ensure_demo_data
     from fastmix.demo.plots import plot_summary
+    from fastmix.openpi import norm_stats
+    from fastmix.openpi import registry as fm_registry
+    from fastmix.openpi.data_loader import create_data_loader
+    from fastmix.tools import compute_norm_stats
 
     if args.steps < 1 or args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError(f"--steps and --batch-size must be >= 1 and --num-workers >= 0, got steps={args.steps}, "

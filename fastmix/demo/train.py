@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from fastmix.loader.options import MemoryOptions
 
 

@@ -104,7 +104,6 @@ class MixtureLoader:
         self.delta_timestamps = resolve_delta_timestamps(self.sources, action_horizon=action_horizon,
                                                          delta_timestamps=delta_timestamps, action_keys=action_keys)
         self.resize_images = image_size(resize_images)
-        self.planner = BatchPlanner(self.sources, self.delta_timestamps, self.resize_images)
         num_batches = check_optional_int(num_batches, "num_batches", minimum=1)
         rank, world_size = resolve_rank_world_size(rank, world_size)
         num_samples = None if num_batches is None else num_batches * self.batch_size * world_size
@@ -112,6 +111,8 @@ class MixtureLoader:
                                       num_samples=num_samples, seed=seed, rank=rank, world_size=world_size,
                                       batching=batching, shuffle=shuffle, batch_size=self.batch_size,
                                       names=[s.name for s in self.sources])
+        self.planner = BatchPlanner(self.sources, self.delta_timestamps, self.resize_images,
+                                    index_map=self.sampler.index_map)
         self._num_batches, self._last_size = self._epoch_shape(num_batches)
         self.max_open_files = self.workers.max_open_files or default_max_open_files(
             len(self.planner.camera_keys), self.batch_size)

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.errors import ConfigError, IncompatibleDatasetsError
+from fastmix._args import check_int
 from fastmix.core.index_map import IndexMap
+from fastmix.errors import ConfigError, IncompatibleDatasetsError
 from fastmix.sources.meta import INDEX_KEYS
 
 # integer fields of a batch: the source's index columns (timestamp aside) and the dataset of each row
@@ -57,11 +58,10 @@ def resolve_delta_timestamps(sources: Sequence[Any], *, action_horizon: int | No
         else:
             per = [None if d is None else dict(d) for d in delta_timestamps]
             if len(per) != n:
-                raise ConfigError(f"delta_timestamps has {len(per)} entries but there are {n} sources "
-                                  f"({[s.name for s in sources]})")
+                raise ConfigError(f"delta_timestamps length ({len(per)}) must match sources length ({n}): "
+                                  f"sources={[s.name for s in sources]}")
     elif action_horizon is not None:
-        if isinstance(action_horizon, bool) or not isinstance(action_horizon, (int, np.integer)) or action_horizon < 1:
-            raise ConfigError(f"action_horizon should be a positive integer, but got action_horizon={action_horizon!r}")
+        check_int(action_horizon, "action_horizon", minimum=1)
         per = []
         for src in sources:
             keys = list(action_keys) if action_keys is not None else default_action_keys(src)
@@ -101,11 +101,12 @@ class BatchPlanner:
     """
 
     def __init__(self, sources: Sequence[Any], delta_timestamps: Sequence[dict | None],
-                 image_size: tuple[int, int] | None = None) -> None:
+                 image_size: tuple[int, int] | None = None, index_map: IndexMap | None = None) -> None:
         self.sources = list(sources)
         self.image_size = image_size
         self.delta_timestamps = list(delta_timestamps)
-        self.index_map = IndexMap([len(s) for s in self.sources])
+        # the mixture's own map when a sampler exists (one IndexMap per mixture); a planner without one builds it
+        self.index_map = index_map if index_map is not None else IndexMap([len(s) for s in self.sources])
         self.camera_keys = list(self.sources[0].camera_keys)
         per_source: list[dict[str, tuple[tuple[int, ...], np.dtype]]] = []
         for src, dts in zip(self.sources, self.delta_timestamps, strict=False):

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from fastmix._args import check_int
+
 T = TypeVar("T")
 
 POLL_S = 0.1  # longest single queue wait (s) before the stop event / thread liveness is checked again
@@ -50,8 +52,7 @@ class Prefetcher(Generic[T]):
 
     def __init__(self, produce: Callable[[threading.Event], Iterator[T]], *, depth: int = 2,
                  name: str = "fastmix-prefetch", poll_s: float = POLL_S) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got depth={depth!r}")
+        depth = check_int(depth, "depth", minimum=1)  # ConfigError, a ValueError
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._poll_s = float(poll_s)

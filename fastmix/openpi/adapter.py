@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fastmix._args import check_int
+
 logger = logging.getLogger("fastmix")
 
 TARGET_MODULE = "openpi.training.data_loader"
@@ -118,8 +120,7 @@ def openpi_draws(config: Any, num_samples: int) -> tuple[list[int], np.ndarray, 
     takes `num_samples` indices from the batch sampler its torch `DataLoader` iterates (nothing is decoded).
     Returns (dataset sizes, draws per dataset int64 (K,), the sampler's class name).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples should be a positive integer, but got num_samples={num_samples}")
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
     module = importlib.import_module(TARGET_MODULE)
     create = _ORIGINALS.get("create_data_loader", module.create_data_loader)
     loader = create(config, shuffle=True, num_batches=1, framework="pytorch")

@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastmix.openpi import transforms as _t
 from fastmix._args import check_optional_int
-from fastmix.loader.prefetch import Prefetcher
 from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
+from fastmix.loader.prefetch import Prefetcher
+from fastmix.openpi import transforms as _t
 from fastmix.openpi.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
 from fastmix.openpi.observation import Observation, ObservationBuilder, observation_class, observation_float
 from fastmix.openpi.transforms.batched import batched

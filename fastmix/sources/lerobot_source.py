@@ -6,7 +6,6 @@ path (`gather_lowdim`, `tasks_of`, `frame_requests`) for the loader.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path

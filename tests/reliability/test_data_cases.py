@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fastmix.loader.options import WorkerOptions
 from fastmix.errors import (
     ConfigError,
     DatasetFormatError,
@@ -26,9 +25,10 @@ from fastmix.errors import (
     MixedFpsWarning,
 )
 from fastmix.loader.loader import MixtureLoader
-from fastmix.sources.integrity import find_nonfinite
+from fastmix.loader.options import WorkerOptions
 from fastmix.sources.compat import check_distinct, check_mixture
 from fastmix.sources.frames import FrameReader, FrameRequest
+from fastmix.sources.integrity import find_nonfinite
 from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.testing.fakes import FakeReader, FakeSource
 

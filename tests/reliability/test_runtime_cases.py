@@ -20,11 +20,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.loader_args import grouped
 from fastmix.errors import ConfigError, DecodeError, WorkerError
 from fastmix.loader import slots
 from fastmix.loader.loader import MixtureLoader
 from fastmix.testing.fakes import FakeReader, FakeSource, wait_gone
+from tests.loader_args import grouped
 
 pytestmark = pytest.mark.timeout(60)
 NAMES = ["ds_a", "ds_b"]
@@ -607,7 +607,8 @@ def test_script_without_main_guard(tmp_path, factory):
 
 
 def test_decode_modules_do_not_import_torch():
-    code = ("import sys, fastmix.loader.worker_main, fastmix.loader.slots, fastmix.sources.frames, fastmix.errors, "
+    code = ("import sys, fastmix.loader.worker_main, fastmix.loader.readers, fastmix.loader.slots, "
+            "fastmix.kernels.pixels, fastmix.kernels.resize, fastmix.sources.frames, fastmix.errors, "
             "fastmix.testing.fakes; bad = [m for m in ('torch', 'fastmix.loader.loader', "
             "'fastmix.loader.workers', 'fastmix.core.sampler') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
