@@ -114,3 +114,69 @@ def test_custom_shm_dir(tmp_path):
 def test_invalid_sizes():
     with pytest.raises(ConfigError, match="batch_size"):
         SlotRing(FIELDS, batch_size=0, num_slots=1)
+
+
+def test_unheld_spans_are_the_page_aligned_complement_of_the_kept_ranges():
+    page = 4096
+    assert slots.unheld_spans(10 * page, [], page) == [(0, 10 * page)]
+    # kept ranges widen to whole pages; overlapping and unordered ranges merge; outside ones are ignored
+    keep = [(5 * page + 10, 100), (page, 2 * page), (2 * page + 1, page), (-5 * page, page), (20 * page, 1)]
+    assert slots.unheld_spans(10 * page, keep, page) == [(0, page), (4 * page, 5 * page), (6 * page, 10 * page)]
+    assert slots.unheld_spans(4 * page, [(0, 4 * page)], page) == []
+
+
+def _resident(name: str) -> int:
+    """Resident bytes of this process's mappings of segment `name` (/proc/self/smaps)."""
+    rss, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if not first.endswith(":"):
+                inside = name in line
+            elif inside and first == "Rss:":
+                rss += int(line.split()[1]) * 1024
+    return rss
+
+
+def test_close_with_kept_views_releases_every_other_page():
+    fields = {"image": ((64, 64, 3), np.uint8), "state": ((5,), np.float32)}
+    ring = SlotRing(fields, batch_size=8, num_slots=6)
+    name, total = ring.name, ring.layout.nbytes
+    for s in range(6):
+        ring.views(s)["image"][...] = s + 1
+    kept = ring.views(2)["image"][1:3]  # a consumer's view, outliving the ring
+    assert _resident(name) >= total - 4096
+    ring.close(keep=[(kept.ctypes.data, kept.nbytes)])
+    assert name not in leftover_segments()
+    assert 0 < _resident(name) <= kept.nbytes + 2 * 4096  # only the kept pages, not the ring
+    assert (kept == 3).all()
+    del kept
+    gc.collect()
+    assert _resident(name) == 0
+
+
+FORKED_RING = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from fastmix.loader.slots import SlotRing
+
+    ring = SlotRing({"x": ((4,), np.float32)}, batch_size=2, num_slots=2)
+    ring.views(0)["x"][...] = 7
+    pid = os.fork()
+    if pid == 0:
+        ring.close(keep=[])  # a child closing (or collecting) the parent's ring touches only its own mapping
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    print(os.path.exists(ring.layout.path), float(ring.views(0)["x"].sum()), flush=True)
+    ring.close()
+    print(os.path.exists(ring.layout.path), flush=True)
+""")
+
+
+def test_a_forked_child_neither_unlinks_nor_punches_the_parents_ring(tmp_path):
+    script = tmp_path / "forked_ring.py"
+    script.write_text(FORKED_RING)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["True", "56.0", "False"]

@@ -52,6 +52,16 @@ class SlotLender:
             del self._lent[s]
         return done
 
+    def held_ranges(self) -> list[tuple[int, int]]:
+        """(address, nbytes) of every lent array still referenced (the rows [:n] of one camera of a slot)."""
+        out = []
+        for refs in self._lent.values():
+            for ref in refs:
+                owner = ref()
+                if owner is not None:
+                    out.append((int(owner.__array_interface__["data"][0]), int(owner._view.nbytes)))
+        return out
+
     def can_lend(self) -> bool:
         return len(self._lent) < self.limit
 

@@ -15,8 +15,10 @@ planned in the main process only: identical for any `num_workers`.
 
 Lifetime: workers and the ring are started by the first stream and kept across epochs. An error that ends a
 stream releases them at once; the next stream starts them afresh. `close()`, the context manager, garbage
-collection and interpreter exit release everything; an iterator of a closed loader raises at once. Segments
-left by a killed process group (dead creator pid) are removed when a loader is constructed.
+collection and interpreter exit release everything (only in the process that created the loader: a plain
+`os.fork()` child that exits normally leaves the parent's workers and ring alone; lent views kept after close
+hold only their own pages); an iterator of a closed loader raises at once. Segments left by a killed process
+group (dead creator pid) are removed when a loader is constructed.
 """
 
 from __future__ import annotations
@@ -382,24 +384,43 @@ class _HandOut:
 
     def _transform(self, batch: dict[str, Any]) -> dict[str, Any]:
         L = self._loader
+        c = L._cursor
+        where = f"batch {c.batch} of epoch {c.epoch}"
         try:
             return L.transform(batch)  # type: ignore[misc]
+        except StopIteration as stop:
+            # escaping __next__ as it is, it would end the epoch silently: an error naming the transform
+            self._end_for_retry()
+            raise RuntimeError(
+                f"MixtureLoader's transform {_callable_name(L.transform)} raised StopIteration on {where}; a "
+                "transform must not let StopIteration escape (it would end the epoch silently). That batch was "
+                "not handed out: iterating again continues with it") from stop
         except Exception as exc:
-            # workers stay; the next iteration drains this stream's work and retries the batch
-            if L._res.stream is self._stream:
-                L._res.stop_stream()
-            self._stream.close()
-            c = L._cursor
-            exc.add_note(f"(raised by MixtureLoader's transform on batch {c.batch} of epoch {c.epoch}; that "
-                         "batch was not handed out: iterating again continues with it)")
+            self._end_for_retry()
+            exc.add_note(f"(raised by MixtureLoader's transform on {where}; that batch was not handed out: "
+                         "iterating again continues with it)")
             raise
         except BaseException:
             self._stream.close()
             L._fail()
             raise
 
+    def _end_for_retry(self) -> None:
+        """End this stream, keeping the workers: the next iteration drains its work and retries the batch."""
+        L = self._loader
+        if L._res.stream is self._stream:
+            L._res.stop_stream()
+        self._stream.close()
+
     def __len__(self) -> int:
         return max(0, self._left) if not self._stream.done else 0
+
+
+def _callable_name(fn: Any) -> str:
+    """`fn`'s qualified name (its class's for a callable object), for messages."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    return f"{module}.{name}" if module and module != "builtins" else name
 
 
 __all__ = ["MemoryOptions", "MixtureLoader", "WorkerOptions"]

@@ -65,8 +65,9 @@ class MemoryOptions:
         zero_copy: CPU batches are arrays over the shared-memory slot itself (no copy); a slot is reused only
             once every array of its batch is gone; while the consumer side holds 4..8 batches (256 MiB of
             slots) the next ones are copied. Only camera arrays are lent (low-dim fields are copied): keeping
-            any slice of a lent image keeps its slot lent and the ring's shared memory mapped, even after
-            close(), until it is dropped. Default: on for CPU output without pinning; False copies every batch.
+            any slice of a lent image keeps that camera array of its slot lent (and, after close(), resident in
+            shared memory; the rest of the ring is released at close()) until it is dropped. Default: on for
+            CPU output without pinning; False copies every batch.
         shm_dir: an existing, writable directory where the slot ring lives (a tmpfs).
     """
 

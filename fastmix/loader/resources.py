@@ -6,6 +6,8 @@ worker pool or in-process reader, the lender and the active stream — and how t
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,9 +26,12 @@ Fields = Mapping[str, tuple[tuple[int, ...], Any]]
 
 
 class Resources:
-    """The loader's releasable state. `release()` is idempotent and safe from a finalizer."""
+    """The loader's releasable state. `release()` is idempotent and safe from a finalizer; it releases only in
+    the process that created the `Resources` (a plain `os.fork()` child inherits the object and its finalizer,
+    not the workers or the ring)."""
 
     def __init__(self) -> None:
+        self._pid = os.getpid()
         self.ring: SlotRing | None = None
         self.pinned: PinnedRegion | None = None
         self.stage: DeviceStage | None = None
@@ -45,6 +50,9 @@ class Resources:
     def release(self) -> None:
         """Stop the stream and the workers, close the reader, wait for device copies, unregister and unlink the
         ring."""
+        if os.getpid() != self._pid:  # a forked child: forget the parent's resources, never stop or unlink them
+            self.stream = self.pool = self.reader = self.stage = self.pinned = self.ring = self.lender = None
+            return
         stream, self.stream = self.stream, None
         ended = stream.close(timeout=2.0) if stream is not None else True
         pool, self.pool = self.pool, None
@@ -59,14 +67,19 @@ class Resources:
     def _release_memory(self) -> None:
         reader, self.reader = self.reader, None
         stage, self.stage = self.stage, None
-        self.lender = None  # lent arrays keep the old mapping alive; a new ring starts with none lent
+        # lent arrays keep the old mapping alive (only their own pages: the ring releases the rest at close); a
+        # new ring starts with none lent
+        lender, self.lender = self.lender, None
+        keep = lender.held_ranges() if lender is not None else []
         pinned, self.pinned = self.pinned, None
         ring, self.ring = self.ring, None
-        closers = [c for c in (reader, stage, pinned, ring) if c is not None]
+        closers = [c.close for c in (reader, stage, pinned) if c is not None]
+        if ring is not None:
+            closers.append(functools.partial(ring.close, keep=keep))
         errors = []
-        for c in closers:  # every one is closed, whatever an earlier one raised
+        for close in closers:  # every one is closed, whatever an earlier one raised
             try:
-                c.close()
+                close()
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the rest are closed
                 errors.append(exc)
         if errors:

@@ -2,13 +2,14 @@
 
 The main process creates the segment (``/dev/shm/fastmix_<pid>_<hex>``), reserves its pages up front
 (``posix_fallocate``, so a too-small ``/dev/shm`` is a clear error at start and never a SIGBUS mid-epoch),
-and unlinks it on `close()`, on garbage collection and at interpreter exit. It is also registered with
-multiprocessing's resource tracker, which unlinks it if the main process is killed; when the whole process
-group is killed (tracker included), `remove_stale_segments` — run when a loader is constructed — unlinks
-segments whose creator pid is dead and whose lock (a shared flock the creator holds while the ring lives) is
-free; only names matching `SEGMENT_PATTERN`. Workers attach by name
-with `SlotAttachment` (a plain ``mmap`` of the file: no resource-tracker registration, so a worker exit never
-unlinks the segment).
+and unlinks it on `close()`, on garbage collection and at interpreter exit — only the creating process: a
+plain ``os.fork()`` child that exits leaves it alone. Views that outlive `close()` (lent batches a consumer
+keeps) keep only their own pages: `close(keep=...)` punches the rest out of the file at once. It is also
+registered with multiprocessing's resource tracker, which unlinks it if the main process is killed; when the
+whole process group is killed (tracker included), `remove_stale_segments` — run when a loader is constructed —
+unlinks segments whose creator pid is dead and whose lock (a shared flock the creator holds while the ring
+lives) is free; only names matching `SEGMENT_PATTERN`. Workers attach by name with `SlotAttachment` (a plain
+``mmap`` of the file: no resource-tracker registration, so a worker exit never unlinks the segment).
 
 Layout: a header of ``num_workers`` rows of `PROGRESS_WORDS` int64 (what each worker is decoding, read by
 the main process when a worker dies), then ``num_slots`` slots of identical layout; inside a slot one array
@@ -24,7 +25,7 @@ import os
 import re
 import secrets
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,19 +134,24 @@ def _views(buf: Any, layout: SlotLayout) -> tuple[np.ndarray, list[dict[str, np.
     return progress, slots
 
 
-def _release(name: str, path: str, mm: mmap.mmap | None, tracked: bool, lock_fd: int | None = None) -> None:
+def _release(name: str, path: str, mm: mmap.mmap | None, tracked: bool, lock_fd: int | None = None,
+             creator: int | None = None) -> None:
     """Unlink the segment (idempotent), drop its liveness lock and unmap it when no view is left; used by
-    close() and finalizers."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    close() and finalizers. In a process other than `creator` (a plain `os.fork()` child, which inherits the
+    ring and its finalizer) only this process's own mapping and lock descriptor are dropped: the segment
+    belongs to the process that created it."""
+    foreign = creator is not None and os.getpid() != creator
+    if not foreign:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     if lock_fd is not None:
         try:
-            os.close(lock_fd)
+            os.close(lock_fd)  # the creator's flock stays: it belongs to the open file, which the creator holds
         except OSError:
             pass
-    if tracked:
+    if tracked and not foreign:
         try:
             from multiprocessing import resource_tracker
 
@@ -156,9 +162,24 @@ def _release(name: str, path: str, mm: mmap.mmap | None, tracked: bool, lock_fd:
         try:
             mm.close()
         except BufferError:
-            # a view is still exported (e.g. a registered pinned range); the mapping goes with the last view,
-            # the file is already unlinked so nothing is left in /dev/shm
+            # a view is still exported (e.g. a lent batch): the mapping goes with the last view, the file is
+            # already unlinked so nothing is left in /dev/shm
             pass
+
+
+def unheld_spans(nbytes: int, keep: Iterable[tuple[int, int]], page: int = mmap.PAGESIZE) -> list[tuple[int, int]]:
+    """[start, stop) byte ranges of [0, nbytes) outside the `keep` ranges ((offset, length) pairs, each widened
+    to whole pages); starts are multiples of `page`."""
+    spans = sorted((max(0, off // page * page), min(nbytes, _align(off + n, page)))
+                   for off, n in keep if n > 0 and off < nbytes and off + n > 0)
+    out, pos = [], 0
+    for a, b in spans:
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < nbytes:
+        out.append((pos, nbytes))
+    return out
 
 
 class SlotRing:
@@ -211,8 +232,10 @@ class SlotRing:
             _release(name, path, mm, tracked, fd)
             raise
         self._mm = mm
+        self._pid = os.getpid()  # the creator: only it unlinks the segment (not a forked child)
+        self._base = int(np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data)  # the mapping's address
         self.progress, self._slots = _views(mm, self.layout)
-        self._finalizer = weakref.finalize(self, _release, name, path, mm, tracked, fd)
+        self._finalizer = weakref.finalize(self, _release, name, path, mm, tracked, fd, self._pid)
 
     @property
     def name(self) -> str:
@@ -238,11 +261,30 @@ class SlotRing:
             raise RuntimeError(f"SlotRing {self.name} is closed")
         return np.frombuffer(self._mm, dtype=np.uint8, count=self.layout.nbytes)
 
-    def close(self) -> None:
-        """Unlink the segment and unmap it (idempotent)."""
+    def close(self, keep: Iterable[tuple[int, int]] | None = None) -> None:
+        """Unlink the segment and unmap it (idempotent).
+
+        keep: (address, nbytes) of the views a consumer may still read after the close (lent batches); when
+        given, the rest of the segment is released from memory now (punched out of the tmpfs file), so views
+        that outlive the ring keep only their own pages resident, not the whole ring."""
+        if keep is not None and not self.closed and os.getpid() == self._pid:
+            self._punch(keep)
         self.progress = None
         self._slots = []
         self._finalizer()
+        self._mm = None  # a mapping a view still holds goes with that view
+
+    def _punch(self, keep: Iterable[tuple[int, int]]) -> None:
+        """Free the pages of the segment outside `keep` ((address, nbytes) ranges), reading as zeros after."""
+        advice = getattr(mmap, "MADV_REMOVE", None)
+        if advice is None:  # pragma: no cover - not Linux
+            return
+        spans = unheld_spans(self.layout.nbytes, [(addr - self._base, n) for addr, n in keep])
+        for start, stop in spans:
+            try:
+                self._mm.madvise(advice, start, stop - start)
+            except (OSError, ValueError):  # a directory that cannot punch holes: freed when unmapped
+                return
 
     def __enter__(self) -> SlotRing:
         return self
@@ -347,4 +389,4 @@ def leftover_segments(shm_dir: str = SHM_DIR, pid: int | None = None) -> list[st
 
 
 __all__ = ["SEGMENT_PATTERN", "SHM_DIR", "SlotAttachment", "SlotLayout", "SlotRing", "leftover_segments",
-           "remove_stale_segments", "shm_free_bytes"]
+           "remove_stale_segments", "shm_free_bytes", "unheld_spans"]

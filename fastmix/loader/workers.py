@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from multiprocessing import connection, get_context
@@ -32,6 +33,25 @@ from fastmix.loader.worker_main import BUSY, INFO, SEQ, START, TICK, describe_re
 _SPAWN_WITHOUT_MAIN = threading.local()  # set around Process.start() by WorkerPool (this thread only)
 _hook_lock = threading.Lock()
 _hook_installed = False
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()  # live pools of this process
+
+
+def _disown_workers_after_fork() -> None:
+    """In the child of a plain `os.fork()`: the parent's decode workers are not this process's children, but
+    multiprocessing still lists them, and at the child's normal exit it would SIGTERM them (daemon processes)
+    and try to join them. Drop them from that list (multiprocessing resets it the same way in its own
+    children); the pools themselves refuse to stop workers they did not start (`WorkerPool.close`)."""
+    from multiprocessing import process
+
+    children = getattr(process, "_children", None)
+    if children is None:  # pragma: no cover - another multiprocessing implementation
+        return
+    for pool in list(_POOLS):
+        for p in pool._procs:
+            children.discard(p)
+
+
+os.register_at_fork(after_in_child=_disown_workers_after_fork)
 
 
 def _install_preparation_hook() -> None:
@@ -157,6 +177,8 @@ class WorkerPool:
         self._tick_seen = [0] * num_workers  # last progress tick observed per worker
         self._since = [0.0] * num_workers  # monotonic time of the last progress observed per worker
         self._closed = False
+        self._pid = os.getpid()  # the parent of the workers: only it stops them
+        _POOLS.add(self)
         self.main_reimported = needs_main_module(reader_factory)  # else workers skip the main script
         self._factory_name = getattr(reader_factory, "__qualname__", type(reader_factory).__qualname__)
         if not self.main_reimported:
@@ -344,6 +366,9 @@ class WorkerPool:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._pid:  # a forked child's copy: the workers are the parent's, never stop them
+            self._procs, self._conns = [], []
+            return
         for i, conn in enumerate(self._conns):
             if self._outstanding[i]:
                 self._procs[i].kill()

@@ -240,7 +240,11 @@ class DataLoader:
 
     def transform(self, raw: dict[str, Any], *, float_images: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run the stages on one raw loader batch (numpy arrays); returns (batch in the framework's arrays,
-        meta). `float_images`: see `batches`."""
+        meta). `float_images`: see `batches`. A transform that lets `StopIteration` escape raises a
+        RuntimeError naming it (a StopIteration would otherwise end an iteration silently)."""
+        return self._transform(raw, float_images, "")
+
+    def _transform(self, raw: dict[str, Any], float_images: bool, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = {k: raw[k] for k in META_KEYS if k in raw}
         data = dict(raw)
         if not getattr(self._data_config, "prompt_from_task", False):
@@ -248,27 +252,43 @@ class DataLoader:
         elif "prompt" not in data and "task" in data:
             data["prompt"] = list(data["task"])
         for stage, transforms in self.stages:
-            trace = None
-            if self.trace is not None:
-                user = self.trace
+            for i, t in enumerate(transforms):
+                trace = None
+                if self.trace is not None:
+                    user = self.trace
 
-                def trace(i, t, before, after, _stage=stage, _user=user):
-                    _user(_stage, i, t, before, after)
+                    def trace(_j, fn, before, after, _stage=stage, _i=i, _user=user):
+                        _user(_stage, _i, fn, before, after)
 
-            data = _t.apply_batch(transforms, data, trace=trace)
+                try:
+                    data = _t.apply_batch([t], data, trace=trace)
+                except StopIteration as stop:
+                    raise RuntimeError(f"transform {_callable_name(t)} (stage {stage!r}, #{i}) raised StopIteration"
+                                       f"{where}; a transform must not let StopIteration escape (it would end "
+                                       "the iteration silently)") from stop
         if float_images and isinstance(data.get("image"), dict):
             data["image"] = {k: observation_float(v, self.framework) for k, v in data["image"].items()}
         return _to_framework(data, self.framework, self.sharding), meta
 
-    def _produce(self, stream: Any, float_images: bool, observations: bool) -> Iterator[tuple[Any, dict, Any]]:
+    def _produce(self, stream: Any, start: Any, float_images: bool,
+                 observations: bool) -> Iterator[tuple[Any, dict, Any]]:
         """(batch, meta, loader position after it): transformed and finished, ready to hand out. With
-        `observations`, the batch is openpi's `(Observation.from_dict(batch), batch["actions"])`."""
+        `observations`, the batch is openpi's `(Observation.from_dict(batch), batch["actions"])`. `start`: the
+        loader position of the stream's first batch (errors name the batch)."""
         build = ObservationBuilder(observation_class()) if observations else None
+        at = start
         for raw, position in stream:
-            batch, meta = self.transform(raw, float_images=float_images)
-            if build is not None:
-                batch = (build(batch), batch["actions"])
+            where = f" on batch {at.batch} of epoch {at.epoch}"
+            try:
+                batch, meta = self._transform(raw, float_images, where)
+                if build is not None:
+                    batch = (build(batch), batch["actions"])
+            except Exception as exc:
+                exc.add_note(f"(raised by the DataLoader's transforms{where}; that batch was not handed out: "
+                             "iterating again continues with it)")
+                raise
             yield batch, meta, position
+            at = position
 
     def batches(self, *, with_meta: bool = False, float_images: bool = False) -> Iterator[Any]:
         """Collated, transformed batch dicts (openpi's `_collate_fn` output), optionally with their meta.
@@ -280,7 +300,7 @@ class DataLoader:
 
     def _iterate(self, *, float_images: bool, with_meta: bool, observations: bool) -> Iterator[Any]:
         stream = self._loader.stream(self.num_batches, output="numpy")
-        produced = self._produce(stream, float_images, observations)
+        produced = self._produce(stream, self._loader.position, float_images, observations)
         ahead = Prefetcher(lambda stop: produced, depth=self.prefetch, name="fastmix-transforms") \
             if self.prefetch else None
         try:
@@ -298,6 +318,21 @@ class DataLoader:
                 ahead.stop()
             else:
                 produced.close()
+
+
+def _callable_name(fn: Any) -> str:
+    """`fn`'s qualified name (its class's for a transform object), for messages."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    return f"{module}.{name}" if module and module != "builtins" else name
+
+
+def log_mixture(loader: Any, sources: Sequence[Any], what: str) -> None:
+    """Log (INFO, logger "fastmix") the effective mixture of `loader`: datasets, frames, weights, weighting and
+    the resulting expected shares (`Mixture.format_table`)."""
+    mixture = getattr(loader, "mixture", None)
+    if mixture is not None:
+        logger.info("effective mixture (%s):\n%s", what, mixture.format_table([s.name for s in sources]))
 
 
 def make_mixture_loader(sources: Sequence[Any], **kwargs: Any) -> Any:
@@ -378,6 +413,8 @@ def create_data_loader(
         **extra,
     )
     logger.info("local_batch_size: %d", local_batch_size)
+    if rank == 0:  # once per loader, on one rank: the expected shares of the draws
+        log_mixture(loader, sources, f"config '{config.name}'" + (f", {world} ranks" if world > 1 else ""))
     return DataLoader(
         data_config,
         loader,
@@ -433,6 +470,7 @@ __all__ = [
     "create_data_loader",
     "create_torch_dataset",
     "lowdim_batch",
+    "log_mixture",
     "lowdim_planner",
     "make_mixture_loader",
     "observation_class",

@@ -10,6 +10,7 @@ import fcntl
 import functools
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -669,3 +670,290 @@ def test_container_cache_sized_from_the_mixture(no_leaks):
     for bad in (0, "8", 2.5):
         with pytest.raises(ConfigError, match="max_open_files"):
             make(max_open_files=bad)
+
+
+# ---------------------------------------------------------------------- lost batches, broken loaders (issue 20)
+def dl_fake():
+    """create_data_loader over two in-memory datasets (14 frames, batch 4: 3 batches an epoch), frames decoded
+    by FakeReader in the main process (tests/test_data_loader.py's injection, nothing monkeypatched)."""
+    from tests.test_data_loader import Injected
+
+    return Injected([FakeSource("fake/a", num_episodes=2, episode_length=5),
+                     FakeSource("fake/b", num_episodes=1, episode_length=4)])
+
+
+def dl_create(fake, tmp_path, framework="jax", **kw):
+    from tests.test_data_loader import _cfg
+
+    return fake.create(_cfg(tmp_path), skip_norm_stats=True, shuffle=True, framework=framework, **kw)
+
+
+def dl_key(item) -> list:
+    """The (dataset_index, index) rows of a `batches(with_meta=True)` item."""
+    _, meta = item
+    return np.stack([meta["dataset_index"], meta["index"]], axis=1).tolist()
+
+
+def dl_reference(tmp_path, n: int) -> list:
+    """The first `n` batches of the uninterrupted stream, as (dataset_index, index) rows."""
+    with dl_create(dl_fake(), tmp_path, num_batches=n) as ref:
+        return [dl_key(item) for item in ref.batches(with_meta=True)]
+
+
+def test_transform_letting_stop_iteration_escape_is_an_error_and_the_batch_kept(reference, no_leaks):
+    """A transform that lets StopIteration escape (e.g. `next()` on an exhausted iterator) used to end the epoch
+    silently after 3 of 8 batches: it is a RuntimeError naming the transform, batch and epoch; the batch is
+    kept and iterating again continues with it."""
+    calls = []
+
+    def stops_on_the_4th_batch(batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise StopIteration
+        return batch
+
+    with make(functools.partial(FakeReader, delay_s=0.002), num_workers=2, transform=stops_on_the_4th_batch) as ld:
+        got = []
+        with pytest.raises(RuntimeError, match=r"transform \S*stops_on_the_4th_batch raised StopIteration on "
+                                               r"batch 3 of epoch 0") as e:
+            for b in ld:
+                got.append(key(b))
+        assert isinstance(e.value.__cause__, StopIteration)
+        assert len(got) == 3 and ld.state_dict()["batch"] == 3
+        got += [key(b) for b in ld]  # the batch that was not delivered, then the rest
+    assert_stream_equal(got, reference)
+
+
+@pytest.mark.parametrize("prefetch", [2, 0])
+def test_data_loader_stage_transform_stop_iteration_is_an_error_and_the_batch_kept(tmp_path, prefetch, no_leaks):
+    """The same in the openpi DataLoader, for a transform of its "data" stage, on the prefetch thread and on
+    the caller's thread (prefetch=0)."""
+    from fastmix.openpi.transforms import Transform
+
+    reference = dl_reference(tmp_path, 5)
+
+    class StopsOnItsThirdBatch(Transform):
+        calls = 0
+
+        def __call__(self, data):
+            StopsOnItsThirdBatch.calls += 1
+            if StopsOnItsThirdBatch.calls == 3:
+                raise StopIteration
+            return data
+
+    with dl_create(dl_fake(), tmp_path) as loader:  # num_batches=None: epoch after epoch
+        loader.prefetch = prefetch
+        loader.stages = [(n, [*ts, StopsOnItsThirdBatch()] if n == "data" else ts) for n, ts in loader.stages]
+        got = []
+        with pytest.raises(RuntimeError, match=r"transform \S*StopsOnItsThirdBatch \(stage 'data', #\d+\) raised "
+                                               r"StopIteration on batch 2 of epoch 0") as e:
+            for item in loader.batches(with_meta=True):
+                got.append(dl_key(item))
+        assert isinstance(e.value.__cause__, StopIteration)
+        assert got == reference[:2] and loader.state_dict()["batch"] == 2
+        for item in loader.batches(with_meta=True):
+            got.append(dl_key(item))
+            if len(got) == 5:
+                break
+    assert got == reference
+
+
+def test_dropping_an_older_data_loader_iterator_does_not_end_the_current_loop(tmp_path, no_leaks):
+    """`it1` is superseded by `it2`, then dropped while `it2` is in use: its cleanup stops only its own stream
+    and thread, so a forever loop (num_batches=None) over `it2` goes on, and the stream is the uninterrupted
+    one (the batch `it1` handed out, then `it2`'s from there)."""
+    import torch
+
+    with dl_create(dl_fake(), tmp_path, "pytorch", num_batches=10) as ref:
+        want = [(obs.state.clone(), actions.clone()) for obs, actions in ref]
+    with dl_create(dl_fake(), tmp_path, "pytorch") as loader:  # num_batches=None: forever
+        it1 = iter(loader)
+        got = [next(it1)]
+        it2 = iter(loader)
+        got.append(next(it2))
+        del it1
+        gc.collect()
+        for pair in it2:
+            got.append(pair)
+            if len(got) == 10:
+                break
+        got = [(obs.state, actions) for obs, actions in got]
+    assert len(got) == 10  # the loop was not ended after the few batches prefetched before it1 was dropped
+    for i, ((s, a), (ws, wa)) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(s, ws) and torch.equal(a, wa), f"batch {i}"
+
+
+def test_transform_error_without_prefetch_does_not_skip_the_batch(tmp_path, no_leaks):
+    """prefetch=0 (transforms on the caller's thread): a transform error leaves the position on the failed
+    batch (state_dict does not count it); iterating again continues with it."""
+    from fastmix.openpi.transforms import Transform
+
+    reference = dl_reference(tmp_path, 5)
+
+    class FailsOnItsThirdBatch(Transform):
+        calls = 0
+
+        def __call__(self, data):
+            FailsOnItsThirdBatch.calls += 1
+            if FailsOnItsThirdBatch.calls == 3:
+                raise ValueError("user transform failed on its 3rd batch")
+            return data
+
+    with dl_create(dl_fake(), tmp_path) as loader:
+        loader.prefetch = 0
+        loader.stages = [*loader.stages, ("user", [FailsOnItsThirdBatch()])]
+        got = []
+        with pytest.raises(ValueError, match="3rd batch"):
+            for item in loader.batches(with_meta=True):
+                got.append(dl_key(item))
+        assert got == reference[:2] and loader.state_dict()["batch"] == 2
+        for item in loader.batches(with_meta=True):
+            got.append(dl_key(item))
+            if len(got) == 5:
+                break
+    assert got == reference
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+
+    import numpy as np
+
+    from fastmix.loader import slots
+    from fastmix.loader.loader import MixtureLoader
+    from fastmix.loader.options import WorkerOptions
+    from fastmix.testing.fakes import FakeReader, FakeSource, live_pids
+
+
+    def make(num_workers):
+        sources = [FakeSource("ds_a", num_episodes=4, episode_length=10),
+                   FakeSource("ds_b", num_episodes=2, episode_length=8)]
+        return MixtureLoader(sources, dataset_weights=[1.0, 2.0], batch_size=6, action_horizon=3,
+                             num_workers=num_workers, seed=11, num_batches=8,
+                             workers=WorkerOptions(reader_factory=FakeReader))
+
+
+    def key(b):
+        return np.stack([b["dataset_index"].numpy(), b["index"].numpy()], axis=1).tolist()
+
+
+    if __name__ == "__main__":
+        with make(0) as ref:
+            reference = [key(b) for b in ref]
+        loader = make(2)
+        it = iter(loader)
+        got = [key(next(it))]
+        pids, name = loader.worker_pids, loader.shm_name
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)  # a normal exit: the child runs atexit handlers and finalizers
+        _, status = os.waitpid(child, 0)
+        time.sleep(0.5)  # time for a worker told to stop (or SIGTERMed) to go
+        after = dict(child_exit=os.waitstatus_to_exitcode(status), alive=live_pids(pids),
+                     segment=os.path.exists(os.path.join(slots.SHM_DIR, name)))
+        got += [key(b) for b in it]
+        print(json.dumps(dict(after, pids=pids, pids_after=loader.worker_pids, got=got, reference=reference)))
+        loader.close()
+""")
+
+
+def test_forked_child_that_exits_normally_leaves_the_parents_workers_and_ring(tmp_path, no_leaks):
+    """A plain `os.fork()` child (a library forking to run a command, a user's script) exits normally after the
+    loader has started: its atexit handlers and finalizers must not stop the parent's workers or unlink its
+    ring; the parent continues the same stream with the same workers."""
+    script = tmp_path / "fork_child.py"
+    script.write_text(FORK_SCRIPT)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["child_exit"] == 0
+    assert len(out["pids"]) == 2 and sorted(out["alive"]) == sorted(out["pids"]), out
+    assert out["segment"], "the child unlinked the parent's ring"
+    assert out["pids_after"] == out["pids"]  # the same workers decoded the rest
+    assert out["got"] == out["reference"]  # nothing lost or repeated
+    assert "Exception ignored" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+def mapping_of(name: str) -> tuple[int, int, int]:
+    """(start address, end address, resident bytes) of this process's mapping of the segment `name`
+    (/proc/self/smaps; (0, 0, 0) when not mapped)."""
+    lo = hi = rss = 0
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if not first.endswith(":"):  # a mapping's header: "start-end perms offset dev inode path"
+                inside = name in line
+                if inside:
+                    lo, hi = (int(x, 16) for x in first.split("-"))
+            elif inside and first == "Rss:":
+                rss += int(line.split()[1]) * 1024
+    return lo, hi, rss
+
+
+def test_views_kept_after_close_keep_only_their_own_pages(no_leaks):
+    """Three small views (`b["image"][0, :4]`) of lent batches kept past `close()`: only the camera arrays they
+    belong to stay resident (3 x 16 frames of 57,600 bytes), not the whole ring; they still read the pixels
+    the copying loader hands out; dropping them unmaps the rest."""
+    import torch
+
+    shape = (120, 160, 3)
+
+    def loader(zero_copy):
+        srcs = [FakeSource("ds_a", num_episodes=4, episode_length=10, camera_shape=shape),
+                FakeSource("ds_b", num_episodes=2, episode_length=8, camera_shape=shape)]
+        return MixtureLoader(srcs, **grouped(dataset_weights=[1.0, 2.0], batch_size=16, action_horizon=3,
+                                             num_workers=1, seed=11, num_batches=6, reader_factory=FakeReader,
+                                             pin_memory=False, zero_copy=zero_copy))
+
+    with loader(False) as ref:
+        want = [b["image"][0, :4].clone() for i, b in enumerate(ref) if i % 2 == 0]
+    with loader(True) as ld:
+        kept = []
+        for i, b in enumerate(ld):
+            if i % 2 == 0:
+                kept.append(b["image"][0, :4])
+        del b
+        name, ring_bytes = ld.shm_name, ld._res.ring.layout.nbytes
+        lo, hi, before = mapping_of(name)
+        assert all(lo <= v.data_ptr() < hi for v in kept)  # lent: views of the ring itself
+    gc.collect()
+    held = 3 * 16 * 120 * 160 * 3
+    assert before >= ring_bytes - (1 << 20) and ring_bytes > 6 * held  # the ring was resident while open
+    _, _, after = mapping_of(name)
+    assert held <= after <= held + 3 * 2 * 4096, f"{after} bytes resident for {held} bytes of views"
+    for v, w in zip(kept, want, strict=True):
+        assert torch.equal(v, w)
+    del kept, v
+    gc.collect()
+    assert mapping_of(name) == (0, 0, 0)
+
+
+def test_create_data_loader_logs_the_effective_mixture_once_on_rank_0(tmp_path, caplog, no_leaks):
+    """The README's promise: every loader prints its effective mixture (datasets, frames, weights, weighting,
+    shares) — at INFO on the "fastmix" logger, once per loader, on rank 0 only."""
+    from tests.test_data_loader import _cfg
+
+    cfg = _cfg(tmp_path, weights=[1.0, 3.0])  # fake/a 10 frames x 1, fake/b 4 frames x 3: shares 10/22, 12/22
+
+    def mixture_logs() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "fastmix" and "45.455%" in r.getMessage()]
+
+    for rank in (0, 1):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fastmix"):
+            with dl_fake().create(cfg, skip_norm_stats=True, num_batches=2, framework="jax",
+                                  rank_world=(rank, 2)) as loader:
+                for _ in range(2):  # a second iteration does not log it again
+                    assert len(list(loader.batches())) == 2
+            logs = mixture_logs()
+        if rank == 1:
+            assert logs == []
+            continue
+        assert len(logs) == 1, logs
+        table = logs[0]
+        assert "fake/a" in table and "fake/b" in table and "per_sample" in table
+        assert "45.455%" in table and "54.545%" in table  # 10·1/22 and 4·3/22
