@@ -4,15 +4,19 @@ Never trusts a cumulative sum: every selected episode's rows must hold exactly `
 values form one contiguous range (v3.0: the [dataset_from_index, dataset_to_index) of meta/episodes; v2.x: the
 range found in the data, which replaces the cumulative sum, so a deleted episode leaves a gap that is handled
 exactly as lerobot 0.4.4 handles absolute indices), `frame_index == index - from`, strictly increasing
-timestamps, v3.0 video segments that match length / fps and do not overlap, known task ids, existing files
-and, optionally, finite numbers (`find_nonfinite`). Each disagreement raises a `DatasetFormatError` /
-`MissingFileError` naming the dataset, file, episode and both values, and how to repair. Cost: O(frames)
-numpy passes, one parquet footer per data file, one stat per distinct video file.
+timestamps spaced 1/fps where they locate video frames (`check_timestamp_spacing`), v3.0 video segments whose
+frames lie in their own segment and inside their file, no two episodes' frames at one video time
+(`check_video_segments`), known task ids, existing files and, optionally, finite numbers (`find_nonfinite`).
+Each disagreement raises a `DatasetFormatError` / `MissingFileError` naming the dataset, file, episode and both
+values, and how to repair. Cost: O(frames) numpy passes, one parquet footer per data file, one stat per
+distinct video file and (v3.0) one container header per distinct video file, cached per process.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -153,7 +157,7 @@ _REPAIR_META = ("Repair: restore meta/ from the original download, or regenerate
 
 
 def check_episode_rows(meta: DatasetMeta, values: dict[str, np.ndarray], ep_pos: np.ndarray,
-                       sorted_pos: np.ndarray, ep_positions: np.ndarray) -> EpisodeTable:
+                       sorted_pos: np.ndarray, ep_positions: np.ndarray, tolerance_s: float = 1e-4) -> EpisodeTable:
     """Check the rows of the selected episodes against meta/ and return the episode table to use.
 
     Args:
@@ -161,6 +165,7 @@ def check_episode_rows(meta: DatasetMeta, values: dict[str, np.ndarray], ep_pos:
         ep_pos: int64 (N,) row of each data row's episode in meta.episodes.
         sorted_pos: int64 (N,) data rows in ascending "index" order (indices are unique).
         ep_positions: int64 (S,) the selected rows of meta.episodes.
+        tolerance_s: seconds; the timestamp spacing and video segment checks allow this much (lerobot's).
     Returns:
         meta.episodes, with (v2.x) the selected episodes' [from, to) taken from the data's index column.
     """
@@ -212,6 +217,15 @@ def check_episode_rows(meta: DatasetMeta, values: dict[str, np.ndarray], ep_pos:
                                           f"{int(frame_index[i])}, but its position in the episode is "
                                           f"{int(index[i] - run_from[i])}", _REPAIR_META)
     ts = values["timestamp"][sorted_pos]
+    _check_timestamps(meta, ts, starts, ends, frame_index, run_ep, tolerance_s)
+    check_video_segments(meta, table, p_run, ts[starts], ts[ends - 1], tolerance_s)
+    return table
+
+
+def _check_timestamps(meta: DatasetMeta, ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      frame_index: np.ndarray, run_ep: np.ndarray, tolerance_s: float) -> None:
+    """Timestamps (N,) in index order: strictly increasing within an episode (rows starts[k]..ends[k]-1), each
+    episode's first finite and >= 0 and, where they pick video frames, spaced 1/fps (`check_timestamp_spacing`)."""
     same_ep = np.ones(len(ts) - 1 if len(ts) else 0, dtype=bool)
     same_ep[ends[:-1] - 1] = False
     off = np.flatnonzero(same_ep & ~(ts[1:] > ts[:-1]))
@@ -226,50 +240,137 @@ def check_episode_rows(meta: DatasetMeta, values: dict[str, np.ndarray], ep_pos:
         i = int(starts[bad_ts[0]])
         raise _fail(meta, int(run_ep[i]), f"its first timestamp is {float(ts[i])}",
                     "Repair: rewrite the timestamp column as frame_index / fps")
-    _check_video_segments(meta, table, ep_positions, ts[ends - 1], p_run)
-    return table
+    if meta.codebase_version != "v3.0" or meta.video_keys:  # v3.0 images and low-dim: rows, not times, are read
+        check_timestamp_spacing(meta, ts, same_ep, frame_index, run_ep, tolerance_s)
 
 
-def _check_video_segments(meta: DatasetMeta, eps: EpisodeTable, ep_positions: np.ndarray,
-                          last_ts: np.ndarray, p_run: np.ndarray) -> None:
-    """v3.0: each episode's [from_timestamp, to_timestamp) in its mp4 lasts length / fps (± half a frame),
-    holds its last frame's timestamp, and does not overlap another episode's segment of the same file."""
-    fps = meta.fps
-    tol = 0.5 / fps
+def check_timestamp_spacing(meta: DatasetMeta, ts: np.ndarray, same_ep: np.ndarray, frame_index: np.ndarray,
+                            run_ep: np.ndarray, tolerance_s: float) -> None:
+    """Consecutive timestamps of one episode lie 1/fps apart within `tolerance_s` (plus the rounding of the
+    stored float32 values), as the pinned lerobot's `check_timestamps_sync` requires at open: a row whose
+    timestamp is a frame late (and every row after it) would read the next video frame.
+
+    ts, frame_index, run_ep: (N,) rows in index order; same_ep: bool (N-1,) rows i and i+1 share an episode."""
+    t = ts.astype(np.float64)
+    step = np.diff(t)
+    tol = tolerance_s + float(np.spacing(np.float32(np.abs(t).max()))) if len(t) else tolerance_s
+    off = np.flatnonzero(same_ep & ~(np.abs(step - 1.0 / meta.fps) <= tol))
+    if len(off):
+        i = int(off[0])
+        raise _fail(meta, int(run_ep[i]), f"timestamps are not spaced 1/fps = {1 / meta.fps:.6f} s (within "
+                                          f"tolerance_s={tolerance_s}): frame_index {int(frame_index[i])} is at "
+                                          f"{t[i]:.6f} s and frame_index {int(frame_index[i + 1])} at "
+                                          f"{t[i + 1]:.6f} s, {step[i]:.6f} s later; from there on each row would "
+                                          f"read another video frame",
+                    "Repair: rewrite the timestamp column as frame_index / fps (lerobot's writer does so)")
+
+
+def check_video_segments(meta: DatasetMeta, eps: EpisodeTable, p_run: np.ndarray, first_ts: np.ndarray,
+                         last_ts: np.ndarray, tolerance_s: float) -> None:
+    """v3.0, per video key: every selected episode's frames, at video times `from_timestamp + timestamp`, lie in
+    its own segment [from_timestamp, to_timestamp] (to may be the last frame's time or the segment's end; within
+    tolerance_s) and inside its mp4 (the container's own duration); and no two episodes' frames of one file lie
+    at the same video time (any overlap reads another episode's pixels).
+
+    p_run: int64 (S,) the selected episodes' rows of `eps`; first_ts, last_ts: (S,) their first and last timestamps.
+    Episodes outside the selection count with their nominal frame times [from, from + (length - 1) / fps]."""
+    if meta.codebase_version != "v3.0":
+        return
+    half = 0.5 / meta.fps
+    first_ts, last_ts = first_ts.astype(np.float64), last_ts.astype(np.float64)
     for key, from_ts in eps.video_from_ts.items():
-        to_ts = eps.video_to_ts.get(key)
-        if to_ts is None or np.isnan(to_ts).all():
-            continue
-        files = eps.video_file[key]
-        dur = to_ts - from_ts
-        want = eps.length / fps
-        bad = np.flatnonzero(~(np.abs(dur - want) <= tol) | ~(from_ts >= 0))
-        bad = bad[np.isin(bad, ep_positions)]
+        to_ts, files = eps.video_to_ts.get(key, np.full(len(eps), np.nan)), eps.video_file[key]
+        lo, hi = from_ts[p_run] + first_ts, from_ts[p_run] + last_ts
+        tol = tolerance_s + 2 * np.spacing(np.maximum(np.abs(hi), np.abs(np.nan_to_num(to_ts[p_run]))).astype(np.float32))
+        bad = np.flatnonzero(~(from_ts[p_run] >= 0) | ~np.isfinite(from_ts[p_run]) | (hi > to_ts[p_run] + tol))
         if len(bad):
-            p = int(bad[0])
-            raise DatasetFormatError(
-                f"dataset '{meta.name}': episode {int(eps.episode_index[p])}, key {key!r}, video file "
-                f"{meta.root / files[p]}: meta/episodes says videos/{key}/from_timestamp={from_ts[p]:.6f} s and "
-                f"to_timestamp={to_ts[p]:.6f} s ({dur[p]:.6f} s), but its {int(eps.length[p])} frames at {fps} fps "
-                f"last {want[p]:.6f} s. {_REPAIR_META}")
-        over = np.flatnonzero(last_ts.astype(np.float64) > dur[p_run] - tol)
-        if len(over):
-            p = int(p_run[over[0]])
-            raise DatasetFormatError(
-                f"dataset '{meta.name}': episode {int(eps.episode_index[p])}, key {key!r}, video file "
-                f"{meta.root / files[p]}: its last frame's timestamp {float(last_ts[over[0]]):.6f} s lies past "
-                f"its video segment of {dur[p]:.6f} s (from_timestamp={from_ts[p]:.6f}, "
-                f"to_timestamp={to_ts[p]:.6f}). {_REPAIR_META}")
-        order = np.lexsort((from_ts, files.astype(str)))
-        f_sorted, lo, hi = files[order], from_ts[order], to_ts[order]
-        clash = np.flatnonzero((f_sorted[1:] == f_sorted[:-1]) & (lo[1:] < hi[:-1] - tol))
-        if len(clash):
-            a, b = int(order[clash[0]]), int(order[clash[0] + 1])
-            raise DatasetFormatError(
-                f"dataset '{meta.name}': key {key!r}, video file {meta.root / files[a]}: the segments of episode "
-                f"{int(eps.episode_index[a])} [{from_ts[a]:.6f}, {to_ts[a]:.6f}) s and episode "
-                f"{int(eps.episode_index[b])} [{from_ts[b]:.6f}, {to_ts[b]:.6f}) s overlap "
-                f"(meta/episodes videos/{key}/from_timestamp, to_timestamp). {_REPAIR_META}")
+            p = int(p_run[bad[0]])
+            raise _segment_error(meta, key, files[p], f"episode {int(eps.episode_index[p])}: its frames lie at "
+                                 f"video times {lo[bad[0]]:.6f}..{hi[bad[0]]:.6f} s (from_timestamp + timestamp), "
+                                 f"outside its segment from_timestamp={from_ts[p]:.6f} s .. "
+                                 f"to_timestamp={to_ts[p]:.6f} s")
+        _check_overlap(meta, eps, key, p_run, lo, hi, half)
+        _check_inside_files(meta, key, files[p_run], eps.episode_index[p_run], lo, hi, half)
+
+
+def _segment_error(meta: DatasetMeta, key: str, file: str, what: str) -> DatasetFormatError:
+    return DatasetFormatError(f"dataset '{meta.name}': key {key!r}, video file {meta.root / file}: {what} "
+                              f"(meta/episodes videos/{key}/from_timestamp, to_timestamp). {_REPAIR_META}")
+
+
+def _check_overlap(meta: DatasetMeta, eps: EpisodeTable, key: str, p_run: np.ndarray, lo_sel: np.ndarray,
+                   hi_sel: np.ndarray, half: float) -> None:
+    """No two episodes' frame-time ranges of one file come closer than half a frame (one frame apart)."""
+    from_ts, to_ts, files = eps.video_from_ts[key], eps.video_to_ts.get(key), eps.video_file[key]
+    lo, hi = from_ts.copy(), from_ts + (eps.length - 1) / meta.fps
+    lo[p_run], hi[p_run] = lo_sel, hi_sel
+    known = np.flatnonzero(np.isfinite(lo))
+    order = known[np.lexsort((lo[known], files[known].astype(str)))]
+    f_sorted = files[order]
+    clash = np.flatnonzero((f_sorted[1:] == f_sorted[:-1]) & (lo[order[1:]] <= hi[order[:-1]] + half))
+    if len(clash):
+        a, b = int(order[clash[0]]), int(order[clash[0] + 1])
+        seg = {p: f"[{from_ts[p]:.6f}, {to_ts[p] if to_ts is not None else float('nan'):.6f})" for p in (a, b)}
+        raise _segment_error(meta, key, files[a], f"the segments of episode {int(eps.episode_index[a])} {seg[a]} "
+                             f"s and episode {int(eps.episode_index[b])} {seg[b]} s overlap: their frames lie at "
+                             f"{lo[a]:.6f}..{hi[a]:.6f} s and {lo[b]:.6f}..{hi[b]:.6f} s, so one video frame would "
+                             f"be read for both")
+
+
+def _check_inside_files(meta: DatasetMeta, key: str, files: np.ndarray, episodes: np.ndarray, lo: np.ndarray,
+                        hi: np.ndarray, half: float) -> None:
+    """Every frame time lies within its mp4's frames (first frame's time .. last frame's, ± half a frame), read
+    from the container's header (`video_extent`); files that are absent or unreadable are left to read time."""
+    for rel in np.unique(files.astype(str)).tolist():
+        extent = video_extent(str(meta.root / rel))
+        if extent is None:
+            continue
+        start, last = extent
+        mine = np.flatnonzero(files == rel)
+        out = mine[(lo[mine] < start - half) | (hi[mine] > last + half)]
+        if len(out):
+            i = int(out[np.argmax(hi[out])])
+            raise _segment_error(meta, key, rel, f"episode {int(episodes[i])}: its frames lie at video times "
+                                 f"{lo[i]:.6f}..{hi[i]:.6f} s, but the file's frames lie at {start:.6f}..{last:.6f} s "
+                                 f"(its own header): the segment is shifted or the file is short, and its frames "
+                                 f"would be other frames or none")
+
+
+_EXTENTS: OrderedDict[tuple, tuple[float, float] | None] = OrderedDict()  # (path, size, mtime, ctime, inode) ->
+_EXTENTS_LOCK = threading.Lock()
+
+
+def video_extent(path: str) -> tuple[float, float] | None:
+    """(first frame's time, last frame's time) in seconds of the first video stream of `path`, from the
+    container header only (start_time, duration, frame count: nothing is decoded); None when the file is absent,
+    unreadable or does not say. Cached per process by (path, size, mtime_ns, ctime_ns, inode)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    with _EXTENTS_LOCK:
+        if key in _EXTENTS:
+            _EXTENTS.move_to_end(key)
+            return _EXTENTS[key]
+    import av  # the decoder library: only where v3.0 videos are checked
+
+    extent = None
+    try:
+        with av.open(path, format="mp4" if path.lower().endswith(".mp4") else None, metadata_errors="ignore") as c:
+            stream = c.streams.video[0] if c.streams.video else None
+            if stream is not None and stream.time_base is not None and stream.duration and stream.frames:
+                tb = float(stream.time_base)
+                start = (stream.start_time or 0) * tb
+                end = start + stream.duration * tb
+                extent = (start, end - stream.duration * tb / stream.frames)
+    except (OSError, av.error.FFmpegError, ValueError, IndexError):
+        extent = None
+    with _EXTENTS_LOCK:
+        _EXTENTS[key] = extent
+        while len(_EXTENTS) > 4096:
+            _EXTENTS.popitem(last=False)
+    return extent
 
 
 # ------------------------------------------------------------------------------------------- files, tasks

@@ -47,8 +47,10 @@ class LeRobotSource:
             naming a key the dataset lacks is a ConfigError (see `fastmix.sources.store`).
 
     At open the metadata is checked against the data (`fastmix.sources.integrity`): per-episode rows, index,
-    frame_index, timestamps, v3.0 video segments, column dtypes, task ids, file existence. Any disagreement
-    raises DatasetFormatError / MissingFileError naming dataset, file, episode and both values.
+    frame_index, timestamps (spaced 1/fps within tolerance_s where they pick video frames), v3.0 video segments
+    (each frame inside its segment and its mp4, no two episodes' frames at one video time), column dtypes, task
+    ids, file existence. Any disagreement raises DatasetFormatError / MissingFileError naming dataset, file,
+    episode and both values.
 
     Example:
         >>> src = LeRobotSource(root="/data/libero", delta_timestamps={"actions": [t / 10 for t in range(10)]})
@@ -80,7 +82,7 @@ class LeRobotSource:
             raise
         low = self._low
         self.meta = replace(self.meta, episodes=integrity.check_episode_rows(
-            self.meta, low.values, low.ep_pos, low.sorted_pos, self._ep_positions))
+            self.meta, low.values, low.ep_pos, low.sorted_pos, self._ep_positions, self.tolerance_s))
         integrity.check_task_ids(self.meta, low.values["task_index"], low.values["episode_index"])
         # the checks read every row of the index columns once: let their pages go (they stay in the page cache)
         release_pages([low.values[k] for k in INDEX_KEYS] + [low.sorted_pos, low.sorted_index, low.ep_pos])

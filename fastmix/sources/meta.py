@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,10 @@ SUPPORTED_VERSIONS: tuple[str, ...] = ("v2.0", "v2.1", "v3.0")
 # Columns every LeRobot frame has besides its features' own values.
 INDEX_KEYS: tuple[str, ...] = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 CAMERA_DTYPES: tuple[str, ...] = ("video", "image")
+# Bounds on what info.json may ask for, checked before anything is formatted or allocated.
+MAX_FEATURE_ELEMENTS = 1 << 28  # values per frame of one feature (a 4K RGB frame holds 2**24.6)
+MAX_FORMAT_WIDTH = 64  # widths / precisions in data_path and video_path format specs
+PATH_FIELDS = ("chunk_index", "file_index", "episode_chunk", "episode_index", "video_key")
 
 
 def lerobot_home() -> Path:
@@ -161,10 +167,17 @@ def read_info(root: Path, dataset: str) -> dict[str, Any]:
     for key in ("fps", "features", "data_path"):
         if key not in info:
             raise DatasetFormatError(f"dataset '{dataset}': {path} has no {key!r}")
+    for key in ("fps", "chunks_size"):
+        value = info.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise DatasetFormatError(f"dataset '{dataset}': {path} gives {key}={value!r}; it must be a positive number")
     for key, ft in info["features"].items():
         if "dtype" not in ft or "shape" not in ft:
             raise DatasetFormatError(f"dataset '{dataset}': feature {key!r} in {path} lacks dtype or shape")
-        ft["shape"] = tuple(int(d) for d in ft["shape"])
+        ft["shape"] = _shape(ft["shape"], key, path, dataset)
+    for key in ("data_path", "video_path"):
+        if info.get(key) is not None:
+            check_path_template(info[key], key, path, dataset)
     depth = [key for key, ft in info["features"].items() if is_depth_map(ft)]
     if depth:
         raise DatasetFormatError(
@@ -194,13 +207,68 @@ def is_depth_map(feature: dict) -> bool:
     return False
 
 
+def _shape(shape: Any, key: str, path: Path, dataset: str) -> tuple[int, ...]:
+    """info.json's `shape` of feature `key` as a tuple of ints, refused (naming the feature) when it is not a
+    list of non-negative integers or holds more than MAX_FEATURE_ELEMENTS values per frame."""
+    try:
+        dims = tuple(int(d) for d in shape)
+        bad = any(d < 0 or d != float(s) for d, s in zip(dims, shape, strict=True))
+    except (TypeError, ValueError, OverflowError):
+        bad, dims = True, ()
+    if bad:
+        raise DatasetFormatError(f"dataset '{dataset}': feature {key!r} in {path} declares shape {shape!r}; a "
+                                 f"shape is a list of non-negative integers")
+    count = 1
+    for d in dims:  # Python ints: no overflow
+        count *= d
+    if count > MAX_FEATURE_ELEMENTS:
+        raise DatasetFormatError(
+            f"dataset '{dataset}': feature {key!r} in {path} declares shape {list(dims)}, {count} values per "
+            f"frame (more than {MAX_FEATURE_ELEMENTS}); fix the shape in info.json")
+    return dims
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def check_path_template(template: Any, key: str, path: Path, dataset: str) -> None:
+    """Refuse a `data_path` / `video_path` template that is not a relative path inside the dataset root (absolute,
+    a `..` component), names a field other than PATH_FIELDS, or whose format specs ask for a width or precision
+    above MAX_FORMAT_WIDTH (`{file_index:>1500000000}` would allocate gigabytes) — before anything is formatted."""
+    where = f"dataset '{dataset}': {key} {template!r} in {path}"
+    if not isinstance(template, str):
+        raise DatasetFormatError(f"{where} is not a string")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DatasetFormatError(f"{where} is not a valid format string: {e}") from e
+    skeleton = "".join(text + ("X" if name is not None else "") for text, name, *_ in parts)  # fields as "X"
+    if os.path.isabs(skeleton) or skeleton.startswith("\\") or ".." in re.split(r"[/\\]", skeleton):
+        raise DatasetFormatError(f"{where} leaves the dataset root (absolute, or a '..' component); data and "
+                                 f"videos must lie under the root: fix {key} in info.json")
+    for _, name, spec, _ in parts:
+        if name is None:
+            continue
+        if name not in PATH_FIELDS:
+            raise DatasetFormatError(f"{where} names the field {{{name}}}; a path template may use only "
+                                     f"{', '.join(PATH_FIELDS)}")
+        if "{" in (spec or "") or any(len(d) > 3 or int(d) > MAX_FORMAT_WIDTH for d in _DIGITS.findall(spec or "")):
+            raise DatasetFormatError(f"{where} has the format spec {{{name}:{spec}}}: widths and precisions above "
+                                     f"{MAX_FORMAT_WIDTH} (or nested fields) are refused; fix {key} in info.json")
+
+
 def _format(template: str, dataset: str, **fields: Any) -> str:
     try:
-        return template.format(**fields)
+        out = template.format(**fields)
     except (KeyError, IndexError, ValueError) as e:
         raise DatasetFormatError(
             f"dataset '{dataset}': path template {template!r} from info.json cannot be filled with "
             f"{sorted(fields)}: {e}") from e
+    if os.path.isabs(out) or os.path.normpath(out).split(os.sep)[0] == "..":
+        raise DatasetFormatError(
+            f"dataset '{dataset}': path template {template!r} from info.json filled with {fields} gives {out!r}, "
+            f"which leaves the dataset root; fix the template or the feature name")
+    return out
 
 
 def _episodes_v2(root: Path, info: dict, dataset: str) -> EpisodeTable:
@@ -262,8 +330,22 @@ def _episodes_v3(root: Path, info: dict, dataset: str) -> EpisodeTable:
                         col["dataset_to_index"].astype(np.int64), data_file, video_file, video_from, video_to)
 
 
+def _task_table(pairs: Any, path: Path, dataset: str) -> dict[int, str]:
+    """{task_index: task} from (index, string) pairs; one index with two different strings is refused (lerobot
+    would take one, another reader the other: a prompt would differ from the reference)."""
+    out: dict[int, str] = {}
+    for i, s in pairs:
+        index, task = int(i), str(s)
+        if out.setdefault(index, task) != task:
+            raise DatasetFormatError(
+                f"dataset '{dataset}': {path} gives task_index {index} two strings, {out[index]!r} and {task!r}; "
+                f"keep one row per task_index (fix the task table)")
+    return out
+
+
 def _tasks_v2(root: Path, dataset: str) -> dict[int, str]:
-    return {int(r["task_index"]): str(r["task"]) for r in read_jsonl(root / "meta" / "tasks.jsonl", dataset)}
+    path = root / "meta" / "tasks.jsonl"
+    return _task_table(((r["task_index"], r["task"]) for r in read_jsonl(path, dataset)), path, dataset)
 
 
 def _tasks_v3(root: Path, dataset: str) -> dict[int, str]:
@@ -279,8 +361,8 @@ def _tasks_v3(root: Path, dataset: str) -> dict[int, str]:
     if task_col not in table.column_names or "task_index" not in table.column_names:
         raise DatasetFormatError(f"dataset '{dataset}': {path} has no task string column or no 'task_index' "
                                  f"(columns {table.column_names})")
-    return {int(i): str(s) for i, s in zip(table.column("task_index").to_pylist(),
-                                           table.column(task_col).to_pylist(), strict=True)}
+    return _task_table(zip(table.column("task_index").to_pylist(), table.column(task_col).to_pylist(), strict=True),
+                       path, dataset)
 
 
 def stats_to_numpy(raw: dict) -> dict[str, dict[str, np.ndarray]]:

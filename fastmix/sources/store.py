@@ -81,8 +81,14 @@ def entry_dir(root: Path, episodes: np.ndarray, name: str) -> Path:
 
 
 def fingerprint(root: Path, data_files: Sequence[str], dataset: str) -> str:
-    """Hex digest of info.json's bytes and (path, size, mtime_ns) of every file under meta/ and of `data_files`
-    (paths relative to `root`). A missing data file raises MissingFileError naming it."""
+    """Hex digest of info.json's bytes and (path, size, mtime_ns, ctime_ns, inode) of every file under meta/ and
+    of `data_files` (paths relative to `root`). A missing data file raises MissingFileError naming it. The ctime
+    and inode catch what size and mtime miss: a file edited in place with its size kept and its mtime set back
+    (`touch -r`, tools that preserve times) still gets a new ctime, which nothing sets back."""
+
+    def stamp(st: os.stat_result) -> str:
+        return f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+
     h = hashlib.sha256(f"fastmix-lowdim-{STORE_FORMAT}\0".encode())
     info = root / "meta" / "info.json"
     with contextlib.suppress(OSError):
@@ -94,7 +100,7 @@ def fingerprint(root: Path, data_files: Sequence[str], dataset: str) -> str:
             p = os.path.join(dirpath, f)
             with contextlib.suppress(OSError):
                 st = os.stat(p)
-                h.update(f"m\0{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                h.update(f"m\0{os.path.relpath(p, root)}\0{stamp(st)}\n".encode())
     base = os.fspath(root)
     for rel in data_files:
         path = os.path.join(base, rel)
@@ -102,7 +108,7 @@ def fingerprint(root: Path, data_files: Sequence[str], dataset: str) -> str:
             st = os.stat(path)
         except FileNotFoundError:
             raise MissingFileError(f"dataset '{dataset}': data file {path} is missing") from None
-        h.update(f"d\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"d\0{rel}\0{stamp(st)}\n".encode())
     return h.hexdigest()
 
 

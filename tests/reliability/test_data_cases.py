@@ -335,8 +335,8 @@ def _refusal(ds, copy_ds, rel: str, damage) -> tuple[Any, str]:
     (_move_boundary, ["episode 0 ", "holds 6 rows", "length 8"]),
     (_shift_range, ["episode 1 ", "dataset_from_index=7", "give 6"]),
     (_length_only, ["episode 1 ", "holds 6 rows", "length 5"]),
-    (_shift_video_from, ["episode 1,", "'image'", VIDEO, "from_timestamp=0.800000", "to_timestamp=1.200000",
-                         "last 0.600000 s"]),
+    (_shift_video_from, ["episode 1:", "'image'", VIDEO, "0.800000..1.300000 s", "from_timestamp=0.800000",
+                         "to_timestamp=1.200000"]),
     (_overlap_video, ["episode 0 [0.000000, 0.600000)", "episode 1 [0.400000, 1.000000)", "overlap", VIDEO]),
 ], ids=["boundary_moved_2_frames", "index_range_shifted", "length_only", "video_from_timestamp_shifted", "video_segments_overlap"])
 def test_v30_episode_metadata_disagrees_with_data(tiny_video, copy_ds, damage, expect, no_leaks):
@@ -507,3 +507,219 @@ def test_symlinked_root_and_lerobot_home(tiny_video, tmp_path, monkeypatch, no_l
         LeRobotSource("rel/dangling")
     msg = str(e.value)
     assert "'rel/dangling'" in msg and "is a symlink to" in msg and str(tmp_path / "gone") in msg
+
+
+# ------------------------------------------------------------------------------------------- data from the wild (#20)
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """The low-dim store of this test under tmp_path (never the user's ~/.cache)."""
+    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTMIX_LOWDIM_STORE", raising=False)
+    return tmp_path / "cache"
+
+
+def lerobot_v30(repo_id, root, **kw):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's video-API deprecation warning
+        return LeRobotDataset(repo_id, root=root, video_backend="pyav", **kw)
+
+
+def assert_same_items(src, ref, indices, where):
+    """src[i] == ref[i] on every key, in order, dtype, shape and value (frames bit for bit)."""
+    for i in indices:
+        a, b = ref[i], src[i]
+        assert list(a) == list(b), f"{where}[{i}] keys"
+        for k, v in a.items():
+            if isinstance(v, str):
+                assert v == b[k], f"{where}[{i}] {k}"
+            else:
+                assert v.dtype == b[k].dtype and v.shape == b[k].shape, f"{where}[{i}] {k}"
+                assert torch.equal(v, b[k]), f"{where}[{i}] {k}"
+
+
+def to_last_frame_time(root, fps):
+    """Rewrite every `videos/<key>/to_timestamp` of meta/episodes as the last frame's time, from + (length-1)/fps
+    (the convention of a public dataset's own tools; lerobot's writer records from + length/fps)."""
+    for path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
+        t = pq.read_table(path)
+        for name in [c for c in t.column_names if c.endswith("/to_timestamp")]:
+            start = t.column(name.replace("/to_timestamp", "/from_timestamp")).to_numpy()
+            last = start + (t.column("length").to_numpy() - 1) / fps
+            t = t.set_column(t.column_names.index(name), t.schema.field(name), pa.array(last, type=pa.float64()))
+        pq.write_table(t, path)
+
+
+def test_to_timestamp_as_last_frame_time_opens_and_equals_lerobot(tiny3, copy_ds, own_cache, no_leaks):
+    """§1: to_timestamp = the last frame's time (from + (length-1)/fps) for every episode. Every frame still lies
+    inside its own segment and no two episodes' frames share a video time: the dataset opens (also with
+    require_videos=False) and every index equals lerobot 0.4.4's LeRobotDataset[i], which reads it too."""
+    root = copy_ds(tiny3)
+    to_last_frame_time(root, 10)
+    eps = pq.read_table(root / META_EPS).to_pydict()
+    assert eps["videos/image/to_timestamp"] == pytest.approx([0.5, 1.1, 1.7])  # the rewrite took
+    assert len(LeRobotSource("rel/last_frame_to", root=root, require_videos=False)) == 18
+    dts = {"actions": [t / 10 for t in range(4)]}
+    src = LeRobotSource("rel/last_frame_to", root=root, delta_timestamps=dts)
+    ref = lerobot_v30("rel/last_frame_to", root, delta_timestamps=dts)
+    assert len(src) == len(ref) == 18
+    assert_same_items(src, ref, range(18), "last_frame_to")
+
+
+def _late_from(rows, fps, episode, frame):
+    """Rows (dicts of columns as lists): from `frame` of `episode` on, each timestamp is 1/fps late."""
+    for i, (e, f) in enumerate(zip(rows["episode_index"], rows["frame_index"], strict=True)):
+        if e == episode and f >= frame:
+            rows["timestamp"][i] += 1 / fps
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_timestamps_one_frame_late_refused_at_open(tiny3, tiny3_v21, copy_ds, own_cache, version, no_leaks):
+    """§2: from frame 3 of episode 1 on, every timestamp is +1/fps (each row would read the next video frame,
+    the last one none). The pinned lerobot refuses such v2.1 data at open (check_timestamps_sync); fastmix refuses
+    both versions where timestamps pick video frames, naming dataset, episode, file, frame index and both
+    values (tests/seed/test_conformance_v21.py: the pinned lerobot's own refusal)."""
+    root = copy_ds(tiny3_v21 if version == "v2.1" else tiny3)
+    data = root / ("data/chunk-000/episode_000001.parquet" if version == "v2.1" else DATA)
+    edit_parquet(data, lambda c: _late_from(c, 10, 1, 3))
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/late", root=root)
+    msg = str(e.value)
+    assert "'rel/late'" in msg and "episode 1 " in msg and str(data) in msg and "not spaced 1/fps" in msg
+    assert "frame_index 2 is at 0.200000 s and frame_index 3 at 0.400000 s" in msg and "Repair" in msg
+
+
+def _shift_segment(episode, seconds):
+    def damage(c):
+        c["videos/image/from_timestamp"][episode] += seconds
+        c["videos/image/to_timestamp"][episode] += seconds
+    return damage
+
+
+@pytest.mark.parametrize("damage, expect", [
+    (_shift_segment(2, 0.1), ["episode 2:", "1.300000..1.800000 s", "0.000000..1.700000 s"]),
+    (_shift_segment(2, 0.6), ["episode 2:", "1.800000..2.300000 s", "0.000000..1.700000 s"]),
+    (_shift_segment(1, 0.6), ["episode 1 [1.200000, 1.800000)", "episode 2 [1.200000, 1.800000)", "overlap"]),
+], ids=["last_one_frame_later", "last_one_episode_later", "middle_onto_the_next"])
+def test_v30_segment_shifted_later_refused(tiny3, copy_ds, own_cache, damage, expect, no_leaks):
+    """§2: an episode's from_timestamp and to_timestamp both shifted later. Its frames would be other frames
+    (lerobot 0.4.4 decodes them without a word, or fails at read past the end). The mp4's own header (its frame
+    count and duration, read once per file) bounds the last segment; a shift onto the next episode overlaps it.
+    Refused at open, naming dataset, key, file, episode and both time ranges."""
+    root, msg = _refusal(tiny3, copy_ds, META_EPS, damage)
+    assert "'rel/broken'" in msg and "'image'" in msg and str(root / VIDEO) in msg and "Repair" in msg
+    for part in expect:
+        assert part in msg, (part, msg)
+
+
+def test_v30_segment_shift_reads_other_frames_in_lerobot(tiny3, copy_ds, own_cache, no_leaks):
+    """Why the middle shift must be refused: lerobot 0.4.4 opens that copy and hands out episode 2's pixels for
+    episode 1."""
+    root = copy_ds(tiny3)
+    edit_parquet(root / META_EPS, _shift_segment(1, 0.6))
+    broken, intact = lerobot_v30("rel/broken", root), lerobot_v30("rel/tiny3", tiny3)
+    assert torch.equal(broken[6]["image"], intact[12]["image"]) and not torch.equal(broken[6]["image"], intact[6]["image"])
+    with pytest.raises(DatasetFormatError, match="overlap"):
+        LeRobotSource("rel/broken", root=root)
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_two_strings_for_one_task_index(tiny3, tiny3_v21, copy_ds, own_cache, version, no_leaks):
+    """§2: tasks.parquet / tasks.jsonl give task_index 0 a second string: refused, naming the index and both
+    strings (lerobot takes one, another reader the other). The same string twice is harmless and opens."""
+    import pandas as pd
+
+    root = copy_ds(tiny3_v21 if version == "v2.1" else tiny3)
+    if version == "v2.1":
+        path = root / "meta" / "tasks.jsonl"
+        original = path.read_text()
+        path.write_text(original + json.dumps({"task_index": 0, "task": "stack the cups"}) + "\n")
+    else:
+        path = root / "meta" / "tasks.parquet"
+        original = pd.read_parquet(path)
+        pd.concat([original, pd.DataFrame({"task_index": [0]}, index=["stack the cups"])]).to_parquet(path)
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/tasks", root=root)
+    msg = str(e.value)
+    assert "'rel/tasks'" in msg and str(path) in msg and "task_index 0" in msg
+    assert "'pick the bowl'" in msg and "'stack the cups'" in msg
+    if version == "v2.1":
+        path.write_text(original + json.dumps({"task_index": 0, "task": "pick the bowl"}) + "\n")
+    else:
+        pd.concat([original, pd.DataFrame({"task_index": [0]}, index=["pick the bowl"])]).to_parquet(path)
+    assert LeRobotSource("rel/tasks", root=root).tasks == {0: "pick the bowl", 1: "open the drawer"}
+
+
+def test_store_not_stale_after_same_size_edit_with_mtime_restored(tiny_video, copy_ds, own_cache, no_leaks):
+    """§2: a data file edited in place, same size, its mtime set back (`touch -r`): the low-dim store must not
+    serve the old values. The expected values come from pyarrow's own read of the edited file."""
+    import os
+    import time
+
+    root = copy_ds(tiny_video)
+    path = root / DATA
+    table = pq.read_table(path)
+    plain = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+    pq.write_table(table, path, **plain)  # fixed-size values: an edit keeps the size
+    src = LeRobotSource("rel/edited", root=root)
+    assert list((own_cache / "lowdim").iterdir()), "the store was not built"
+    old = float(src.gather_lowdim(np.array([9]))["state"][0, 0])
+    before = os.stat(path)
+    time.sleep(0.05)  # a later ctime even on file systems with coarse timestamps
+    cols = table.to_pydict()
+    cols["state"][9][0] = old + 1.5
+    pq.write_table(pa.table(cols, schema=table.schema), path, **plain)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    want = np.asarray(pq.read_table(path).column("state").to_pylist()[9], dtype=np.float32)
+    assert want[0] == np.float32(old + 1.5)
+    got = LeRobotSource("rel/edited", root=root).gather_lowdim(np.array([9]))["state"][0]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("key, template", [
+    ("data_path", "../outside/data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+    ("data_path", "{root}/outside/data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+    ("video_path", "videos/../../outside/videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
+], ids=["data_dotdot", "data_absolute", "video_dotdot"])
+def test_path_template_leaving_the_root_refused(tiny_video, tmp_path, own_cache, key, template, no_leaks):
+    """§4: a data_path / video_path that leaves the dataset root (`..`, absolute) is refused before any file is
+    read — even where a readable copy of the files waits outside the root."""
+    import shutil
+
+    root = tmp_path / "ds" / "root"
+    shutil.copytree(tiny_video, root)
+    shutil.copytree(root / "data", tmp_path / "ds" / "outside" / "data")  # what the templates would reach
+    shutil.copytree(root / "videos", tmp_path / "ds" / "outside" / "videos")
+    template = template.replace("{root}", str(tmp_path / "ds"))
+    edit_info(root, lambda i: i.update({key: template}))
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/escape", root=root)
+    msg = str(e.value)
+    assert "'rel/escape'" in msg and key in msg and repr(template) in msg and "leaves the dataset root" in msg
+
+
+@pytest.mark.parametrize("width", [100_000, 1_500_000_000])
+def test_path_template_with_huge_width_refused(tiny_video, copy_ds, own_cache, width, no_leaks):
+    """§4: `{file_index:>1500000000}` would build a 1.5 GB string per episode (MemoryError): refused from the
+    format spec, before anything is formatted."""
+    root = copy_ds(tiny_video)
+    template = f"data/chunk-{{chunk_index:03d}}/file-{{file_index:>{width}}}.parquet"
+    edit_info(root, lambda i: i.update(data_path=template))
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/wide", root=root)
+    msg = str(e.value)
+    assert "'rel/wide'" in msg and "data_path" in msg and f"{{file_index:>{width}}}" in msg and len(msg) < 1000
+
+
+def test_absurd_feature_shape_refused(tiny_video, copy_ds, own_cache, no_leaks):
+    """§4: a declared shape of [2**40] (4 TiB of float32 values per frame; today a misleading warning, then
+    "Unable to allocate 2.14 PiB"): refused at open, naming the feature and the shape, before any allocation."""
+    root = copy_ds(tiny_video)
+    edit_info(root, lambda i: i["features"]["state"].update(shape=[2 ** 40]))
+    with pytest.raises(DatasetFormatError) as e:
+        LeRobotSource("rel/huge", root=root)
+    msg = str(e.value)
+    assert "'rel/huge'" in msg and "'state'" in msg and str(2 ** 40) in msg and "info.json" in msg
