@@ -2,13 +2,16 @@
 
 Each dataset goes to `spec.demo_home() / repo_id`. After a dataset is written completely, a marker file
 holding its spec is written next to it; a directory without a matching marker (half-written by an interrupted
-run, or generated from an older spec) is deleted and written again. Nothing touches the network.
+run, or generated from an older spec) is deleted and written again. Generation runs under an exclusive lock
+(`fcntl.flock` on `spec.demo_home() / LOCK_FILE`): a second `fastmix demo` started meanwhile (another terminal,
+another rank) waits for it, then finds the datasets complete and reuses them. Nothing touches the network.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +24,7 @@ from pathlib import Path
 from fastmix.demo import spec
 
 MARKER = ".fastmix_demo_complete.json"
+LOCK_FILE = ".fastmix_demo.lock"
 
 
 def dataset_root(ds: spec.DemoDataset) -> Path:
@@ -48,8 +52,27 @@ def is_complete(ds: spec.DemoDataset) -> bool:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[None]:
-    """Send fd 2 (the AV1 encoder's and `datasets`' progress chatter) to a temp file; replay it on error."""
+def generation_lock(log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the exclusive lock of the demo's data (`demo_home() / LOCK_FILE`; released when the block ends or the
+    process dies). When another process holds it, say so through `log` and wait for it."""
+    path = spec.demo_home() / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"  another fastmix process is writing the demo data (lock {path}); waiting for it")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def quiet_writer() -> Iterator[None]:
+    """Hide what lerobot's dataset writer prints while writing (the AV1 encoder's banner and `datasets`' progress
+    bars, on fd 2): it goes to a temp file, replayed (its last 8000 characters) only when the block raises."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as log:
@@ -76,7 +99,7 @@ def generate_one(ds: spec.DemoDataset) -> Path:
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _captured_stderr():
+    with quiet_writer():
         make_dataset(
             root,
             ds.repo_id,
@@ -96,9 +119,7 @@ def generate_one(ds: spec.DemoDataset) -> Path:
     return root
 
 
-def ensure_demo_data(log: Callable[[str], None] = print) -> list[Path]:
-    """Generate every demo dataset that is missing or incomplete; returns their roots (spec order)."""
-    roots = []
+def _generate_missing(log: Callable[[str], None]) -> None:
     for ds in spec.DEMO_DATASETS:
         frames = ds.num_episodes * ds.episode_length
         kind = "AV1 video" if ds.use_videos else "images in parquet"
@@ -109,8 +130,18 @@ def ensure_demo_data(log: Callable[[str], None] = print) -> list[Path]:
             generate_one(ds)
             log(f"  {ds.repo_id}: generated {ds.num_episodes} episodes x {ds.episode_length} frames ({kind}) "
                 f"in {time.perf_counter() - t0:.1f} s")
-        roots.append(dataset_root(ds))
-    return roots
 
 
-__all__ = ["MARKER", "dataset_root", "ensure_demo_data", "generate_one", "is_complete"]
+def ensure_demo_data(log: Callable[[str], None] = print) -> list[Path]:
+    """Generate every demo dataset that is missing or incomplete (under `generation_lock`: concurrent callers
+    generate each dataset once and all return complete datasets); returns their roots (spec order)."""
+    if all(is_complete(ds) for ds in spec.DEMO_DATASETS):
+        _generate_missing(log)  # nothing to write: no lock needed, each one reported present
+    else:
+        with generation_lock(log):
+            _generate_missing(log)
+    return [dataset_root(ds) for ds in spec.DEMO_DATASETS]
+
+
+__all__ = ["LOCK_FILE", "MARKER", "dataset_root", "ensure_demo_data", "generate_one", "generation_lock",
+           "is_complete", "quiet_writer"]

@@ -116,6 +116,24 @@ def _norm_stats_current(path: Path) -> bool:
     return path.stat().st_mtime >= newest
 
 
+def _ensure_norm_stats(config: Any, stats_path: Path) -> None:
+    """Compute the demo config's norm stats unless current, under the demo data's lock (a concurrent demo waits,
+    then finds them present)."""
+    from fastmix.demo.data import generation_lock
+    from fastmix.tools import compute_norm_stats
+
+    if _norm_stats_current(stats_path):
+        print("  present")
+        return
+    with generation_lock():
+        if _norm_stats_current(stats_path):
+            print("  present (computed meanwhile by another process)")
+            return
+        t0 = time.perf_counter()
+        compute_norm_stats.compute_norm_stats(config, progress=False)
+        print(f"  computed over the whole mixture in {time.perf_counter() - t0:.1f} s")
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -127,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
     from fastmix.openpi import norm_stats
     from fastmix.openpi import registry as fm_registry
     from fastmix.openpi.data_loader import create_data_loader
-    from fastmix.tools import compute_norm_stats
 
     if args.steps < 1 or args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError(f"--steps and --batch-size must be >= 1 and --num-workers >= 0, got steps={args.steps}, "
@@ -144,12 +161,7 @@ def run(args: argparse.Namespace) -> int:
     data_config = config.data.create(config.assets_dirs, config.model)
     stats_path = norm_stats.norm_stats_dir(config, data_config) / norm_stats.NORM_STATS_FILE
     print(f"[2/5] norm stats ({stats_path})")
-    if _norm_stats_current(stats_path):
-        print("  present")
-    else:
-        t0 = time.perf_counter()
-        compute_norm_stats.compute_norm_stats(config, progress=False)
-        print(f"  computed over the whole mixture in {time.perf_counter() - t0:.1f} s")
+    _ensure_norm_stats(config, stats_path)
 
     print(f"[3/5] loader: create_data_loader(get_config({args.config!r})), batch {args.batch_size}, "
           f"{args.num_workers} decode workers")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,7 +78,12 @@ def plot_summary(
         ax.set(ylabel="share of samples", title="mixture shares")
         ax.legend()
         fig.suptitle(title)
-        fig.savefig(path, dpi=100)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a concurrent demo's PNG is whole, never mixed
+        try:
+            fig.savefig(tmp, dpi=100, format="png")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
         plt.close(fig)
     return path

@@ -162,13 +162,17 @@ def train(loader: Any, steps: int, device: str | torch.device | None = None, log
 
 
 def _generate(root: Path, shape: tuple[int, int, int], quick: bool) -> list[Path]:
+    """Two LIBERO-like AV1 datasets under `root`, written by lerobot's writer with its output hidden as the demo
+    hides it (`fastmix.demo.data.quiet_writer`: shown only when writing fails)."""
+    from fastmix.demo.data import quiet_writer
     from fastmix.testing.synth import make_dataset
 
     sizes = [(4, 50), (2, 50)] if quick else [(20, 100), (5, 100)]
     out = []
-    for i, (eps, length) in enumerate(sizes):
-        out.append(make_dataset(root / f"ds{i}", f"fastmix-train/ds{i}", num_episodes=eps, episode_length=length,
-                                camera_shape=shape, use_videos=True, seed=i))
+    with quiet_writer():
+        for i, (eps, length) in enumerate(sizes):
+            out.append(make_dataset(root / f"ds{i}", f"fastmix-train/ds{i}", num_episodes=eps,
+                                    episode_length=length, camera_shape=shape, use_videos=True, seed=i))
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -87,11 +88,14 @@ def _default_jax_sharding() -> Any:
 
 
 def install() -> bool:
-    """Patch openpi's data loader functions; returns False (and changes nothing) when openpi is not importable."""
+    """Patch openpi's data loader functions. When openpi is not importable: a RuntimeWarning saying so (and
+    why), nothing changed, returns False."""
     try:
         module = importlib.import_module(TARGET_MODULE)
-    except ImportError:
-        logger.info("openpi is not importable; fastmix.openpi.install() changed nothing")
+    except ImportError as e:
+        warnings.warn(f"fastmix.openpi.install() changed nothing: {TARGET_MODULE} is not importable "
+                      f"({type(e).__name__}: {e}); openpi's training loader does not run on fastmix in this "
+                      "environment (install openpi next to fastmix)", RuntimeWarning, stacklevel=2)
         return False
     if getattr(module, "_fastmix_installed", False):
         return True

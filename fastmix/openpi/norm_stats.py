@@ -1,5 +1,5 @@
-"""Normalization statistics (a leaf module: no fastmix import but the errors): openpi's `NormStats`,
-`RunningStats`, the `norm_stats.json` format (serialize, load, save) and where a config keeps the file.
+"""Normalization statistics (a leaf module: no fastmix import but the errors and the stats kernel): openpi's
+`NormStats`, `RunningStats`, the `norm_stats.json` format (serialize, load, save) and where a config keeps the file.
 The `fastmix compute-norm-stats` command that computes them is `fastmix.tools.compute_norm_stats`.
 """
 
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -109,9 +111,12 @@ def save(directory: pathlib.Path | str, norm_stats: Mapping[str, NormStats]) -> 
     """Write `directory/norm_stats.json`; returns its path."""
     path = pathlib.Path(directory) / NORM_STATS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(serialize_json(norm_stats))
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # one per writer
+    try:
+        tmp.write_text(serialize_json(norm_stats))
+        tmp.replace(path)  # atomic: a concurrent writer's file or this one, never a mix
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -128,12 +133,29 @@ def load(directory: pathlib.Path | str) -> dict[str, NormStats]:
                                  f"`fastmix compute-norm-stats CONFIG_NAME`.") from e
 
 
+def _unknown_origin_command(command: str, config_name: str) -> str:
+    return (f"`fastmix {command} {config_name}` (add --configs <your module>: the module or .py file that "
+            f"registers '{config_name}')")
+
+
+# `command_for(command, config_name) -> "`fastmix ...`"`: set by `fastmix.openpi.registry` when it is imported
+# (it knows where each registered config came from); without it no config is registered by name.
+_COMMAND_FOR: list[Callable[[str, str], str]] = [_unknown_origin_command]
+
+
+def set_command_for(command_for: Callable[[str, str], str]) -> None:
+    """Install the function that writes a runnable `fastmix COMMAND ... CONFIG_NAME` for a config name."""
+    _COMMAND_FOR[0] = command_for
+
+
 def missing_norm_stats_message(config_name: str, path: pathlib.Path | str | None) -> str:
-    """The reference's "Normalization stats not found" error text, with the fastmix command to run."""
+    """The reference's "Normalization stats not found" error text, with the fastmix command to run: runnable
+    as printed (`--configs MODULE_OR_FILE` included for a config that is not fastmix's own; "add --configs
+    <your module>" when that module is not known; `fastmix.openpi.registry.command_for`)."""
     where = f" at {path}" if path is not None else ""
     return (
         f"Normalization stats not found{where} (config '{config_name}'). "
-        f"Make sure to run `fastmix compute-norm-stats {config_name}`."
+        f"Make sure to run {_COMMAND_FOR[0]('compute-norm-stats', config_name)}."
     )
 
 
@@ -157,4 +179,5 @@ __all__ = [
     "norm_stats_dir",
     "save",
     "serialize_json",
+    "set_command_for",
 ]

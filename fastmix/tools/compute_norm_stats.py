@@ -1,4 +1,5 @@
-"""The `fastmix compute-norm-stats CONFIG_NAME [--max-frames N]` command.
+"""The `fastmix compute-norm-stats CONFIG_NAME [--max-frames N] [--configs MODULE_OR_FILE]` command (a config of
+the user's own is loaded with `--configs` or `$FASTMIX_CONFIGS`: `fastmix.tools.user_configs`).
 
 Computes the statistics of `state` and `actions` after the config's repack and data transforms (so delta actions
 are counted as the model sees them) over the whole mixture, every frame of every dataset once (or `--max-frames`
@@ -24,22 +25,23 @@ from fastmix.errors import ConfigError, DatasetFormatError, FastmixError
 from fastmix.openpi import data_loader as _dl
 from fastmix.openpi import transforms as _t
 from fastmix.openpi.norm_stats import RunningStats, norm_stats_dir, save
+from fastmix.tools import user_configs
 
 STATS_KEYS = ("state", "actions")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.openpi.config)")
+    parser.add_argument("config_name", metavar="CONFIG_NAME",
+                        help="a registered config: fastmix's own, one from --configs, or FILE.py:NAME / MODULE:NAME")
+    user_configs.add_argument(parser)
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (uniform draw)")
     parser.add_argument("--batch-size", type=int, default=256, help="frames read per step (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-frames draw")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastmix.openpi import registry as _registry
-
     try:
-        config = _registry.get_config(args.config_name)
+        config = user_configs.lookup(args.config_name, getattr(args, "configs", None))
         path = compute_norm_stats(config, max_frames=args.max_frames, batch_size=args.batch_size, seed=args.seed)
     except FastmixError as e:
         print(f"fastmix compute-norm-stats: error: {e}", file=sys.stderr)

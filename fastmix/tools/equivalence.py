@@ -32,8 +32,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +48,16 @@ from fastmix.errors import ConfigError
 DEFAULT_ALPHA = 1e-3  # family-wise false-alarm rate of the whole check
 MIN_EXPECTED = 5.0  # smallest expected count of a chi-square category
 RESIDUE_MODULUS = 6  # residue classes of the local frame index: mod 2 and mod 3 at once
+
+
+def check_alpha(alpha: Any, name: str = "alpha") -> float:
+    """`alpha` as a float: a significance level, a real number strictly between 0 and 1. Otherwise ConfigError
+    "`name` must be a number between 0 and 1 (exclusive), got name=value"."""
+    ok = isinstance(alpha, (numbers.Real, np.floating, np.integer)) and not isinstance(alpha, (bool, np.bool_))
+    if not (ok and math.isfinite(alpha) and 0.0 < float(alpha) < 1.0):
+        raise ConfigError(f"{name} must be a number between 0 and 1 (exclusive; a significance level such as "
+                          f"{DEFAULT_ALPHA:g}), got {name}={alpha!r}")
+    return float(alpha)
 
 
 @dataclass
@@ -230,6 +243,7 @@ def check_equivalence(
     mixture (sizes, weights, weighting, frame_weights). `sampler` replaces the fastmix sampler under test
     (default: a MixtureSampler of that same mixture, seeded with `seed`); the reference uses `seed` too."""
     draws = check_int(draws, "draws", minimum=1)
+    alpha = check_alpha(alpha)
     if sampler is None:
         sampler = MixtureSampler(sizes, weights, weighting=weighting, frame_weights=frame_weights, seed=seed,
                                  rank=0, world_size=1)
@@ -311,6 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_alpha(args.alpha, "--alpha")
     fw = None if args.frame_weights_seed is None else random_frame_weights(args.sizes, args.frame_weights_seed)
     result = check_equivalence(args.sizes, args.weights, weighting=args.weighting, frame_weights=fw,
                                draws=args.draws, seed=args.seed, alpha=args.alpha, max_bins=args.max_bins)
@@ -318,5 +333,5 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-__all__ = ["EquivalenceResult", "ChiSquareResult", "TestResult", "add_arguments", "check_equivalence",
+__all__ = ["EquivalenceResult", "ChiSquareResult", "TestResult", "add_arguments", "check_alpha", "check_equivalence",
            "chi_square_gof", "frame_bins", "hash_order", "reference_draws", "run"]

@@ -1,11 +1,14 @@
-"""`fastmix verify CONFIG_NAME [NUM_SAMPLES]`: check a config's data pipeline and its mixture.
+"""`fastmix verify CONFIG_NAME [NUM_SAMPLES] [--configs MODULE_OR_FILE]`: check a config's data pipeline and its
+mixture. CONFIG_NAME is fastmix's own, or one of the user's loaded with `--configs` / `$FASTMIX_CONFIGS` (or named
+as `FILE.py:NAME`, `MODULE:NAME`; `fastmix.tools.user_configs`).
 
 The reference's `verify_cotraining_data_loader.py` printed information; this command checks it:
 each dataset (size, format version, fps, cameras, tasks), feature compatibility, norm stats, loading,
 per-key statistics (finite), that every transform stage ran and did its job, the observed per-dataset
-shares against the shares the config declares (chi-square goodness of fit, pass when p >= alpha), the
-prompts seen per dataset (each one a task of its dataset), and a PNG bar chart of expected vs observed
-shares. The exit status is 1 when any check fails.
+shares against the shares the config declares (chi-square goodness of fit, pass when p >= alpha; it says how
+large a share deviation its number of samples detects, and fails when a dataset expects fewer than 5 draws, too
+few for the test), the prompts seen per dataset (each one a task of its dataset), and a PNG bar chart of
+expected vs observed shares. The exit status is 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ from typing import Any
 import numpy as np
 
 from fastmix._args import check_int
+from fastmix.tools import user_configs
 from fastmix.tools.verify_openpi import verify_openpi
 from fastmix.tools.verify_report import (
     DEFAULT_ALPHA,
     DEFAULT_NUM_SAMPLES,
     Check,
     Report,
+    check_alpha,
     chi_square,
     expected_shares,
     finish,
     fmt_row,
     plot_shares,
+    sample_size_note,
+    too_few_samples,
 )
 from fastmix.tools.verify_stages import StageMonitor
 
@@ -165,7 +172,9 @@ def _check_loading(run: _Run, normalize: bool) -> bool:
     except Exception as e:  # noqa: BLE001
         run.add("loading", False, f"{type(e).__name__}: {e}")
         return False
-    run.add("loading", True, f"{run.n_batches} batches of {local_bs} ({int(run.counts.sum())} samples), "
+    drawn = int(run.counts.sum())
+    rounded = f"; NUM_SAMPLES {run.num_samples} rounded up to whole batches" if drawn != run.num_samples else ""
+    run.add("loading", True, f"{run.n_batches} batches of {local_bs} ({drawn} samples{rounded}), "
             "Observation.from_dict ok")
     return True
 
@@ -212,8 +221,14 @@ def _check_mixture(run: _Run) -> tuple[np.ndarray, np.ndarray, float]:
     for i, s in enumerate(run.sources):
         w = 1.0 if run.weights is None else run.weights[i]
         run.out(fmt_row([s.name, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{obs_share[i]:.4f}", int(counts[i])], widths))
-    run.add("mixture", p >= run.alpha, f"chi-square {stat:.2f}, p-value {p:.4g} "
-            f"({'>=' if p >= run.alpha else '<'} alpha {run.alpha:g}) over {int(counts.sum())} samples")
+    n = int(counts.sum())
+    short = too_few_samples(exp, n, [s.name for s in run.sources])
+    if short is not None:
+        run.add("mixture", False, f"{short} (chi-square {stat:.2f}, p-value {p:.4g} not trusted)")
+    else:
+        run.add("mixture", p >= run.alpha, f"chi-square {stat:.2f}, p-value {p:.4g} "
+                f"({'>=' if p >= run.alpha else '<'} alpha {run.alpha:g}) over {n} samples; "
+                f"{sample_size_note(exp, n, run.alpha)}")
     return exp, obs_share, p
 
 
@@ -266,6 +281,7 @@ def verify(
     from fastmix.sources.compat import check_compatible as _check_compatible
 
     num_samples = check_int(num_samples, "num_samples", minimum=1)
+    alpha = check_alpha(alpha)
     run = _Run(config, num_samples, alpha, out, Report(config.name),
                open_sources or _dl.open_sources, check_compatible or _check_compatible,
                create_loader or _dl.create_data_loader)
@@ -294,36 +310,54 @@ def verify(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config_name", metavar="CONFIG_NAME", help="a registered config (fastmix.openpi.config)")
+    parser.add_argument("config_name", metavar="CONFIG_NAME",
+                        help="a registered config: fastmix's own, one from --configs, or FILE.py:NAME / MODULE:NAME")
     parser.add_argument("num_samples", metavar="NUM_SAMPLES", nargs="?", type=int, default=DEFAULT_NUM_SAMPLES,
-                        help=f"samples to draw (default {DEFAULT_NUM_SAMPLES})")
+                        help=f"samples to draw, rounded up to whole batches (default {DEFAULT_NUM_SAMPLES}); the "
+                             "mixture check needs >= 5 expected draws of every dataset")
+    user_configs.add_argument(parser)
     parser.add_argument("--plot", default=None, help="PNG path of the shares chart (default ./verify_CONFIG.png)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help=f"chi-square significance level (default {DEFAULT_ALPHA:g})")
+                        help=f"chi-square significance level, in (0, 1) (default {DEFAULT_ALPHA:g})")
     parser.add_argument("--openpi", action="store_true",
                         help="measure openpi's own loader instead (CONFIG_NAME from openpi's registry): its "
                              "observed per-dataset shares against the config's dataset_weights")
 
 
-def run(args: argparse.Namespace) -> int:
-    from fastmix.openpi import registry as _registry
-
-    if args.openpi:
-        try:
-            import openpi.training.config as openpi_config
-        except ImportError as e:
-            print(f"fastmix verify --openpi: error: openpi is not importable ({e})", file=sys.stderr)
-            return 2
-        try:
-            config = openpi_config.get_config(args.config_name)
-        except ValueError as e:  # openpi's "Config '...' not found"
-            print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
-            return 2
-        return 0 if verify_openpi(config, args.num_samples, alpha=args.alpha).ok else 1
+def _run_openpi(args: argparse.Namespace) -> int:
+    """`--openpi`: openpi's config and loader; any failure to build them is one line naming the config."""
+    try:
+        import openpi.training.config as openpi_config
+    except ImportError as e:
+        print(f"fastmix verify --openpi: error: openpi is not importable ({e})", file=sys.stderr)
+        return 2
     from fastmix.errors import FastmixError
 
     try:
-        config = _registry.get_config(args.config_name)
+        config = openpi_config.get_config(args.config_name)
+    except ValueError as e:  # openpi's "Config '...' not found"
+        print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        report = verify_openpi(config, args.num_samples, alpha=args.alpha)
+    except FastmixError as e:  # e.g. openpi cannot create the config's data config (its assets unreachable)
+        print(f"fastmix verify --openpi: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastmix.errors import FastmixError
+
+    try:
+        check_alpha(args.alpha, "--alpha")
+    except FastmixError as e:
+        print(f"fastmix verify: error: {e}", file=sys.stderr)
+        return 2
+    if args.openpi:
+        return _run_openpi(args)
+    try:
+        config = user_configs.lookup(args.config_name, getattr(args, "configs", None))
     except FastmixError as e:
         print(f"fastmix verify: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fastmix._args import check_int
+from fastmix.errors import ConfigError
 from fastmix.tools import verify_report as _r
 
 
@@ -30,10 +31,11 @@ def verify_openpi(
     from fastmix.openpi import openpi_draws
 
     num_samples = check_int(num_samples, "num_samples", minimum=1)
+    alpha = _r.check_alpha(alpha)
     report = _r.Report(config.name)
     bar = "=" * 72
     out(f"{bar}\nMeasuring openpi's own loader for config: {config.name}\n{bar}")
-    data_config = config.data.create(config.assets_dirs, config.model)
+    data_config = _create_data_config(config)
     repo_ids = list(getattr(data_config, "repo_ids", None) or [data_config.repo_id])
     weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
     sizes, counts, sampler = openpi_draws(config, num_samples)
@@ -51,7 +53,13 @@ def verify_openpi(
         out(_r.fmt_row([r, f"{w:g}", sizes[i], f"{exp[i]:.4f}", f"{uniform[i]:.4f}", f"{counts[i] / total:.4f}",
                         int(counts[i])], widths))
     detail = (f"chi-square {stat:.2f}, p-value {p:.4g} ({'>=' if p >= alpha else '<'} alpha {alpha:g}) against "
-              f"the declared weights over {total} draws; against uniform-over-frames p = {p_uniform:.4g}")
+              f"the declared weights over {total} draws; against uniform-over-frames p = {p_uniform:.4g}; "
+              f"{_r.sample_size_note(exp, total, alpha)}")
+    short = _r.too_few_samples(exp, int(counts.sum()), repo_ids)
+    if short is not None:
+        report.checks.append(_r.Check("mixture", False, short))
+        out(f"[FAIL] mixture: {short}")
+        return _r.finish(report, out)
     ignored = weights is not None and p < alpha <= p_uniform
     if ignored:
         detail += (f"; openpi's loader ignores dataset_weights={weights} ({sampler} draws uniformly over frames):"
@@ -60,6 +68,26 @@ def verify_openpi(
     report.checks.append(_r.Check("mixture", p >= alpha, detail))
     out(f"[{'PASS' if p >= alpha else 'FAIL'}] mixture: {detail}")
     return _r.finish(report, out)
+
+
+def _asset_path(config: Any) -> str:
+    """Where openpi looks for the config's norm stats: (assets.assets_dir or config.assets_dirs) / asset_id."""
+    data = getattr(config, "data", None)
+    assets = getattr(data, "assets", None)
+    base = getattr(assets, "assets_dir", None) or getattr(config, "assets_dirs", None)
+    asset_id = getattr(assets, "asset_id", None) or getattr(data, "repo_id", None)
+    return f"{str(base).rstrip('/')}/{asset_id}" if asset_id else str(base)
+
+
+def _create_data_config(config: Any) -> Any:
+    """openpi's `config.data.create(...)`: its norm stats are loaded (downloaded when the assets are remote) here.
+    Any failure is a one-line ConfigError naming the config and its asset path (openpi's message kept)."""
+    try:
+        return config.data.create(config.assets_dirs, config.model)
+    except Exception as e:  # noqa: BLE001 - openpi's own errors (ImportError: gcsfs, network, missing files)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"openpi cannot create the data config of '{config.name}' (norm stats from "
+                          f"{_asset_path(config)}): {type(e).__name__}: {text}") from e
 
 
 __all__ = ["verify_openpi"]

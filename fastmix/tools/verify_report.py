@@ -5,14 +5,18 @@ and the printed table rows and verdict."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from fastmix.tools.equivalence import MIN_EXPECTED, check_alpha
+
 DEFAULT_NUM_SAMPLES = 1000
 DEFAULT_ALPHA = 1e-3
+POWER = 0.8  # the detection probability `detectable_deviation` is stated at
 
 
 @dataclasses.dataclass
@@ -59,6 +63,49 @@ def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float,
     return res.statistic, res.p_value
 
 
+def too_few_samples(shares: np.ndarray, n: int, names: list[str]) -> str | None:
+    """None when every dataset with a share > 0 expects at least MIN_EXPECTED (5) of `n` draws (what the
+    chi-square approximation needs); else why not, naming the dataset, and how many samples would do."""
+    shares = np.asarray(shares, dtype=np.float64)
+    drawn = np.flatnonzero(shares > 0)
+    if drawn.size < 2:
+        return None
+    i = int(drawn[np.argmin(shares[drawn])])
+    if n * shares[i] >= MIN_EXPECTED * (1 - 1e-9):
+        return None
+    need = math.ceil(MIN_EXPECTED / shares[i] * (1 - 1e-9))
+    return (f"{n} samples are too few to test the mixture: '{names[i]}' (share {shares[i]:.4f}) expects "
+            f"{n * shares[i]:.1f} draws and the chi-square test needs >= {MIN_EXPECTED:g} per dataset; "
+            f"draw at least {need} samples")
+
+
+def detectable_deviation(shares: np.ndarray, n: int, alpha: float, power: float = POWER) -> float:
+    """The share deviation the chi-square test of `n` draws detects at level `alpha` with probability `power`:
+    the largest over the datasets j of delta_j = sqrt(lam * p_j * (1 - p_j) / n), where a dataset's share moved
+    from p_j to p_j ± delta_j (the others rescaled) gives the noncentrality n * delta_j**2 / (p_j * (1 - p_j)),
+    and lam is the noncentrality at which P(chi2_{k-1}(lam) > chi2_{k-1, 1-alpha}) = power. A share (0..1);
+    NaN with fewer than 2 drawn datasets."""
+    from scipy import optimize, stats
+
+    p = np.asarray(shares, dtype=np.float64)
+    p = p[p > 0]
+    if p.size < 2 or n < 1:
+        return float("nan")
+    dof = p.size - 1
+    critical = stats.chi2.isf(alpha, dof)
+    lam = optimize.brentq(lambda x: stats.ncx2.sf(critical, dof, x) - power, 1e-9, 1e7)
+    return float(np.sqrt(lam * p * (1 - p) / n).max())
+
+
+def sample_size_note(shares: np.ndarray, n: int, alpha: float) -> str:
+    """What a test over `n` samples can see, in one clause."""
+    delta = detectable_deviation(shares, n, alpha)
+    if not math.isfinite(delta):
+        return f"{n} samples of one dataset: no share to test"
+    return (f"{n} samples detect (with probability {POWER:g}) a dataset's share off by {delta:.3f} or more; "
+            "smaller ones may pass unseen")
+
+
 def plot_shares(path: pathlib.Path, names: list[str], expected: np.ndarray, observed: np.ndarray, title: str) -> None:
     """A PNG bar chart of expected vs observed per-dataset shares."""
     import matplotlib
@@ -91,5 +138,6 @@ def finish(report: Report, out: Callable[[str], None]) -> Report:
     return report
 
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_NUM_SAMPLES", "Check", "Report", "chi_square", "expected_shares", "finish",
-           "fmt_row", "plot_shares"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_NUM_SAMPLES", "POWER", "Check", "Report", "check_alpha", "chi_square",
+           "detectable_deviation", "expected_shares", "finish", "fmt_row", "plot_shares", "sample_size_note",
+           "too_few_samples"]
