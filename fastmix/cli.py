@@ -16,6 +16,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("fastmix.tools.verify", "check a registered config's data pipeline and its mixture (CONFIG [NUM_SAMPLES])"),
     "equivalence": ("fastmix.tools.equivalence", "statistical equivalence of fastmix's sampler to WeightedRandomSampler"),
     "compute-norm-stats": ("fastmix.tools.compute_norm_stats", "compute norm_stats.json over a config's whole mixture"),
+    "cache": ("fastmix.tools.cache", "list or clear the low-dim store's cache entries (list | clear [--dataset NAME])"),
 }
 
 

@@ -2,6 +2,13 @@
 
 The Hugging Face Hub is never touched: HF_HUB_OFFLINE=1 and HF_LEROBOT_HOME points at a temporary directory
 (set here, before anything imports lerobot, which reads them at import time).
+
+The user's caches are never written: FASTMIX_CACHE (the low-dim store), XDG_CACHE_HOME (where Hugging Face's
+`datasets` cache, which lerobot's LeRobotDataset fills, and matplotlib's go by default) and HF_DATASETS_CACHE
+point into one session temporary directory, set here before anything imports fastmix and removed when the
+session ends. The end of the session also reports any entry that appeared meanwhile in the user's own low-dim
+store directory (another process may have written it, so it is reported, not failed);
+`tests/reliability/test_store_cases.py::test_the_suite_leaves_no_store_entry_in_the_users_cache` is the test.
 """
 
 from __future__ import annotations
@@ -17,6 +24,28 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 _LEROBOT_HOME = tempfile.mkdtemp(prefix="fastmix-test-lerobot-home-")
 os.environ["HF_LEROBOT_HOME"] = _LEROBOT_HOME
 
+
+def _user_lowdim_dirs() -> list[Path]:
+    """Where the low-dim store of this user goes without the suite's redirection."""
+    dirs = [Path("~/.cache/fastmix/lowdim").expanduser()]
+    if os.environ.get("XDG_CACHE_HOME"):
+        dirs.append(Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fastmix" / "lowdim")
+    if os.environ.get("FASTMIX_CACHE"):
+        dirs.append(Path(os.environ["FASTMIX_CACHE"]).expanduser() / "lowdim")
+    return list(dict.fromkeys(dirs))
+
+
+def _listing(dirs: list[Path]) -> dict[Path, set[str]]:
+    return {d: set(os.listdir(d)) if d.is_dir() else set() for d in dirs}
+
+
+_USER_LOWDIM = _user_lowdim_dirs()
+_USER_LOWDIM_AT_START = _listing(_USER_LOWDIM)
+_SESSION_CACHE = tempfile.mkdtemp(prefix="fastmix-test-cache-")
+os.environ["FASTMIX_CACHE"] = os.path.join(_SESSION_CACHE, "fastmix")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_CACHE, "xdg")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_SESSION_CACHE, "hf-datasets")
+
 # Small on purpose: 8 episodes x 30 frames (240 samples, enough for 200 distinct parity indices), 64x64 cameras.
 NUM_EPISODES = 8
 EPISODE_LENGTH = 30
@@ -30,6 +59,18 @@ G1_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "g1_v2
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_LEROBOT_HOME, ignore_errors=True)
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+    now = _listing(_USER_LOWDIM)
+    new = {d: sorted(now[d] - _USER_LOWDIM_AT_START[d]) for d in _USER_LOWDIM if now[d] - _USER_LOWDIM_AT_START[d]}
+    if new:
+        line = ("fastmix tests: new low-dim store entries appeared in the user's cache during this session "
+                "(written by this session, or by another process meanwhile): "
+                + "; ".join(f"{d}: {', '.join(names)}" for d, names in new.items()))
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line, yellow=True, bold=True)
+        else:
+            print(line)
 
 
 @pytest.fixture(scope="session")

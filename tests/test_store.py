@@ -276,3 +276,75 @@ def test_release_pages_keeps_the_data_and_skips_memory_arrays(tmp_path):
     in_memory = values.copy()
     assert store.release_pages([in_memory, mapped[:0]]) == 0
     np.testing.assert_array_equal(in_memory, values)
+
+
+# -- the cache directory's policy (fastmix.sources.cache_dir) ---------------------------------------------
+def test_cache_max_sizes_and_bad_value(video_ds, monkeypatch):
+    from fastmix.sources import cache_dir
+
+    sizes = {"4096": 4096, "500M": 500 << 20, "2G": 2 << 30, "2gb": 2 << 30, "1.5GiB": 3 << 29, " 64 k ": 64 << 10,
+             "none": None}
+    for text, want in sizes.items():
+        assert cache_dir.parse_size(text) == want, text
+    monkeypatch.delenv("FASTMIX_CACHE_MAX", raising=False)
+    assert cache_dir.cache_max() == 20 << 30
+    meta = load_meta(video_ds, "v")
+    for bad in ("2X", "-1", "G"):
+        monkeypatch.setenv("FASTMIX_CACHE_MAX", bad)
+        with pytest.raises(ConfigError, match=f"FASTMIX_CACHE_MAX='{bad}' is not a size"):
+            load_lowdim(meta, np.arange(len(meta.episodes)))
+
+
+def _hold_open(root: str, cache_dir: str, episodes: list[int], ready) -> None:
+    import time
+
+    os.environ["FASTMIX_CACHE"] = cache_dir
+    meta = load_meta(Path(root), "v")
+    table = load_lowdim(meta, np.searchsorted(meta.episodes.episode_index, episodes))
+    ready.set()
+    time.sleep(120)  # killed by the test before
+    del table
+
+
+def test_entry_of_a_live_process_is_not_evicted_and_a_dead_ones_is(video_ds, cache, monkeypatch):
+    """A process that maps an entry keeps it (registered in the entry); once that process is SIGKILLed its
+    registration is stale and the entry goes at the next eviction."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_hold_open, args=(str(video_ds), os.environ["FASTMIX_CACHE"], [0], ready))
+    child.start()
+    try:
+        assert ready.wait(120)
+        held = store.entry_dir(video_ds, np.array([0]), "v")
+        assert [p.name for p in held.glob(".user-*")] and held.is_dir()
+        monkeypatch.setenv("FASTMIX_CACHE_MAX", "1")  # evict whatever may be evicted
+        meta = load_meta(video_ds, "v")
+        mine = load_lowdim(meta, np.array([1]))
+        assert held.is_dir()  # in use by the child
+        child.kill()
+        child.join(30)
+        del mine
+        gc.collect()
+        load_lowdim(meta, np.array([2]))
+        assert not held.exists()  # its user is dead
+        np.testing.assert_array_equal(load_lowdim(meta, np.array([0])).values["state"],
+                                      reference(video_ds, [0])["state"])  # and it reopens
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(30)
+
+
+def test_registration_lasts_as_long_as_the_table(video_ds, cache):
+    meta = load_meta(video_ds, "v")
+    table = load_lowdim(meta, np.arange(len(meta.episodes)))
+    entry = store.entry_dir(video_ds, meta.episodes.episode_index, "v")
+    again = load_lowdim(meta, np.arange(len(meta.episodes)))
+    (reg,) = entry.glob(f".user-{os.getpid()}-*")
+    del table
+    gc.collect()
+    assert reg.exists()  # the second table still maps it
+    del again
+    gc.collect()
+    assert not reg.exists()
+    assert (entry / ".used").is_file()

@@ -7,7 +7,9 @@ selected episodes), so row position r here is `LeRobotDataset(...)[r]`.
 written straight to its place) into the store of `fastmix.sources.store`, then maps the store's files; later
 opens (other ranks, workers, runs) only stat the files and map. Only the requested keys, the action keys and
 the INDEX_KEYS are materialized; another key is added to the store the first time it is read. When the store
-cannot be written the same reader fills in-memory arrays instead (with a warning).
+cannot be written the same reader fills in-memory arrays instead (with a warning). A damaged store file is
+reported and rebuilt; entries of another user are never read; the cache's size bound, file modes and temporary
+files follow `fastmix.sources.cache_dir`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastmix.errors import ConfigError, DatasetFormatError, FastmixError, MissingFileError
-from fastmix.sources import store
+from fastmix.sources import cache_dir, store
+from fastmix.sources.column_values import ColumnValues
 from fastmix.sources.meta import INDEX_KEYS, DatasetMeta, column_to_numpy
 
 ACTION_KEY_NAMES: tuple[str, ...] = ("action", "actions")
@@ -75,36 +79,6 @@ class LowDimTable:
             return (load_lowdim, origin)
         return (LowDimTable, (dict(self.values), self.data_files, self.file_id, self.file_row, self.ep_pos,
                               self.sorted_index, self.sorted_pos))
-
-
-class ColumnValues(dict):
-    """`LowDimTable.values`: the materialized columns; a low-dim key of the dataset that is not materialized
-    yet is loaded (and added to the store) on first access, so `key in values` holds for every low-dim key."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], loadable: Iterable[str],
-                 loader: Callable[[list[str]], dict[str, np.ndarray]], origin: tuple | None) -> None:
-        super().__init__(arrays)
-        self.loadable = frozenset(loadable)
-        self.origin = origin
-        self._loader = loader
-        self._lock = threading.Lock()
-
-    def __missing__(self, key: str) -> np.ndarray:
-        if key not in self.loadable:
-            raise KeyError(key)
-        with self._lock:
-            if not dict.__contains__(self, key):
-                self.update(self._loader([key]))
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return dict.__contains__(self, key) or key in self.loadable
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-    def __reduce__(self) -> tuple:
-        return (dict, (dict(self),))
 
 
 # -- what to read ------------------------------------------------------------------------------------------
@@ -414,44 +388,80 @@ def _extend(plan: _Plan, keys: list[str], entry: Path, fp_dir: Path) -> None:
             for p in tmps.values():
                 p.unlink(missing_ok=True)
             raise
+    cache_dir.enforce_bound(keep=entry)
 
 
-def _table_from_store(plan: _Plan, keys: list[str]) -> LowDimTable:
-    meta = plan.meta
-    entry = store.entry_dir(meta.root, meta.episodes.episode_index[plan.ep_positions], meta.name)
-    fp_dir = entry / store.fingerprint(meta.root, plan.files, meta.name)[:16]
+def _mapped_table(plan: _Plan, keys: list[str], entry: Path, fp_dir: Path) -> LowDimTable:
+    cache_dir.check_owner(fp_dir)
     info = store.read_meta(fp_dir)
     if info is None:
         with store.locked(entry):
             if store.read_meta(fp_dir) is None:
                 _build(plan, keys, entry, fp_dir)
+        cache_dir.enforce_bound(keep=entry)
         info = store.read_meta(fp_dir)
         if info is None:
             raise OSError(f"low-dim store {fp_dir} was not built")
     missing = [k for k in keys if not (fp_dir / store.column_file(k)).is_file()]
     if missing:
         _extend(plan, missing, entry, fp_dir)
+    rows = int(info.get("rows", -1))
 
     def load(ks: list[str]) -> dict[str, np.ndarray]:
         absent = [k for k in ks if not (fp_dir / store.column_file(k)).is_file()]
-        if absent:
-            try:
+        try:
+            if absent:
                 _extend(plan, absent, entry, fp_dir)
-            except OSError as e:
-                if isinstance(e, FastmixError):
-                    raise
-                _warn(plan, fp_dir, e)
-                return _load_memory(plan, ks)
-        return {k: store.map_npy(fp_dir / store.column_file(k)) for k in ks}
+            return {k: store.map_npy(fp_dir / store.column_file(k), rows) for k in ks}
+        except OSError as e:
+            if isinstance(e, FastmixError):
+                raise
+            if isinstance(e, store.DamagedFileError):  # the next open rewrites it
+                with store.locked(entry):
+                    Path(e.path).unlink(missing_ok=True)
+            _warn(plan, fp_dir, e)
+            return _load_memory(plan, ks)
 
-    values = ColumnValues(load(keys), meta.lowdim_keys, load, (meta, plan.ep_positions, keys))
-    sorted_pos = store.map_npy(fp_dir / _derived_file("sorted_pos"))
-    sorted_index = (values["index"] if info.get("index_ascending")
-                    else store.map_npy(fp_dir / _derived_file("sorted_index")))
-    return LowDimTable(values, _data_paths(plan),
-                       store.map_npy(fp_dir / _derived_file("file_id")),
-                       store.map_npy(fp_dir / _derived_file("file_row")),
-                       store.map_npy(fp_dir / _derived_file("ep_pos")), sorted_index, sorted_pos)
+    def mapped(name: str) -> np.ndarray:
+        return store.map_npy(fp_dir / name, rows)
+
+    values = ColumnValues({k: mapped(store.column_file(k)) for k in keys}, plan.meta.lowdim_keys, load,
+                          (plan.meta, plan.ep_positions, keys))
+    sorted_index = values["index"] if info.get("index_ascending") else mapped(_derived_file("sorted_index"))
+    return LowDimTable(values, _data_paths(plan), mapped(_derived_file("file_id")), mapped(_derived_file("file_row")),
+                       mapped(_derived_file("ep_pos")), sorted_index, mapped(_derived_file("sorted_pos")))
+
+
+def _open_entry(plan: _Plan, keys: list[str], entry: Path, fp_dir: Path) -> LowDimTable:
+    """The table of store entry `entry` (this process is registered as its user while the table lives); a
+    damaged file is reported and the fingerprint directory rebuilt."""
+    release = cache_dir.use(entry)
+    try:
+        cache_dir.remove_dead_temps(entry, fp_dir)
+        try:
+            table = _mapped_table(plan, keys, entry, fp_dir)
+        except store.DamagedFileError as e:
+            warnings.warn(f"fastmix: {e} (dataset '{plan.dataset}'); rebuilding it", RuntimeWarning, stacklevel=4)
+            with store.locked(entry):
+                _build(plan, keys, entry, fp_dir)
+            table = _mapped_table(plan, keys, entry, fp_dir)
+    except BaseException:
+        release()
+        raise
+    weakref.finalize(table, release)
+    return table
+
+
+def _table_from_store(plan: _Plan, keys: list[str]) -> LowDimTable:
+    meta = plan.meta
+    entry = store.entry_dir(meta.root, meta.episodes.episode_index[plan.ep_positions], meta.name)
+    fp_name = store.fingerprint(meta.root, plan.files, meta.name)[:16]
+    try:
+        return _open_entry(plan, keys, entry, entry / fp_name)
+    except cache_dir.ForeignEntryError as e:  # another user's files are never read
+        own = cache_dir.private_entry(entry)
+        cache_dir.warn_foreign(e, plan.dataset, own)
+        return _open_entry(plan, keys, own, own / fp_name)
 
 
 def _warn(plan: _Plan, where: Path, e: OSError) -> None:

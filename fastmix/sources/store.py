@@ -26,6 +26,12 @@ to a temp file and `os.replace`d. A complete fingerprint directory is only read,
 
 Read-only cache: an existing complete store is mapped as usual; when something must be written and cannot be
 (permissions, read-only file system, disk full), `load_lowdim` warns and loads the columns into memory.
+
+The cache directory's policy (`fastmix.sources.cache_dir`): files 0600 and directories 0700 whatever the umask;
+entries and files of another user never read; the size bound `FASTMIX_CACHE_MAX` (least recently used entries
+not in use are evicted); temporary files of dead processes removed. A damaged store file (empty, a garbage
+header, truncated, a row count other than meta.json's) raises `DamagedFileError` naming it: `load_lowdim` warns
+and rebuilds.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from urllib.parse import quote
 import numpy as np
 
 from fastmix.errors import MissingFileError
+from fastmix.sources import cache_dir
 
 STORE_FORMAT = 1  # bump when the layout or the meaning of a file changes
 _META = "meta.json"
@@ -115,32 +122,36 @@ def fingerprint(root: Path, data_files: Sequence[str], dataset: str) -> str:
 @contextlib.contextmanager
 def locked(entry: Path) -> Iterator[None]:
     """Hold an exclusive flock on `entry/.lock` (created with the entry); released on exit or process death."""
-    entry.mkdir(parents=True, exist_ok=True)
-    fd = os.open(entry / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = cache_dir.lock_entry(entry, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing drops the lock
 
 
 def read_meta(fp_dir: Path) -> dict[str, Any] | None:
-    """The `meta.json` of a complete fingerprint directory, or None when there is none."""
+    """The `meta.json` of a complete fingerprint directory, or None when there is none (ForeignEntryError when
+    it is another user's)."""
     try:
-        return json.loads((fp_dir / _META).read_text(encoding="utf-8"))
+        with open(fp_dir / _META, "rb") as f:
+            cache_dir.check_owner(fp_dir / _META, os.fstat(f.fileno()))
+            return json.loads(f.read().decode("utf-8"))
+    except cache_dir.ForeignEntryError:
+        raise
     except (OSError, ValueError):
         return None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    with open(cache_dir.create_private(tmp), "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj))
     os.replace(tmp, path)
 
 
 def new_temp_dir(fp_dir: Path) -> Path:
     tmp = fp_dir.with_name(f"{fp_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir(parents=True)
+    cache_dir.make_private_dirs(tmp)
     return tmp
 
 
@@ -156,9 +167,10 @@ def publish_dir(tmp: Path, fp_dir: Path) -> None:
 
 def remove_stale(entry: Path, keep: str) -> None:
     """Best effort: delete the entry's fingerprint and temp directories other than `keep` (called under the
-    entry lock, so no builder is writing them), and entries of other datasets whose root is gone."""
+    entry lock, so no builder is writing them), and entries of other datasets whose root is gone (unless in use
+    or another user's)."""
     for p in entry.iterdir():
-        if p.is_dir() and p.name != keep:
+        if p.is_dir() and p.name != keep and not p.name.startswith("."):
             shutil.rmtree(p, ignore_errors=True)
     with contextlib.suppress(OSError):
         for other in entry.parent.iterdir():
@@ -169,7 +181,7 @@ def remove_stale(entry: Path, keep: str) -> None:
             except (OSError, ValueError):
                 continue
             if isinstance(src, dict) and src.get("root") and not os.path.isdir(src["root"]):
-                shutil.rmtree(other, ignore_errors=True)
+                cache_dir.remove_entry(other)
 
 
 # -- column files ----------------------------------------------------------------------------------------
@@ -182,7 +194,7 @@ class FileColumn:
     def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(int(s) for s in shape)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        with open(path, "wb") as f:
+        with open(cache_dir.create_private(path), "wb") as f:
             np.lib.format.write_array_header_2_0(
                 f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
             self.offset = f.tell()
@@ -229,20 +241,41 @@ except (OSError, AttributeError):  # pragma: no cover - non-POSIX
     _libc = None
 
 
-def map_npy(path: Path) -> np.ndarray:
+class DamagedFileError(OSError):
+    """A low-dim store file that is empty, has no valid `.npy` header, is truncated or disagrees with its
+    fingerprint directory's meta.json (the message names it; `path` is its path)."""
+
+
+def damaged(path: Path, why: str) -> DamagedFileError:
+    err = DamagedFileError(f"low-dim store file {path} is damaged: {why}")
+    err.path = os.fspath(path)
+    return err
+
+
+def map_npy(path: Path, rows: int | None = None) -> np.ndarray:
     """Read-only view of the `.npy` file `path`, memory-mapped MAP_SHARED (one page-cache copy for every
-    process mapping it). Holds no file descriptor (unmapped when the last view dies)."""
+    process mapping it). Holds no file descriptor (unmapped when the last view dies). A file that is not a
+    whole C-ordered `.npy` (of `rows` rows when given) raises DamagedFileError naming it; a file of another
+    user ForeignEntryError."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):  # pragma: no cover - not written by fastmix
-            return np.load(path, mmap_mode="r")
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
+        st = os.fstat(f.fileno())
+        cache_dir.check_owner(path, st)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):  # pragma: no cover - not written by fastmix
+                return np.load(path, mmap_mode="r")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+        except Exception as e:  # numpy raises ValueError, SyntaxError, tokenize.TokenError... for a bad header
+            raise damaged(path, f"not a .npy file ({e})") from None
         offset = f.tell()
-        size = os.fstat(f.fileno()).st_size
+        size = st.st_size
         count = int(np.prod(shape, dtype=np.int64))
         if fortran or size < offset + count * dtype.itemsize:
-            raise OSError(f"low-dim store file {path} is truncated or not C-ordered")
+            raise damaged(path, f"truncated or not C-ordered ({size} bytes for {count} {dtype} values)")
+        if rows is not None and (not shape or shape[0] != rows):
+            raise damaged(path, f"its shape is {shape} but its meta.json says {rows} rows")
         if count == 0:
             return np.empty(shape, dtype=dtype)
         if _libc is None:  # pragma: no cover
