@@ -1,2 +1,3 @@
-"""Commands: `verify` (a config end to end), `equivalence` (fastmix vs `WeightedRandomSampler`) and
-`compute_norm_stats`. Each module defines `add_arguments(parser)` and `run(args) -> int` for `fastmix.cli`."""
+"""Commands: `verify` (a config end to end), `equivalence` (fastmix vs `WeightedRandomSampler`),
+`compute_norm_stats` and `cache` (the low-dim store entries). Each defines `add_arguments(parser)` and
+`run(args) -> int` for `fastmix.cli`; `user_configs` loads the user's config modules for them."""
