@@ -29,8 +29,8 @@ LeRobot datasets, and for the co-training fork alike.
 
 The two classes are built from the openpi classes of the running process on first use (`import fastmix` never
 imports openpi) and live in this module by name, so they pickle. openpi's own loader would read one dataset
-(upstream) or ignore the weights (the fork), so `create()` refuses to run while openpi's data loader module is
-loaded without `fastmix.openpi.install()`.
+(upstream) or ignore the weights (the fork), so `create()` refuses when openpi's un-patched data loader calls
+it (without `fastmix.openpi.install()`); any other caller gets the data config.
 """
 
 # No `from __future__ import annotations`: the classes built in `_classes` need their field types evaluated
@@ -97,15 +97,25 @@ def _check_factory(cfg: Any, oc: Any) -> None:
                           f"set one")
 
 
-def _require_fastmix_loader(cfg: Any) -> None:
+def _require_fastmix_loader(cfg: Any, depth: int = 12) -> None:
+    """Refuse when openpi's own, un-patched data loader is what asks (a caller within `depth` frames lives in
+    openpi's data loader module and `install()` has not patched it). Other callers (fastmix's tools, openpi's
+    policy serving, which only needs the transforms) are served."""
     module = sys.modules.get(TARGET_MODULE)
-    if module is not None and not getattr(module, "_fastmix_installed", False):
-        raise ConfigError(
-            f"{type(cfg).__name__}(repo_ids={list(cfg.repo_ids)}) loads through fastmix, but openpi's own data "
-            f"loader ({TARGET_MODULE}) is active: call fastmix.openpi.install() before openpi builds its loader, "
-            f"or start the script with `python -m fastmix.openpi.launch SCRIPT ...` (openpi's loader would read "
-            f"one dataset or ignore dataset_weights)"
-        )
+    if module is None or getattr(module, "_fastmix_installed", False):
+        return
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return
+        if frame.f_globals.get("__name__") == TARGET_MODULE:
+            raise ConfigError(
+                f"{type(cfg).__name__}(repo_ids={list(cfg.repo_ids)}) loads through fastmix, but openpi's own "
+                f"data loader ({TARGET_MODULE}) asks for it: call fastmix.openpi.install() before openpi builds "
+                f"its loader, or start the script with `python -m fastmix.openpi.launch SCRIPT ...` (openpi's "
+                f"loader would read one dataset or ignore dataset_weights)"
+            )
+        frame = frame.f_back
 
 
 def _create(cfg: Any, assets_dirs: Any, model_config: Any, oc: Any, data_config_cls: type) -> Any:

@@ -7,7 +7,9 @@ the tree's own loader, on datasets of that config's schema written by the pinned
   positions, 8-dim actions, openpi's `DroidInputs`, prompts from the tasks;
 - `MultiDatasetDROIDDataConfig` (the fork): two DROID datasets, sequential order over their concatenation;
 - `LeRobotLiberoDataConfigWithReasoning` (the fork): as evaluated (eval=True) and as trained (eval=False, its
-  `ReplacePromptWithReasoning` drawing prompts with Python's `random`, seeded alike for both loaders).
+  `ReplacePromptWithReasoning` drawing prompts with Python's `random`, seeded alike for both loaders);
+- fastmix's `MultiDatasetLeRobotConfig` around `LeRobotDROIDDataConfig` (both): the two DROID datasets in
+  sequential order are the tree's own batches of each dataset's single config in turn.
 
 openpi's per-sample policy transforms (AlohaInputs, DroidInputs, ReplacePromptWithReasoning) run unchanged on
 fastmix's rows, which then carry LeRobotDataset's own image format. Norm stats come from the tree's own
@@ -158,3 +160,29 @@ def test_libero_with_reasoning(datasets, tree_norm_stats, assets_dir, tmp_path, 
     ref = compare(config, "pytorch", n, before=lambda: random.seed(1234))
     prompts = {tuple(t) for b in ref for t in b["tokenized_prompt"]}
     assert len(prompts) == (2 if evaluating else 4)  # the two tasks; or with the subtask and movement prompts
+
+
+def test_droid_mixture_in_openpis_types(schema_datasets, tree_norm_stats, assets_dir):
+    """fastmix's `MultiDatasetLeRobotConfig` around openpi's `LeRobotDROIDDataConfig` (the DROID path for a tree
+    without a multi-dataset config): in sequential order, the tree's own batches of each DROID dataset's
+    single config in turn (18 and 12 frames: batch boundaries on the dataset boundary)."""
+    import openpi.training.config as _config
+
+    from fastmix.openpi import MultiDatasetLeRobotConfig
+    from tests.seed.seed_data import openpi_train_config
+
+    assets = stats_assets(tree_norm_stats, "seed_droid_stats", droid_data(), DROID_REPO)
+    ref = []
+    for repo in (DROID_REPO, DROID_REPO_2):
+        single = _config.LeRobotDROIDDataConfig(repo_id=repo, assets=assets,
+                                                base_config=_config.DataConfig(prompt_from_task=True))
+        config = openpi_train_config(f"seed_droid_single_{repo.rsplit('/', 1)[-1]}", single, assets_dir,
+                                     batch_size=BATCH, num_workers=0)
+        ref += openpi_batches(config, framework="pytorch", num_batches=frames(repo) // BATCH)
+    data = MultiDatasetLeRobotConfig(repo_ids=[DROID_REPO, DROID_REPO_2], dataset_weights=[1.0, 2.0],
+                                     assets=assets, dataset_config=_config.LeRobotDROIDDataConfig(
+                                         base_config=_config.DataConfig(prompt_from_task=True)))
+    config = openpi_train_config("seed_droid_mixture", data, assets_dir, batch_size=BATCH, num_workers=2)
+    with fastmix_installed():
+        got = openpi_batches(config, framework="pytorch", num_batches=frames(DROID_REPO, DROID_REPO_2) // BATCH)
+    assert_same_batches(ref, got, f"{TREE} droid mixture", frames(DROID_REPO, DROID_REPO_2) // BATCH)

@@ -135,13 +135,18 @@ def test_openpi_registry_cli_and_pickle_take_it(multi, monkeypatch):
 
 def test_created_data_config_is_openpis(multi):
     """`create()` gives openpi's DataConfig (a subclass) with the LIBERO transforms and the first dataset's
-    norm stats, `repo_id` None, the mixture in repo_ids / dataset_weights / weighting."""
+    norm stats, `repo_id` None, the mixture in repo_ids / dataset_weights / weighting: to any caller but openpi's
+    un-patched loader (here with openpi's data loader imported and fastmix not installed: as fastmix's own
+    tools and openpi's policy serving call it)."""
     import openpi.training.config as _config
+    import openpi.training.data_loader  # noqa: F401
+
+    import fastmix.openpi
 
     config = multi("seed_multi_created")
-    with fastmix_installed():
-        created = config.data.create(config.assets_dirs, config.model)
-        single = libero(repo_id=FORK_REPO, assets=config.data.assets).create(config.assets_dirs, config.model)
+    assert not fastmix.openpi.is_installed()
+    created = config.data.create(config.assets_dirs, config.model)
+    single = libero(repo_id=FORK_REPO, assets=config.data.assets).create(config.assets_dirs, config.model)
     assert isinstance(created, _config.DataConfig) and created.repo_id is None
     assert tuple(created.repo_ids) == tuple(REPOS) and tuple(created.dataset_weights) == tuple(WEIGHTS)
     assert created.weighting == "per_sample" and created.asset_id == FORK_REPO and created.prompt_from_task
