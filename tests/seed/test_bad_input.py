@@ -27,6 +27,20 @@ def test_install_and_uninstall_restore_openpis_functions():
     assert not fastmix.openpi.is_installed()
 
 
+def test_signatures_are_openpis():
+    """fastmix's replacements take exactly the arguments of this tree's own functions (names, kinds, defaults)."""
+    import inspect
+
+    import openpi.training.data_loader as dl
+
+    import fastmix.openpi
+
+    for name in ("create_data_loader", "create_torch_dataset"):
+        theirs = inspect.signature(getattr(dl, name)).parameters.values()
+        ours = inspect.signature(getattr(fastmix.openpi, name)).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in ours] == [(p.name, p.kind, p.default) for p in theirs], name
+
+
 @FORK_ONLY
 def test_weights_length_mismatch_is_the_forks_error(datasets, assets_dir, norm_stats_dir):
     from tests.seed.seed_data import fork_train_config

@@ -74,3 +74,31 @@ def test_missing_norm_stats_is_openpis_message(datasets, assets_dir):
     with fastmix_installed(), pytest.raises(Exception, match="Normalization stats not found") as info:
         openpi_batches(config, framework="pytorch", num_batches=1)
     assert "compute-norm-stats" in str(info.value) or "compute_norm_stats" in str(info.value)
+
+
+def test_norm_stats_script_on_fastmixs_torch_dataset(datasets, assets_dir):
+    """The tree's own `scripts/compute_norm_stats.py` reads through `create_torch_dataset`: after install() it
+    reads fastmix's dataset (`LeRobotSource` items) and writes the same statistics as on lerobot's."""
+    import json
+
+    from tests.seed.seed_data import openpi_train_config, tree_compute_norm_stats
+
+    written = {}
+    for installed in (False, True):
+        config = openpi_train_config(f"seed_single_script_{installed}", libero_data(FORK_REPO), assets_dir,
+                                     batch_size=BATCH, num_workers=0)
+        if installed:
+            with fastmix_installed():
+                import openpi.training.data_loader as dl
+
+                import fastmix.openpi
+
+                assert dl.create_torch_dataset is fastmix.openpi.create_torch_dataset
+                path = tree_compute_norm_stats(config, TREE)
+        else:
+            path = tree_compute_norm_stats(config, TREE)
+        written[installed] = json.loads(path.read_text())["norm_stats"]
+    assert sorted(written[True]) == sorted(written[False]) == ["actions", "state"]
+    for key, stats in written[False].items():
+        for stat, values in stats.items():
+            np.testing.assert_array_equal(written[True][key][stat], values, err_msg=f"{key}.{stat}")
