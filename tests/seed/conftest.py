@@ -7,8 +7,8 @@ that only makes sense for the named trees: it is skipped on the others with that
 reason is a usage error).
 
 Everything lives under one work folder (`FASTMIX_SEED_WORK`, default a fresh temp dir): lerobot's home with the
-test datasets and openpi's data home with the stand-in tokenizer (written once, read by both trees' runs), and
-the assets with norm stats (one folder per tree). Nothing is fetched: the hub is switched off before lerobot or
+test datasets and openpi's data home with the stand-in tokenizer (written once, read by both trees' runs), the
+assets with norm stats (one folder per tree) and fastmix's cache (`FASTMIX_CACHE`: nothing in ~/.cache). Nothing is fetched: the hub is switched off before lerobot or
 openpi is imported.
 """
 

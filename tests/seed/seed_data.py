@@ -46,11 +46,12 @@ def train_tokenizer(path: Path) -> Path:
 
 
 def offline_environment(work: Path) -> None:
-    """Point lerobot's and openpi's homes into `work` and switch the hub off (before lerobot or openpi is
-    imported: lerobot reads HF_LEROBOT_HOME at import)."""
+    """Point lerobot's and openpi's homes and fastmix's cache (the low-dim store) into `work` and switch the hub
+    off (before lerobot or openpi is imported: lerobot reads HF_LEROBOT_HOME at import)."""
     os.environ.update(
         HF_LEROBOT_HOME=str(work / "lerobot"),
         OPENPI_DATA_HOME=str(work / "openpi"),
+        FASTMIX_CACHE=str(work / "fastmix-cache"),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
