@@ -6,8 +6,11 @@
 
 After `install()`, openpi configs using `MultiDatasetLiberoDataConfig` (or any LeRobot data config) load with
 fastmix's weighted mixture loader: same arguments, same `(Observation, actions)` batches, openpi's own
-transforms (applied per sample where they are not fastmix's). RLDS and fake-data configs keep openpi's
-original functions. Call `install()` before other modules bind the functions with `from ... import`.
+transforms (applied per sample where they are not fastmix's, on rows in LeRobotDataset's own format). RLDS and
+fake-data configs keep openpi's original functions. Call `install()` before other modules bind the functions
+with `from ... import`. Both openpi trees have these two functions with these signatures: the co-training fork
+and upstream openpi, whose configs mix LeRobot datasets through `fastmix.openpi.MultiDatasetLeRobotConfig`
+(`for_openpi`); `python -m fastmix.openpi.launch` runs their train scripts unchanged with `install()` done.
 """
 
 from __future__ import annotations

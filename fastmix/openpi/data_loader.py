@@ -126,6 +126,21 @@ def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list
     ]
 
 
+def raw_image_dtype(stages: Sequence[tuple[str, Sequence[Any]]]) -> str:
+    """The loader's camera format for the raw batch of `stages` (`transform_stages`' list).
+
+    "float32": (B, C, H, W) in [0, 1], LeRobotDataset's own item format, when an openpi transform that runs
+    per sample (not a fastmix `Transform`) is in the repack or data stage, the stages that read the dataset's
+    own format: openpi's policy transforms are written for LeRobotDataset items (e.g. `AlohaInputs` transposes
+    (C, H, W) to (H, W, C) unconditionally). Else "uint8" (B, H, W, C), the format fastmix's batched
+    transforms take directly.
+    """
+    for stage, transforms in stages:
+        if stage in ("repack", "data") and any(not isinstance(t, _t.Transform) for t in transforms):
+            return "float32"
+    return "uint8"
+
+
 def require_norm_stats(config: Any, data_config: Any) -> None:
     """The reference's "Normalization stats not found" error (with the command to run) when stats are absent."""
     if data_config.norm_stats is not None or getattr(data_config, "repo_id", None) == "fake":
@@ -396,10 +411,13 @@ def create_data_loader(
     horizon = int(config.model.action_horizon)
     action_delta_timestamps(sources, keys, horizon)  # checks the action keys, naming the dataset
     stages = transform_stages(data_config, skip_norm_stats=skip_norm_stats)
-    extra = {} if (size := _t.decode_size(stages)) is None else {"resize_images": size}
+    extra: dict[str, Any] = {} if (size := _t.decode_size(stages)) is None else {"resize_images": size}
+    if raw_image_dtype(stages) != "uint8":
+        extra["image_dtype"] = raw_image_dtype(stages)
+    weights = getattr(data_config, "dataset_weights", None)  # upstream openpi's DataConfig has no such field
     loader = (loader_factory or make_mixture_loader)(
         sources,
-        dataset_weights=None if data_config.dataset_weights is None else list(data_config.dataset_weights),
+        dataset_weights=None if weights is None else list(weights),
         weighting=getattr(data_config, "weighting", "per_sample"),
         batch_size=local_batch_size,
         action_horizon=horizon,
@@ -475,6 +493,7 @@ __all__ = [
     "make_mixture_loader",
     "observation_class",
     "open_sources",
+    "raw_image_dtype",
     "repo_ids_of",
     "require_norm_stats",
     "resolve_root",

@@ -1,9 +1,11 @@
-"""Pinned requirements for the seed environment, read from the openpi fork's own `uv.lock`.
+"""Pinned requirements for a seed environment, read from an openpi tree's own `uv.lock` (the fork's or
+upstream's: both declare the same data-path dependencies, at a few different versions).
 
     python tests/seed/pins.py ../shared/seed/openpi/uv.lock > requirements.txt
+    python tests/seed/pins.py ../shared/seed/openpi-upstream/uv.lock > requirements-upstream.txt
 
 Prints `name==version` for the transitive closure (within the lock, markers evaluated for this interpreter) of
-the packages the fork's *data path* imports: its config, data loader, transforms, tokenizer, norm-stats script
+the packages the tree's *data path* imports: its config, data loader, transforms, tokenizer, norm-stats script
 and the pinned lerobot's `lerobot.common.datasets`. Packages for training only (wandb, notebook, gym, rerun, …)
 are left out; `jax[cuda12]` becomes CPU `jax`. Where the lock's pin has no wheel for this platform the nearest
 wheel is used and a pin with no wheel at all that nothing needs is left out: each is listed in SUBSTITUTES /
@@ -17,7 +19,7 @@ import sys
 import tomllib
 from packaging.markers import Marker
 
-# The fork's direct dependencies (openpi's pyproject) that its data path imports, without extras.
+# openpi's direct dependencies (its pyproject, the same in both trees) that its data path imports, without extras.
 OPENPI_ROOTS = [
     "augmax", "beartype", "dm-tree", "einops", "equinox", "filelock", "flatbuffers", "flax", "fsspec", "imageio",
     "jax", "jaxtyping", "ml-collections", "numpy", "numpydantic", "opencv-python", "orbax-checkpoint", "pillow",
@@ -35,7 +37,8 @@ LEROBOT_ROOTS = [
 # fastmix's own runtime dependencies, at the fork's pins where the lock has them.
 FASTMIX_ROOTS = ["numpy", "numba", "av", "pyarrow", "tqdm", "matplotlib", "scipy", "tyro", "torch"]
 
-# Lock pins without a wheel for Linux x86_64 / CPython 3.11 on the package index: (name, lock version, used).
+# Lock pins without a wheel for Linux x86_64 / CPython 3.11 on the package index: (name, lock version, used);
+# applied only where the lock pins that version (upstream's av 17.0.0 has wheels).
 SUBSTITUTES = {"av": ("14.4.0", "14.2.0")}
 # Lock pins with no wheel at all, left out: (name, why it is not needed).
 SKIPPED = {"tree": "0.2.4 is a source package only; the module `tree` that openpi_client imports is dm-tree's"}

@@ -73,3 +73,28 @@ def observed_dataset_shares(config: Any, draws: int) -> tuple[np.ndarray, str]:
             if taken >= draws:
                 break
     return counts, type(torch_loader.sampler).__name__
+
+
+FLOAT_KEYS = ("state", "actions")
+
+
+def assert_same_batches(ref: list[dict], got: list[dict], where: str, num_batches: int) -> None:
+    """`got` (after install()) equals `ref` (openpi's own loader) batch for batch: the same keys, shapes and
+    dtypes; images, masks and tokens bit-identical; state/actions within 4 ulps of openpi's values in fastmix's
+    dtype: float32 where the data is float32 (openpi's PyTorch path returns float64 there: its `Normalize`
+    mixes float32 data with float64 stats; fastmix's keeps the data's dtype), float64 only where openpi's own
+    per-sample transforms made the data float64 (e.g. `AlohaInputs`), as openpi's is."""
+    assert len(ref) == len(got) == num_batches, f"{where}: {len(ref)} vs {len(got)} batches, want {num_batches}"
+    for b, (r, g) in enumerate(zip(ref, got, strict=True)):
+        assert sorted(r) == sorted(g), f"{where} batch {b}: keys {sorted(r)} vs {sorted(g)}"
+        for key in r:
+            at = f"{where} batch {b} {key}"
+            assert r[key].shape == g[key].shape, f"{at}: shape {r[key].shape} vs {g[key].shape}"
+            if key in FLOAT_KEYS:
+                dtype = g[key].dtype
+                assert dtype == np.float32 or dtype == r[key].dtype, f"{at}: dtype {r[key].dtype} vs {dtype}"
+                eps = float(np.finfo(dtype).eps)
+                np.testing.assert_allclose(g[key], r[key].astype(dtype), rtol=4 * eps, atol=4 * eps, err_msg=at)
+            else:
+                assert r[key].dtype == g[key].dtype, f"{at}: dtype {r[key].dtype} vs {g[key].dtype}"
+                assert np.array_equal(r[key], g[key]), f"{at}: values differ"

@@ -16,6 +16,10 @@ import pytest
 from tests.seed.conftest import EPISODES, FASTMIX_REPO, FORK_REPO
 from tests.seed.pipelines import fastmix_installed, openpi_batches
 
+pytestmark = pytest.mark.tree("fork", reason="the fork's MultiDatasetLiberoDataConfig, which upstream does not have "
+                              "(upstream's single-dataset and fastmix's multi-dataset configs: "
+                              "test_single_dataset.py, test_multi_config.py)")
+
 BATCH = 6
 TOTAL = sum(n * length for n, length in EPISODES.values())
 FLOAT_KEYS = ("state", "actions")

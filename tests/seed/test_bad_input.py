@@ -1,5 +1,6 @@
-"""Bad input through the fork's own entry points, with and without `fastmix.openpi.install()`: the errors stay
-clear (the fork's own validation where the fork validates; fastmix's named errors where it reads data)."""
+"""Bad input through openpi's own entry points, with and without `fastmix.openpi.install()`: the errors stay
+clear (openpi's own validation where openpi validates; fastmix's named errors where it reads data). The fork's
+multi-dataset config here; upstream's single-dataset config in test_single_dataset.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import pytest
 from tests.seed.conftest import FASTMIX_REPO, FORK_REPO
 from tests.seed.pipelines import fastmix_installed, openpi_batches
 
+FORK_ONLY = pytest.mark.tree("fork", reason="the fork's MultiDatasetLiberoDataConfig (upstream's single-dataset "
+                             "counterparts: test_single_dataset.py)")
 
-def test_install_and_uninstall_restore_the_forks_functions():
+
+def test_install_and_uninstall_restore_openpis_functions():
     import openpi.training.data_loader as dl
 
     import fastmix.openpi
@@ -23,6 +27,21 @@ def test_install_and_uninstall_restore_the_forks_functions():
     assert not fastmix.openpi.is_installed()
 
 
+def test_signatures_are_openpis():
+    """fastmix's replacements take exactly the arguments of this tree's own functions (names, kinds, defaults)."""
+    import inspect
+
+    import openpi.training.data_loader as dl
+
+    import fastmix.openpi
+
+    for name in ("create_data_loader", "create_torch_dataset"):
+        theirs = inspect.signature(getattr(dl, name)).parameters.values()
+        ours = inspect.signature(getattr(fastmix.openpi, name)).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in ours] == [(p.name, p.kind, p.default) for p in theirs], name
+
+
+@FORK_ONLY
 def test_weights_length_mismatch_is_the_forks_error(datasets, assets_dir, norm_stats_dir):
     from tests.seed.seed_data import fork_train_config
 
@@ -34,6 +53,7 @@ def test_weights_length_mismatch_is_the_forks_error(datasets, assets_dir, norm_s
         openpi_batches(config, framework="pytorch", num_batches=1)
 
 
+@FORK_ONLY
 def test_missing_dataset_names_the_repo(datasets, assets_dir, norm_stats_dir):
     """A repo id with no dataset under lerobot's home: the fork tries the (offline) hub; fastmix names the repo
     id and the path it looked at."""
@@ -47,6 +67,7 @@ def test_missing_dataset_names_the_repo(datasets, assets_dir, norm_stats_dir):
     assert "seed/does_not_exist" in str(info.value) and "lerobot" in str(info.value)
 
 
+@FORK_ONLY
 def test_missing_norm_stats_is_openpis_message(datasets, assets_dir):
     from tests.seed.seed_data import fork_train_config
 

@@ -11,6 +11,10 @@ import pytest
 
 from tests.seed.conftest import FASTMIX_REPO, FORK_REPO
 
+pytestmark = pytest.mark.tree("fork", reason="compares with the fork's compute_norm_stats.py on its "
+                              "MultiDatasetLiberoDataConfig (its repo_id override); upstream's script takes "
+                              "single-dataset configs only")
+
 
 def load_stats(path) -> dict:
     return json.loads(path.read_text())["norm_stats"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from tests.seed.conftest import EPISODES, FASTMIX_REPO, FORK_REPO
@@ -19,6 +20,8 @@ WEIGHTS = np.array([1.0, 10.0])
 PER_SAMPLE = WEIGHTS * SIZES / (WEIGHTS * SIZES).sum()  # 36:180 -> 0.1667 / 0.8333
 UNIFORM = SIZES / SIZES.sum()  # 36:18 -> 0.6667 / 0.3333
 ALPHA = 1e-3
+FORK_ONLY = pytest.mark.tree("fork", reason="the fork's MultiDatasetLiberoDataConfig and its ignored dataset_weights; "
+                             "upstream has no multi-dataset LeRobot config (fastmix's: test_multi_config.py)")
 
 
 def p_value(counts: np.ndarray, shares: np.ndarray) -> float:
@@ -32,6 +35,7 @@ def weighted_config(datasets, assets_dir, norm_stats_dir, name: str, num_workers
                              assets_dir=norm_stats_dir, batch_size=6, num_workers=num_workers)
 
 
+@FORK_ONLY
 def test_fork_ignores_dataset_weights(datasets, assets_dir, norm_stats_dir):
     """20,000 draws of the fork's own training loader (shuffle=True): RandomSampler, shares N_i/N."""
     config = weighted_config(datasets, assets_dir, norm_stats_dir, "seed_weights_fork")
@@ -42,6 +46,7 @@ def test_fork_ignores_dataset_weights(datasets, assets_dir, norm_stats_dir):
     assert p_value(counts, PER_SAMPLE) < 1e-12, f"fork draws {counts} follow the weights after all"
 
 
+@FORK_ONLY
 def test_installed_fastmix_applies_dataset_weights(datasets, assets_dir, norm_stats_dir):
     """The fork's own `create_data_loader` after install(): 1,200 samples of real batches, their dataset of
     origin from each batch's meta: shares ∝ w_i·N_i (chi-square p > 1e-3), not uniform (p < 1e-12)."""
@@ -61,6 +66,7 @@ def test_installed_fastmix_applies_dataset_weights(datasets, assets_dir, norm_st
     assert p_value(counts, UNIFORM) < 1e-12
 
 
+@FORK_ONLY
 def test_verify_openpi_reports_ignored_weights(datasets, assets_dir, norm_stats_dir, capsys):
     """`fastmix verify CONFIG N --openpi` measures the fork's loader: FAIL with expected vs observed, and the
     counts are exactly the fork's own draws (same seed) measured above by other code."""
