@@ -236,6 +236,8 @@ void resize_with_pad_u8(const py::array_t<uint8_t, py::array::c_style>& src,
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "fastmix native core: Philox4x64-10, Vose alias tables, mixture draws, index mapping, pixel conversion";
+    // Raised with every change of a kernel's signature; fastmix.kernels.backend refuses an older build.
+    m.attr("ABI_VERSION") = 2;  // 2: seg_start / seg_length of mixture_draw and stratified_draw (issue 22)
     m.def("lut_u8_to_f32", &lut_u8_to_f32, py::arg("src"), py::arg("table"), py::arg("out").noconvert(),
           py::arg("chw"), "out = table[src] (float32), uint8 (N, H, W, C) -> (N, C, H, W) when chw, else same layout.");
     m.def("philox4x64", &philox4x64, py::arg("key"), py::arg("counters"), py::arg("out").noconvert(),

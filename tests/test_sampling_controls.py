@@ -263,6 +263,29 @@ def test_numba_segment_kernels_without_jit_equal_native(tmp_path) -> None:
         np.testing.assert_array_equal(got[name], args[i], err_msg=name)
 
 
+def test_a_stale_native_build_is_refused_for_numba(monkeypatch) -> None:
+    """An extension built from older sources (its kernels lack the segment arguments) is not used: the numba
+    twin is, with a warning naming the rebuild; FASTMIX_BACKEND=native raises."""
+    from fastmix.kernels import _native
+    from fastmix.kernels import backend as _backend
+
+    monkeypatch.setattr(_native, "ABI_VERSION", 1)
+    monkeypatch.delenv("FASTMIX_BACKEND", raising=False)
+    _backend._load.cache_clear()
+    _backend.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"built from other sources \(ABI 1, these sources need 2\); rebuild"):
+            assert _backend.backend() == "numba"
+        monkeypatch.setenv("FASTMIX_BACKEND", "native")
+        with pytest.raises(ImportError, match="pip install -e"):
+            _backend.backend()
+    finally:
+        monkeypatch.undo()
+        _backend._load.cache_clear()
+        _backend.reset()
+    assert _backend.backend() == "native"
+
+
 # ------------------------------------------------------------------ filters: formats, episodes, order
 def test_openpi_filter_file_format(tmp_path) -> None:
     """openpi's `filter_dict_path` JSON ({"<episode key>": [[start, end], ...]}) equals the same mapping."""
