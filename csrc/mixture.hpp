@@ -5,9 +5,13 @@
 //   uniform layout (no frame tables):  block p >> 1, h = 2 * (p & 1):
 //       word h     -> dataset (packed alias: column = Lemire high half, coin = low half)
 //       word h + 1 -> local index (Lemire)                         => two draws per Philox block
-//   frame layout (some dataset has per-frame weights): block p:
-//       word 0 -> dataset (packed alias); word 1 -> frame column (Lemire) or uniform local index;
-//       word 2 -> frame coin
+//   frame layout (some dataset has a table of columns: per-frame weights, frame filters, per-episode weighting):
+//   block p:
+//       word 0 -> dataset (packed alias); word 1 -> column (Lemire) or uniform local index;
+//       word 2 -> column coin; word 3 -> offset inside the column's segment (Lemire over its length; only with
+//       segments)
+// A column is one local frame, or (segments) a run of local frames [seg_start[c], seg_start[c] + seg_length[c])
+// drawn uniformly: frame filters and per-episode weighting need one column per kept run, not per frame.
 // Rejected Lemire words are replaced by the same word of the same block at attempt 1, 2, ...
 #pragma once
 #include <cstdint>
@@ -29,6 +33,8 @@ struct FrameTables {
     const u64* threshold;
     const i64* alias;
     const i64* frame_offsets;  // K+1 entries, or nullptr: uniform layout
+    const i64* seg_start;      // one per column (same indexing as threshold), or nullptr: column c is frame c
+    const i64* seg_length;     // one per column (>= 1), or nullptr
 };
 
 inline u64 dataset_size(const DatasetTables& ds, i64 d) { return static_cast<u64>(ds.offsets[d + 1] - ds.offsets[d]); }
@@ -37,8 +43,12 @@ inline u64 dataset_size(const DatasetTables& ds, i64 d) { return static_cast<u64
 inline i64 frame_local(const Block& blk, i64 d, const DatasetTables& ds, const FrameTables& fr, const Stream& s,
                        u64 p) {
     const i64 lo = fr.frame_offsets[d], hi = fr.frame_offsets[d + 1];
-    if (hi > lo)
-        return alias_pick(blk.v[1], blk.v[2], fr.threshold + lo, fr.alias + lo, static_cast<u64>(hi - lo), s, p, 1);
+    if (hi > lo) {
+        const i64 c = lo + alias_pick(blk.v[1], blk.v[2], fr.threshold + lo, fr.alias + lo, static_cast<u64>(hi - lo),
+                                      s, p, 1);
+        if (fr.seg_start == nullptr) return c - lo;
+        return fr.seg_start[c] + static_cast<i64>(bounded(blk.v[3], static_cast<u64>(fr.seg_length[c]), s, p, 3));
+    }
     return static_cast<i64>(bounded(blk.v[1], dataset_size(ds, d), s, p, 1));
 }
 

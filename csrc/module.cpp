@@ -91,19 +91,24 @@ struct Tables {
 };
 
 Tables make_tables(const Arr<u64>& ds_threshold, const Arr<i64>& ds_alias, const Arr<i64>& offsets,
-                   const Arr<u64>& frame_threshold, const Arr<i64>& frame_alias, const Arr<i64>& frame_offsets) {
+                   const Arr<u64>& frame_threshold, const Arr<i64>& frame_alias, const Arr<i64>& frame_offsets,
+                   const Arr<i64>& seg_start, const Arr<i64>& seg_length) {
     const py::ssize_t k = ds_threshold.size();
     if (k < 1) throw std::invalid_argument("ds_threshold: need at least one dataset");
     Tables t;
     t.ds = {in_ptr(ds_threshold, k, "ds_threshold"), in_ptr(ds_alias, k, "ds_alias"),
             in_ptr(offsets, k + 1, "offsets"), static_cast<i64>(k)};
     if (frame_offsets.size() == 0) {
-        t.fr = {nullptr, nullptr, nullptr};
+        t.fr = {nullptr, nullptr, nullptr, nullptr, nullptr};
     } else {
         const i64* fo = in_ptr(frame_offsets, k + 1, "frame_offsets");
         in_ptr(frame_threshold, fo[k], "frame_threshold");
         in_ptr(frame_alias, fo[k], "frame_alias");
-        t.fr = {frame_threshold.data(), frame_alias.data(), fo};
+        t.fr = {frame_threshold.data(), frame_alias.data(), fo, nullptr, nullptr};
+        if (seg_start.size() != 0 || seg_length.size() != 0) {  // segments: (start, length >= 1) per column,
+            t.fr.seg_start = in_ptr(seg_start, fo[k], "seg_start");  // built by fastmix.core.mixture
+            t.fr.seg_length = in_ptr(seg_length, fo[k], "seg_length");
+        }
     }
     return t;
 }
@@ -145,9 +150,11 @@ void alias_draw(const Arr<u64>& threshold, const Arr<i64>& alias, const Arr<u64>
 
 void mixture_draw(const Arr<u64>& stream, u64 start, u64 stride, const Arr<u64>& ds_threshold,
                   const Arr<i64>& ds_alias, const Arr<i64>& offsets, const Arr<u64>& frame_threshold,
-                  const Arr<i64>& frame_alias, const Arr<i64>& frame_offsets, Arr<i64> out, int threads) {
+                  const Arr<i64>& frame_alias, const Arr<i64>& frame_offsets, Arr<i64> out, int threads,
+                  const Arr<i64>& seg_start, const Arr<i64>& seg_length) {
     const fastmix::Stream s = to_stream(stream, "stream");
-    const Tables t = make_tables(ds_threshold, ds_alias, offsets, frame_threshold, frame_alias, frame_offsets);
+    const Tables t = make_tables(ds_threshold, ds_alias, offsets, frame_threshold, frame_alias, frame_offsets,
+                                 seg_start, seg_length);
     i64* o = out.mutable_data();
     const i64 count = out.size();
     py::gil_scoped_release nogil;
@@ -159,10 +166,11 @@ void mixture_draw(const Arr<u64>& stream, u64 start, u64 stride, const Arr<u64>&
 void stratified_draw(const Arr<u64>& stream, const Arr<u64>& perm_stream, u64 start, u64 stride,
                      const Arr<u64>& ds_threshold, const Arr<i64>& ds_alias, const Arr<i64>& offsets,
                      const Arr<u64>& frame_threshold, const Arr<i64>& frame_alias, const Arr<i64>& frame_offsets,
-                     Arr<i64> labels, Arr<i64> out) {
+                     Arr<i64> labels, Arr<i64> out, const Arr<i64>& seg_start, const Arr<i64>& seg_length) {
     const fastmix::Stream s = to_stream(stream, "stream");
     const fastmix::Stream perm = to_stream(perm_stream, "perm_stream");
-    const Tables t = make_tables(ds_threshold, ds_alias, offsets, frame_threshold, frame_alias, frame_offsets);
+    const Tables t = make_tables(ds_threshold, ds_alias, offsets, frame_threshold, frame_alias, frame_offsets,
+                                 seg_start, seg_length);
     const i64 count = labels.size();
     i64* lab = labels.mutable_data();
     i64* o = out_ptr(out, count, "out");
@@ -228,6 +236,8 @@ void resize_with_pad_u8(const py::array_t<uint8_t, py::array::c_style>& src,
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "fastmix native core: Philox4x64-10, Vose alias tables, mixture draws, index mapping, pixel conversion";
+    // Raised with every change of a kernel's signature; fastmix.kernels.backend refuses an older build.
+    m.attr("ABI_VERSION") = 2;  // 2: seg_start / seg_length of mixture_draw and stratified_draw (issue 22)
     m.def("lut_u8_to_f32", &lut_u8_to_f32, py::arg("src"), py::arg("table"), py::arg("out").noconvert(),
           py::arg("chw"), "out = table[src] (float32), uint8 (N, H, W, C) -> (N, C, H, W) when chw, else same layout.");
     m.def("philox4x64", &philox4x64, py::arg("key"), py::arg("counters"), py::arg("out").noconvert(),
@@ -239,12 +249,15 @@ PYBIND11_MODULE(_native, m) {
     m.def("mixture_draw", &mixture_draw, py::arg("stream"), py::arg("start"), py::arg("stride"),
           py::arg("ds_threshold"), py::arg("ds_alias"), py::arg("offsets"), py::arg("frame_threshold"),
           py::arg("frame_alias"), py::arg("frame_offsets"), py::arg("out").noconvert(), py::arg("threads") = 1,
+          py::arg("seg_start") = Arr<i64>(0), py::arg("seg_length") = Arr<i64>(0),
           "out[i] = global index of the two-level mixture draw at position start + i*stride; `threads` "
-          "splits the range (same result for any value).");
+          "splits the range (same result for any value). seg_start/seg_length (one per column, or empty): "
+          "each column is a run of frames drawn uniformly (csrc/mixture.hpp).");
     m.def("stratified_draw", &stratified_draw, py::arg("stream"), py::arg("perm_stream"), py::arg("start"),
           py::arg("stride"), py::arg("ds_threshold"), py::arg("ds_alias"), py::arg("offsets"),
           py::arg("frame_threshold"), py::arg("frame_alias"), py::arg("frame_offsets"),
-          py::arg("labels").noconvert(), py::arg("out").noconvert(),
+          py::arg("labels").noconvert(), py::arg("out").noconvert(), py::arg("seg_start") = Arr<i64>(0),
+          py::arg("seg_length") = Arr<i64>(0),
           "Shuffle the batch's dataset labels in place, then draw each slot's local index; out = global.");
     m.def("to_local", &to_local, py::arg("offsets"), py::arg("global_index"), py::arg("dataset").noconvert(),
           py::arg("local").noconvert(), "Global -> (dataset, local); returns the first bad position or -1.");

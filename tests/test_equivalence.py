@@ -72,6 +72,16 @@ def test_per_dataset_weighting_passes() -> None:
     assert r.passed, r.format()
 
 
+def test_per_episode_weighting_with_random_filters_passes() -> None:
+    sizes = [2000, 700]
+    episodes = equivalence.random_episode_lengths(sizes, 3)
+    filters = equivalence.random_frame_filters(episodes, 4, trim_start=1, trim_end=1)
+    r = check_equivalence(sizes, [1.0, 2.0], weighting="per_episode", episodes=episodes, frame_filters=filters,
+                          draws=DRAWS, seed=3)
+    assert r.passed, r.format()
+    assert len(r.tests) == NUM_TESTS and r.zero_probability_draws == 0 and sum(r.kept_frames) < sum(sizes)
+
+
 @pytest.mark.parametrize("wrong", [
     dict(dataset_weights=[1.0, 10.0], weighting="per_dataset"),  # wrong semantics
     dict(dataset_weights=[1.0, 11.0]),  # 10 % too much weight on dataset 1

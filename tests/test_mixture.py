@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastmix.core.filters import FrameFilter
 from fastmix.core.mixture import Mixture
 from fastmix.errors import ConfigError
 
@@ -33,6 +34,24 @@ def test_frame_weights_enter_both_modes() -> None:
     np.testing.assert_allclose(pd.frame_probabilities(1), [0.25, 0.75])
     r = pd.reference_weights()
     np.testing.assert_allclose(r / r.sum(), pd.sample_probabilities(), rtol=1e-14)
+
+
+def test_frame_weights_combine_with_filters_and_per_episode() -> None:
+    """Per-frame weights inside kept frames: per_sample ∝ w·f over kept frames; per_episode: each kept episode
+    1/E, a frame ∝ f within its episode (computed by hand)."""
+    fw = [np.array([1.0, 3.0, 1.0, 1.0, 2.0, 0.5])]
+    flt = [FrameFilter({"0": [[0, 2]], "1": [[0, 3]]})]  # the last frame is dropped
+    ps = Mixture([6], frame_weights=fw, episodes=[[2, 4]], frame_filters=flt)
+    np.testing.assert_allclose(ps.sample_probabilities(), np.array([1, 3, 1, 1, 2, 0]) / 8, rtol=1e-14)
+    pe = Mixture([6], weighting="per_episode", frame_weights=fw, episodes=[[2, 4]], frame_filters=flt)
+    np.testing.assert_allclose(pe.sample_probabilities(), [1 / 8, 3 / 8, 1 / 8, 1 / 8, 2 / 8, 0], rtol=1e-14)
+    np.testing.assert_allclose(pe.table_sample_probabilities(), pe.sample_probabilities(), rtol=1e-12)
+
+
+def test_table_of_an_unfiltered_mixture_is_unchanged() -> None:
+    """No episodes, no filters: the same columns as before the sampling controls."""
+    head = Mixture([10, 20]).format_table().splitlines()[1]
+    assert head.split() == ["#", "dataset", "frames", "weight", "frames", "drawn", "share"]
 
 
 @pytest.mark.parametrize("sizes, weights, weighting", [
@@ -74,6 +93,15 @@ def test_format_table_lists_everything() -> None:
     (dict(dataset_sizes=[2, 3], frame_weights=[None]), r"frame_weights length \(1\) must match"),
     (dict(dataset_sizes=[2, 3], frame_weights=[None, [1.0, 2.0]]), r"frame_weights\[1\] has 2 entries"),
     (dict(dataset_sizes=[2, 3], frame_weights=[[1.0, float("nan")], None]), r"must be finite, got frame_weights\[0\]\[1\]=nan"),
+    (dict(dataset_sizes=[2, 3], weighting="per_episode"), r"dataset 'dataset 0': weighting='per_episode' needs the "
+                                                          r"dataset's episodes"),
+    (dict(dataset_sizes=[2, 3], frame_filters=[None]), r"frame_filters length \(1\) must match datasets length \(2\)"),
+    (dict(dataset_sizes=[2, 3], frame_filters=[None, FrameFilter()]), r"dataset 'dataset 1': a frame filter needs"),
+    (dict(dataset_sizes=[2, 3], episodes=[[1, 1], [4]]), r"episodes\[1\] of dataset 'dataset 1' cover 4 frames but "
+                                                         r"the dataset has 3"),
+    (dict(dataset_sizes=[3], frame_weights=[[1.0, 1.0, 0.0]], episodes=[[3]],
+          frame_filters=[FrameFilter({"0": [[2, 3]]})]), r"frame_weights\[0\] over the frames kept by "
+                                                         r"frame_filters\[0\] must not all be zero"),
 ])
 def test_bad_configuration_is_named(kwargs, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):

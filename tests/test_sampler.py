@@ -301,3 +301,20 @@ def test_next_indices_rejects_negative() -> None:
     with pytest.raises(ConfigError, match="n=-1"):
         MixtureSampler([10]).next_indices(-1)
     assert MixtureSampler([10]).next_indices(0).shape == (0,)
+
+
+def test_a_state_of_another_mixture_continues_at_its_consumed_position_without_the_carry() -> None:
+    """`load_state_dict(state, mixture_changed=True)`: the pending stratified draws (drawn under the old shares)
+    and the carry are dropped; the draws go on from the consumed position under the new shares."""
+    old = MixtureSampler([100, 50], batching="stratified", batch_size=4, seed=1)
+    it = iter(old)
+    for _ in range(5):  # one chunk of 4 and one draw of the next: 3 pending
+        next(it)
+    state = old.state_dict()
+    assert state["position"] == 8 and len(state["pending"]) == 3
+    new = MixtureSampler([100, 50], [1.0, 8.0], batching="stratified", batch_size=4, seed=1)
+    new.load_state_dict(state, mixture_changed=True)
+    assert new.position == 5 and new.state_dict()["carry_total"] == 0 and new.state_dict()["pending"] == []
+    d, _ = new.index_map.to_local(new.next_indices(20))
+    assert abs(int((d == 0).sum()) - 20 * 100 / 500) < 1  # the new shares, exactly within 1 from here on
+

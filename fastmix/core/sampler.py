@@ -16,7 +16,12 @@ the order of slots in a batch (permutation stream) and the local frames (mixture
 rank's global positions, so stratified streams resume exactly and ranks never share randomness, but their
 union is not the single-process stratified stream. `__iter__` stratifies chunks of `batch_size` (default 1).
 
-shuffle=False: the sequential order p → p mod N (weights ignored), split by rank the same way.
+shuffle=False: the sequential order p → p mod N (weights ignored), split by rank the same way; with frame
+filters, the p mod M-th kept frame (M = kept frames), so filtered-out frames are skipped there too.
+
+A state saved under other weights, weighting or frame filters may be continued with this sampler's mixture
+(`load_state_dict(state, mixture_changed=True)`): draws from the saved position on follow the new tables, the
+stratified carry restarts at that position. Draw p is still a pure function of (seed, epoch, p, tables).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from torch.utils.data import Sampler
 
 from fastmix._args import check_int, check_int_list, check_optional_int
 from fastmix.core import seeds
+from fastmix.core.episodes import EpisodeRuns
+from fastmix.core.filters import FrameFilter
 from fastmix.core.index_map import IndexMap
 from fastmix.core.mixture import Mixture
 from fastmix.errors import ConfigError
@@ -72,14 +79,19 @@ class MixtureSampler(Sampler[int]):
     Args:
         dataset_sizes: frames per dataset (K,).
         dataset_weights: (K,) weights, default all ones; semantics set by `weighting`.
-        weighting: "per_sample" (default; frame of dataset i ∝ w_i, like WeightedRandomSampler) or
-            "per_dataset" (dataset i's share = w_i / Σw).
-        num_samples: draws per epoch over all ranks (default: total frames, the reference's epoch).
+        weighting: "per_sample" (default; frame of dataset i ∝ w_i, like WeightedRandomSampler),
+            "per_dataset" (dataset i's share = w_i / Σw) or "per_episode" (share = w_i / Σw, each episode of a
+            dataset equally likely, frames uniform within it; `fastmix.core.mixture`).
+        num_samples: draws per epoch over all ranks (default: total kept frames — all frames without frame
+            filters, the reference's epoch).
         seed: integer in [0, 2^128), the Philox key.
         rank, world_size: default torch.distributed's when initialized, else 0 and 1.
         batching: "random" or "stratified" (see the module docstring).
         shuffle: False gives the sequential order p → p mod N.
         frame_weights: None, or K entries each None or a float array (N_i,) of per-frame weights.
+        episodes: None, or K entries each None, an `EpisodeRuns` or the episode lengths (needed by per_episode
+            weighting and frame filters).
+        frame_filters: None, or K entries each None or a `FrameFilter` (filtered-out frames are never drawn).
         batch_size: chunk that `__iter__` stratifies (stratified mode only; default 1).
         backend: "native" / "numba" / None (`fastmix.backend()`).
         names: K dataset names, for errors and `mixture.format_table()` (default "dataset i").
@@ -120,12 +132,14 @@ class MixtureSampler(Sampler[int]):
         batch_size: int | None = None,
         backend: str | None = None,
         names: Sequence[str] | None = None,
+        episodes: Sequence[EpisodeRuns | Sequence[int] | np.ndarray | None] | None = None,
+        frame_filters: Sequence[FrameFilter | None] | None = None,
     ) -> None:
         self.mixture = Mixture(dataset_sizes, dataset_weights, weighting=weighting, frame_weights=frame_weights,
-                               backend=backend, names=names)
+                               episodes=episodes, frame_filters=frame_filters, backend=backend, names=names)
         self.index_map = self.mixture.index_map
         num_samples = check_optional_int(num_samples, "num_samples", minimum=1)
-        self.num_samples = self.index_map.total if num_samples is None else num_samples
+        self.num_samples = self.mixture.kept_total if num_samples is None else num_samples
         self.seed = seeds.check_seed(seed)
         self.rank, self.world_size = resolve_rank_world_size(rank, world_size)
         if batching not in BATCHINGS:
@@ -189,9 +203,13 @@ class MixtureSampler(Sampler[int]):
                 self.GLOBAL_POSITION_KEY: 0, "world_size": self.world_size, "rank": self.rank,
                 "carry_counts": [0] * self.mixture.num_datasets, "carry_total": 0, "pending": []}
 
-    def load_state_dict(self, state: dict[str, Any], *, where: str = "MixtureSampler state") -> None:
+    def load_state_dict(self, state: dict[str, Any], *, where: str = "MixtureSampler state",
+                        mixture_changed: bool = False) -> None:
         """Continue exactly where `state` stopped. With another world_size the rank resumes at global position
         ceil(global_position / W) * W (never repeating a draw); stratified pending draws are then dropped.
+        `mixture_changed`: the state was saved under other weights, weighting or frame filters; the draws from
+        its consumed position on come from this sampler's mixture and the stratified carry (counts under the old
+        shares) and pending draws are dropped, so stratification restarts there.
         A malformed state raises ConfigError naming the key (`where` prefixes it) and changes nothing."""
         if not isinstance(state, Mapping):
             raise ConfigError(f"{where} must be a dict (from MixtureSampler.state_dict()), "
@@ -211,6 +229,9 @@ class MixtureSampler(Sampler[int]):
             raise ConfigError(f"{where}['carry_counts'] length ({counts.size}) must match datasets length "
                               f"({self.mixture.num_datasets}): datasets={self.mixture.names}")
         carry_total = _state_int(state, "carry_total", where) if "carry_total" in state else 0
+        if mixture_changed:
+            position -= len(pending)
+            pending, counts, carry_total = deque(), np.zeros_like(counts), 0
         self.seed, self.epoch = seed, epoch
         self._reset_epoch_state()
         self._position, self._pending = position, pending
@@ -241,17 +262,21 @@ class MixtureSampler(Sampler[int]):
         start = seeds.rank_start(self.rank, self.world_size, self._position)
         m = self.mixture
         if not self.shuffle:
-            np.remainder(np.arange(n, dtype=np.int64) * self.world_size + start, self.index_map.total, out=out)
+            np.remainder(np.arange(n, dtype=np.int64) * self.world_size + start, m.kept_total, out=out)
+            if m.filtered:
+                out[:] = m.kept_global(out)
         elif self._stratified:
             counts = self._stratified_counts(n)
             labels = np.repeat(np.arange(m.num_datasets, dtype=np.int64), counts)
             self._k.stratified_draw(self._streams[0], self._streams[1], start, self.world_size,
                                     m.dataset_table.threshold, m.dataset_table.alias, self.index_map.offsets,
-                                    m.frame_threshold, m.frame_alias, m.frame_offsets, labels, out)
+                                    m.frame_threshold, m.frame_alias, m.frame_offsets, labels, out,
+                                    seg_start=m.segment_start, seg_length=m.segment_length)
         else:
             self._k.mixture_draw(self._streams[0], start, self.world_size, m.dataset_table.threshold,
                                  m.dataset_table.alias, self.index_map.offsets, m.frame_threshold, m.frame_alias,
-                                 m.frame_offsets, out, threads_for(n))
+                                 m.frame_offsets, out, threads_for(n), seg_start=m.segment_start,
+                                 seg_length=m.segment_length)
         self._position += n
         return out
 

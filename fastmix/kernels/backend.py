@@ -22,11 +22,19 @@ from fastmix.errors import ConfigError
 
 _ENV = "FASTMIX_BACKEND"
 _CHOICES = ("native", "numba")
+ABI_VERSION = 2  # the extension's ABI_VERSION these sources call (csrc/module.cpp); an older build is stale
 
 
 @cache
 def _load(name: str) -> types.ModuleType:
-    return importlib.import_module("fastmix.kernels._native" if name == "native" else "fastmix.kernels.numba_kernels")
+    if name != "native":
+        return importlib.import_module("fastmix.kernels.numba_kernels")
+    module = importlib.import_module("fastmix.kernels._native")
+    built = getattr(module, "ABI_VERSION", 1)
+    if built != ABI_VERSION:  # built from older (or newer) sources: its kernels take other arguments
+        raise ImportError(f"fastmix.kernels._native at {module.__file__} was built from other sources (ABI "
+                          f"{built}, these sources need {ABI_VERSION}); rebuild it with `pip install -e .`")
+    return module
 
 
 @lru_cache(maxsize=1)

@@ -180,13 +180,18 @@ def _dataset_size(offsets, d):
 
 
 @njit(cache=True, nogil=True)
-def _frame_local(blk, d, offsets, frame_threshold, frame_alias, frame_offsets, stream, p):
-    """frame_local: local index of dataset d in the frame layout (block `blk` at position p)."""
+def _frame_local(blk, d, offsets, frame_threshold, frame_alias, frame_offsets, seg_start, seg_length, stream, p):
+    """frame_local: local index of dataset d in the frame layout (block `blk` at position p); with segments
+    (seg_start non-empty) the column is a run of frames and word 3 picks the frame inside it."""
     lo = frame_offsets[d]
     hi = frame_offsets[d + 1]
     if hi > lo:
-        return _alias_pick(blk[1], blk[2], frame_threshold[lo:hi], frame_alias[lo:hi], np.uint64(hi - lo),
-                           stream, p, 1)
+        c = lo + _alias_pick(blk[1], blk[2], frame_threshold[lo:hi], frame_alias[lo:hi], np.uint64(hi - lo),
+                             stream, p, 1)
+        if seg_start.shape[0] == 0:
+            return c - lo
+        v, _ = _bounded(blk[3], np.uint64(seg_length[c]), stream, p, 3)
+        return seg_start[c] + np.int64(v)
     v, _ = _bounded(blk[1], _dataset_size(offsets, d), stream, p, 1)
     return np.int64(v)
 
@@ -201,11 +206,24 @@ def _pair_block(stream, p, cached_b, cached):
     return b, cached, 2 * np.int64(p & _U1)
 
 
-@njit(cache=True, nogil=True)
+_NO_SEGMENTS = np.empty(0, dtype=np.int64)
+_NO_SEGMENTS.setflags(write=False)
+
+
 def mixture_draw(stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold, frame_alias,
-                 frame_offsets, out, threads=1):
+                 frame_offsets, out, threads=1, seg_start=None, seg_length=None):
     """out[i] = global index of the two-level mixture draw at position start + i*stride (`threads` is
-    accepted for signature parity with the native kernel and ignored: one thread)."""
+    accepted for signature parity with the native kernel and ignored: one thread). seg_start/seg_length (one
+    per column, or None/empty): each column is a run of frames drawn uniformly (csrc/mixture.hpp)."""
+    _mixture_draw(stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold, frame_alias,
+                  frame_offsets, _NO_SEGMENTS if seg_start is None else seg_start,
+                  _NO_SEGMENTS if seg_length is None else seg_length, out)
+
+
+@njit(cache=True, nogil=True)
+def _mixture_draw(stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold, frame_alias,
+                  frame_offsets, seg_start, seg_length, out):
+    """mixture_draw's loop (all arguments given)."""
     k = np.uint64(ds_threshold.shape[0])
     p = np.uint64(start)
     step = np.uint64(stride)
@@ -221,14 +239,23 @@ def mixture_draw(stream, start, stride, ds_threshold, ds_alias, offsets, frame_t
     for i in range(out.shape[0]):  # frame layout: block p
         blk = _block(stream, p, _U0)
         d = _alias_pick_packed(blk[0], ds_threshold, ds_alias, k, stream, p, 0)
-        out[i] = offsets[d] + _frame_local(blk, d, offsets, frame_threshold, frame_alias, frame_offsets, stream, p)
+        out[i] = offsets[d] + _frame_local(blk, d, offsets, frame_threshold, frame_alias, frame_offsets, seg_start,
+                                           seg_length, stream, p)
         p += step
 
 
-@njit(cache=True, nogil=True)
 def stratified_draw(stream, perm_stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold,
-                    frame_alias, frame_offsets, labels, out):
+                    frame_alias, frame_offsets, labels, out, seg_start=None, seg_length=None):
     """Shuffle the batch's dataset labels in place, then draw each slot's local index; out = global."""
+    _stratified_draw(stream, perm_stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold,
+                     frame_alias, frame_offsets, _NO_SEGMENTS if seg_start is None else seg_start,
+                     _NO_SEGMENTS if seg_length is None else seg_length, labels, out)
+
+
+@njit(cache=True, nogil=True)
+def _stratified_draw(stream, perm_stream, start, stride, ds_threshold, ds_alias, offsets, frame_threshold,
+                     frame_alias, frame_offsets, seg_start, seg_length, labels, out):
+    """stratified_draw's loops (all arguments given)."""
     p0 = np.uint64(start)
     step = np.uint64(stride)
     count = labels.shape[0]
@@ -252,7 +279,7 @@ def stratified_draw(stream, perm_stream, start, stride, ds_threshold, ds_alias, 
     for i in range(count):
         d = labels[i]
         out[i] = offsets[d] + _frame_local(_block(stream, p, _U0), d, offsets, frame_threshold, frame_alias,
-                                           frame_offsets, stream, p)
+                                           frame_offsets, seg_start, seg_length, stream, p)
         p += step
 
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from fastmix._args import check_int, check_optional_int
+from fastmix.core.episodes import EpisodeRuns
+from fastmix.core.filters import FrameFilter
 from fastmix.core.sampler import MixtureSampler, resolve_rank_world_size
 from fastmix.errors import ConfigError
 from fastmix.kernels.pixels import unit_table
@@ -54,7 +56,11 @@ class MixtureLoader:
     Args:
         sources: LeRobotSource objects (or dataset roots), one per dataset of the mixture.
         dataset_weights: (K,) weights (default ones); semantics per `weighting` ("per_sample": like the
-            reference's per-sample weights list; "per_dataset": shares ∝ weights).
+            reference's per-sample weights list; "per_dataset": shares ∝ weights; "per_episode": shares ∝
+            weights, each episode of a dataset equally likely, frames uniform within it).
+        frame_filters: None, K entries each a `FrameFilter` or None, or a dict dataset name -> FrameFilter:
+            frames a filter drops are never drawn (keep-ranges per episode, e.g. openpi's DROID idle filter file,
+            and trims); the printed mixture, `len(loader)` and the sequential order count kept frames only.
         batch_size: rows per batch.
         action_horizon: H; each source gets delta_timestamps {k: [t/fps for t in range(H)]} for `action_keys`
             (default: keys named "action"/"actions"). delta_timestamps: explicit dict (all sources) or list.
@@ -81,7 +87,8 @@ class MixtureLoader:
     START_TIMEOUT_S = 120.0
 
     def __init__(self, sources: Sequence[Any], *, dataset_weights: Sequence[float] | None = None,
-                 weighting: str = "per_sample", batch_size: int, action_horizon: int | None = None,
+                 weighting: str = "per_sample", frame_filters: Sequence[FrameFilter | None] |
+                 Mapping[str, FrameFilter] | None = None, batch_size: int, action_horizon: int | None = None,
                  delta_timestamps: Mapping[str, Sequence[float]] | Sequence[Mapping | None] | None = None,
                  action_keys: Sequence[str] | None = None, num_workers: int = 2, seed: int = 0,
                  shuffle: bool = True, num_batches: int | None = None, drop_last: bool = True,
@@ -109,10 +116,12 @@ class MixtureLoader:
         num_batches = check_optional_int(num_batches, "num_batches", minimum=1)
         rank, world_size = resolve_rank_world_size(rank, world_size)
         num_samples = None if num_batches is None else num_batches * self.batch_size * world_size
+        filters = resolve_frame_filters(frame_filters, self.sources)
         self.sampler = MixtureSampler([len(s) for s in self.sources], dataset_weights, weighting=weighting,
                                       num_samples=num_samples, seed=seed, rank=rank, world_size=world_size,
                                       batching=batching, shuffle=shuffle, batch_size=self.batch_size,
-                                      names=[s.name for s in self.sources])
+                                      names=[s.name for s in self.sources], frame_filters=filters,
+                                      episodes=source_episodes(self.sources, filters, weighting))
         self.planner = BatchPlanner(self.sources, self.delta_timestamps, self.resize_images,
                                     index_map=self.sampler.index_map)
         self._num_batches, self._last_size = self._epoch_shape(num_batches)
@@ -205,11 +214,14 @@ class MixtureLoader:
         mixture's fingerprint."""
         return state.state_of(self, self._cursor.position)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any], *, allow_mixture_change: bool = False) -> None:
         """Continue exactly after the batch `state_dict` was taken at (any num_workers or world size). A state
         of another mixture, or a malformed one, raises ConfigError naming what differs or the key at fault, and
-        changes nothing."""
-        position = state.position_of(self, state_dict)
+        changes nothing. `allow_mixture_change=True` accepts a state saved under other dataset weights, weighting
+        or frame filters (same datasets, sizes, seed, batch size, shuffle and batching): the stream continues
+        from the saved position (epoch, batch) with this loader's mixture — the same for the same state and
+        configuration — and a RuntimeWarning names the old and new shares."""
+        position = state.position_of(self, state_dict, allow_mixture_change=allow_mixture_change)
         self._invalidate_iterator()
         self._cursor.set(position)
 
@@ -354,6 +366,41 @@ def _open_sources(sources: Any, strict_fps: bool) -> list[Any]:
     return opened
 
 
+def resolve_frame_filters(frame_filters: Any, sources: list[Any]) -> list[FrameFilter | None] | None:
+    """`frame_filters` as K entries (None when there are none); a dict is keyed by dataset name."""
+    if frame_filters is None:
+        return None
+    if isinstance(frame_filters, FrameFilter) or not isinstance(frame_filters, (Sequence, Mapping)) \
+            or isinstance(frame_filters, str):
+        raise ConfigError("frame_filters must be a list with one FrameFilter or None per dataset, or a dict "
+                          f"dataset name -> FrameFilter, got frame_filters={frame_filters!r}")
+    if not isinstance(frame_filters, Mapping):
+        return list(frame_filters)
+    names = [s.name for s in sources]
+    unknown = [k for k in frame_filters if k not in names]
+    if unknown:
+        raise ConfigError(f"frame_filters names datasets {unknown} that are not in the mixture; its datasets are "
+                          f"{names}")
+    return [frame_filters.get(n) for n in names]
+
+
+def source_episodes(sources: list[Any], filters: list[Any] | None, weighting: str) -> list[EpisodeRuns | None] | None:
+    """Each source's `EpisodeRuns` where per-episode weighting or its frame filter needs them (else None)."""
+    if weighting != "per_episode" and not (filters and any(f is not None for f in filters)):
+        return None
+    out: list[EpisodeRuns | None] = []
+    for i, s in enumerate(sources):
+        if weighting != "per_episode" and (i >= len(filters or []) or filters[i] is None):  # type: ignore[index]
+            out.append(None)
+            continue
+        positions = getattr(s, "frame_positions", None)
+        if positions is None:
+            raise ConfigError(f"dataset {s.name!r} ({type(s).__name__}) does not describe its episodes "
+                              "(frame_positions()); per-episode weighting and frame filters need them")
+        out.append(EpisodeRuns.from_rows(*positions(), name=s.name))
+    return out
+
+
 class _HandOut:
     """Hands out the rest of the current epoch: pops the stream, applies `transform`, records the position."""
 
@@ -423,4 +470,4 @@ def _callable_name(fn: Any) -> str:
     return f"{module}.{name}" if module and module != "builtins" else name
 
 
-__all__ = ["MemoryOptions", "MixtureLoader", "WorkerOptions"]
+__all__ = ["MemoryOptions", "MixtureLoader", "WorkerOptions", "resolve_frame_filters", "source_episodes"]

@@ -140,6 +140,11 @@ class LeRobotSource:
         """The selected episode indices, ascending."""
         return self.meta.episodes.episode_index[self._ep_positions].tolist()
 
+    def frame_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(episode_index, frame_index): int64 (num_frames,) each, the episode and the frame within it of every
+        local row (read-only; what per-episode weighting and frame filters build `EpisodeRuns` from)."""
+        return self._low.values["episode_index"], self._low.values["frame_index"]
+
     @property
     def video_keys(self) -> list[str]:
         return self.meta.video_keys

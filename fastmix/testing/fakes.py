@@ -64,6 +64,11 @@ class FakeSource:
     def camera_shape(self, key: str) -> tuple[int, int, int]:
         return self._shape  # type: ignore[return-value]
 
+    def frame_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(episode_index, frame_index) int64 (num_frames,) of every local row (`LeRobotSource.frame_positions`)."""
+        rows = np.arange(self.num_frames, dtype=np.int64)
+        return rows // self.episode_length, rows % self.episode_length
+
     def value(self, key: str, rows: np.ndarray) -> np.ndarray:
         """float32 (n, dim): row r of `key` is offset + r + j/100 in column j."""
         dim = self._dims[key]

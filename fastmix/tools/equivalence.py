@@ -22,9 +22,18 @@ And fastmix against the reference, two-sample (2 x C contingency) chi-square tes
 hash bin and residue class.
 Verdict PASS when every p-value exceeds `alpha / number of tests` (Bonferroni: a correct sampler, with a correct
 reference, FAILs with probability at most `alpha`, default 0.001) and no frame of probability 0 was drawn.
+
+Sampling controls. With episodes (per_episode weighting) and frame filters the exact distribution is the
+mixture's (`Mixture.sample_probabilities`: a filtered-out frame has probability 0 — drawing one fails the
+check — and per_episode gives frame j of episode e of dataset i share_i / (E_i · M_{i,e})); the reference is
+WeightedRandomSampler over `Mixture.reference_weights()` (those probabilities as per-sample weights).
+`--weighting all` runs the check once per weighting mode (a chi-square set per mode); `--episodes-seed` splits
+each dataset into random episodes, `--filter-seed` gives each dataset random keep-ranges, `--trim-start` /
+`--trim-end` trim every episode.
 The seeds are fixed, so a given run is reproducible. What it cannot see: a frame missed whose expected count is
 small (a few draws), and deviations smaller than the statistical noise of `draws` draws.
-CLI: `fastmix equivalence --sizes 10000 1000 --weights 1 10 --draws 1000000`; exit status 1 on FAIL.
+CLI: `fastmix equivalence --sizes 10000 1000 --weights 1 10 --draws 1000000`; exit status 1 on FAIL;
+`fastmix equivalence --sizes 3000 800 --weighting all --episodes-seed 1 --filter-seed 2 --trim-start 1`.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from typing import Any
 import numpy as np
 
 from fastmix._args import check_int
+from fastmix.core.episodes import EpisodeRuns
+from fastmix.core.filters import FrameFilter
 from fastmix.core.mixture import WEIGHTINGS, Mixture
 from fastmix.core.sampler import MixtureSampler
 from fastmix.errors import ConfigError
@@ -90,6 +101,8 @@ class EquivalenceResult:
     num_bins: int
     tests: list[TestResult] = field(default_factory=list)
     zero_probability_draws: int = 0
+    kept_frames: list[int] | None = None  # per dataset, with frame filters
+    episodes: list[int] | None = None  # per dataset, where episodes were given
 
     @property
     def per_test_alpha(self) -> float:
@@ -104,8 +117,10 @@ class EquivalenceResult:
         return {**asdict(self), "per_test_alpha": self.per_test_alpha, "verdict": "PASS" if self.passed else "FAIL"}
 
     def format(self) -> str:
+        controls = "" if self.episodes is None else f" episodes={self.episodes}"
+        controls += "" if self.kept_frames is None else f" kept frames={self.kept_frames}"
         lines = [f"fastmix equivalence: sizes={self.sizes} weights={self.weights} weighting={self.weighting} "
-                 f"draws={self.draws:,} seed={self.seed}",
+                 f"draws={self.draws:,} seed={self.seed}{controls}",
                  f"  {'dataset':>7}  {'expected':>9}  {'fastmix':>9}  {'reference':>9}"]
         for i, (e, f, r) in enumerate(zip(self.expected_shares, self.fastmix_shares, self.reference_shares, strict=True)):
             lines.append(f"  {i:>7}  {100 * e:8.4f}%  {100 * f:8.4f}%  {100 * r:8.4f}%")
@@ -233,6 +248,8 @@ def check_equivalence(
     *,
     weighting: str = "per_sample",
     frame_weights: Sequence[np.ndarray | None] | None = None,
+    episodes: Sequence[EpisodeRuns | Sequence[int] | np.ndarray | None] | None = None,
+    frame_filters: Sequence[FrameFilter | None] | None = None,
     draws: int = 1_000_000,
     seed: int = 0,
     alpha: float = DEFAULT_ALPHA,
@@ -240,16 +257,17 @@ def check_equivalence(
     sampler: MixtureSampler | None = None,
 ) -> EquivalenceResult:
     """Compare fastmix's draws with WeightedRandomSampler's and with the exact expected distribution of the
-    mixture (sizes, weights, weighting, frame_weights). `sampler` replaces the fastmix sampler under test
-    (default: a MixtureSampler of that same mixture, seeded with `seed`); the reference uses `seed` too."""
+    mixture (sizes, weights, weighting, frame_weights, episodes, frame_filters). `sampler` replaces the fastmix
+    sampler under test (default: a MixtureSampler of that same mixture, seeded with `seed`); the reference uses
+    `seed` too."""
     draws = check_int(draws, "draws", minimum=1)
     alpha = check_alpha(alpha)
+    spec = dict(weighting=weighting, frame_weights=frame_weights, episodes=episodes, frame_filters=frame_filters)
     if sampler is None:
-        sampler = MixtureSampler(sizes, weights, weighting=weighting, frame_weights=frame_weights, seed=seed,
-                                 rank=0, world_size=1)
+        sampler = MixtureSampler(sizes, weights, **spec, seed=seed, rank=0, world_size=1)
         mixture = sampler.mixture
     else:  # the declared mixture, independent of the sampler under test
-        mixture = Mixture(sizes, weights, weighting=weighting, frame_weights=frame_weights)
+        mixture = Mixture(sizes, weights, **spec)
     if sampler.index_map.total != mixture.total:
         raise ConfigError(f"sampler covers {sampler.index_map.total} frames, the mixture {mixture.total}")
     fast = sampler.next_indices(draws)
@@ -263,6 +281,9 @@ def check_equivalence(
         seed=seed, alpha=alpha, expected_shares=mixture.shares.tolist(),
         fastmix_shares=(c_fast["datasets"] / draws).tolist(), reference_shares=(c_ref["datasets"] / draws).tolist(),
         num_bins=categories.num_bins, zero_probability_draws=int((probs[fast] == 0).sum()),
+        kept_frames=mixture.kept_sizes.tolist() if mixture.filtered else None,
+        episodes=None if all(e is None for e in mixture.episodes) else
+        [0 if e is None else e.num_episodes for e in mixture.episodes],
     )
     for who, counts in (("fastmix", c_fast), ("reference", c_ref)):
         for kind, p in categories.probabilities.items():
@@ -310,10 +331,47 @@ def random_frame_weights(sizes: Sequence[int], seed: int) -> list[np.ndarray]:
     return [rng.uniform(0.1, 2.0, size=int(n)) for n in sizes]
 
 
+def random_episode_lengths(sizes: Sequence[int], seed: int, mean: int = 40) -> list[np.ndarray]:
+    """Per dataset, int64 episode lengths (>= 1, about `mean` each, varied 1:8) summing to its size."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in (int(v) for v in sizes):
+        cuts = np.cumsum(rng.integers(max(1, mean // 4), 2 * mean + 1, size=n // max(1, mean // 4) + 1))
+        cuts = cuts[cuts < n]
+        out.append(np.diff(np.concatenate([[0], cuts, [n]])).astype(np.int64))
+    return out
+
+
+def random_frame_filters(episode_lengths: Sequence[np.ndarray], seed: int, *, trim_start: int = 0,
+                         trim_end: int = 0) -> list[FrameFilter]:
+    """Per dataset, a FrameFilter keeping 0 to 3 random (possibly overlapping) ranges of each episode (episode
+    indices 0, 1, ...; about a tenth of the episodes keep nothing), then trimming."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for lengths in episode_lengths:
+        ranges = {}
+        for e, n in enumerate(int(v) for v in lengths):
+            k = int(rng.choice([0, 1, 2, 3], p=[0.1, 0.4, 0.3, 0.2]))
+            a = np.sort(rng.integers(0, n + 1, size=(k, 2)), axis=1)
+            ranges[str(e)] = a.tolist()
+        if not any(b > a for r in ranges.values() for a, b in r):  # keep at least one frame
+            ranges["0"] = [[0, int(lengths[0])]]
+        out.append(FrameFilter(ranges, trim_start=trim_start, trim_end=trim_end))
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", required=True, help="frames per dataset")
     parser.add_argument("--weights", type=float, nargs="+", default=None, help="dataset weights (default 1 each)")
-    parser.add_argument("--weighting", choices=WEIGHTINGS, default="per_sample")
+    parser.add_argument("--weighting", choices=(*WEIGHTINGS, "all"), default="per_sample",
+                        help="weighting mode; 'all': the check once per mode")
+    parser.add_argument("--episodes-seed", type=int, default=None,
+                        help="split each dataset into random episodes (lengths ~40, from this seed); needed by "
+                             "per_episode and the frame filters (default with them: seed 0)")
+    parser.add_argument("--filter-seed", type=int, default=None,
+                        help="give each dataset a frame filter of random keep-ranges per episode (from this seed)")
+    parser.add_argument("--trim-start", type=int, default=0, help="frame filter: frames trimmed at episode starts")
+    parser.add_argument("--trim-end", type=int, default=0, help="frame filter: frames trimmed at episode ends")
     parser.add_argument("--draws", type=int, default=1_000_000, help="indices drawn from each sampler")
     parser.add_argument("--frame-weights-seed", type=int, default=None,
                         help="also use random per-frame weights (Uniform[0.1, 2)) generated from this seed")
@@ -327,11 +385,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_alpha(args.alpha, "--alpha")
     fw = None if args.frame_weights_seed is None else random_frame_weights(args.sizes, args.frame_weights_seed)
-    result = check_equivalence(args.sizes, args.weights, weighting=args.weighting, frame_weights=fw,
-                               draws=args.draws, seed=args.seed, alpha=args.alpha, max_bins=args.max_bins)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
-    return 0 if result.passed else 1
+    modes = list(WEIGHTINGS) if args.weighting == "all" else [args.weighting]
+    filtered = args.filter_seed is not None or args.trim_start or args.trim_end
+    episodes = filters = None
+    if args.episodes_seed is not None or filtered or "per_episode" in modes:
+        episodes = random_episode_lengths(args.sizes, args.episodes_seed or 0)
+    if filtered:
+        filters = random_frame_filters(episodes, args.filter_seed, trim_start=args.trim_start,
+                                       trim_end=args.trim_end) if args.filter_seed is not None else \
+            [FrameFilter(trim_start=args.trim_start, trim_end=args.trim_end) for _ in args.sizes]
+    results = [check_equivalence(args.sizes, args.weights, weighting=mode, frame_weights=fw, episodes=episodes,
+                                 frame_filters=filters, draws=args.draws, seed=args.seed, alpha=args.alpha,
+                                 max_bins=args.max_bins) for mode in modes]
+    if args.json:
+        out = [r.to_dict() for r in results]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+    else:
+        print("\n\n".join(r.format() for r in results))
+    return 0 if all(r.passed for r in results) else 1
 
 
 __all__ = ["EquivalenceResult", "ChiSquareResult", "TestResult", "add_arguments", "check_alpha", "check_equivalence",
-           "chi_square_gof", "frame_bins", "hash_order", "reference_draws", "run"]
+           "chi_square_gof", "frame_bins", "hash_order", "random_episode_lengths", "random_frame_filters",
+           "reference_draws", "run"]

@@ -5,7 +5,8 @@ as `FILE.py:NAME`, `MODULE:NAME`; `fastmix.tools.user_configs`).
 The reference's `verify_cotraining_data_loader.py` printed information; this command checks it:
 each dataset (size, format version, fps, cameras, tasks), feature compatibility, norm stats, loading,
 per-key statistics (finite), that every transform stage ran and did its job, the observed per-dataset
-shares against the shares the config declares (chi-square goodness of fit, pass when p >= alpha; it says how
+shares against the shares the config declares (its weights, weighting — per_episode included — and frame filters:
+shares over kept frames only; with frame filters, also that no drawn frame is one a filter drops) (chi-square goodness of fit, pass when p >= alpha; it says how
 large a share deviation its number of samples detects, and fails when a dataset expects fewer than 5 draws, too
 few for the test), the prompts seen per dataset (each one a task of its dataset), and a PNG bar chart of
 expected vs observed shares. The exit status is 1 when any check fails.
@@ -34,6 +35,7 @@ from fastmix.tools.verify_report import (
     Report,
     check_alpha,
     chi_square,
+    expected_mixture,
     expected_shares,
     finish,
     fmt_row,
@@ -60,7 +62,9 @@ class _Run:
     sources: list = dataclasses.field(default_factory=list)
     weights: list[float] | None = None
     weighting: str = "per_sample"
+    frame_filters: Any = None  # the config's (data_config.frame_filters), when it has them
     counts: np.ndarray | None = None
+    drawn: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
     prompts: list[collections.Counter] = dataclasses.field(default_factory=list)
     finals: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     n_batches: int = 0
@@ -159,6 +163,9 @@ def _check_loading(run: _Run, normalize: bool) -> bool:
                 run.n_batches += 1
                 d_idx = np.asarray(meta["dataset_index"]).astype(np.int64)
                 run.counts += np.bincount(d_idx, minlength=len(run.sources))
+                if run.frame_filters is not None and "episode_index" in meta:  # (dataset, episode, frame) drawn
+                    run.drawn.append((d_idx, np.asarray(meta["episode_index"]).astype(np.int64),
+                                      np.asarray(meta["frame_index"]).astype(np.int64)))
                 for d, prompt in zip(d_idx, batch.get("prompt", []), strict=False):
                     run.prompts[int(d)][str(prompt)] += 1
                 for k in ("state", "actions"):
@@ -210,7 +217,16 @@ def _check_transforms(run: _Run) -> None:
 def _check_mixture(run: _Run) -> tuple[np.ndarray, np.ndarray, float]:
     """Observed per-dataset shares against the declared ones; returns (expected, observed shares, p)."""
     sizes = [len(s) for s in run.sources]
-    exp = expected_shares(sizes, run.weights, run.weighting)
+    try:
+        mixture = expected_mixture(sizes, run.weights, run.weighting, sources=run.sources,
+                                   frame_filters=run.frame_filters)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        run.add("mixture", False, f"cannot build the declared mixture: {type(e).__name__}: {e}")
+        return np.full(len(sizes), np.nan), run.counts / max(1, run.counts.sum()), 0.0
+    exp = mixture.shares
+    if mixture.filtered:
+        sizes = mixture.kept_sizes.tolist()  # the table's "frames" are the kept frames
+        _check_kept(run, mixture)
     counts = run.counts
     obs_share = counts / max(1, counts.sum())
     stat, p = chi_square(counts, exp)
@@ -230,6 +246,25 @@ def _check_mixture(run: _Run) -> tuple[np.ndarray, np.ndarray, float]:
                 f"({'>=' if p >= run.alpha else '<'} alpha {run.alpha:g}) over {n} samples; "
                 f"{sample_size_note(exp, n, run.alpha)}")
     return exp, obs_share, p
+
+
+def _check_kept(run: _Run, mixture: Any) -> None:
+    """No drawn frame is one the config's frame filters drop (the loader's (dataset, episode, frame) of every
+    sample against `Mixture.is_kept`)."""
+    kept = ", ".join(f"{s.name} {int(mixture.kept_sizes[i]):,}/{len(s):,}" for i, s in enumerate(run.sources))
+    if not run.drawn:
+        run.add("frame filters", False, f"kept frames {kept}; the loader's batches carry no episode/frame "
+                "indices to check the draws against")
+        return
+    d = np.concatenate([t[0] for t in run.drawn])
+    ep, fr = np.concatenate([t[1] for t in run.drawn]), np.concatenate([t[2] for t in run.drawn])
+    bad = []
+    for i, s in enumerate(run.sources):
+        sel = np.flatnonzero(d == i)
+        out = sel[~mixture.is_kept(i, ep[sel], fr[sel])]
+        bad += [f"{s.name} episode {int(ep[j])} frame {int(fr[j])}" for j in out[:3]]
+    run.add("frame filters", not bad, f"kept frames {kept}; none of the {d.size} draws is a filtered-out frame"
+            if not bad else f"draws of filtered-out frames: {'; '.join(bad)}")
 
 
 def _check_prompts(run: _Run) -> None:
@@ -290,6 +325,9 @@ def verify(
     data_config = run.data_config = config.data.create(config.assets_dirs, config.model)
     run.weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
     run.weighting = getattr(data_config, "weighting", "per_sample")
+    run.frame_filters = getattr(data_config, "frame_filters", None)
+    if run.frame_filters is not None:
+        out(f"  frame_filters: {run.frame_filters}")
     out(f"  repo_ids: {_dl.repo_ids_of(data_config)}\n  dataset_weights: {run.weights} ({run.weighting})"
         f"\n  asset_id: {data_config.asset_id}\n  prompt_from_task: {data_config.prompt_from_task}"
         f"\n  use_quantile_norm: {data_config.use_quantile_norm}")

@@ -46,12 +46,27 @@ class Report:
         raise KeyError(f"no check named {name!r}; checks: {[c.name for c in self.checks]}")
 
 
-def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str) -> np.ndarray:
-    """Per-dataset shares a config declares (`Mixture.shares`): per_sample ∝ w_i·N_i (the reference's
-    WeightedRandomSampler), per_dataset ∝ w_i."""
+def expected_mixture(sizes: list[int], weights: list[float] | None, weighting: str, *, sources: list | None = None,
+                     frame_filters: Any = None) -> Any:
+    """The `Mixture` a config declares: its weights and weighting over `sizes`, with its frame filters (a list per
+    dataset or a dict name -> FrameFilter) and, where per_episode weighting or a filter needs them, the episodes
+    of `sources`."""
     from fastmix.core.mixture import Mixture
+    from fastmix.loader.loader import resolve_frame_filters, source_episodes
 
-    return Mixture(sizes, weights, weighting=weighting).shares
+    if sources is None:
+        return Mixture(sizes, weights, weighting=weighting)
+    filters = resolve_frame_filters(frame_filters, sources)
+    return Mixture(sizes, weights, weighting=weighting, frame_filters=filters,
+                   episodes=source_episodes(sources, filters, weighting), names=[s.name for s in sources])
+
+
+def expected_shares(sizes: list[int], weights: list[float] | None, weighting: str, *, sources: list | None = None,
+                    frame_filters: Any = None) -> np.ndarray:
+    """Per-dataset shares a config declares (`Mixture.shares`): per_sample ∝ w_i·M_i (the reference's
+    WeightedRandomSampler; M_i = frames its frame filter keeps, N_i without one), per_dataset and per_episode ∝
+    w_i (`expected_mixture`)."""
+    return expected_mixture(sizes, weights, weighting, sources=sources, frame_filters=frame_filters).shares
 
 
 def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
@@ -139,5 +154,5 @@ def finish(report: Report, out: Callable[[str], None]) -> Report:
 
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_NUM_SAMPLES", "POWER", "Check", "Report", "check_alpha", "chi_square",
-           "detectable_deviation", "expected_shares", "finish", "fmt_row", "plot_shares", "sample_size_note",
+           "detectable_deviation", "expected_mixture", "expected_shares", "finish", "fmt_row", "plot_shares", "sample_size_note",
            "too_few_samples"]
