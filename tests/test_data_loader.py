@@ -13,6 +13,7 @@ from fastmix.errors import ConfigError
 from fastmix.loader.options import WorkerOptions
 from fastmix.openpi import config as C
 from fastmix.openpi import data_loader as DL
+from fastmix.openpi.torch_dataset import create_torch_dataset
 from fastmix.openpi.transforms import Transform as _t_Transform
 from fastmix.testing.fakes import FakeReader, FakeSource
 from fastmix.tools import compute_norm_stats as cns
@@ -357,7 +358,7 @@ def test_create_torch_dataset_is_concat_of_lerobot_like_items(real_home, tmp_pat
 
     cfg = _cfg(tmp_path, ("t/video", "t/images"), name="real_cfg2", lerobot_home=str(real_home))
     dc = cfg.data.create(cfg.assets_dirs, cfg.model)
-    ds = DL.create_torch_dataset(dc, 3, cfg.model)
+    ds = create_torch_dataset(dc, 3, cfg.model)
     assert isinstance(ds, torch.utils.data.ConcatDataset) and [len(d) for d in ds.datasets] == [18, 12]
     item = ds[18 + 5]  # last frame of the image dataset's first episode
     assert item["prompt"] == "open" and tuple(item["actions"].shape) == (3, 7)
@@ -379,7 +380,7 @@ def test_create_torch_dataset_opens_each_dataset_once(real_home, tmp_path, monke
     cfg = _cfg(tmp_path, ("t/video", "t/images"), name="real_cfg3", lerobot_home=str(real_home))
     dc = cfg.data.create(cfg.assets_dirs, cfg.model)
     monkeypatch.setattr(lerobot_source.LeRobotSource, "__init__", counting_init)
-    ds = DL.create_torch_dataset(dc, 3, cfg.model)
+    ds = create_torch_dataset(dc, 3, cfg.model)
     assert opened == ["t/video", "t/images"]
     monkeypatch.setattr(lerobot_source.LeRobotSource, "__init__", real_init)
     fps = ds.datasets[1].source.fps

@@ -39,9 +39,9 @@ def create_torch_dataset(data_config: Any, action_horizon: int, model_config: An
     """openpi's `create_torch_dataset(data_config, action_horizon, model_config)` on fastmix's reader."""
     if _use_openpi(data_config):
         return _ORIGINALS["create_torch_dataset"](data_config, action_horizon, model_config)
-    from fastmix.openpi import data_loader
+    from fastmix.openpi import torch_dataset
 
-    return data_loader.create_torch_dataset(data_config, action_horizon, model_config)
+    return torch_dataset.create_torch_dataset(data_config, action_horizon, model_config)
 
 
 def create_data_loader(

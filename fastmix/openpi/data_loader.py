@@ -357,6 +357,28 @@ def make_mixture_loader(sources: Sequence[Any], **kwargs: Any) -> Any:
     return MixtureLoader(sources, **kwargs)
 
 
+def _local_batch(config: Any, sources: Sequence[Any], framework: str,
+                 rank_world: tuple[int, int] | None) -> tuple[int, int, int]:
+    """(rank, world size, local batch size): `config.batch_size` split over the ranks, with the reference's
+    "Local batch size (X) is larger than the dataset size (Y)." error."""
+    if rank_world is None:
+        from fastmix.distributed import rank_world as _rank_world
+
+        rank_world = _rank_world(framework)
+    rank, world = rank_world
+    local_batch_size = int(config.batch_size) // world
+    if local_batch_size < 1:
+        raise ConfigError(f"batch_size ({config.batch_size}) is smaller than the world size ({world})")
+    total = int(sum(len(s) for s in sources))
+    if total < local_batch_size:
+        sizes = ", ".join(f"{s.name}={len(s)}" for s in sources)
+        raise ConfigError(
+            f"Local batch size ({local_batch_size}) is larger than the dataset size ({total}). "
+            f"(config '{config.name}': batch_size={config.batch_size}, world size {world}; frames: {sizes})"
+        )
+    return rank, world, local_batch_size
+
+
 def create_data_loader(
     config: Any,
     *,
@@ -392,21 +414,7 @@ def create_data_loader(
     if not skip_norm_stats:
         require_norm_stats(config, data_config)
     sources = (open_sources or _default_open_sources)(data_config)
-    total = int(sum(len(s) for s in sources))
-    if rank_world is None:
-        from fastmix.distributed import rank_world as _rank_world
-
-        rank_world = _rank_world(framework)
-    rank, world = rank_world
-    local_batch_size = int(config.batch_size) // world
-    if local_batch_size < 1:
-        raise ConfigError(f"batch_size ({config.batch_size}) is smaller than the world size ({world})")
-    if total < local_batch_size:
-        sizes = ", ".join(f"{s.name}={len(s)}" for s in sources)
-        raise ConfigError(
-            f"Local batch size ({local_batch_size}) is larger than the dataset size ({total}). "
-            f"(config '{config.name}': batch_size={config.batch_size}, world size {world}; frames: {sizes})"
-        )
+    rank, world, local_batch_size = _local_batch(config, sources, framework, rank_world)
     keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
     horizon = int(config.model.action_horizon)
     action_delta_timestamps(sources, keys, horizon)  # checks the action keys, naming the dataset
@@ -444,49 +452,10 @@ def create_data_loader(
     )
 
 
-# ------------------------------------------------------------------------------ openpi dataset functions
-
-
-class SourceDataset:
-    """One LeRobot dataset as a map-style torch dataset (items as `LeRobotDataset[i]`, plus `prompt`)."""
-
-    def __init__(self, source: Any, prompt_from_task: bool) -> None:
-        self.source = source
-        self.prompt_from_task = prompt_from_task
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.source[int(index)]
-        if self.prompt_from_task:
-            item = {**item, "prompt": self.source.tasks_of(np.array([int(index)], dtype=np.int64))[0]}
-        return item
-
-
-def create_torch_dataset(data_config: Any, action_horizon: int, model_config: Any = None) -> Any:
-    """openpi's `create_torch_dataset` for one or many repo ids: a `torch.utils.data.ConcatDataset` of
-    per-dataset map-style datasets (action chunks of `action_horizon` steps, prompts from tasks)."""
-    import torch.utils.data
-
-    from fastmix.sources.lerobot_source import LeRobotSource
-
-    keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
-    home = getattr(data_config, "lerobot_home", None)
-    parts = []
-    for repo_id in repo_ids_of(data_config):
-        src = LeRobotSource(repo_id, root=resolve_root(repo_id, home))  # opened once; the chunk needs its fps
-        src = src.with_delta_timestamps(action_delta_timestamps([src], keys, action_horizon)[0])
-        parts.append(SourceDataset(src, bool(getattr(data_config, "prompt_from_task", False))))
-    return torch.utils.data.ConcatDataset(parts)
-
-
 __all__ = [
     "DataLoader",
     "Observation",
-    "SourceDataset",
     "create_data_loader",
-    "create_torch_dataset",
     "lowdim_batch",
     "log_mixture",
     "lowdim_planner",
