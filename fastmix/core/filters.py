@@ -182,6 +182,7 @@ class KeptFrames:
     def __init__(self, runs: EpisodeRuns, g_start: np.ndarray, g_end: np.ndarray, ignored_keys: int) -> None:
         self.runs = runs
         self.ignored_keys = ignored_keys
+        self._digest: str | None = None
         self._base = np.concatenate([[0], np.cumsum(runs.lengths)[:-1]]).astype(np.int64)
         self._g_start, self._g_end = g_start, g_end
         order = np.argsort(self._base[runs.run_episode] + runs.run_frame, kind="stable")
@@ -229,10 +230,12 @@ class KeptFrames:
         return valid & inside
 
     def digest(self) -> str:
-        """sha1 of the kept rows (segments): equal for filters keeping the same frames."""
-        h = hashlib.sha1(self.seg_start.astype("<i8").tobytes())
-        h.update(self.seg_length.astype("<i8").tobytes())
-        return h.hexdigest()
+        """sha1 of the kept rows (segments): equal for filters keeping the same frames (computed once)."""
+        if self._digest is None:
+            h = hashlib.sha1(self.seg_start.astype("<i8").tobytes())
+            h.update(self.seg_length.astype("<i8").tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
 
 
 def kept_frames(flt: FrameFilter | None, runs: EpisodeRuns, *, where: str) -> KeptFrames:
