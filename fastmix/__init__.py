@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "WorkerError": "fastmix.errors",
     # sampling core
     "AliasTable": "fastmix.core.alias",
+    "FrameFilter": "fastmix.core.filters",
     "IndexMap": "fastmix.core.index_map",
     "Mixture": "fastmix.core.mixture",
     "MixtureSampler": "fastmix.core.sampler",
