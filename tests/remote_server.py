@@ -136,15 +136,23 @@ def start_server() -> S3Server:
     raise RuntimeError(f"SeaweedFS did not start within 90 s (last error {last}); log tail:\n{text}")
 
 
+_SHARED: dict = {"server": None, "users": 0}
+
+
 def serve():
-    """The body of the session fixture `s3_server` (a test module binds it: `s3_server =
+    """The body of the session fixture `s3_server` (each test module binds it: `s3_server =
     pytest.fixture(scope="session", name="s3_server")(serve)`; not in tests/conftest.py, so only the remote
-    tests start a server)."""
-    server = start_server()
+    tests start a server). The modules of one session share one server, stopped when the last ends."""
+    if _SHARED["server"] is None:
+        _SHARED["server"] = start_server()
+    _SHARED["users"] += 1
     try:
-        yield server
+        yield _SHARED["server"]
     finally:
-        server.stop()
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            _SHARED["server"].stop()
+            _SHARED["server"] = None
 
 
 # -- a proxy the tests control ---------------------------------------------------------------------------
@@ -292,18 +300,23 @@ class FaultProxy:
             self._forget(client, server)
 
     def _forget(self, *socks: socket.socket) -> None:
+        """End a connection's two sockets (shutdown first: it wakes the other thread reading them)."""
         with self.lock:
             for s in socks:
                 self.conns.discard(s)
         for s in socks:
             with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 s.close()
 
 
 def _reset(s: socket.socket) -> None:
-    """Close `s` with a TCP reset (SO_LINGER 0)."""
+    """End `s` at once: SO_LINGER 0 (a reset), shutdown (which also wakes a thread blocked reading it), close."""
     with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         s.close()
 

@@ -22,6 +22,7 @@ another directory, so stale bytes are never served; the old one ages out.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -42,6 +43,7 @@ _OFF = ("off", "0", "none", "no", "false")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _TEMP = re.compile(r"^\.tmp-(\d+)-")
 _TOUCH_EVERY_S = 60.0
+_RELIST_S = 0.2
 
 
 def cache_path() -> Path | None:
@@ -75,11 +77,14 @@ class ByteCache:
         self.root = root
         self.dir = root / h[:2] / h[:32]
         self._ranges: list[tuple[int, int]] | None = None
+        self._listed = 0.0
         self._touched: dict[str, float] = {}
 
     def ranges(self, refresh: bool = False) -> list[tuple[int, int]]:
-        """The cached ranges [(start, end)], sorted (listed again when `refresh`)."""
-        if self._ranges is None or refresh:
+        """The cached ranges [(start, end)], sorted (listed again when `refresh` and the last listing is more
+        than 0.2 s old: what other processes wrote since is found then)."""
+        if self._ranges is None or (refresh and time.monotonic() - self._listed > _RELIST_S):
+            self._listed = time.monotonic()
             try:
                 names = os.listdir(self.dir)
             except OSError:
@@ -93,13 +98,14 @@ class ByteCache:
         return self._ranges
 
     def covering(self, pos: int) -> tuple[int, int] | None:
-        """A cached range holding byte `pos` (the one reaching furthest), or None."""
+        """A cached range holding byte `pos` (of those starting closest before it, the one reaching furthest),
+        or None."""
+        ranges = self.ranges()
+        i = bisect.bisect_right(ranges, (pos, 1 << 62))
         best = None
-        for s, e in self.ranges():
-            if s <= pos < e and (best is None or e > best[1]):
+        for s, e in reversed(ranges[max(0, i - 8):i]):
+            if pos < e and (best is None or e > best[1]):
                 best = (s, e)
-            elif s > pos:
-                break
         return best
 
     def read(self, start: int, end: int) -> bytes | None:
@@ -143,8 +149,7 @@ class ByteCache:
                 os.unlink(tmp)
             return
         if self._ranges is not None:
-            self._ranges.append((start, end))
-            self._ranges.sort()
+            bisect.insort(self._ranges, (start, end))
         _written(self.root, len(data))
 
 

@@ -27,12 +27,11 @@ dataset and episode). `FASTMIX_REMOTE_TIMEOUT_S` (default 10) bounds one attempt
 
 **Counters** (`stats()`): requests, bytes, retries and failures by cause, per process. With
 `FASTMIX_REMOTE_STATS_DIR` set, each process also writes them to `<dir>/<pid>.json` (atomically, at most
-every 0.2 s and at exit); `collect_stats(dir)` sums the files (the decode workers' counters).
+every 10 ms and at exit); `collect_stats(dir)` sums the files (the decode workers' counters).
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
@@ -41,12 +40,12 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from fastmix.errors import ConfigError, FastmixError, MissingFileError
+from fastmix.sources.remote_stats import collect_stats, count, dump_stats, reset_stats, stats
 
 SCHEMES = ("s3", "http", "https")
 ROOTS_ENV = "FASTMIX_REMOTE_ROOTS"
@@ -142,59 +141,6 @@ def options_for(url: str) -> dict[str, Any]:
     return dict(root_of(url)[1].get("options") or {})
 
 
-# -- counters ------------------------------------------------------------------------------------------------
-_STATS: Counter = Counter()
-_STATS_LOCK = threading.Lock()
-_LAST_DUMP = [0.0]
-
-
-def count(**values: int) -> None:
-    with _STATS_LOCK:
-        _STATS.update(values)
-
-
-def stats() -> dict[str, int]:
-    """This process's counters: requests, bytes, retries, retry_<cause>, failures, cache_hits, cache_bytes..."""
-    with _STATS_LOCK:
-        return dict(_STATS)
-
-
-def reset_stats() -> None:
-    with _STATS_LOCK:
-        _STATS.clear()
-
-
-def dump_stats(force: bool = False) -> None:
-    """Write this process's counters to `$FASTMIX_REMOTE_STATS_DIR/<pid>.json` (at most every 0.2 s)."""
-    d = os.environ.get("FASTMIX_REMOTE_STATS_DIR")
-    if not d or (not force and time.monotonic() - _LAST_DUMP[0] < 0.2):
-        return
-    _LAST_DUMP[0] = time.monotonic()
-    try:
-        tmp = os.path.join(d, f".{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(stats(), f)
-        os.replace(tmp, os.path.join(d, f"{os.getpid()}.json"))
-    except OSError:
-        pass
-
-
-def collect_stats(d: str) -> dict[str, int]:
-    """The sum of the counters every process wrote to directory `d`."""
-    total: Counter = Counter()
-    for name in os.listdir(d):
-        if name.endswith(".json"):
-            try:
-                with open(os.path.join(d, name), encoding="utf-8") as f:
-                    total.update(json.load(f))
-            except (OSError, ValueError):
-                continue
-    return dict(total)
-
-
-atexit.register(dump_stats, True)
-
-
 # -- settings ------------------------------------------------------------------------------------------------
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
@@ -274,7 +220,11 @@ class Client:
 
     # -- S3 settings ---------------------------------------------------------------------------------------
     def _setup_s3(self) -> None:
-        import botocore.session
+        try:
+            import botocore.session
+        except ImportError as e:
+            raise ConfigError(f"s3://{self.bucket}: s3:// roots need botocore (credentials, request signing): "
+                              f"pip install 'fastmix[remote]'") from e
 
         o = self.options
         session = botocore.session.Session(profile=o.get("profile"))
@@ -332,9 +282,11 @@ class Client:
             self.rate.wait()
             count(requests=1)
             cause = None
+            left = max(p.budget_s - (time.monotonic() - start), 0.1)  # an attempt never outlives the budget
             try:
                 r = self.pool.request(method, url, headers=self._headers(method, url, dict(headers or {})),
-                                      preload_content=False, redirect=False)
+                                      preload_content=False, redirect=False,
+                                      timeout=urllib3.Timeout(connect=min(p.timeout_s, left), read=min(p.timeout_s, left)))
                 try:
                     body = r.read() if method != "HEAD" else b""
                 finally:

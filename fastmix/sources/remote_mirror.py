@@ -131,6 +131,8 @@ def open_root(url: str, options: dict[str, Any] | None, dataset: str) -> RemoteR
             objects = client.list(prefix, url)
         except MissingFileError as e:
             raise MissingFileError(f"dataset '{dataset}': {e} (the bucket of {url} does not exist?)") from e
+        except remote.RemoteError as e:
+            raise type(e)(f"dataset '{dataset}': {e}") from e
         if "meta/info.json" not in objects:
             found = sorted({k.split("/", 1)[0] for k in objects})[:10]
             raise MissingFileError(
