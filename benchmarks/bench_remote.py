@@ -7,7 +7,7 @@ Group "remote video B=32" (samples/s; the local row is the reference the s3 rows
   256x256 AV1, 20x100 + 5x100 frames).
 * s3 <rtt> <cache> (fastmix) — the same datasets uploaded to SeaweedFS (`tests/remote_server.py`) and read
   through `s3://` (metadata and low-dim store filled before timing); rtt "0 ms" = straight to the server,
-  "20 ms" = through a proxy adding 20 ms to every request; cache "cold" = an empty node-local byte cache and
+  "20 ms" = through a proxy (its own process) adding 20 ms to every request; cache "cold" = an empty node-local byte cache and
   fresh workers (the first epoch), "warm" = the byte cache holding every frame's bytes (filled by one pass
   over all frames before timing), fresh workers.
 
@@ -15,8 +15,9 @@ Each row warms up 3 batches (workers started, files opened), then times `BATCHES
 also records, over every batch of the row: `first_batch_s` (iterator start to the first batch, worker start
 included), `bytes_per_sample` (bytes fetched by range requests / samples), `needed_bytes_per_sample` (the
 compressed bytes each sample's frames decode from: the packets from each frame's keyframe to it, from PyAV's
-packet table of the local file), their ratio `bytes_ratio`, and `requests_per_batch` (requests of the decode
-workers per batch). Not run while /tmp/bench2.lock exists is the caller's rule, not checked here.
+packet table of the local file), `distinct_needed_bytes_per_sample` (the same over distinct packets: what
+the node must fetch at least once, samples and neighbours sharing keyframes), `bytes_ratio` (fetched / distinct
+needed), and `requests_per_batch` (requests of the decode workers per batch, headers included). Not run while /tmp/bench2.lock exists is the caller's rule, not checked here.
 Run: python -m pytest benchmarks/bench_remote.py --benchmark-enable -o python_files='bench_*.py' -q
 """
 
@@ -69,12 +70,13 @@ def remote_setup(bench_video_mixture):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _needed_bytes(sources: list, local_roots: list[Path], pairs: list[tuple[int, int]]) -> int:
-    """Compressed bytes the frames of `pairs` [(dataset, row)] decode from (keyframe .. frame, every camera)."""
+def _needed_bytes(sources: list, local_roots: list[Path], pairs: list[tuple[int, int]]) -> tuple[int, int]:
+    """Compressed bytes the frames of `pairs` [(dataset, row)] decode from (keyframe .. frame, every camera):
+    summed per sample, and over the distinct packets (what a node must fetch at least once)."""
     import av
 
     tables: dict[str, list] = {}
-    total = 0
+    total, distinct = 0, set()
     for d, row in pairs:
         src = sources[d]
         for req in src.frame_requests(np.array([row], dtype=np.int64)):
@@ -88,7 +90,8 @@ def _needed_bytes(sources: list, local_roots: list[Path], pairs: list[tuple[int,
             i = min(range(len(p)), key=lambda j: abs(p[j][0] - req.timestamp))
             k = max(j for j in range(i + 1) if p[j][2])
             total += sum(q[1] for q in p[k:i + 1])
-    return total
+            distinct.update((rel, j) for j in range(k, i + 1))
+    return total, sum(tables[rel][j][1] for rel, j in distinct)
 
 
 def _fill_cache(sources: list) -> None:
@@ -107,16 +110,16 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
     from fastmix.loader.loader import MixtureLoader
     from fastmix.sources import remote, remote_file
     from fastmix.sources.lerobot_source import LeRobotSource
-    from tests.remote_server import KEY, SECRET, proxy_for
+    from tests.remote_server import KEY, SECRET, proxy_process
 
     setup: dict[str, Any] = remote_setup
     server, tmp = setup["server"], setup["tmp"]
     stats_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="stats-"))
-    os.environ["FASTMIX_REMOTE_STATS_DIR"] = str(stats_dir)
+    os.environ.pop("FASTMIX_REMOTE_STATS_DIR", None)
     remote_file.forget_objects()
     remote.close_clients()
-    with proxy_for(server, latency_s=rtt or 0.0) as proxy:
-        endpoint = proxy.endpoint if rtt else server.endpoint
+    with proxy_process(server, latency_s=rtt or 0.0) as proxy_endpoint:
+        endpoint = proxy_endpoint if rtt else server.endpoint
         if rtt is None:
             sources = [LeRobotSource(root=r) for r in setup["roots"]]
         else:
@@ -130,6 +133,7 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
                 _fill_cache(sources)
             remote_file.forget_objects()  # this process's bytes: the workers start empty either way
             remote.reset_stats()
+        os.environ["FASTMIX_REMOTE_STATS_DIR"] = str(stats_dir)  # the decode workers' counters only
         loader = MixtureLoader(sources, dataset_weights=WEIGHTS, batch_size=BATCH, action_horizon=HORIZON,
                                num_workers=WORKERS, seed=0, num_batches=10**9)
         pairs: list[tuple[int, int]] = []
@@ -165,11 +169,12 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
             time.sleep(0.3)
             counts = remote.collect_stats(str(stats_dir))
             samples, batches = len(pairs), len(pairs) / BATCH
-            needed = _needed_bytes(sources, setup["roots"], pairs)
+            needed, distinct = _needed_bytes(sources, setup["roots"], pairs)
             fetched = counts.get("range_bytes", 0)
             benchmark.extra_info.update(
                 bytes_per_sample=round(fetched / samples), needed_bytes_per_sample=round(needed / samples),
-                bytes_ratio=round(fetched / needed, 3) if needed else None,
+                distinct_needed_bytes_per_sample=round(distinct / samples),
+                bytes_ratio=round(fetched / distinct, 3) if distinct else None,
                 requests_per_batch=round(counts.get("requests", 0) / batches, 2),
                 cache_hits_per_batch=round(counts.get("cache_hits", 0) / batches, 2),
                 retries=counts.get("retries", 0))

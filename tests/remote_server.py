@@ -322,6 +322,28 @@ def _reset(s: socket.socket) -> None:
 
 
 @contextlib.contextmanager
+def proxy_process(server: S3Server, latency_s: float):
+    """A latency-only FaultProxy in its own process (`python -m tests.remote_server HOST PORT LATENCY`), so that
+    its forwarding does not compete with the measured process for its GIL; yields its endpoint; stopped by pid."""
+    import sys
+
+    host, port = server.endpoint.removeprefix("http://").split(":")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.remote_server", host, port, str(latency_s)],
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.stdin.close()  # the proxy ends when its stdin closes
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@contextlib.contextmanager
 def proxy_for(server: S3Server, latency_s: float = 0.0):
     """A FaultProxy in front of `server`, closed (every socket and thread) on exit."""
     host, port = server.endpoint.removeprefix("http://").split(":")
@@ -347,3 +369,12 @@ def read_frames_child(requests: list, shapes: dict, env: dict[str, str]) -> tupl
     with FrameReader() as reader:
         reader.read(requests, out)
     return out, remote.stats()
+
+
+if __name__ == "__main__":  # python -m tests.remote_server HOST PORT LATENCY_S: a proxy until stdin closes
+    import sys
+
+    _proxy = FaultProxy((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]))
+    print(_proxy.endpoint, flush=True)
+    sys.stdin.read()
+    _proxy.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,9 +158,11 @@ def test_a_warm_open_lists_once_and_downloads_nothing(s3_roots, s3_server, fresh
     assert mirrored == {"meta", "data"}
 
 
-def test_a_changed_object_is_read_again(s3_server, video_ds, fresh, tmp_path):
+def test_a_changed_object_is_read_again(s3_server, video_ds, fresh, tmp_path, monkeypatch):
     """Objects are fingerprinted by ETag: after the data parquet and the task table change in the bucket, the
-    next open serves the new actions and tasks (the store is rebuilt), not the node's old copy."""
+    next open serves the new actions and tasks (the store is rebuilt), not the node's old copy; an mp4 replaced
+    under an open source is a RemoteError at read (its new bytes never mixed with the old), and the next open
+    decodes the new file."""
     url = s3_server.upload(video_ds, "changing/video_ds")
     before = LeRobotSource(root=url, storage_options=s3_server.options)
     rows = np.arange(len(before), dtype=np.int64)
@@ -180,6 +183,17 @@ def test_a_changed_object_is_read_again(s3_server, video_ds, fresh, tmp_path):
     after = LeRobotSource(root=url, storage_options=s3_server.options)
     assert np.array_equal(after.gather_lowdim(rows)["actions"], 2 * old_actions)
     assert sorted(after.tasks.values()) == sorted(f"{t} (edited)" for t in before.tasks.values())
+    # a video replaced under a reader that opened the old version: refused, never mixed; a new open reads it
+    image_rel, wrist_rel = (before.meta.episodes.video_file[k][0] for k in ("image", "wrist_image"))
+    c.upload_file(str(video_ds / wrist_rel), BUCKET, f"changing/video_ds/{image_rel}")
+    remote_file.forget_objects()
+    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")
+    with pytest.raises(remote.RemoteError, match=r"has changed since the dataset was opened .*dataset 'video_ds'"):
+        _frames(before, rows[100:101])
+    remote_file.forget_objects()
+    now = LeRobotSource(root=url, storage_options=s3_server.options)
+    local = LeRobotSource(root=video_ds)
+    assert np.array_equal(_frames(now, rows[100:101])["image"], _frames(local, rows[100:101])["wrist_image"])
 
 
 def _frames(src: LeRobotSource, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -323,3 +337,23 @@ def test_the_mp4_sample_table_matches_pyav(video_ds, v21_ds):
         assert index.offset.tolist() == [p[1] for p in packets]
         assert index.size.tolist() == [p[2] for p in packets]
         assert index.sync.tolist() == [bool(p[3]) for p in packets]
+
+
+def test_the_request_rate_is_bounded_per_process(s3_roots, s3_server, video_ds, fresh, monkeypatch):
+    """FASTMIX_REMOTE_MAX_RPS=30: 10 frames read one by one with no cache (each one opening its files again)
+    take at least (requests - 1) / 30 s, the waits are counted, and the frames are exact."""
+    monkeypatch.setenv("FASTMIX_REMOTE_MAX_RPS", "30")
+    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")
+    remote.close_clients()  # clients read the policy when made
+    src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
+    rows = np.arange(0, len(src), 24, dtype=np.int64)
+    want = _frames(LeRobotSource(root=video_ds), rows)
+    remote.reset_stats()
+    start = time.monotonic()
+    for i, row in enumerate(rows.tolist()):
+        remote_file.forget_objects()
+        got = _frames(src, np.array([row], dtype=np.int64))
+        assert all(np.array_equal(got[k][0], want[k][i]) for k in want)
+    elapsed = time.monotonic() - start
+    n = remote.stats()["requests"]
+    assert n >= 30 and elapsed >= (n - 1) / 30 * 0.95 and remote.stats()["rate_waits"] > 0

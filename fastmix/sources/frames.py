@@ -7,6 +7,10 @@ forward decoding pass over the file: it seeks to the keyframe before a target on
 a timestamp is the decoded frame nearest to it, which must lie within `tolerance_s` — what LeRobotDataset's
 "pyav" backend returns. Open containers live in a bounded LRU (one single-threaded codec context each).
 
+A path may be an s3:// URL (`fastmix.sources.remote_file`): the file is then read by byte ranges, and `read`
+first fetches, concurrently, what the work item's frames decode from (one request per file and nearby range);
+remote failures raise RemoteError / MissingFileError naming the request.
+
 Frames are uint8 (H, W, C) RGB. Where they land is the caller's: `read(requests, out, store=...)` hands each
 decoded frame to a store hook (`Store`; default `store_frame`, a plain copy into `out[key][slot]`), so a
 wrapper can put it straight into another layout or dtype without a copy through a scratch row.
@@ -76,9 +80,10 @@ class _OpenVideo:
         # an .mp4 is opened with its demuxer named: no format probing (a part of every open, which matters when
         # a mixture has thousands of files and most reads open one)
         fmt = "mp4" if path.lower().endswith(".mp4") else None
+        index = None
         if is_url(path):  # read by byte ranges, the header (sample table) first
             obj = object_for(path)
-            obj.sample_index()
+            index = obj.sample_index()
             with av.logging.Capture():  # FFmpeg's note that a Python file object names no protocol
                 self.container = av.open(RemoteFile(obj), format=fmt, metadata_errors="ignore")
         else:
@@ -97,7 +102,6 @@ class _OpenVideo:
         self.cur: tuple[float, av.VideoFrame] | None = None
         self.last_key_s: float | None = None
         self.key_interval_s: float | None = None
-        index = object_for(path).sample_index() if is_url(path) else None
         if index is not None:  # known from the sample table: seek exactly where the prefetched ranges begin
             self.key_interval_s = index.key_interval_s or None
 
@@ -187,8 +191,9 @@ class _OpenParquet:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.remote = object_for(path) if is_url(path) else None
-        self.file = pq.ParquetFile(RemoteFile(self.remote, readahead=0, whole_reads=True) if self.remote else path, memory_map=False)
+        self.remote = object_for(path) if is_url(path) else None  # a URL: footer and column chunks by range
+        source = RemoteFile(self.remote, readahead=0, whole_reads=True) if self.remote is not None else path
+        self.file = pq.ParquetFile(source, memory_map=False)
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.metadata.num_row_groups)]
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 

@@ -33,6 +33,7 @@ class SampleIndex:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_order", np.argsort(self.pts_s, kind="stable"))
+        object.__setattr__(self, "_sorted_pts", self.pts_s[self._order])
         keys = np.flatnonzero(self.sync)
         object.__setattr__(self, "_keys", keys if len(keys) and keys[0] == 0 else np.concatenate([[0], keys]))
         gaps = np.diff(self.pts_s[self._keys]) if len(self._keys) > 1 else np.array([0.0])
@@ -40,7 +41,7 @@ class SampleIndex:
 
     def sample_at(self, t: float) -> int:
         """Decode index of the sample presented nearest to `t` seconds."""
-        pts = self.pts_s[self._order]
+        pts = self._sorted_pts
         k = int(np.searchsorted(pts, t))
         if k > 0 and (k == len(pts) or abs(pts[k - 1] - t) <= abs(pts[k] - t)):
             k -= 1

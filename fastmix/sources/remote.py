@@ -26,8 +26,8 @@ dataset and episode). `FASTMIX_REMOTE_TIMEOUT_S` (default 10) bounds one attempt
 `FASTMIX_REMOTE_MAX_RPS` bounds the requests per second of this process (default: no bound).
 
 **Counters** (`stats()`): requests, bytes, retries and failures by cause, per process. With
-`FASTMIX_REMOTE_STATS_DIR` set, each process also writes them to `<dir>/<pid>.json` (atomically, at most
-every 10 ms and at exit); `collect_stats(dir)` sums the files (the decode workers' counters).
+`FASTMIX_REMOTE_STATS_DIR` set, each process also writes them to `<dir>/<pid>.json` (atomically, after
+each read and at exit); `collect_stats(dir)` sums the files (the decode workers' counters).
 """
 
 from __future__ import annotations
@@ -316,12 +316,17 @@ class Client:
             attempt += 1
             time.sleep(delay)
 
-    def get_range(self, key: str, start: int, end: int, name: str) -> bytes:
-        """Bytes [start, end) of object `key`."""
+    def get_range(self, key: str, start: int, end: int, name: str, version: str | None = None) -> bytes:
+        """Bytes [start, end) of object `key`; with `version` (its ETag when the dataset was opened), an object
+        that has changed since is a RemoteError (its new bytes are never mixed with the old)."""
         url = self.url_for(key)
         status, headers, body = self.request("GET", url, name, {"Range": f"bytes={start}-{end - 1}"},
                                              expect=end - start)
         self._check(status, headers, body, name, "GET")
+        etag = headers.get("etag", "").strip('"')
+        if version and etag and etag != version:
+            raise RemoteError(f"{name} has changed since the dataset was opened (ETag {version!r}, now {etag!r}); "
+                              f"open the dataset again to read the new version")
         if status == 200:  # the server ignored Range: the whole object came back
             body = body[start:end]
         if len(body) != end - start:

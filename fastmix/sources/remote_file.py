@@ -138,12 +138,22 @@ class RemoteObject:
             if self._data.pop(start, None) is not None:
                 self._starts.remove(start)
 
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of the sample table held (0 before it is read)."""
+        index = self._index
+        if index is None or index is _NO_INDEX:
+            return 0
+        return sum(a.nbytes for a in (index.pts_s, index.offset, index.size, index.sync, index._order, index._keys,
+                                    index._sorted_pts))
+
     def forget_all(self) -> None:
         with self.lock:
             for s in list(self._starts):
                 _MEMORY.remove(self, s)
             self._starts.clear()
             self._data.clear()
+            self._index = None
 
     def _gaps(self, a: int, b: int) -> list[tuple[int, int]]:
         """Parts of [a, b) not held in memory."""
@@ -225,7 +235,7 @@ class RemoteObject:
             self._fetch(*missing[0])
 
     def _fetch(self, a: int, b: int) -> None:
-        data = self.client.get_range(self.key, a, b, self.url)
+        data = self.client.get_range(self.key, a, b, self.url, self.version)
         remote.count(range_gets=1, range_bytes=len(data))
         self._insert(a, data)
         if self.disk is not None:
@@ -329,6 +339,7 @@ _MANIFESTS: dict[str, dict[str, list]] = {}
 _OBJECTS: OrderedDict[str, RemoteObject] = OrderedDict()
 _OBJECTS_LOCK = threading.Lock()
 _MAX_OBJECTS = 4096
+_MAX_INDEX_BYTES = 64 << 20  # sample tables kept per process (a 30k-frame mp4's is ~1 MB)
 
 
 def _manifest(path: str) -> dict[str, list]:
@@ -360,7 +371,8 @@ def object_info(url: str) -> ObjectInfo:
 
 
 def object_for(url: str, info: ObjectInfo | None = None) -> RemoteObject:
-    """The process's RemoteObject of `url` (made on first use; LRU of 4096)."""
+    """The process's RemoteObject of `url` (made on first use; LRU of 4096 objects whose sample tables hold
+    at most 64 MiB: an evicted object drops its held bytes and table, read again from the byte cache)."""
     with _OBJECTS_LOCK:
         obj = _OBJECTS.get(url)
         if obj is not None and (info is None or (info.size, info.etag) == (obj.size, obj.version)):
@@ -369,8 +381,11 @@ def object_for(url: str, info: ObjectInfo | None = None) -> RemoteObject:
     obj = RemoteObject(url, info)
     with _OBJECTS_LOCK:
         _OBJECTS[url] = obj
-        while len(_OBJECTS) > _MAX_OBJECTS:
-            _OBJECTS.popitem(last=False)[1].forget_all()
+        index_bytes = sum(o.index_bytes for o in _OBJECTS.values())
+        while len(_OBJECTS) > 1 and (len(_OBJECTS) > _MAX_OBJECTS or index_bytes > _MAX_INDEX_BYTES):
+            old = _OBJECTS.popitem(last=False)[1]
+            index_bytes -= old.index_bytes
+            old.forget_all()
     return obj
 
 

@@ -1,6 +1,6 @@
 """Counters of the remote reads of this process (requests, bytes, retries and failures by cause, byte-cache hits),
 and their collection across processes: with `FASTMIX_REMOTE_STATS_DIR` set, each process writes its counters
-to `<dir>/<pid>.json` (atomically, at most every 10 ms and at exit); `collect_stats(dir)` sums the files (the
+to `<dir>/<pid>.json` (atomically, after each read of remote files and at exit); `collect_stats(dir)` sums the files (the
 decode workers' counters). Re-exported by `fastmix.sources.remote`.
 """
 
@@ -10,12 +10,10 @@ import atexit
 import json
 import os
 import threading
-import time
 from collections import Counter
 
 _STATS: Counter = Counter()
 _STATS_LOCK = threading.Lock()
-_LAST_DUMP = [0.0]
 
 
 def count(**values: int) -> None:
@@ -34,12 +32,12 @@ def reset_stats() -> None:
         _STATS.clear()
 
 
-def dump_stats(force: bool = False) -> None:
-    """Write this process's counters to `$FASTMIX_REMOTE_STATS_DIR/<pid>.json` (at most every 10 ms)."""
+def dump_stats() -> None:
+    """Write this process's counters to `$FASTMIX_REMOTE_STATS_DIR/<pid>.json` (when that is set; FrameReader
+    calls it after each read of remote files)."""
     d = os.environ.get("FASTMIX_REMOTE_STATS_DIR")
-    if not d or (not force and time.monotonic() - _LAST_DUMP[0] < 0.01):
+    if not d:
         return
-    _LAST_DUMP[0] = time.monotonic()
     try:
         tmp = os.path.join(d, f".{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -62,7 +60,7 @@ def collect_stats(d: str) -> dict[str, int]:
     return dict(total)
 
 
-atexit.register(dump_stats, True)
+atexit.register(dump_stats)
 
 
 
