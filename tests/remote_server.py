@@ -2,7 +2,7 @@
 in front of it that the tests control (added latency, dropped connections, HTTP 503/429 bursts, a response cut
 mid-body, the server gone and back).
 
-`s3_server` (session-scoped) starts `weed server -s3` on free 127.0.0.1 ports with one identity (access key /
+`s3_server` (module-scoped, see `serve`) starts `weed server -s3` on free 127.0.0.1 ports with one identity (access key /
 secret below) in a temporary directory, creates the bucket, and at the end stops the process by its pid
 (SIGTERM, then SIGKILL) and removes its directory and the unix sockets it made in /tmp. Skips with the reason
 when the `weed` binary is absent. Datasets are uploaded with boto3 (`S3Server.upload`).
@@ -140,9 +140,10 @@ _SHARED: dict = {"server": None, "users": 0}
 
 
 def serve():
-    """The body of the session fixture `s3_server` (each test module binds it: `s3_server =
-    pytest.fixture(scope="session", name="s3_server")(serve)`; not in tests/conftest.py, so only the remote
-    tests start a server). The modules of one session share one server, stopped when the last ends."""
+    """The body of the fixture `s3_server` (each test module binds it: `s3_server =
+    pytest.fixture(scope="module", name="s3_server")(serve)`; not in tests/conftest.py, so only the remote
+    tests start a server). Module-scoped: the server (a child process) is stopped when the module's tests end,
+    so tests after them that count child processes see none."""
     if _SHARED["server"] is None:
         _SHARED["server"] = start_server()
     _SHARED["users"] += 1

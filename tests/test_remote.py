@@ -31,10 +31,10 @@ from tests.test_source_parity import MAX_FRAME_DIFF, assert_items_equal, lerobot
 pytestmark = pytest.mark.filterwarnings("ignore:The video decoding and encoding capabilities:UserWarning")
 
 ACTION_DTS = {"actions": [t / FPS for t in range(10)]}
-s3_server = pytest.fixture(scope="session", name="s3_server")(serve)
+s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_roots(s3_server, video_ds, image_ds, v21_ds) -> dict[str, str]:
     """{fixture name: s3:// URL} of the uploaded datasets, under s3://BUCKET/lerobot/fastmix-test/<name>."""
     return {name: s3_server.upload(root, f"lerobot/fastmix-test/{name}")

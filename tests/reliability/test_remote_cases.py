@@ -19,10 +19,10 @@ from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.sources.remote import RemoteAccessError, RemoteError
 from tests.remote_server import BUCKET, KEY, proxy_for, serve
 
-s3_server = pytest.fixture(scope="session", name="s3_server")(serve)
+s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_video(s3_server, video_ds) -> str:
     """The session's v3.0 video dataset (8 x 30 frames, 2 cameras) in the bucket."""
     return s3_server.upload(video_ds, "faults/video_ds")
