@@ -7,6 +7,10 @@ forward decoding pass over the file: it seeks to the keyframe before a target on
 a timestamp is the decoded frame nearest to it, which must lie within `tolerance_s` — what LeRobotDataset's
 "pyav" backend returns. Open containers live in a bounded LRU (one single-threaded codec context each).
 
+A path may be an s3:// URL (`fastmix.sources.remote_file`): the file is then read by byte ranges, and `read`
+first fetches, concurrently, what the work item's frames decode from (one request per file and nearby range);
+remote failures raise RemoteError / MissingFileError naming the request.
+
 Frames are uint8 (H, W, C) RGB. Where they land is the caller's: `read(requests, out, store=...)` hands each
 decoded frame to a store hook (`Store`; default `store_frame`, a plain copy into `out[key][slot]`), so a
 wrapper can put it straight into another layout or dtype without a copy through a scratch row.
@@ -21,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
+from fastmix.sources import remote
+from fastmix.sources.remote import RemoteError, is_url
+from fastmix.sources.remote_file import RemoteFile, object_for, prefetch_ranges, prefetch_videos
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
 
@@ -72,7 +80,14 @@ class _OpenVideo:
         # an .mp4 is opened with its demuxer named: no format probing (a part of every open, which matters when
         # a mixture has thousands of files and most reads open one)
         fmt = "mp4" if path.lower().endswith(".mp4") else None
-        self.container = av.open(path, format=fmt, metadata_errors="ignore")
+        index = None
+        if is_url(path):  # read by byte ranges, the header (sample table) first
+            obj = object_for(path)
+            index = obj.sample_index()
+            with av.logging.Capture():  # FFmpeg's note that a Python file object names no protocol
+                self.container = av.open(RemoteFile(obj), format=fmt, metadata_errors="ignore")
+        else:
+            self.container = av.open(path, format=fmt, metadata_errors="ignore")
         if not self.container.streams.video:
             self.container.close()
             raise DecodeError(f"file {path} has no video stream")
@@ -87,6 +102,8 @@ class _OpenVideo:
         self.cur: tuple[float, av.VideoFrame] | None = None
         self.last_key_s: float | None = None
         self.key_interval_s: float | None = None
+        if index is not None:  # known from the sample table: seek exactly where the prefetched ranges begin
+            self.key_interval_s = index.key_interval_s or None
 
     def seek(self, t: float) -> None:
         """Position the decoder at the last keyframe at or before `t` seconds."""
@@ -174,7 +191,9 @@ class _OpenParquet:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.file = pq.ParquetFile(path, memory_map=False)
+        self.remote = object_for(path) if is_url(path) else None  # a URL: footer and column chunks by range
+        source = RemoteFile(self.remote, readahead=0, whole_reads=True) if self.remote is not None else path
+        self.file = pq.ParquetFile(source, memory_map=False)
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.metadata.num_row_groups)]
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
@@ -191,6 +210,22 @@ class _OpenParquet:
         if pa.types.is_struct(column.type):
             column = column.field("bytes")
         return column
+
+    def chunk_ranges(self, wanted: set[tuple[str, int]], cache: _RowGroupCache) -> list[tuple[int, int]]:
+        """Byte ranges [(start, end)] of the column chunks (key, row group) in `wanted` not in `cache`."""
+        md = self.file.metadata
+        names = self.file.schema_arrow.names
+        out = []
+        for key, rg in sorted(wanted):
+            if (self.path, key, rg) in cache._entries or key not in names:
+                continue
+            group = md.row_group(rg)
+            for ci in range(group.num_columns):
+                col = group.column(ci)
+                if col.path_in_schema.split(".")[0] == key:
+                    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+                    out.append((int(start), int(start) + int(col.total_compressed_size)))
+        return out
 
     def close(self) -> None:
         self.file.close()
@@ -299,11 +334,34 @@ class FrameReader:
         for req in requests:
             by_path[req.path].append(req)
         store = store_frame if store is None else store
+        remote_paths = [p for p in by_path if is_url(p)]
+        if remote_paths:
+            self._prefetch(remote_paths, by_path)
         for path, reqs in by_path.items():
             if reqs[0].row < 0:
                 self._read_video(path, reqs, out, store)
             else:
                 self._read_images(path, reqs, out, store)
+        if remote_paths:
+            remote.dump_stats()
+
+    def _prefetch(self, paths: list[str], by_path: dict[str, list[FrameRequest]]) -> None:
+        """Fetch what the requests of remote files will read, concurrently, one GET per file and nearby range:
+        video frames from their keyframe, image column chunks of the row groups not cached yet."""
+        try:
+            prefetch_videos({p: [r.timestamp for r in by_path[p]] for p in paths if by_path[p][0].row < 0})
+            wanted = []
+            for p in paths:
+                reqs = by_path[p]
+                if reqs[0].row >= 0:
+                    pf = self._get(p, reqs[0], _OpenParquet)
+                    assert isinstance(pf, _OpenParquet)
+                    wanted.append((pf.remote, pf.chunk_ranges({(r.key, pf.locate(r.row)[0]) for r in reqs},
+                                                              self._row_groups)))
+            prefetch_ranges(wanted)
+        except (RemoteError, MissingFileError) as e:
+            req = next((by_path[p][0] for p in paths if p in str(e)), by_path[paths[0]][0])
+            raise _with_where(e, req) from e
 
     # -- files ------------------------------------------------------------------------------------------
     def _get(self, path: str, req: FrameRequest, kind: type) -> _OpenVideo | _OpenParquet:
@@ -311,10 +369,12 @@ class FrameReader:
         if f is not None:
             self._open.move_to_end(path)
             return f
-        if not Path(path).is_file():
+        if not is_url(path) and not Path(path).is_file():
             raise MissingFileError(f"{'video' if kind is _OpenVideo else 'data'} file is missing: {_where(req)}")
         try:
             f = kind(path)
+        except (RemoteError, MissingFileError) as e:
+            raise _with_where(e, req) from e
         except (av.error.FFmpegError, OSError, pa.ArrowException) as e:
             raise DecodeError(f"cannot open {path} for {_where(req)}: {e}") from e
         except DecodeError as e:
@@ -352,6 +412,9 @@ class FrameReader:
             except DecodeError as e:
                 self._drop(path)
                 raise DecodeError(f"{e}: {_where(req)}") from e
+            except (RemoteError, MissingFileError) as e:  # the object store failed past its retry budget
+                self._drop(path)
+                raise _with_where(e, req) from e
             except (av.error.FFmpegError, ValueError) as e:
                 self._drop(path)
                 raise DecodeError(f"decoding failed ({e}): {_where(req)}") from e
@@ -367,6 +430,9 @@ class FrameReader:
                 data = self._row_groups.get(pf, req.key, rg)[i].as_py()
             except (KeyError, pa.ArrowException) as e:
                 raise DatasetFormatError(f"image column cannot be read ({e}): {_where(req)}") from e
+            except (RemoteError, MissingFileError) as e:
+                self._drop(path)
+                raise _with_where(e, req) from e
             except DecodeError as e:
                 raise DecodeError(f"{e}: {_where(req)}") from e
             if not data:
@@ -387,6 +453,11 @@ class FrameReader:
         if len(frames) != 1:
             raise DecodeError(f"image decoded into {len(frames)} frames: {_where(req)}")
         return frames[0].to_ndarray(format="rgb24")
+
+
+def _with_where(e: Exception, req: FrameRequest) -> Exception:
+    """A remote failure `e` (RemoteError, MissingFileError) of the same type, naming the request too."""
+    return type(e)(f"{e} ({_where(req)})")
 
 
 def _store(out: dict[str, np.ndarray], req: FrameRequest, frame: np.ndarray, store: Store) -> None:

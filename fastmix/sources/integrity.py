@@ -322,7 +322,7 @@ def _check_inside_files(meta: DatasetMeta, key: str, files: np.ndarray, episodes
     """Every frame time lies within its mp4's frames (first frame's time .. last frame's, ± half a frame), read
     from the container's header (`video_extent`); files that are absent or unreadable are left to read time."""
     for rel in np.unique(files.astype(str)).tolist():
-        extent = video_extent(str(meta.root / rel))
+        extent = video_extent(meta.remote.url_of(rel) if meta.remote is not None else str(meta.root / rel))
         if extent is None:
             continue
         start, last = extent
@@ -341,23 +341,35 @@ _EXTENTS_LOCK = threading.Lock()
 
 
 def video_extent(path: str) -> tuple[float, float] | None:
-    """(first frame's time, last frame's time) in seconds of the first video stream of `path`, from the
-    container header only (start_time, duration, frame count: nothing is decoded); None when the file is absent,
-    unreadable or does not say. Cached per process by (path, size, mtime_ns, ctime_ns, inode)."""
+    """(first frame's time, last frame's time) in seconds of the first video stream of `path` (a file or an
+    s3:// URL, read by byte ranges), from the container header only (start_time, duration, frame count: nothing
+    is decoded); None when the file is absent, unreadable or does not say. Cached per process by (path, size,
+    mtime_ns, ctime_ns, inode), for a URL by (url, size, ETag)."""
+    source: Any = path
     try:
-        st = os.stat(path)
+        if path.startswith("s3://"):
+            from fastmix.sources.remote_file import RemoteFile, object_for
+
+            obj = object_for(path)
+            key: tuple = (path, obj.size, obj.version)
+            obj.sample_index()  # the header, fetched once (by byte ranges) for this check and the decoder
+            source = RemoteFile(obj)
+        else:
+            st = os.stat(path)
+            key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     except OSError:
         return None
-    key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     with _EXTENTS_LOCK:
         if key in _EXTENTS:
             _EXTENTS.move_to_end(key)
             return _EXTENTS[key]
     import av  # the decoder library: only where v3.0 videos are checked
+    import av.logging
 
     extent = None
     try:
-        with av.open(path, format="mp4" if path.lower().endswith(".mp4") else None, metadata_errors="ignore") as c:
+        with av.logging.Capture(), av.open(source, format="mp4" if path.lower().endswith(".mp4") else None,
+                                           metadata_errors="ignore") as c:
             stream = c.streams.video[0] if c.streams.video else None
             if stream is not None and stream.time_base is not None and stream.duration and stream.frames:
                 tb = float(stream.time_base)
@@ -388,7 +400,9 @@ def check_files_exist(meta: DatasetMeta, ep_positions: np.ndarray, *, videos: bo
     kinds: set[str] = set()
     for kind, files in columns:
         uniq, inverse = np.unique(files.astype(str), return_inverse=True)
-        gone = np.array([not os.path.isfile(meta.root / f) for f in uniq.tolist()], dtype=bool)
+        remote = meta.remote if kind == "video" else None  # remote videos are not mirrored: the listing says
+        gone = np.array([not (remote.exists(f) if remote is not None else os.path.isfile(meta.root / f))
+                         for f in uniq.tolist()], dtype=bool)
         if gone.any():
             missing += [str(meta.root / f) for f in uniq[gone].tolist()]
             affected.update(selected[gone[inverse]].tolist())

@@ -6,6 +6,7 @@ path (`gather_lowdim`, `tasks_of`, `frame_requests`) for the loader.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,24 +15,31 @@ from typing import Any
 import numpy as np
 
 from fastmix._args import check_int, check_int_list, check_seconds
-from fastmix.errors import ConfigError, DatasetFormatError
-from fastmix.sources import integrity
+from fastmix.errors import ConfigError, DatasetFormatError, FastmixError
+from fastmix.sources import integrity, remote
 from fastmix.sources.deltas import check_delta_timestamps, chunk_indices, delta_indices
 from fastmix.sources.frames import FrameReader, FrameRequest
 from fastmix.sources.lowdim import LowDimTable, load_lowdim
 from fastmix.sources.meta import INDEX_KEYS, DatasetMeta, lerobot_home, load_meta
+from fastmix.sources.remote_mirror import RemoteRoot, open_root, sync_data
 from fastmix.sources.store import release_pages
 
 _CHW_NAMES = (("channels", "height", "width"), ("channel", "height", "width"))
 
 
 class LeRobotSource:
-    """A LeRobot dataset on local disk.
+    """A LeRobot dataset on local disk or in object storage.
 
     Args:
         repo_id: resolved as lerobot does, to `$HF_LEROBOT_HOME/<repo_id>` (default
-            `~/.cache/huggingface/lerobot/<repo_id>`), unless `root` is given. Also the name used in errors.
-        root: the dataset directory (holding `meta/`, `data/`, `videos/`).
+            `~/.cache/huggingface/lerobot/<repo_id>`; `$HF_LEROBOT_HOME` may be an s3:// URL), unless `root` is
+            given. Also the name used in errors.
+        root: the dataset directory (holding `meta/`, `data/`, `videos/`), or an `s3://bucket/prefix/<repo>`
+            URL (also as a `Path`, "s3:/bucket/..."): its meta/ and data parquets are mirrored once per node
+            (`fastmix.sources.remote_mirror`; `root` is then that local tree and `url` the URL) and its frames
+            read by byte ranges (`fastmix.sources.remote_file`).
+        storage_options: for a URL root: credentials and endpoint (s3fs's names: key, secret, token,
+            endpoint_url, region_name, profile, anon); default: the AWS_* environment (`fastmix.sources.remote`).
         episodes: episode indices to keep (as `LeRobotDataset(episodes=...)`); None keeps all.
         delta_timestamps: {key: [seconds, ...]} relative frames to return per sample, e.g. openpi's
             {"actions": [t / fps for t in range(action_horizon)]}; each must be a multiple of 1/fps ± tolerance_s.
@@ -62,17 +70,43 @@ class LeRobotSource:
                  episodes: Sequence[int] | None = None,
                  delta_timestamps: Mapping[str, Sequence[float]] | None = None, tolerance_s: float = 1e-4,
                  max_open_files: int = 16, check_finite: bool = False, require_videos: bool = True,
-                 lowdim_keys: Sequence[str] | None = None) -> None:
+                 lowdim_keys: Sequence[str] | None = None, storage_options: Mapping[str, Any] | None = None) -> None:
         if repo_id is None and root is None:
             raise ConfigError("LeRobotSource needs a repo_id or a root, but got neither")
+        self.url = remote.as_url(root) if root is not None else remote.as_url(os.environ.get("HF_LEROBOT_HOME"))
+        if self.url is not None and root is None:
+            self.url = remote.url_join(self.url, str(repo_id))
+        self._remote: RemoteRoot | None = None
+        if self.url is not None:
+            self.name: str = repo_id if repo_id is not None else self.url.rsplit("/", 1)[-1]
+            self._remote = open_root(self.url, dict(storage_options or {}), self.name)
+            self.root = self._remote.tree
+            try:
+                self._open(episodes, delta_timestamps, tolerance_s, max_open_files, check_finite, require_videos,
+                           lowdim_keys)
+            except FastmixError as e:  # name the URLs, not the local mirror
+                renamed = _renamed(e, self._remote.rename_in(str(e)))
+                if renamed is e:
+                    raise
+                raise renamed from e
+            return
         self.root = Path(root).expanduser() if root is not None else lerobot_home() / str(repo_id)
-        self.name: str = repo_id if repo_id is not None else self.root.name
+        self.name = repo_id if repo_id is not None else self.root.name
+        self._open(episodes, delta_timestamps, tolerance_s, max_open_files, check_finite, require_videos, lowdim_keys)
+
+    def _open(self, episodes: Sequence[int] | None, delta_timestamps: Mapping[str, Sequence[float]] | None,
+              tolerance_s: float, max_open_files: int, check_finite: bool, require_videos: bool,
+              lowdim_keys: Sequence[str] | None) -> None:
         self.tolerance_s = check_seconds(tolerance_s, "tolerance_s", allow_zero=True)
         self.delta_timestamps = _parse_deltas(delta_timestamps, self.name)
         self.meta: DatasetMeta = load_meta(self.root, self.name)
         self._ep_positions = self._select_episodes(episodes)
         self._lowdim_keys = self._select_lowdim_keys(lowdim_keys)
-        integrity.check_data_files(self.meta, sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist())))
+        data_files = sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist()))
+        if self._remote is not None:
+            self.meta = replace(self.meta, remote=self._remote)
+            sync_data(self._remote, data_files, self.meta.image_keys, self.name)
+        integrity.check_data_files(self.meta, data_files)
         integrity.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
         try:
             self._low: LowDimTable = load_lowdim(self.meta, self._ep_positions, self._lowdim_keys)
@@ -90,8 +124,11 @@ class LeRobotSource:
             integrity.check_finite(self)
         self._offsets_cache: dict[tuple, dict[str, np.ndarray]] = {}
         self._offsets(self.delta_timestamps)  # validates now
-        self._video_paths = {k: np.array([str(self.root / p) for p in self.meta.episodes.video_file[k]], dtype=object)
+        where = self._remote.url_of if self._remote is not None else (lambda p: str(self.root / p))
+        self._video_paths = {k: np.array([where(p) for p in self.meta.episodes.video_file[k]], dtype=object)
                              for k in self.video_keys}
+        self._image_files = ([self._remote.to_url(p) for p in self._low.data_files] if self._remote is not None
+                             else self._low.data_files)
         self._max_open_files = check_int(max_open_files, "max_open_files", minimum=1)
         self._reader: FrameReader | None = None
 
@@ -291,7 +328,7 @@ class LeRobotSource:
                 out += [FrameRequest(s, key, p, t, -1, e, self.name)
                         for s, p, t, e in zip(slot_of, paths, ts, episodes, strict=True)]
             else:
-                files = self._low.data_files
+                files = self._image_files
                 paths = [files[f] for f in self._low.file_id[rows].tolist()]
                 out += [FrameRequest(s, key, p, 0.0, r, e, self.name)
                         for s, p, r, e in zip(slot_of, paths, self._low.file_row[rows].tolist(), episodes, strict=True)]
@@ -351,6 +388,14 @@ class LeRobotSource:
         item = {**videos, **item}
         item["task"] = self.tasks_of(row)[0]
         return item
+
+
+def _renamed(e: FastmixError, message: str) -> FastmixError:
+    """An exception of e's type carrying `message` (e itself when its type cannot be built from one)."""
+    try:
+        return type(e)(message)
+    except Exception:  # noqa: BLE001 - an exception type with another signature: keep the original
+        return e
 
 
 def _parse_deltas(delta_timestamps: Mapping[str, Sequence[float]] | None, dataset: str

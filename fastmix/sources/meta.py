@@ -85,7 +85,8 @@ class EpisodeTable:
 
 @dataclass(frozen=True)
 class DatasetMeta:
-    """What `meta/` says about a dataset."""
+    """What `meta/` says about a dataset. remote: for a dataset in object storage, its
+    `remote_mirror.RemoteRoot` (`root` is then the local tree mirroring meta/ and data/; videos are remote)."""
 
     name: str
     root: Path
@@ -94,6 +95,7 @@ class DatasetMeta:
     episodes: EpisodeTable
     tasks: dict[int, str]
     stats: dict[str, dict[str, np.ndarray]]
+    remote: Any = None
 
     @property
     def fps(self) -> int:
