@@ -289,8 +289,10 @@ class Client:
                                       timeout=urllib3.Timeout(connect=min(p.timeout_s, left), read=min(p.timeout_s, left)))
                 try:
                     body = r.read() if method != "HEAD" else b""
-                finally:
-                    r.release_conn()
+                except BaseException:
+                    r.close()  # a connection broken mid-body never goes back to the pool (its socket is closed)
+                    raise
+                r.release_conn()
                 status = r.status
                 count(bytes=len(body))
                 if status in _RETRY_STATUS:
