@@ -171,16 +171,6 @@ def _written(root: Path, n: int) -> None:
         evict(root, limit)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def evict(root: Path, limit: int | None = None) -> int:
     """Delete least recently used ranges until the cache holds at most 90 % of `limit` bytes (default: the
     bound), and temporary files of dead processes; returns the bytes deleted (0 when another process is
@@ -207,7 +197,7 @@ def evict(root: Path, limit: int | None = None) -> int:
                     continue
                 m = _TEMP.match(n)
                 if m:
-                    if not _alive(int(m[1])):
+                    if not cache_dir.pid_alive(int(m[1])):
                         with contextlib.suppress(OSError):
                             os.unlink(p)
                     continue

@@ -186,7 +186,8 @@ def lock_entry(entry: Path, op: int, mkdir: bool = True) -> int:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a pid <= 0 never does)."""
     if pid <= 0:
         return False
     try:
@@ -216,7 +217,7 @@ def _user_live(name: str, mtime: float) -> bool:
         return time.time() - mtime < FOREIGN_HOST_TTL_S
     pid, _, start = pid_start.partition("-")
     try:
-        return _alive(int(pid)) and start in ("0", _start_time(int(pid)))
+        return pid_alive(int(pid)) and start in ("0", _start_time(int(pid)))
     except ValueError:
         return False
 
@@ -307,7 +308,7 @@ def _dead_temps(d: Path) -> list[str]:
     out = []
     for name in names:
         m = _TEMP.search(name)
-        if m and not _alive(int(m[1])):
+        if m and not pid_alive(int(m[1])):
             out.append(os.path.join(d, name))
     return out
 
