@@ -6,10 +6,11 @@ upstream's: both declare the same data-path dependencies, at a few different ver
 
 Prints `name==version` for the transitive closure (within the lock, markers evaluated for this interpreter) of
 the packages the tree's *data path* imports: its config, data loader, transforms, tokenizer, norm-stats script
-and the pinned lerobot's `lerobot.common.datasets`. Packages for training only (wandb, notebook, gym, rerun, …)
-are left out; `jax[cuda12]` becomes CPU `jax`. Where the lock's pin has no wheel for this platform the nearest
-wheel is used and a pin with no wheel at all that nothing needs is left out: each is listed in SUBSTITUTES /
-SKIPPED and printed to stderr.
+and the pinned lerobot's `lerobot.common.datasets`, and wandb, which the train scripts import (the seed tests
+run them with wandb disabled). Packages only the examples need (notebook, gym, rerun, …) are left out;
+`jax[cuda12]` becomes CPU `jax`. Where the lock's pin has no wheel for this platform the nearest wheel is used
+and a pin with no wheel at all that nothing needs is left out: each is listed in SUBSTITUTES / SKIPPED and
+printed to stderr.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ OPENPI_ROOTS = [
     "sentencepiece", "torch", "tqdm-loggable", "transformers", "typing-extensions", "tyro",
     # `openpi.models.model` imports `models_pytorch`, which imports pytest (the fork's dev group)
     "pytest",
+    # scripts/train.py and train_pytorch.py import wandb (the seed tests run them with wandb disabled)
+    "wandb",
 ]
 # openpi-client (a workspace member, installed from the fork's folder): all of its dependencies.
 CLIENT_ROOTS = ["dm-tree", "msgpack", "numpy", "pillow", "tree", "websockets"]
