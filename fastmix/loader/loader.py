@@ -47,6 +47,7 @@ from fastmix.loader.resources import Resources, RingSizer, slot_fields
 from fastmix.loader.slots import SlotRing
 from fastmix.loader.stream import BatchStream
 from fastmix.loader.workers import WorkerPool
+from fastmix.sources import remote_stats
 from fastmix.sources.compat import check_mixture
 
 
@@ -96,6 +97,7 @@ class MixtureLoader:
                  strict_fps: bool = False, device: Any = None, image_dtype: str = "uint8",
                  resize_images: tuple[int, int] | None = None, transform: Callable[[dict], dict] | None = None,
                  workers: WorkerOptions | None = None, memory: MemoryOptions | None = None) -> None:
+        self._remote_base = remote_stats.tree_stats()  # counters before this loader (see stats())
         self.workers = _option(workers, WorkerOptions, "workers")
         self.memory = _option(memory, MemoryOptions, "memory")
         self.sources = _open_sources(sources, strict_fps)
@@ -268,6 +270,13 @@ class MixtureLoader:
         return (f"MixtureLoader(datasets={[s.name for s in self.sources]}, batch_size={self.batch_size}, "
                 f"num_workers={self.num_workers}, batches/epoch={self._num_batches}, epoch={self._cursor.epoch}, "
                 f"batch={self._cursor.batch})")
+
+    def stats(self) -> dict[str, int]:
+        """Counters of remote reads (datasets in object storage) since this loader was made, summed over this
+        process and its decode workers: requests, bytes, retries and retry_<cause>, failures, range_gets /
+        range_bytes (byte-cache misses), cache_hits / cache_bytes (names: `fastmix.sources.remote_stats`).
+        Requests of other loaders of this process in the same span are included; {} for local datasets."""
+        return remote_stats.since(self._remote_base)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from fastmix.errors import DatasetFormatError, MissingFileError
 from fastmix.sources.meta import INDEX_KEYS, DatasetMeta, EpisodeTable
+from fastmix.sources.remote import is_url
 
 # dtypes of the index columns when info.json does not declare them (what lerobot writes)
 _INDEX_DTYPES = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64",
@@ -342,12 +343,12 @@ _EXTENTS_LOCK = threading.Lock()
 
 def video_extent(path: str) -> tuple[float, float] | None:
     """(first frame's time, last frame's time) in seconds of the first video stream of `path` (a file or an
-    s3:// URL, read by byte ranges), from the container header only (start_time, duration, frame count: nothing
+    URL, read by byte ranges), from the container header only (start_time, duration, frame count: nothing
     is decoded); None when the file is absent, unreadable or does not say. Cached per process by (path, size,
     mtime_ns, ctime_ns, inode), for a URL by (url, size, ETag)."""
     source: Any = path
     try:
-        if path.startswith("s3://"):
+        if is_url(path):
             from fastmix.sources.remote_file import RemoteFile, object_for
 
             obj = object_for(path)

@@ -105,7 +105,8 @@ class LeRobotSource:
         data_files = sorted(set(self.meta.episodes.data_file[self._ep_positions].tolist()))
         if self._remote is not None:
             self.meta = replace(self.meta, remote=self._remote)
-            sync_data(self._remote, data_files, self.meta.image_keys, self.name)
+            videos = [f for k in self.meta.video_keys for f in self.meta.episodes.video_file[k][self._ep_positions]]
+            sync_data(self._remote, data_files, self.meta.image_keys, self.name, videos=videos)
         integrity.check_data_files(self.meta, data_files)
         integrity.check_files_exist(self.meta, self._ep_positions, videos=require_videos)
         try:

@@ -1,22 +1,29 @@
 """Metadata and low-dim data of a remote dataset root, mirrored once per node; then read exactly as local data.
 
-`open_root(url, options, dataset)` lists the root (S3 ListObjectsV2: sizes and ETags of every object under
-it), writes the listing to `manifest.json` and brings `meta/` into a local tree; `sync_data` then brings the
-selected episodes' data parquets. Both go to `$FASTMIX_CACHE/remote/<name>-<sha256(url)[:16]>/tree/` (the
+`open_root(url, options, dataset)` finds the root's objects — a listing (S3 / GCS ListObjectsV2, the Hub's tree
+API at the commit the revision was pinned to) or, for a plain http(s):// server that cannot be listed, the
+files the metadata names (`fastmix.sources.remote_discover`: one HEAD each) — writes them to `manifest.json`
+and brings `meta/` into a local tree; `sync_data` then brings the selected episodes' data parquets (and, for an
+unlisted root, HEADs their videos). Both go to `$FASTMIX_CACHE/remote/<name>-<sha256(url)[:16]>/tree/` (the
 fastmix cache, see `fastmix.sources.store.cache_root`; 0700/0600). An object is downloaded only when its
-(size, ETag) differs from the one recorded in `state.json` for the local copy, so a warm open costs the
-listing (one request per 1000 objects) and nothing else; a changed object is downloaded again and replaced
-atomically, which changes the local file and so the low-dim store's fingerprint (the store is rebuilt from it).
-A data parquet that holds image columns (image-in-parquet datasets) is mirrored without them — only its other
-columns' byte ranges are fetched (same rows, same order, same dtypes): the frames are read from the remote
-file by byte ranges at decode time.
+(size, ETag) differs from the one recorded in `state.json` for the local copy, or the local copy is not the
+file written then (its size or mtime differ: a damaged or edited copy is downloaded again), so a warm open
+costs the listing (one request per 1000 objects) and nothing else; a changed object is downloaded again and
+replaced atomically, which changes the local file and so the low-dim store's fingerprint (the store is rebuilt
+from it). A data parquet that holds image columns (image-in-parquet datasets) is mirrored without them — only
+its other columns' byte ranges are fetched (same rows, same order, same dtypes): the frames are read from the
+remote file by byte ranges at decode time.
 
 The local tree is what `load_meta`, the integrity checks and the low-dim store read: the remote dataset is
 served from there exactly as a local one. Videos are not mirrored (`fastmix.sources.remote_file`). Ranks that
 open together serialize on the entry's `flock` and the later ones find everything up to date. The manifest is
 registered (`remote.register_root`) so decode workers know each object's size and ETag without a request.
 
-http(s):// roots cannot be listed: they are refused with a ConfigError (see README).
+**Bounded**: each entry records its dataset and URL (`source.json`) and its last use (`.used`); a process that
+opened it is registered as its user while its `RemoteRoot` lives (`cache_dir.use`). After each open the
+least recently used entries of this user are removed until the mirrors total at most
+`FASTMIX_REMOTE_META_MAX` bytes (K/M/G/T suffixes, `none`: no bound; default 20 GiB); the entry being opened
+and entries in use are kept. `fastmix cache list|clear` shows and removes them.
 """
 
 from __future__ import annotations
@@ -28,17 +35,21 @@ import json
 import os
 import re
 import secrets
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastmix.errors import FastmixError, MissingFileError
+from fastmix.errors import ConfigError, FastmixError, MissingFileError
 from fastmix.sources import cache_dir, remote, store
 from fastmix.sources.remote import ObjectInfo
+from fastmix.sources.remote_discover import discover_meta, head_all
 
-_STATE, _MANIFEST = "state.json", "manifest.json"
+_STATE, _MANIFEST, _SOURCE = "state.json", "manifest.json", "source.json"
+ENV_MAX = "FASTMIX_REMOTE_META_MAX"
+DEFAULT_MAX_BYTES = 20 << 30
 
 
 def mirror_base() -> Path:
@@ -80,13 +91,41 @@ def _entry(url: str) -> Path:
 
 @contextlib.contextmanager
 def _locked(entry: Path) -> Iterator[None]:
-    cache_dir.make_private_dirs(entry)
-    fd = os.open(entry / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = cache_dir.lock_entry(entry, fcntl.LOCK_EX)  # the lock at the path, even if the entry was just evicted
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def meta_max() -> int | None:
+    """The bound on this user's mirrors in bytes (`FASTMIX_REMOTE_META_MAX`, default 20 GiB; None: unbounded)."""
+    raw = os.environ.get(ENV_MAX, "")
+    if not raw.strip():
+        return DEFAULT_MAX_BYTES
+    try:
+        return cache_dir.parse_size(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_MAX}={raw!r} is not a size: give bytes, optionally with a K, M, G or T suffix "
+                          f"(powers of 1024), e.g. {ENV_MAX}=2G, or {ENV_MAX}=none for no bound") from None
+
+
+def enforce_bound(keep: Path) -> list[Path]:
+    """Remove this user's least recently used mirrors (never `keep`, never one in use) until they total at most
+    `meta_max()` bytes; returns the removed entries."""
+    limit = meta_max()
+    if limit is None:
+        return []
+    found, _ = cache_dir.entries(keep.parent)
+    total = sum(e.size for e in found)
+    removed = []
+    for e in found:
+        if total <= limit:
+            break
+        if e.path != keep and cache_dir.remove_entry(e.path):
+            total -= e.size
+            removed.append(e.path)
+    return removed
 
 
 def _read_json(path: Path) -> dict:
@@ -115,22 +154,34 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def open_root(url: str, options: dict[str, Any] | None, dataset: str) -> RemoteRoot:
-    """List `url`, mirror its meta/ and register it (see the module docstring). A root without
+    """Find the objects of `url`, mirror its meta/ and register it (see the module docstring). A root without
     meta/info.json raises MissingFileError naming the URL and what the listing found."""
+    meta_max()  # a bad bound is a ConfigError before any request
     options = dict(options or {})
     client, prefix = remote.client_for(url, options)
-    if client.scheme != "s3":
-        from fastmix.errors import ConfigError
+    if client.scheme == "hf" and not options.get("_commit"):
+        from fastmix.sources.remote_hf import parse
 
-        raise ConfigError(f"dataset '{dataset}': root {url} is an http(s) URL; fastmix lists a root to find its "
-                          f"files, which plain HTTP cannot do: use an s3:// root (any S3-compatible store)")
+        try:
+            options["_commit"] = client.resolve(parse(url)[1], url)  # pinned: every file at this commit
+        except (MissingFileError, remote.RemoteError) as e:
+            raise type(e)(f"dataset '{dataset}': {e}") from e
+        client, prefix = remote.client_for(url, options)
     entry = _entry(url)
     tree = entry / "tree"
     with _locked(entry):
+        _write_atomic(entry / _SOURCE, json.dumps({"dataset": dataset, "root": url}).encode())
         try:
-            objects = client.list(prefix, url)
+            if client.listable:
+                objects = client.list(prefix, url)
+            else:
+                objects = discover_meta(client, prefix, url, dataset,
+                                        lambda found: _sync(client, prefix, url, entry, tree, found, list(found), ()),
+                                        tree)
         except MissingFileError as e:
-            raise MissingFileError(f"dataset '{dataset}': {e} (the bucket of {url} does not exist?)") from e
+            raise MissingFileError(f"dataset '{dataset}': {e}" + ("" if "dataset '" in str(e) else
+                                                                   f" (the bucket or repo of {url} does not exist?)")
+                                   ) from e
         except remote.RemoteError as e:
             raise type(e)(f"dataset '{dataset}': {e}") from e
         if "meta/info.json" not in objects:
@@ -146,31 +197,60 @@ def open_root(url: str, options: dict[str, Any] | None, dataset: str) -> RemoteR
             if p.is_file() and rel not in objects:
                 p.unlink()
         manifest = entry / _MANIFEST
-        _write_atomic(manifest, json.dumps({"url": url, "objects": {k: [v.size, v.etag] for k, v in
-                                                                   objects.items()}}).encode())
+        _write_manifest(manifest, url, objects)
+    root = RemoteRoot(url, tree, objects, manifest, options)
+    weakref.finalize(root, cache_dir.use(entry))  # in use while the root lives: never evicted under a reader
+    enforce_bound(entry)
     remote.register_root(url, options, os.fspath(manifest))
-    return RemoteRoot(url, tree, objects, manifest, options)
+    return root
 
 
-def sync_data(root: RemoteRoot, rels: Sequence[str], image_columns: Sequence[str], dataset: str) -> None:
+def _write_manifest(path: Path, url: str, objects: dict[str, ObjectInfo]) -> None:
+    _write_atomic(path, json.dumps({"url": url, "objects": {k: [v.size, v.etag] for k, v in objects.items()}}
+                                   ).encode())
+
+
+def sync_data(root: RemoteRoot, rels: Sequence[str], image_columns: Sequence[str], dataset: str,
+              videos: Sequence[str] = ()) -> None:
     """Bring the data parquets `rels` (relative paths) into the local tree; `image_columns` are left out
-    of files that hold them. Files absent from the listing are left absent (the integrity checks name them)."""
+    of files that hold them. Files absent from the listing are left absent (the integrity checks name them).
+    For a root that cannot be listed, the data files and `videos` are looked up first (HEAD) and added to the
+    root's objects and manifest."""
     client, prefix = remote.client_for(root.url, root.options)
     entry = root.tree.parent
+    if not client.listable:
+        unknown = [r for r in [*rels, *videos] if r not in root.objects]
+        if unknown:
+            try:
+                root.objects.update(head_all(client, prefix, root.url, unknown))
+            except remote.RemoteError as e:
+                raise type(e)(f"dataset '{dataset}': {e}") from e
+            with _locked(entry):
+                _write_manifest(root.manifest, root.url, root.objects)
     wanted = [r for r in rels if r in root.objects]
     with _locked(entry):
         _sync(client, prefix, root.url, entry, root.tree, root.objects, wanted, tuple(image_columns))
 
 
+def _local_stamp(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _sync(client: remote.Client, prefix: str, url: str, entry: Path, tree: Path, objects: dict[str, ObjectInfo],
           rels: Sequence[str], drop: tuple[str, ...]) -> None:
-    """Download each of `rels` whose local copy is absent or of another (size, ETag); record them in state.json
-    (caller holds the entry lock)."""
+    """Download each of `rels` whose local copy is absent, of another (size, ETag), or not the file written
+    then (size, mtime); record them in state.json (caller holds the entry lock)."""
     state = _read_json(entry / _STATE)
     todo = []
     for rel in rels:
         info = objects[rel]
-        if state.get(rel) != [info.size, info.etag, list(drop)] or not (tree / rel).is_file():
+        rec = state.get(rel)
+        if (not isinstance(rec, list) or rec[:3] != [info.size, info.etag, list(drop)]
+                or rec[3:] != [_local_stamp(tree / rel)]):
             todo.append(rel)
     if not todo:
         return
@@ -191,7 +271,7 @@ def _sync(client: remote.Client, prefix: str, url: str, entry: Path, tree: Path,
             list(pool.map(one, todo))
     for rel in todo:
         info = objects[rel]
-        state[rel] = [info.size, info.etag, list(drop)]
+        state[rel] = [info.size, info.etag, list(drop), _local_stamp(tree / rel)]
     _write_atomic(entry / _STATE, json.dumps(state).encode())
 
 
@@ -219,4 +299,4 @@ def _projected(url: str, info: ObjectInfo, drop: tuple[str, ...]) -> bytes:
     return sink.getvalue()
 
 
-__all__ = ["RemoteRoot", "mirror_base", "open_root", "sync_data"]
+__all__ = ["ENV_MAX", "RemoteRoot", "enforce_bound", "meta_max", "mirror_base", "open_root", "sync_data"]

@@ -1,7 +1,17 @@
 """Counters of the remote reads of this process (requests, bytes, retries and failures by cause, byte-cache hits),
 and their collection across processes: with `FASTMIX_REMOTE_STATS_DIR` set, each process writes its counters
-to `<dir>/<pid>.json` (atomically, after each read of remote files and at exit); `collect_stats(dir)` sums the files (the
-decode workers' counters). Re-exported by `fastmix.sources.remote`.
+to `<dir>/<pid>.json` (atomically, after each read of remote files and at exit); `collect_stats(dir)` sums the
+files (the decode workers' counters). Re-exported by `fastmix.sources.remote`.
+
+When a process opens a remote root and the variable is unset, `ensure_stats_dir` sets it to a private temporary
+directory (removed when that process exits), so the decode workers it spawns write there; `tree_stats()` is
+then this process's live counters plus every other process's file, and `since(snapshot)` the part counted
+after a snapshot (what `MixtureLoader.stats()` reports).
+
+Counter names: requests (HTTP requests sent, redirect hops included), bytes (response bytes), retries and
+retry_<cause> (timeout, connection, refused, short_body, http_<status>), failures (errors raised), redirects,
+rate_waits (requests delayed by FASTMIX_REMOTE_MAX_RPS), range_gets / range_bytes (ranges fetched from the
+store: byte-cache misses), cache_hits / cache_bytes (ranges served by the node-local byte cache).
 """
 
 from __future__ import annotations
@@ -9,6 +19,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections import Counter
 
@@ -61,7 +73,52 @@ def collect_stats(d: str) -> dict[str, int]:
 
 
 atexit.register(dump_stats)
+os.register_at_fork(after_in_child=reset_stats)  # a forked child counts its own requests only
+
+STATS_ENV = "FASTMIX_REMOTE_STATS_DIR"
 
 
+def ensure_stats_dir() -> str:
+    """The directory counters are collected in: `$FASTMIX_REMOTE_STATS_DIR`, else a new private temporary one,
+    set in the environment (spawned workers inherit it) and removed at this process's exit."""
+    d = os.environ.get(STATS_ENV)
+    if d:
+        return d
+    d = tempfile.mkdtemp(prefix="fastmix-remote-stats-")
+    os.environ[STATS_ENV] = d
+    owner = os.getpid()
 
-__all__ = ["collect_stats", "count", "dump_stats", "reset_stats", "stats"]
+    def remove() -> None:
+        if os.getpid() == owner:
+            shutil.rmtree(d, ignore_errors=True)
+
+    atexit.register(remove)
+    return d
+
+
+def tree_stats() -> dict[str, int]:
+    """This process's counters plus those every other process wrote to `$FASTMIX_REMOTE_STATS_DIR` (its decode
+    workers, earlier ones included); this process's alone when the variable is unset."""
+    total = Counter(stats())
+    d = os.environ.get(STATS_ENV)
+    if d and os.path.isdir(d):
+        mine = f"{os.getpid()}.json"
+        for name in os.listdir(d):
+            if name.endswith(".json") and name != mine:
+                try:
+                    with open(os.path.join(d, name), encoding="utf-8") as f:
+                        total.update(json.load(f))
+                except (OSError, ValueError):
+                    continue
+    return dict(total)
+
+
+def since(base: dict[str, int]) -> dict[str, int]:
+    """`tree_stats()` minus the snapshot `base` (an earlier `tree_stats()`), zero counters left out."""
+    now = Counter(tree_stats())
+    now.subtract(base)
+    return {k: v for k, v in now.items() if v}
+
+
+__all__ = ["STATS_ENV", "collect_stats", "count", "dump_stats", "ensure_stats_dir", "reset_stats", "since",
+           "stats", "tree_stats"]
