@@ -42,6 +42,13 @@ def parse(url: str) -> tuple[str, str | None, str]:
     return f"{parts[0]}/{name}", (unquote(revision) if revision else None), "/".join(parts[2:])
 
 
+def pinned_url(url: str, sha: str) -> str:
+    """`url` with its revision replaced by the commit `sha` (`hf://datasets/<org>/<name>@<sha>[/path]`): the
+    URL of a file names its version, so the byte cache and the per-process objects never mix two commits."""
+    repo, _, path = parse(url)
+    return f"hf://datasets/{repo}@{sha}" + (f"/{path}" if path else "")
+
+
 class HfClient(Client):
     """One Hub dataset repo (`bucket` is its id) at one commit (`options["_commit"]`, set at open; else the
     revision is resolved on first use); keys are paths inside the repo."""
@@ -122,4 +129,4 @@ def _next_link(header: str, base: str) -> str | None:
     return None
 
 
-__all__ = ["DEFAULT_ENDPOINT", "HfClient", "parse"]
+__all__ = ["DEFAULT_ENDPOINT", "HfClient", "parse", "pinned_url"]

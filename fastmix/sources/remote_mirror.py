@@ -2,8 +2,9 @@
 
 `open_root(url, options, dataset)` finds the root's objects — a listing (S3 / GCS ListObjectsV2, the Hub's tree
 API at the commit the revision was pinned to) or, for a plain http(s):// server that cannot be listed, the
-files the metadata names (`fastmix.sources.remote_discover`: one HEAD each) — writes them to `manifest.json`
-and brings `meta/` into a local tree; `sync_data` then brings the selected episodes' data parquets (and, for an
+files the metadata names (`fastmix.sources.remote_discover`: one HEAD each) — writes them to a manifest
+(`manifest-<sha256 of its content>.json`: a new listing is a new file, so a process never reads another version's
+sizes under a name it has cached; the newest 4 are kept) and brings `meta/` into a local tree; `sync_data` then brings the selected episodes' data parquets (and, for an
 unlisted root, HEADs their videos). Both go to `$FASTMIX_CACHE/remote/<name>-<sha256(url)[:16]>/tree/` (the
 fastmix cache, see `fastmix.sources.store.cache_root`; 0700/0600). An object is downloaded only when its
 (size, ETag) differs from the one recorded in `state.json` for the local copy, or the local copy is not the
@@ -47,7 +48,8 @@ from fastmix.sources import cache_dir, remote, store
 from fastmix.sources.remote import ObjectInfo
 from fastmix.sources.remote_discover import discover_meta, head_all
 
-_STATE, _MANIFEST, _SOURCE = "state.json", "manifest.json", "source.json"
+_STATE, _SOURCE = "state.json", "source.json"
+_KEEP_MANIFESTS = 4
 ENV_MAX = "FASTMIX_REMOTE_META_MAX"
 DEFAULT_MAX_BYTES = 20 << 30
 
@@ -159,18 +161,19 @@ def open_root(url: str, options: dict[str, Any] | None, dataset: str) -> RemoteR
     meta_max()  # a bad bound is a ConfigError before any request
     options = dict(options or {})
     client, prefix = remote.client_for(url, options)
-    if client.scheme == "hf" and not options.get("_commit"):
-        from fastmix.sources.remote_hf import parse
+    entry, given = _entry(url), url
+    if client.scheme == "hf":  # pinned: every file read at the commit the revision names now
+        from fastmix.sources.remote_hf import parse, pinned_url
 
         try:
-            options["_commit"] = client.resolve(parse(url)[1], url)  # pinned: every file at this commit
+            options["_commit"] = client.resolve(parse(url)[1], url)
         except (MissingFileError, remote.RemoteError) as e:
             raise type(e)(f"dataset '{dataset}': {e}") from e
+        url = pinned_url(url, options["_commit"])
         client, prefix = remote.client_for(url, options)
-    entry = _entry(url)
     tree = entry / "tree"
     with _locked(entry):
-        _write_atomic(entry / _SOURCE, json.dumps({"dataset": dataset, "root": url}).encode())
+        _write_atomic(entry / _SOURCE, json.dumps({"dataset": dataset, "root": given}).encode())
         try:
             if client.listable:
                 objects = client.list(prefix, url)
@@ -196,8 +199,7 @@ def open_root(url: str, options: dict[str, Any] | None, dataset: str) -> RemoteR
             rel = os.path.relpath(p, tree)
             if p.is_file() and rel not in objects:
                 p.unlink()
-        manifest = entry / _MANIFEST
-        _write_manifest(manifest, url, objects)
+        manifest = _write_manifest(entry, url, objects)
     root = RemoteRoot(url, tree, objects, manifest, options)
     weakref.finalize(root, cache_dir.use(entry))  # in use while the root lives: never evicted under a reader
     enforce_bound(entry)
@@ -205,9 +207,21 @@ def open_root(url: str, options: dict[str, Any] | None, dataset: str) -> RemoteR
     return root
 
 
-def _write_manifest(path: Path, url: str, objects: dict[str, ObjectInfo]) -> None:
-    _write_atomic(path, json.dumps({"url": url, "objects": {k: [v.size, v.etag] for k, v in objects.items()}}
-                                   ).encode())
+def _write_manifest(entry: Path, url: str, objects: dict[str, ObjectInfo]) -> Path:
+    """Write the listing to `entry/manifest-<content hash>.json` (caller holds the entry lock); older manifests
+    beyond the newest `_KEEP_MANIFESTS` are removed. Returns its path."""
+    data = json.dumps({"url": url, "objects": {k: [v.size, v.etag] for k, v in sorted(objects.items())}}).encode()
+    path = entry / f"manifest-{hashlib.sha256(data).hexdigest()[:16]}.json"
+    if not path.is_file():
+        _write_atomic(path, data)
+    else:
+        os.utime(path)
+    old = sorted(entry.glob("manifest-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in old[_KEEP_MANIFESTS:]:
+        if p != path:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return path
 
 
 def sync_data(root: RemoteRoot, rels: Sequence[str], image_columns: Sequence[str], dataset: str,
@@ -226,7 +240,8 @@ def sync_data(root: RemoteRoot, rels: Sequence[str], image_columns: Sequence[str
             except remote.RemoteError as e:
                 raise type(e)(f"dataset '{dataset}': {e}") from e
             with _locked(entry):
-                _write_manifest(root.manifest, root.url, root.objects)
+                manifest = _write_manifest(entry, root.url, root.objects)
+            remote.register_root(root.url, root.options, os.fspath(manifest))
     wanted = [r for r in rels if r in root.objects]
     with _locked(entry):
         _sync(client, prefix, root.url, entry, root.tree, root.objects, wanted, tuple(image_columns))
