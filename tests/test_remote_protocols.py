@@ -303,3 +303,37 @@ def test_mirror_is_bounded_listed_cleared_and_rebuilt_when_damaged(https, tls, i
     assert cli.main(["cache", "clear", "--dataset", "image_ds"]) == 0
     assert "removed 1" in capsys.readouterr().out
     assert not tree.parent.exists()
+
+
+# -- norm stats and verify over a bucket ----------------------------------------------------------------------
+def test_norm_stats_and_verify_over_an_s3_lerobot_home(s3_server, video_ds, image_ds, fresh, tmp_path, monkeypatch):
+    """A config whose lerobot_home is s3://… (credentials and endpoint from AWS_*): `fastmix compute-norm-stats`
+    writes the same norm_stats.json as the same config over a local home, and `verify` draws the same counts,
+    runs the same checks with the same outcomes."""
+    from fastmix import cli
+    from fastmix.openpi import registry as R
+    from fastmix.tools import verify as V
+    from tests.test_data_loader import _cfg
+
+    home = tmp_path / "home"
+    for name, root in (("video_ds", video_ds), ("image_ds", image_ds)):
+        (home / "fastmix-test").mkdir(parents=True, exist_ok=True)
+        (home / "fastmix-test" / name).symlink_to(root)
+        s3_server.upload(root, f"home/fastmix-test/{name}")
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    repos = ("fastmix-test/video_ds", "fastmix-test/image_ds")
+    results = {}
+    for where, lerobot_home in (("s3", f"s3://{BUCKET}/home"), ("local", str(home))):
+        cfg = R.register(_cfg(tmp_path / where, repos, name=f"remote_ns_{where}", lerobot_home=lerobot_home,
+                              weights=[1.0, 2.0]))
+        try:
+            assert cli.main(["compute-norm-stats", cfg.name]) == 0
+            stats = (tmp_path / where / "assets" / "shared" / "norm_stats.json").read_text()
+            report = V.verify(cfg, 120, plot_path=tmp_path / f"{where}.png", out=lambda s: None)
+        finally:
+            R.unregister(cfg.name)
+        results[where] = (stats, report.observed_counts, report.expected_shares,
+                          [(c.name, c.ok) for c in report.checks], report.p_value)
+    assert results["s3"] == results["local"]
+    assert sum(results["s3"][1]) == 120 and remote.stats()["requests"] > 0
