@@ -189,7 +189,7 @@ class HubServer(HTTPServerBase):
     def push(self, repo: str, directory: Path, branch: str = "main") -> str:
         files = {p.relative_to(directory).as_posix(): p for p in sorted(Path(directory).rglob("*")) if p.is_file()}
         digest = hashlib.sha1(repr((repo, len(self.commits), sorted(files))).encode())
-        for rel, p in files.items():
+        for p in files.values():
             digest.update(p.read_bytes())
             sha256 = hashlib.sha256(p.read_bytes()).hexdigest()
             self.blobs[sha256] = p
