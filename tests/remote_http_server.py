@@ -183,6 +183,7 @@ class HubServer(HTTPServerBase):
         self.commits: dict[str, dict[str, Path]] = {}  # sha -> {path in repo: local file}
         self.refs: dict[tuple[str, str], str] = {}  # (repo, branch) -> sha
         self.blobs: dict[str, Path] = {}  # sha256 -> file (the CDN's store)
+        self.signature = "sig-0"  # what the CDN accepts in X-Amz-Signature (`rotate()`: earlier URLs expire)
         self.cdn = _Cdn(self)
         super().__init__()
 
@@ -197,6 +198,10 @@ class HubServer(HTTPServerBase):
         self.commits[sha] = files
         self.refs[(repo, branch)] = sha
         return sha
+
+    def rotate(self) -> None:
+        """Expire every CDN URL handed out so far (the CDN answers 403 to their old signature)."""
+        self.signature = f"sig-{int(self.signature.split('-')[1]) + 1}"
 
     def _commit(self, repo: str, rev: str) -> str | None:
         rev = unquote(rev)
@@ -241,7 +246,7 @@ class HubServer(HTTPServerBase):
             entry = self._entry(unquote(m[3]), p)
             if "lfs" in entry:
                 oid = entry["lfs"]["oid"]
-                h.send_bytes(302, b"", headers={"Location": f"{self.cdn.url}/repos/{oid}?X-Amz-Signature=x",
+                h.send_bytes(302, b"", headers={"Location": f"{self.cdn.url}/repos/{oid}?X-Amz-Signature={self.signature}",
                                                 "X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(entry["size"]),
                                                 "X-Repo-Commit": sha}, method=method)
                 return
@@ -284,14 +289,20 @@ class HubServer(HTTPServerBase):
 
 
 class _Cdn(HTTPServerBase):
-    """The Hub's CDN: /repos/<sha256> with Range; records whether an Authorization header arrived."""
+    """The Hub's CDN: /repos/<sha256>?X-Amz-Signature=<the hub's current signature> with Range (another
+    signature: 403, as an expired signed URL); `requests` shows whether an Authorization header arrived."""
 
     def __init__(self, hub: HubServer) -> None:
         self.hub = hub
         super().__init__()
 
     def route(self, h: _Handler, method: str) -> None:
-        m = re.fullmatch(r"/repos/([0-9a-f]{64})", urlsplit(h.path).path)
+        parts = urlsplit(h.path)
+        if parse_qs(parts.query).get("X-Amz-Signature") != [self.hub.signature]:
+            h.send_bytes(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+                         "application/xml", method=method)
+            return
+        m = re.fullmatch(r"/repos/([0-9a-f]{64})", parts.path)
         p = self.hub.blobs.get(m[1]) if m else None
         if p is None:
             h.send_bytes(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml", method=method)

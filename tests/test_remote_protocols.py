@@ -163,7 +163,7 @@ def test_an_untrusted_certificate_is_one_error_at_once(https, fresh):
 def test_hf_root_equals_the_local_read(name, hub, fresh, request, monkeypatch):
     """hf://datasets/<repo> on the stand-in (HF_TOKEN as the bearer token): equal to the local read; the revision
     was resolved once and every file read at that commit; the tree listing followed its pages; the token went
-    to the Hub and never to the CDN."""
+    to the Hub and never to the CDN; a file's CDN URL was asked directly after its first resolve."""
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     hub.requests.clear()
     hub.cdn.requests.clear()
@@ -177,6 +177,11 @@ def test_hf_root_equals_the_local_read(name, hub, fresh, request, monkeypatch):
     assert resolves and all(p.startswith(f"/datasets/fastmix-test/{name}/resolve/{sha}/") for p in resolves)
     assert all(h.get("Authorization") == f"Bearer {TOKEN}" for _, _, h in hub.requests)
     assert hub.cdn.requests and not any("Authorization" in h for _, _, h in hub.cdn.requests)
+    # each file's CDN URL is remembered: an mp4 is resolved once (twice when two threads race), not per range
+    mp4 = [p for p in resolves if p.endswith(".mp4")]
+    assert len(mp4) <= 2 * len(set(mp4))
+    if name == "video_ds":  # one mp4 per camera, read by many ranges
+        assert remote.stats()["redirects_remembered"] >= 1
 
 
 def test_hf_revision_is_pinned_for_the_whole_run(hub, video_ds, v21_ds, fresh, tmp_path):

@@ -7,7 +7,9 @@ the dataset is then read at that commit, so a push during a run never mixes two 
 `GET {endpoint}/api/datasets/<repo>/tree/<sha>[/<folder>]?recursive=True&expand=False` (paginated by its
 `Link: <...>; rel="next"` header; each file's version is its LFS sha256 or its git blob id), the bytes
 `GET {endpoint}/datasets/<repo>/resolve/<sha>/<path>` with `Range`, following the Hub's redirects (to its
-CDN: the Authorization header is not sent to another host).
+CDN: the Authorization header is not sent to another host). The CDN URL a file redirects to is then asked
+directly for 5 minutes (one Hub request per file, not per range), and the resolve asked again when it answers
+401/403/404/410 (its signature expired).
 
 The endpoint is `storage_options["endpoint"]`, else `HF_ENDPOINT`, else https://huggingface.co; the token
 `storage_options["token"]`, else `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN` (a bearer token; none: anonymous).
@@ -55,6 +57,7 @@ class HfClient(Client):
 
     listable = True
     pinned = True
+    redirect_ttl_s = 300.0  # the CDN URL a resolve redirects to is asked directly for 5 minutes
 
     def setup(self) -> None:
         o = self.options

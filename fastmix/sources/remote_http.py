@@ -2,7 +2,9 @@
 
 `Client` sends ranged GETs and HEADs to one host over urllib3 (a pool per process and host), following
 redirects itself (up to 5; the Authorization header is dropped when a redirect leaves the host, as `requests`
-does; each hop counts as a request). It serves `http(s)://` roots as is; `remote_s3.S3Client` (s3://, gs://)
+does; each hop counts as a request). A client with `redirect_ttl_s` (the Hub's: its resolve URLs redirect to
+signed CDN URLs) asks a redirect's target directly for that long, and asks the original URL again when the
+remembered target answers 401/403/404/410 (the signature expired). It serves `http(s)://` roots as is; `remote_s3.S3Client` (s3://, gs://)
 and `remote_hf.HfClient` (hf://) add signing, listing and URL layouts.
 
 **TLS**: `storage_options={"ca_bundle": "/path/ca.pem"}` (else `REQUESTS_CA_BUNDLE`, `SSL_CERT_FILE`,
@@ -123,6 +125,7 @@ class Client:
     options: dict[str, Any] = field(default_factory=dict)
     listable = False  # whether `list` works (S3 LIST, the Hub's tree API); plain HTTP cannot be listed
     pinned = False  # whether objects are immutable (a Hub commit): no version check on reads
+    redirect_ttl_s = 0.0  # how long a redirect's target is asked directly (0: every request follows it)
 
     def __post_init__(self) -> None:
         import urllib3
@@ -139,6 +142,8 @@ class Client:
                                         timeout=urllib3.Timeout(connect=self.policy.timeout_s,
                                                                 read=self.policy.timeout_s), **tls)
         self.extra_headers = {str(k): str(v) for k, v in dict(self.options.get("headers") or {}).items()}
+        self._redirects: dict[str, tuple[str, float]] = {}
+        self._redirect_lock = threading.Lock()
         self.setup()
 
     def setup(self) -> None:
@@ -199,9 +204,14 @@ class Client:
 
     def _follow(self, method: str, url: str, headers: dict[str, str], timeout: Any, name: str
                 ) -> tuple[int, Any, bytes]:
-        """One attempt: the request and the redirects it answers with; (status, response, body)."""
-        host = urlsplit(url).netloc
-        for _ in range(_MAX_REDIRECTS + 1):
+        """One attempt: the request and the redirects it answers with; (status, response, body). With
+        `redirect_ttl_s`, where a URL redirected to is remembered that long and asked directly; a remembered
+        target that answers 401/403/404/410 (an expired signed URL) is forgotten and the URL asked again."""
+        origin, host = url, urlsplit(url).netloc
+        remembered = self._remembered(origin)
+        if remembered is not None:
+            url = remembered
+        for _ in range(_MAX_REDIRECTS + 2):
             self.rate.wait()
             count(requests=1)
             sent = self.headers_for(method, url, headers) if urlsplit(url).netloc == host else dict(headers)
@@ -217,8 +227,28 @@ class Client:
                 url = urljoin(url, r.headers["Location"])
                 continue
             _release(r)
+            if remembered is not None and url == remembered and r.status in (401, 403, 404, 410):
+                count(redirect_expired=1)
+                self._redirects.pop(origin, None)
+                url, remembered = origin, None
+                continue
+            if url != origin and self.redirect_ttl_s and r.status in (200, 206):
+                with self._redirect_lock:
+                    self._redirects[origin] = (url, time.monotonic() + self.redirect_ttl_s)
+                    while len(self._redirects) > 4096:
+                        self._redirects.pop(next(iter(self._redirects)))
             return r.status, r, body
         raise RemoteError(f"{name}: more than {_MAX_REDIRECTS} redirects (last to {url})")
+
+    def _remembered(self, url: str) -> str | None:
+        hit = self._redirects.get(url) if self.redirect_ttl_s else None
+        if hit is None:
+            return None
+        if hit[1] < time.monotonic():
+            self._redirects.pop(url, None)
+            return None
+        count(redirects_remembered=1)
+        return hit[0]
 
     def get_range(self, key: str, start: int, end: int, name: str, version: str | None = None) -> bytes:
         """Bytes [start, end) of object `key`; with `version` (its ETag when the dataset was opened), an object

@@ -1,6 +1,6 @@
 """Faults of remote roots beyond s3:// (issue 23): retries visible in the loader's stats (SeaweedFS behind the
 test proxy, 2 decode workers), a file missing from an https:// server, a Hub that keeps rate-limiting past the
-retry budget, a server that ignores `Range`. Servers: `tests/remote_server.py` (SeaweedFS, the proxy) and
+retry budget, a server that ignores `Range`, the Hub's signed CDN URLs expiring mid-run. Servers: `tests/remote_server.py` (SeaweedFS, the proxy) and
 `tests/remote_http_server.py` (a static server with Range, a Hub stand-in). Each asserts the values, the
 counters, or the exception type, what its message names and a time bound; `no_leaks` checks processes, shared
 memory and fds."""
@@ -148,3 +148,28 @@ def test_a_server_that_ignores_range(no_leaks, dataset_dir, video_ds, remote_env
         _Handler.send_file = original
         server.close()
         remote.close_clients()
+
+
+def test_an_expired_cdn_url_is_resolved_again(no_leaks, video_ds, remote_env, monkeypatch):
+    """The Hub's CDN URLs (remembered for 5 minutes) expire mid-run (the CDN answers 403): the resolve is asked
+    again, counted (`redirect_expired`), the frames are exact and nothing fails (no byte cache)."""
+    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")
+    hub = HubServer()
+    try:
+        hub.push("fastmix-test/video_ds", video_ds)
+        src = LeRobotSource(root="hf://datasets/fastmix-test/video_ds", storage_options={"endpoint": hub.url})
+        local = LeRobotSource(root=video_ds)
+        rows = np.array([0, 77, 151, 239], dtype=np.int64)
+        assert all(np.array_equal(a, b) for a, b in zip(frames(src, rows).values(), frames(local, rows).values(),
+                                                         strict=True))
+        hub.rotate()
+        remote_file.forget_objects()  # nothing held: the reads reach the CDN again
+        got, want = frames(src, rows[::-1].copy()), frames(local, rows[::-1].copy())
+        src.close()
+        local.close()
+    finally:
+        hub.close()
+        remote.close_clients()
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    counts = remote.stats()
+    assert counts["redirect_expired"] >= 1 and "failures" not in counts
