@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "FastmixError": "fastmix.errors",
     "IncompatibleDatasetsError": "fastmix.errors",
     "MissingFileError": "fastmix.errors",
+    "RemoteAccessError": "fastmix.sources.remote",
+    "RemoteError": "fastmix.sources.remote",
     "WorkerError": "fastmix.errors",
     # sampling core
     "AliasTable": "fastmix.core.alias",
