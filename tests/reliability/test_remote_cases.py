@@ -111,7 +111,8 @@ def test_a_response_cut_mid_body_is_retried(no_leaks, s3_server, s3_video, video
     its traceback. That record was the CLOSE_WAIT socket of the full suite: pytest's log capture keeps it until
     the test's teardown, and its traceback's frame (`HTTPConnection.getresponse`) holds the connection and
     `_shutdown`, a bound method of the socket, so the socket of the cut response outlived the pool's close (found
-    by walking the referrers of the CLOSE_WAIT socket at teardown). The test raised `urllib3.connectionpool`,
+    by walking the referrers of the CLOSE_WAIT socket at teardown; with a graceful cut, both cut sockets stayed in
+    CLOSE_WAIT until the two captured records were cleared, then were freed). The test raised `urllib3.connectionpool`,
     which does not log it; it raises `urllib3.connection` now. In a process that does not keep log records the
     frame, and so the socket, is freed with the record; the client also never pools a connection whose body
     ended by the connection closing."""
