@@ -17,7 +17,6 @@ mirror's bound, `fastmix cache`, a damaged mirror rebuilt.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -122,14 +121,14 @@ def test_https_root_equals_the_local_read(name, https, tls, fresh, request):
 
 
 def test_https_warm_open_downloads_nothing_and_a_changed_file_is_read_again(https, tls, dataset_dir, fresh,
-                                                                           tmp_path):
+                                                                           tmp_path, monkeypatch):
     """A second open of an https:// root asks for each file's HEAD only (no GET); a file changed on the server
     (other ETag) is downloaded again and its new content read. The CA from SSL_CERT_FILE here."""
     root = tmp_path / "served"
     shutil.copytree(dataset_dir / "v21_ds", root / "v21_ds")
     server = StaticServer(root, tls=tls)
     try:
-        os.environ["SSL_CERT_FILE"] = str(tls[0])  # restored by `fresh`'s monkeypatch
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls[0]))
         url = f"{server.url}/v21_ds"
         LeRobotSource(root=url).close()
         server.requests.clear()
