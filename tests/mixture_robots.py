@@ -22,8 +22,9 @@ from fastmix.openpi import transforms as T
 from fastmix.openpi.config import AssetsConfig, DataConfig, DataConfigFactory, LeRobotLiberoDataConfig
 from fastmix.openpi.config import ModelTransformFactory, Pi0Config, TrainConfig
 
-REPOS = {"libero": "robots/libero_like", "droid": "robots/droid_like", "aloha": "robots/aloha_like"}
-EPISODES = {"libero": (3, 12), "droid": (3, [10, 14, 8]), "aloha": (2, 15)}
+REPOS = {"libero": "robots/libero_like", "droid": "robots/droid_like", "aloha": "robots/aloha_like",
+         "libero2": "robots/libero_like_2"}
+EPISODES = {"libero": (3, 12), "droid": (3, [10, 14, 8]), "aloha": (2, 15), "libero2": (2, 8)}
 ALOHA_CAMS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
 ACTION_DIM, HORIZON = 32, 4
 
@@ -33,7 +34,7 @@ def write_robots(home: Path) -> Path:
     `home/assets/<config name>/<robot>`; returns `home`."""
     from fastmix.testing.robots import ALOHA_LIKE, DROID_LIKE, LIBERO_LIKE, make_robot_dataset
 
-    schemas = {"libero": LIBERO_LIKE, "droid": DROID_LIKE, "aloha": ALOHA_LIKE}
+    schemas = {"libero": LIBERO_LIKE, "droid": DROID_LIKE, "aloha": ALOHA_LIKE, "libero2": LIBERO_LIKE}
     for seed, (robot, repo) in enumerate(REPOS.items()):
         n, length = EPISODES[robot]
         make_robot_dataset(home / repo, repo, schemas[robot], num_episodes=n, episode_length=length, seed=seed)
@@ -136,6 +137,20 @@ def entries(home: Path) -> dict[str, DataConfigFactory]:
         "aloha": AlohaLikeDataConfig(repo_id=REPOS["aloha"], assets=AssetsConfig(asset_id="aloha"),
                                      lerobot_home=h, default_prompt="fold the towel"),
     }
+
+
+def nested_libero(home: Path, weights: tuple[float, float] = (1.0, 3.0)) -> Any:
+    """A multi-dataset entry: fastmix's `MultiDatasetLiberoDataConfig` over the two LIBERO-like datasets."""
+    from fastmix.openpi.config import MultiDatasetLiberoDataConfig
+
+    return MultiDatasetLiberoDataConfig(repo_ids=[REPOS["libero"], REPOS["libero2"]], dataset_weights=list(weights),
+                                        assets=AssetsConfig(asset_id="libero"), lerobot_home=str(home),
+                                        base_config=DataConfig(prompt_from_task=True))
+
+
+def frame_counts(robot: str) -> list[int]:
+    n, lengths = EPISODES[robot]
+    return [lengths] * n if isinstance(lengths, int) else list(lengths)
 
 
 def train_config(home: Path, data: Any, *, name: str = "cotrain", batch_size: int = 8, num_workers: int = 0,
