@@ -19,8 +19,15 @@ import numpy as np
 
 from fastmix.openpi import norm_stats as _ns
 from fastmix.openpi import transforms as T
-from fastmix.openpi.config import AssetsConfig, DataConfig, DataConfigFactory, LeRobotLiberoDataConfig
-from fastmix.openpi.config import ModelTransformFactory, Pi0Config, TrainConfig
+from fastmix.openpi.config import (
+    AssetsConfig,
+    DataConfig,
+    DataConfigFactory,
+    LeRobotLiberoDataConfig,
+    ModelTransformFactory,
+    Pi0Config,
+    TrainConfig,
+)
 
 REPOS = {"libero": "robots/libero_like", "droid": "robots/droid_like", "aloha": "robots/aloha_like",
          "libero2": "robots/libero_like_2"}

@@ -11,7 +11,6 @@ fractions (chi-square); resume against an uninterrupted run.
 
 from __future__ import annotations
 
-import warnings
 from fractions import Fraction
 
 import numpy as np

@@ -177,7 +177,11 @@ def grouped_readers(planner: GroupedPlanner, sizes: Sequence[tuple[int, int] | N
                     base: Any, table: np.ndarray) -> Any:
     """The worker-side reader factory of a grouped loader: per group, `base` (the reader factory), resized to
     its decode size and converted to float32 where that group's slots are float (`readers.GroupedReader`)."""
-    from fastmix.loader.readers import floating_reader_factory, grouped_reader_factory, resizing_reader_factory
+    from fastmix.loader.readers import (
+        floating_reader_factory,
+        grouped_reader_factory,
+        resizing_reader_factory,
+    )
 
     factories = []
     for g, (p, size) in enumerate(zip(planner.planners, sizes, strict=True)):

@@ -438,8 +438,9 @@ def create_data_loader(
     logger.info("data_config: %s", data_config)
     opener = open_sources or _default_open_sources
     if is_mixture(data_config):  # a MixtureDataConfig: each entry a group with its own transforms
-        sources, extra, mixture = mixture_loader_parts(config, data_config, skip_norm_stats=skip_norm_stats,
-                                                       open_sources=opener)
+        sources, extra, mixture = mixture_loader_parts(
+            config, data_config, skip_norm_stats=skip_norm_stats, open_sources=opener, stages_of=transform_stages,
+            image_dtype_of=raw_image_dtype, chunks_of=action_delta_timestamps)
         stages: list[tuple[str, list]] = [("mixture", [mixture])]
     else:
         sources, extra, stages = _single_parts(config, data_config, skip_norm_stats, opener)

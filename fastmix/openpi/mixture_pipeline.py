@@ -25,12 +25,10 @@ from fastmix.openpi.norm_stats import NORM_STATS_FILE, missing_norm_stats_messag
 PADDED = ("state", "actions")
 
 
-def entry_stages(data_config: Any, *, skip_norm_stats: bool) -> tuple[list[tuple[str, list]], int | None]:
-    """(stages, pad dim): the entry's `transform_stages` without a trailing `PadStatesAndActions` of the model
+def entry_stages(stages: list[tuple[str, list]]) -> tuple[list[tuple[str, list]], int | None]:
+    """(stages, pad dim): an entry's `transform_stages` without a trailing `PadStatesAndActions` of the model
     stage, whose `model_action_dim` is returned (None when the model stage does not end with one)."""
-    from fastmix.openpi.data_loader import transform_stages
-
-    stages = transform_stages(data_config, skip_norm_stats=skip_norm_stats)
+    stages = list(stages)
     name, model = stages[-1]
     pad = None
     if model and isinstance(model[-1], _t.PadStatesAndActions):
@@ -122,13 +120,13 @@ def require_entry_norm_stats(config: Any, data: MixtureData) -> None:
         raise ConfigError(f"{name}: " + missing_norm_stats_message(config.name, path))
 
 
-def mixture_loader_parts(config: Any, data: MixtureData, *, skip_norm_stats: bool,
-                         open_sources: Callable[[Any], list]) -> tuple[list, dict[str, Any], MixtureTransform]:
+def mixture_loader_parts(config: Any, data: MixtureData, *, skip_norm_stats: bool, open_sources: Callable[[Any], list],
+                         stages_of: Callable[..., list], image_dtype_of: Callable[[list], str],
+                         chunks_of: Callable[..., list]) -> tuple[list, dict[str, Any], MixtureTransform]:
     """(sources, MixtureLoader keyword arguments, the transform) of a mixture config: every entry's datasets
     (group = entry), per-source action chunks at each entry's fps, per-entry decode size and image format,
-    flattened weights and filters."""
-    from fastmix.openpi.data_loader import action_delta_timestamps, raw_image_dtype
-
+    flattened weights and filters. The single-config helpers of `fastmix.openpi.data_loader` come as arguments
+    (`transform_stages`, `raw_image_dtype`, `action_delta_timestamps`: that module imports this one)."""
     if not skip_norm_stats:
         require_entry_norm_stats(config, data)
     horizon = int(config.model.action_horizon)
@@ -138,14 +136,14 @@ def mixture_loader_parts(config: Any, data: MixtureData, *, skip_norm_stats: boo
         if [s.name for s in opened] != entry_repo_ids(entry):
             raise ConfigError(f"{data.names[g]}: open_sources gave {[s.name for s in opened]}")
         keys = tuple(getattr(entry, "action_sequence_keys", ("actions",)))
-        deltas += action_delta_timestamps(opened, keys, horizon)
+        deltas += chunks_of(opened, keys, horizon)
         sources += opened
         groups += [g] * len(opened)
-        st, pad = entry_stages(entry, skip_norm_stats=skip_norm_stats)
+        st, pad = entry_stages(stages_of(entry, skip_norm_stats=skip_norm_stats))
         stages.append(st)
         pads.add(pad)
         sizes.append(_t.decode_size(st))
-        dtypes.append(raw_image_dtype(st))
+        dtypes.append(image_dtype_of(st))
     if len(pads) > 1:
         raise ConfigError(f"the entries pad state/actions to different sizes ({sorted(pads, key=str)}); a mixture "
                           "batch needs one model action_dim")
