@@ -261,3 +261,48 @@ def test_side_by_side_lerobot_loaders(benchmark, robots_home) -> None:
                                 desc="3 lerobot DataLoaders (one per robot, pyav, per-sample transforms, 2 workers "
                                      "each), 11+11+10 samples per step")
     assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1) == items
+
+
+PAIRS = 3 if QUICK else 6
+
+
+def test_heterogeneous_vs_homogeneous_paired(benchmark, robots_home) -> None:
+    """Both loaders open, timed alternately (BATCHES batches each, `PAIRS` pairs): the ratio of each pair's rates,
+    whose median is robust to the load of a shared machine drifting between two separate rows."""
+    import time
+
+    from fastmix.openpi.data_loader import create_data_loader
+
+    het = create_data_loader(train_config(robots_home, heterogeneous(robots_home)), shuffle=True)
+    hom = create_data_loader(train_config(robots_home, homogeneous(robots_home)), shuffle=True)
+    try:
+        its = {"het": iter(het.batches()), "hom": iter(hom.batches())}
+        for it in its.values():
+            for _ in range(3):
+                next(it)
+
+        def rate(name: str) -> float:
+            start = time.perf_counter()
+            n = sum(len(next(its[name])["state"]) for _ in range(BATCHES))
+            return n / (time.perf_counter() - start)
+
+        def run() -> list[float]:
+            ratios = []
+            for p in range(PAIRS):
+                order = ("het", "hom") if p % 2 == 0 else ("hom", "het")
+                rates = {name: rate(name) for name in order}
+                ratios.append(rates["het"] / rates["hom"])
+            return ratios
+
+        benchmark.group = GROUP
+        benchmark.extra_info.update(role="fastmix", items=2 * PAIRS * BATCHES * BATCH, unit="samples",
+                                    format="uint8 BHWC", desc=f"heterogeneous and homogeneous alternately, {PAIRS} "
+                                    f"pairs of {BATCHES} batches each; extra_info: median and each pair's ratio")
+        ratios = benchmark.pedantic(run, rounds=1, iterations=1)
+        benchmark.extra_info["pair_ratios"] = [round(r, 3) for r in ratios]
+        benchmark.extra_info["median_ratio"] = round(float(np.median(ratios)), 3)
+        print(f"\nheterogeneous / homogeneous per pair: {[round(r, 3) for r in ratios]}, median "
+              f"{np.median(ratios):.3f}")
+    finally:
+        het.close()
+        hom.close()
