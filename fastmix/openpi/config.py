@@ -8,8 +8,9 @@ the import changed:
     from fastmix.openpi.config import AssetsConfig, DataConfig, MultiDatasetLiberoDataConfig, Pi0Config, TrainConfig
 
 fastmix-only fields (all optional): `lerobot_home` (a root dir holding `<repo_id>/` datasets; None resolves
-like lerobot: `$HF_LEROBOT_HOME/<repo_id>`), `weighting` ("per_sample", the reference's semantics, or
-"per_dataset"), and on the LIBERO factories `model_transforms` (to add e.g. a tokenizer transform or change
+like lerobot: `$HF_LEROBOT_HOME/<repo_id>`), `weighting` ("per_sample", the reference's semantics,
+"per_dataset" or "per_episode"), `frame_filters` (one `fastmix.FrameFilter` or None per repo id, or a dict repo id
+-> filter), and on the LIBERO factories `model_transforms` (to add e.g. a tokenizer transform or change
 the image resolution).
 """
 

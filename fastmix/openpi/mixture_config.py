@@ -39,6 +39,7 @@ import numpy as np
 
 from fastmix._args import check_weights
 from fastmix.errors import ConfigError
+from fastmix.openpi.config import Suppress  # tyro's marker (a no-op without tyro): not a command-line field
 
 WEIGHTINGS = ("per_sample", "per_dataset", "per_episode")
 
@@ -101,10 +102,10 @@ class MixtureDataConfig:
     frame_filters: None, one `FrameFilter` or None per entry, or a dict repo id -> `FrameFilter`.
     """
 
-    datasets: Sequence[Any] = ()
+    datasets: Suppress[Sequence[Any]] = ()
     dataset_weights: Sequence[float] | None = None
     weighting: str = "per_sample"
-    frame_filters: Any = None
+    frame_filters: Suppress[Any] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str | bytes) or not isinstance(self.datasets, Sequence) or not self.datasets:
