@@ -310,3 +310,39 @@ def test_resume_with_changed_weights_is_an_explicit_deterministic_opt_in(home) -
     for (d0, i0, s0), (d1, i1, s1) in zip(*runs, strict=True):
         assert (d0, i0) == (d1, i1)
         np.testing.assert_array_equal(s0, s1)
+
+
+# ----------------------------------------------------------------------------------------------- config layer
+def test_a_mixture_config_in_fastmix_registry_and_cli(home) -> None:
+    """Registered in fastmix's registry, found by name, its weights overridable from the command line."""
+    from fastmix.openpi import registry
+
+    cfg = train_config(home, mixture(home), name="cotrain_registry_test")
+    registry.register(cfg)
+    try:
+        assert registry.get_config("cotrain_registry_test") is cfg
+        picked = registry.cli(["cotrain_registry_test", "--data.dataset-weights", "3", "1", "1"])
+        assert list(picked.data.dataset_weights) == [3.0, 1.0, 1.0]
+        assert [type(d).__name__ for d in picked.data.datasets] == [type(d).__name__ for d in cfg.data.datasets]
+    finally:
+        registry.unregister("cotrain_registry_test")
+
+
+def test_multi_dataset_config_passes_weighting_and_frame_filters_to_the_loader(home) -> None:
+    """`MultiDatasetLiberoDataConfig(weighting="per_episode", frame_filters=...)` reaches `MixtureLoader`: its
+    draws follow the exact per-episode probabilities over kept frames."""
+    trim = FrameFilter(trim_start=3)
+    data = nested_libero(home, weights=(1.0, 1.0))
+    data = type(data)(**{**{f: getattr(data, f) for f in ("repo_ids", "assets", "lerobot_home", "base_config")},
+                         "dataset_weights": [1.0, 3.0], "weighting": "per_episode",
+                         "frame_filters": [trim, None]})
+    with create_data_loader(train_config(home, data), shuffle=True, num_batches=1) as dl:
+        assert dl.mixture.weighting == "per_episode"
+        draws = dl.loader.sampler.next_indices(20_000)
+    probs = []
+    for d, (robot, share) in enumerate((("libero", Fraction(1, 4)), ("libero2", Fraction(3, 4)))):
+        lengths = frame_counts(robot)
+        for length in lengths:
+            kept = range(3, length) if d == 0 else range(length)
+            probs += [share / len(lengths) / len(kept) if f in kept else Fraction(0) for f in range(length)]
+    assert chi_square_p(draws, np.array([float(p) for p in probs])) > 1e-3

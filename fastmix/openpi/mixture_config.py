@@ -31,6 +31,8 @@ a frame of its dataset d weighs w_i·v_d; otherwise entry i's share is split ove
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,7 +41,7 @@ import numpy as np
 
 from fastmix._args import check_weights
 from fastmix.errors import ConfigError
-from fastmix.openpi.config import Suppress  # tyro's marker (a no-op without tyro): not a command-line field
+from fastmix.openpi.config import DataConfigFactory, Suppress  # Suppress: tyro's marker, not a CLI field
 
 WEIGHTINGS = ("per_sample", "per_dataset", "per_episode")
 
@@ -93,13 +95,17 @@ def entry_repo_ids(data_config: Any) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class MixtureDataConfig:
+class MixtureDataConfig(DataConfigFactory):
     """A mixture of data configs, one per robot or dataset group (module docstring). Usable as
-    `TrainConfig.data` of fastmix and, after `fastmix.openpi.install()`, of openpi (fork and upstream).
+    `TrainConfig.data` of fastmix and, after `fastmix.openpi.install()`, of openpi (fork and upstream): with an
+    entry of openpi's own classes it is built as `OpenpiMixtureDataConfig`, the same class also typed as openpi's
+    `DataConfigFactory` (made from the running openpi's class on first use; `import fastmix` imports no openpi).
 
     datasets: the entries, each a data config factory with `create(assets_dirs, model_config)`.
     dataset_weights: one per entry (None: all 1). weighting: "per_sample" | "per_dataset" | "per_episode".
     frame_filters: None, one `FrameFilter` or None per entry, or a dict repo id -> `FrameFilter`.
+    The inherited `repo_id` must stay None (the entries name their datasets); `assets`, `base_config` and
+    `lerobot_home` are the entries' own.
     """
 
     datasets: Suppress[Sequence[Any]] = ()
@@ -107,7 +113,15 @@ class MixtureDataConfig:
     weighting: str = "per_sample"
     frame_filters: Suppress[Any] = None
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> MixtureDataConfig:
+        if cls is MixtureDataConfig and _has_openpi_entry(kwargs.get("datasets")):
+            cls = _openpi_twin()
+        return object.__new__(cls)
+
     def __post_init__(self) -> None:
+        if self.repo_id is not None:
+            raise ConfigError(f"MixtureDataConfig takes its entries as datasets=[<data config>, ...], got "
+                              f"repo_id={self.repo_id!r} (set each entry's repo_id)")
         if isinstance(self.datasets, str | bytes) or not isinstance(self.datasets, Sequence) or not self.datasets:
             raise ConfigError("MixtureDataConfig needs datasets=[<data config>, ...] (one data config factory per "
                               f"entry), got datasets={self.datasets!r}")
@@ -189,6 +203,34 @@ def flat_frame_filters(data: MixtureData) -> dict[str, Any] | None:
                               f"entries' datasets are {data.repo_ids}")
         return dict(ff)
     return {r: f for e, f in zip(data.entries, ff, strict=True) if f is not None for r in entry_repo_ids(e)}
+
+
+def _has_openpi_entry(datasets: Any) -> bool:
+    """Whether an entry is an instance of a class of openpi's own package."""
+    if isinstance(datasets, str | bytes) or not isinstance(datasets, Sequence):
+        return False
+    return any(type(e).__module__.split(".")[0] == "openpi" for e in datasets)
+
+
+@functools.cache
+def _openpi_twin() -> type:
+    """`OpenpiMixtureDataConfig`: `MixtureDataConfig` that is also openpi's `DataConfigFactory` (so openpi's
+    `TrainConfig(data=...)` and its command line take it as one of theirs), built from the running openpi."""
+    oc = importlib.import_module("openpi.training.config")
+
+    @dataclasses.dataclass(frozen=True)
+    class OpenpiMixtureDataConfig(MixtureDataConfig, oc.DataConfigFactory):
+        """`MixtureDataConfig` typed as openpi's `DataConfigFactory` (entries of openpi's own classes)."""
+
+    OpenpiMixtureDataConfig.__module__ = __name__
+    OpenpiMixtureDataConfig.__qualname__ = "OpenpiMixtureDataConfig"
+    return OpenpiMixtureDataConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OpenpiMixtureDataConfig":  # built on first use (pickle finds it here by name)
+        return _openpi_twin()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["MixtureData", "MixtureDataConfig", "entry_repo_ids", "flat_frame_filters", "flat_weights"]

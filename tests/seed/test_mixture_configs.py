@@ -79,3 +79,26 @@ def test_every_row_equals_its_entrys_own_openpi_pipeline(datasets, schema_datase
                 assert np.array_equal(exact.astype(row[key].dtype), row[key]), f"row {i}: {key} not float32 values"
                 row = {**row, key: exact}
         assert_same_batches([ref], [row], f"{TREE} mixture of configs, row {i} (entry {d}, index {index})", 1)
+
+
+def test_the_mixture_is_one_of_openpis_data_configs(monkeypatch):
+    """With entries of the tree's own classes, `MixtureDataConfig` is also the tree's `DataConfigFactory`: the
+    tree's `cli()` picks it by name and overrides its weights, and it pickles (as openpi's checkpoints do)."""
+    import pickle
+
+    import openpi.models.pi0_config as pi0_config
+    import openpi.training.config as _config
+
+    from fastmix import MixtureDataConfig
+    from fastmix.openpi import register_openpi_configs
+
+    entries = [_config.LeRobotLiberoDataConfig(repo_id=FORK_REPO), _config.LeRobotAlohaDataConfig(repo_id=ALOHA_REPO)]
+    data = MixtureDataConfig(datasets=entries, dataset_weights=[1.0, 2.0])
+    assert isinstance(data, _config.DataConfigFactory) and isinstance(data, MixtureDataConfig)
+    assert pickle.loads(pickle.dumps(data)) == data
+    config = _config.TrainConfig(name="seed_mixture_cli", model=pi0_config.Pi0Config(), data=data)
+    register_openpi_configs(config, overwrite=True)
+    monkeypatch.setattr("sys.argv", ["train", "seed_mixture_cli", "--exp-name", "e", "--data.dataset-weights", "3", "1"])
+    picked = _config.cli()
+    assert type(picked.data) is type(data) and list(picked.data.dataset_weights) == [3.0, 1.0]
+    assert [type(e).__name__ for e in picked.data.datasets] == ["LeRobotLiberoDataConfig", "LeRobotAlohaDataConfig"]
