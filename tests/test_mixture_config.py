@@ -346,3 +346,16 @@ def test_multi_dataset_config_passes_weighting_and_frame_filters_to_the_loader(h
             kept = range(3, length) if d == 0 else range(length)
             probs += [share / len(lengths) / len(kept) if f in kept else Fraction(0) for f in range(length)]
     assert chi_square_p(draws, np.array([float(p) for p in probs])) > 1e-3
+
+
+def test_iterating_gives_openpis_observation_and_actions(home) -> None:
+    """openpi's protocol (`for observation, actions in loader`) on a mixture: images float in [-1, 1] as
+    `Observation.from_dict` makes them, state/actions padded to the model's action_dim, one mask per camera."""
+    cfg = train_config(home, mixture(home))
+    with create_data_loader(cfg, shuffle=True, num_batches=1, framework="pytorch") as dl:
+        (observation, actions), = list(dl)
+    assert tuple(observation.state.shape) == (8, 32) and tuple(actions.shape) == (8, HORIZON, 32)
+    for key, image in observation.images.items():
+        assert tuple(image.shape) == (8, 3, 224, 224), key
+        assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
+    assert set(observation.image_masks) == set(observation.images)

@@ -69,15 +69,16 @@ class MixtureTransform(_t.Transform):
         return self._merge(parts, size)
 
     def _merge(self, parts: list[tuple[int, np.ndarray, dict]], size: int) -> dict:
-        first_g, _, first = parts[0]
-        for g, _, part in parts[1:]:
-            a, b = sorted(_t.flatten_dict(first)), sorted(_t.flatten_dict(part))
+        flats = [(g, rows, _t.flatten_dict(p)) for g, rows, p in parts]
+        first_g, _, first = flats[0]
+        for g, _, flat in flats[1:]:
+            a, b = sorted(first), sorted(flat)
             if a != b:
                 raise ValueError(f"the entries' transforms give different keys: {self.names[first_g]} gives {a}, "
                                  f"{self.names[g]} gives {b}; a mixture batch needs one structure (make the "
                                  "entries' data transforms output the same keys)")
-        flat = {k: [(g, rows, _t.flatten_dict(p)[k]) for g, rows, p in parts] for k in _t.flatten_dict(first)}
-        return _t.unflatten_dict({k: self._merge_leaf(k, v, size) for k, v in flat.items()})
+        leaves = {k: [(g, rows, flat[k]) for g, rows, flat in flats] for k in first}
+        return _t.unflatten_dict({k: self._merge_leaf(k, v, size) for k, v in leaves.items()})
 
     def _merge_leaf(self, key: str, values: list[tuple[int, np.ndarray, Any]], size: int) -> Any:
         if all(isinstance(v, list | tuple) for _, _, v in values):
