@@ -518,18 +518,12 @@ def _filtered_config(tmp_path, frame_filters):
     from tests.test_verify import _with_stats
 
     @dataclasses.dataclass(frozen=True)
-    class FilteredDataConfig(C.DataConfig):
-        frame_filters: object = None
-
-    @dataclasses.dataclass(frozen=True)
     class Filtered(C.DataConfigFactory):
         inner: object = None
         filters: object = None
 
-        def create(self, assets_dirs, model_config):
-            dc = self.inner.create(assets_dirs, model_config)
-            return FilteredDataConfig(**{f.name: getattr(dc, f.name) for f in dataclasses.fields(dc)},
-                                      frame_filters=self.filters)
+        def create(self, assets_dirs, model_config):  # DataConfig.frame_filters: create_data_loader passes it on
+            return dataclasses.replace(self.inner.create(assets_dirs, model_config), frame_filters=self.filters)
 
     sources = [FakeSource("fake/a", num_episodes=4, episode_length=10), FakeSource("fake/b", num_episodes=2,
                                                                                    episode_length=8)]
@@ -548,6 +542,7 @@ def test_verify_expects_shares_of_kept_frames_and_checks_every_draw_is_kept(tmp_
     cfg, deps = _filtered_config(tmp_path, filters)
 
     def factory(sources, **kw):
+        kw.pop("frame_filters", None)  # a loader that applies them or (the failure verify must see) one that does not
         return fake_loader_factory(sources, **kw, frame_filters=filters if loader_applies_filters else None)
 
     report = V.verify(cfg, 800, plot_path=tmp_path / "shares.png", **deps,

@@ -48,7 +48,7 @@ from fastmix.openpi.config import _validate_repo_ids, validate_dataset_weights
 
 CONFIG_MODULE = "openpi.training.config"
 _CLASSES = ("MultiDatasetDataConfig", "MultiDatasetLeRobotConfig")
-WEIGHTINGS = ("per_sample", "per_dataset")
+WEIGHTINGS = ("per_sample", "per_dataset", "per_episode")
 
 
 def _openpi_config() -> Any:
@@ -145,6 +145,7 @@ def _create(cfg: Any, assets_dirs: Any, model_config: Any, oc: Any, data_config_
         repo_ids=tuple(cfg.repo_ids),
         dataset_weights=None if cfg.dataset_weights is None else tuple(float(w) for w in cfg.dataset_weights),
         weighting=cfg.weighting,
+        frame_filters=cfg.frame_filters,
     )
     return data_config_cls(**values)
 
@@ -160,26 +161,30 @@ def _classes() -> dict[str, type]:
     @dataclasses.dataclass(frozen=True)
     class MultiDatasetDataConfig(oc.DataConfig):
         """openpi's `DataConfig` of a mixture: `repo_ids` (with `repo_id` None), one weight per repo id (None:
-        all 1) and the weighting ("per_sample": a frame's probability ∝ its dataset's weight; "per_dataset":
-        dataset i's share ∝ w_i)."""
+        all 1), the weighting ("per_sample": a frame's probability ∝ its dataset's weight; "per_dataset":
+        dataset i's share ∝ w_i; "per_episode") and the frame filters."""
 
         repo_ids: Sequence[str] | None = None
         dataset_weights: Sequence[float] | None = None
         weighting: str = "per_sample"
+        frame_filters: suppress[Any] = None
 
     @dataclasses.dataclass(frozen=True)
     class MultiDatasetLeRobotConfig(oc.DataConfigFactory):
         """Mixes the LeRobot datasets `repo_ids`, all in the format of `dataset_config` (a single-dataset openpi
         LeRobot data config giving transforms, action keys and norm stats; its asset id defaults to
         `repo_ids[0]`). `dataset_weights`: one per repo id (None: all 1); `weighting`: "per_sample" (a frame of
-        dataset i is drawn with probability ∝ w_i, so its share is w_i·N_i / Σ w_j·N_j) or "per_dataset"
-        (share ∝ w_i). `assets` / `base_config` may be set here or on `dataset_config`, not on both."""
+        dataset i is drawn with probability ∝ w_i, so its share is w_i·N_i / Σ w_j·N_j), "per_dataset" (share ∝
+        w_i) or "per_episode" (share ∝ w_i, each episode of a dataset equally likely). `assets` / `base_config`
+        may be set here or on `dataset_config`, not on both. `frame_filters`: one `fastmix.FrameFilter` (or None)
+        per repo id, or a dict repo id -> filter (frames never drawn)."""
 
         repo_id: str | None = None  # type: ignore[assignment]
         repo_ids: Sequence[str] = ()
         dataset_weights: Sequence[float] | None = None
-        weighting: Literal["per_sample", "per_dataset"] = "per_sample"
+        weighting: Literal["per_sample", "per_dataset", "per_episode"] = "per_sample"
         dataset_config: suppress[oc.DataConfigFactory | None] = None
+        frame_filters: suppress[Any] = None
 
         def __post_init__(self) -> None:
             _check_factory(self, oc)
