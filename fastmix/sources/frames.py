@@ -34,7 +34,8 @@ from av.video.reformatter import VideoReformatter
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
 from fastmix.sources import remote
 from fastmix.sources.remote import RemoteError, is_url
-from fastmix.sources.remote_file import RemoteFile, object_for, prefetch_ranges, prefetch_videos
+from fastmix.sources.remote_file import RemoteFile, object_for
+from fastmix.sources.remote_prefetch import prefetch_ranges, prefetch_videos
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
 
@@ -80,12 +81,14 @@ class _OpenVideo:
         # an .mp4 is opened with its demuxer named: no format probing (a part of every open, which matters when
         # a mixture has thousands of files and most reads open one)
         fmt = "mp4" if path.lower().endswith(".mp4") else None
-        index = None
+        self.remote = self.index = None
         if is_url(path):  # read by byte ranges, the header (sample table) first
-            obj = object_for(path)
-            index = obj.sample_index()
+            self.remote = object_for(path)
+            self.index = self.remote.sample_index()
+            file = RemoteFile(self.remote)
             with av.logging.Capture():  # FFmpeg's note that a Python file object names no protocol
-                self.container = av.open(RemoteFile(obj), format=fmt, metadata_errors="ignore")
+                self.container = av.open(file, format=fmt, metadata_errors="ignore")
+            file.zero_fill = self.index is not None  # gaps read through, never parsed: zeros (see _decode)
         else:
             self.container = av.open(path, format=fmt, metadata_errors="ignore")
         if not self.container.streams.video:
@@ -102,16 +105,28 @@ class _OpenVideo:
         self.cur: tuple[float, av.VideoFrame] | None = None
         self.last_key_s: float | None = None
         self.key_interval_s: float | None = None
-        if index is not None:  # known from the sample table: seek exactly where the prefetched ranges begin
-            self.key_interval_s = index.key_interval_s or None
+        if self.index is not None:  # known from the sample table: seek exactly where the prefetched ranges begin
+            self.key_interval_s = self.index.key_interval_s or None
 
     def seek(self, t: float) -> None:
         """Position the decoder at the last keyframe at or before `t` seconds."""
         self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
                             stream=self.stream)
-        self.frames = self.container.decode(self.stream)
+        self.frames = self._decode()
         self.prev = self.cur = None
         self.last_key_s = None
+
+    def _decode(self) -> Iterable[av.VideoFrame]:
+        """Decoded frames from the demuxer's position. A remote file read with zero-filled gaps is demuxed
+        packet by packet: a packet that overlaps bytes served as zeros gets its real bytes before decoding."""
+        obj = self.remote
+        if self.index is None or obj is None:
+            yield from self.container.decode(self.stream)
+            return
+        for packet in self.container.demux(self.stream):
+            if packet.size and obj.zero_served(packet.pos, packet.size):
+                packet.update(obj.pread(packet.pos, packet.size))
+            yield from packet.decode()
 
     def seek_before(self, t: float, early_s: float = 0.0) -> None:
         """Seek so that the first decoded frame lies at or before `t` (+ early_s), and decode it into `cur`.
@@ -157,6 +172,9 @@ class _OpenVideo:
         cur_s = self.cur[0]
         if t < cur_s:  # behind us: fine only if the frame before `cur` still brackets t
             return self.prev is None or t < self.prev[0]
+        ahead = self.index.seek_ahead(cur_s, t) if self.index is not None else None
+        if ahead is not None:  # from the sample table: seek when the target's keyframe lies ahead
+            return ahead
         interval = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S
         return t - cur_s > interval
 
@@ -345,7 +363,17 @@ class FrameReader:
         if remote_paths:
             remote.dump_stats()
 
-    def _prefetch(self, paths: list[str], by_path: dict[str, list[FrameRequest]]) -> None:
+    def prefetch(self, requests: Sequence[FrameRequest], ahead: bool = False) -> None:
+        """Fetch what `read(requests)` will read from remote files, concurrently. ahead: called from another
+        thread while this reader decodes (a worker's look-ahead): no file is opened, only open images are."""
+        by_path: dict[str, list[FrameRequest]] = defaultdict(list)
+        for req in requests:
+            if is_url(req.path):
+                by_path[req.path].append(req)
+        if by_path:
+            self._prefetch(list(by_path), by_path, ahead)
+
+    def _prefetch(self, paths: list[str], by_path: dict[str, list[FrameRequest]], ahead: bool = False) -> None:
         """Fetch what the requests of remote files will read, concurrently, one GET per file and nearby range:
         video frames from their keyframe, image column chunks of the row groups not cached yet."""
         try:
@@ -354,10 +382,10 @@ class FrameReader:
             for p in paths:
                 reqs = by_path[p]
                 if reqs[0].row >= 0:
-                    pf = self._get(p, reqs[0], _OpenParquet)
-                    assert isinstance(pf, _OpenParquet)
-                    wanted.append((pf.remote, pf.chunk_ranges({(r.key, pf.locate(r.row)[0]) for r in reqs},
-                                                              self._row_groups)))
+                    pf = self._open.get(p) if ahead else self._get(p, reqs[0], _OpenParquet)
+                    if isinstance(pf, _OpenParquet):
+                        wanted.append((pf.remote, pf.chunk_ranges({(r.key, pf.locate(r.row)[0]) for r in reqs},
+                                                                  self._row_groups)))
             prefetch_ranges(wanted)
         except (RemoteError, MissingFileError) as e:
             req = next((by_path[p][0] for p in paths if p in str(e)), by_path[paths[0]][0])

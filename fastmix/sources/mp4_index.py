@@ -23,7 +23,8 @@ _MAX_MOOV = 256 << 20
 class SampleIndex:
     """Per sample, in decode order: pts_s float64 (N,) presentation time in seconds (edit list applied, as
     FFmpeg reports it), offset int64 (N,) and size int64 (N,) in bytes, sync bool (N,) keyframes.
-    reorder: whether presentation order differs from decode order (B-frames)."""
+    reorder: whether presentation order differs from decode order (B-frames). extent: (first, end) byte of the
+    sample data."""
 
     pts_s: np.ndarray
     offset: np.ndarray
@@ -38,6 +39,7 @@ class SampleIndex:
         object.__setattr__(self, "_keys", keys if len(keys) and keys[0] == 0 else np.concatenate([[0], keys]))
         gaps = np.diff(self.pts_s[self._keys]) if len(self._keys) > 1 else np.array([0.0])
         object.__setattr__(self, "key_interval_s", float(gaps.max()) if len(gaps) else 0.0)
+        object.__setattr__(self, "extent", (int(self.offset.min()), int((self.offset + self.size).max())))
 
     def sample_at(self, t: float) -> int:
         """Decode index of the sample presented nearest to `t` seconds."""
@@ -51,7 +53,7 @@ class SampleIndex:
         """(first, last) decode indices read to output the frame nearest `t`: its keyframe .. itself, plus the
         frames presented up to it and two more when frames are reordered."""
         i = self.sample_at(t)
-        key = int(self._keys[np.searchsorted(self._keys, i, side="right") - 1])
+        key = self.key_of(i)
         last = i
         if self.reorder:
             nxt = np.searchsorted(self._keys, i, side="right")
@@ -61,14 +63,29 @@ class SampleIndex:
             last = min(int(shown.max()) + 2, len(self.pts_s) - 1)
         return key, last
 
+    def key_of(self, i: int) -> int:
+        """Decode index of the keyframe at or before sample `i` (decode order)."""
+        return int(self._keys[np.searchsorted(self._keys, i, side="right") - 1])
+
+    def seek_ahead(self, cur_t: float, t: float) -> bool | None:
+        """Whether a forward decode from the frame at `cur_t` to the frame at `t` (> cur_t) should seek: the
+        target's keyframe lies past the frame after the current one (seeking then decodes fewer frames and reads
+        fewer bytes). None with reordered frames (the caller decides by time)."""
+        if self.reorder:
+            return None
+        return self.key_of(self.sample_at(t)) > self.sample_at(cur_t) + 1
+
     def ranges(self, times: Sequence[float]) -> list[tuple[int, int]]:
         """Byte ranges [(start, end)] a forward decode of the sorted `times` reads, merged where they touch.
-        Consecutive times closer than a keyframe interval are decoded straight through (as FrameReader does)."""
+        Two frames are decoded straight through when the second's keyframe is not past the frame after the
+        first (`seek_ahead`); with reordered frames, when they are closer than a keyframe interval (as
+        FrameReader decodes them)."""
         spans: list[list[int]] = []
         prev_t = None
         for t in sorted(times):
             a, b = self.span(t)
-            if spans and prev_t is not None and t - prev_t <= self.key_interval_s and a >= spans[-1][0]:
+            if (self.reorder and spans and prev_t is not None and t - prev_t <= self.key_interval_s
+                    and a >= spans[-1][0]):
                 spans[-1][1] = max(spans[-1][1], b)
             elif spans and a <= spans[-1][1] + 1:
                 spans[-1][1] = max(spans[-1][1], b)
