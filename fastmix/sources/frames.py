@@ -7,9 +7,9 @@ forward decoding pass over the file: it seeks to the keyframe before a target on
 a timestamp is the decoded frame nearest to it, which must lie within `tolerance_s` — what LeRobotDataset's
 "pyav" backend returns. Open containers live in a bounded LRU (one single-threaded codec context each).
 
-A path may be an s3:// URL (`fastmix.sources.remote_file`): the file is then read by byte ranges, and `read`
-first fetches, concurrently, what the work item's frames decode from (one request per file and nearby range);
-remote failures raise RemoteError / MissingFileError naming the request.
+A path may be an s3:// URL (`fastmix.sources.remote_file`): read by byte ranges; `read` (or `prefetch` before
+it) first fetches, concurrently, what the frames decode from (one request per file and nearby range); remote
+failures raise RemoteError / MissingFileError naming the request.
 
 Frames are uint8 (H, W, C) RGB. Where they land is the caller's: `read(requests, out, store=...)` hands each
 decoded frame to a store hook (`Store`; default `store_frame`, a plain copy into `out[key][slot]`), so a
@@ -34,7 +34,7 @@ from av.video.reformatter import VideoReformatter
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
 from fastmix.sources import remote
 from fastmix.sources.remote import RemoteError, is_url
-from fastmix.sources.remote_file import RemoteFile, object_for
+from fastmix.sources.remote_file import RemoteFile, object_for, real_packets
 from fastmix.sources.remote_prefetch import prefetch_ranges, prefetch_videos
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
@@ -104,9 +104,8 @@ class _OpenVideo:
         self.prev: tuple[float, av.VideoFrame] | None = None  # frame decoded just before `cur`
         self.cur: tuple[float, av.VideoFrame] | None = None
         self.last_key_s: float | None = None
-        self.key_interval_s: float | None = None
-        if self.index is not None:  # known from the sample table: seek exactly where the prefetched ranges begin
-            self.key_interval_s = self.index.key_interval_s or None
+        # known from the sample table, if any: seek exactly where the prefetched ranges begin
+        self.key_interval_s: float | None = (self.index.key_interval_s or None) if self.index is not None else None
 
     def seek(self, t: float) -> None:
         """Position the decoder at the last keyframe at or before `t` seconds."""
@@ -117,16 +116,11 @@ class _OpenVideo:
         self.last_key_s = None
 
     def _decode(self) -> Iterable[av.VideoFrame]:
-        """Decoded frames from the demuxer's position. A remote file read with zero-filled gaps is demuxed
-        packet by packet: a packet that overlaps bytes served as zeros gets its real bytes before decoding."""
-        obj = self.remote
-        if self.index is None or obj is None:
-            yield from self.container.decode(self.stream)
-            return
-        for packet in self.container.demux(self.stream):
-            if packet.size and obj.zero_served(packet.pos, packet.size):
-                packet.update(obj.pread(packet.pos, packet.size))
-            yield from packet.decode()
+        """Decoded frames from the demuxer's position; a packet of a remote file that overlaps bytes served as
+        zeros (remote_file's zero-filled gaps) gets its real bytes before decoding."""
+        if self.index is None or self.remote is None:
+            return self.container.decode(self.stream)
+        return (f for p in real_packets(self.container.demux(self.stream), self.remote) for f in p.decode())
 
     def seek_before(self, t: float, early_s: float = 0.0) -> None:
         """Seek so that the first decoded frame lies at or before `t` (+ early_s), and decode it into `cur`.
@@ -306,6 +300,7 @@ class FrameReader:
         self.tolerance_s = float(tolerance_s)
         self._open: OrderedDict[str, _OpenVideo | _OpenParquet] = OrderedDict()
         self._row_groups = _RowGroupCache(cache_bytes)
+        self._fetched: dict[tuple, None] = {}  # (path, requests) `prefetch` fetched: `read` need not again
 
     @property
     def cache_bytes(self) -> int:
@@ -348,13 +343,12 @@ class FrameReader:
         """Write `out[req.key][req.slot]` (uint8 (H, W, C)) for every request — or, with `store`, call
         `store(out[req.key], req.slot, frame)` with the uint8 (H, W, C) frame instead; raises MissingFileError or
         DecodeError naming dataset, episode, file, key and timestamp/row."""
-        by_path: dict[str, list[FrameRequest]] = defaultdict(list)
-        for req in requests:
-            by_path[req.path].append(req)
+        by_path = _by_path(requests)
         store = store_frame if store is None else store
         remote_paths = [p for p in by_path if is_url(p)]
         if remote_paths:
-            self._prefetch(remote_paths, by_path)
+            self._prefetch([p for p in remote_paths if self._fetched.pop((p, tuple(by_path[p])), 0) is not None],
+                           by_path)  # what `prefetch` fetched is not looked up again
         for path, reqs in by_path.items():
             if reqs[0].row < 0:
                 self._read_video(path, reqs, out, store)
@@ -366,16 +360,15 @@ class FrameReader:
     def prefetch(self, requests: Sequence[FrameRequest], ahead: bool = False) -> None:
         """Fetch what `read(requests)` will read from remote files, concurrently. ahead: called from another
         thread while this reader decodes (a worker's look-ahead): no file is opened, only open images are."""
-        by_path: dict[str, list[FrameRequest]] = defaultdict(list)
-        for req in requests:
-            if is_url(req.path):
-                by_path[req.path].append(req)
+        by_path = _by_path(r for r in requests if is_url(r.path))
         if by_path:
             self._prefetch(list(by_path), by_path, ahead)
+            done = {(p, tuple(r)): None for p, r in by_path.items() if r[0].row < 0 or not ahead or p in self._open}
+            self._fetched = {**self._fetched, **done} if len(self._fetched) < 256 else done
 
     def _prefetch(self, paths: list[str], by_path: dict[str, list[FrameRequest]], ahead: bool = False) -> None:
-        """Fetch what the requests of remote files will read, concurrently, one GET per file and nearby range:
-        video frames from their keyframe, image column chunks of the row groups not cached yet."""
+        """What the requests of remote files read (video frames from their keyframe, image column chunks not
+        cached yet), fetched concurrently, one GET per file and nearby range."""
         try:
             prefetch_videos({p: [r.timestamp for r in by_path[p]] for p in paths if by_path[p][0].row < 0})
             wanted = []
@@ -481,6 +474,13 @@ class FrameReader:
         if len(frames) != 1:
             raise DecodeError(f"image decoded into {len(frames)} frames: {_where(req)}")
         return frames[0].to_ndarray(format="rgb24")
+
+
+def _by_path(requests: Iterable[FrameRequest]) -> dict[str, list[FrameRequest]]:
+    out: dict[str, list[FrameRequest]] = defaultdict(list)
+    for req in requests:
+        out[req.path].append(req)
+    return out
 
 
 def _with_where(e: Exception, req: FrameRequest) -> Exception:

@@ -197,9 +197,9 @@ class RemoteObject:
                 stop = self._next_start(pos)
             extent = self._data_extent() if zero_fill else None
             if extent is not None and extent[0] <= pos < extent[1]:
-                if not tried_disk:  # what the byte cache holds is real: load it, then look again
-                    tried_disk = True
-                    missing = self._from_disk(pos, min(stop, extent[1]))
+                if not tried_disk:  # what the byte cache holds is real: load it, then look again (a gap is
+                    tried_disk = True  # read through, not parsed: the cache is not listed again for it)
+                    missing = self._from_disk(pos, min(stop, extent[1]), refresh=False)
                     if not missing or missing[0][0] != pos:
                         continue
                     stop = missing[0][1]
@@ -244,12 +244,13 @@ class RemoteObject:
             pos += len(chunk)
         return b"".join(parts)
 
-    def _from_disk(self, a: int, b: int) -> list[tuple[int, int]]:
-        """Load what the byte cache holds of [a, b); returns the parts still missing."""
+    def _from_disk(self, a: int, b: int, refresh: bool = True) -> list[tuple[int, int]]:
+        """Load what the byte cache holds of [a, b); returns the parts still missing. refresh: list the cache
+        again (at most every 0.2 s) before calling a part missing (another process may have fetched it)."""
         if self.disk is None:
             return [(a, b)]
         missing, pos = [], a
-        refreshed = False
+        refreshed = not refresh
         while pos < b:
             r = self.disk.covering(pos)
             if r is None and not refreshed:
@@ -263,7 +264,9 @@ class RemoteObject:
                     self._insert(r[0], data)
                     pos = r[1]
                     continue
-            nxt = min([s for s, _ in self.disk.ranges() if s > pos] + [b])
+            ranges = self.disk.ranges()
+            i = bisect.bisect_right(ranges, (pos, 1 << 62))
+            nxt = min(ranges[i][0], b) if i < len(ranges) else b
             missing.append((pos, nxt))
             pos = nxt
         return missing
@@ -372,6 +375,15 @@ class RemoteFile(io.RawIOBase):
         return len(data)
 
 
+def real_packets(packets: Any, obj: RemoteObject) -> Any:
+    """The demuxed `packets` (PyAV) of `obj`, each one that overlaps bytes served as zeros given its real bytes
+    (fetched now unless held)."""
+    for packet in packets:
+        if packet.size and obj.zero_served(packet.pos, packet.size):
+            packet.update(obj.pread(packet.pos, packet.size))
+        yield packet
+
+
 def _merge(ranges: Any) -> list[tuple[int, int]]:
     """Sorted ranges, those that overlap or touch merged."""
     out: list[list[int]] = []
@@ -449,4 +461,5 @@ def forget_objects() -> None:
     _MANIFESTS.clear()
 
 
-__all__ = ["FFMPEG_READ_THROUGH", "RemoteFile", "RemoteObject", "forget_objects", "object_for", "object_info"]
+__all__ = ["FFMPEG_READ_THROUGH", "RemoteFile", "RemoteObject", "forget_objects", "object_for", "object_info",
+           "real_packets"]
