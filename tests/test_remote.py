@@ -379,11 +379,24 @@ def _needed_bytes(src: LeRobotSource, local_root: Path, rows: np.ndarray) -> int
     return sum(sizes[x] for x in distinct)
 
 
-def test_dense_frames_fetch_at_most_1_5x_their_compressed_bytes(s3_roots, s3_server, video_ds, fresh):
-    """40 random rows in one read (frames closer than FFmpeg's 64 KiB read-through, so it reads through the
-    gaps between them): the bytes fetched, past the files' headers, are at most 1.5x the distinct compressed
-    bytes the frames decode from (PyAV's packet table of the local file); the gaps were served as zeros, not
-    fetched, and the frames equal the local read bit for bit."""
+@pytest.fixture(params=["packets", "demuxer"])
+def decode_path(request, monkeypatch) -> str:
+    """How remote mp4s are decoded: "packets" (the default for a file without reordered frames: its packets
+    fed to the decoder from the sample table) or "demuxer" (the container sought and demuxed, gaps FFmpeg
+    reads through served as zeros: what files with B-frames take)."""
+    from fastmix.sources.remote_video import RemoteVideo
+
+    if request.param == "demuxer":
+        monkeypatch.setattr(RemoteVideo, "direct", property(lambda self: False, lambda self, value: None),
+                            raising=False)
+    return request.param
+
+
+def test_dense_frames_fetch_at_most_1_5x_their_compressed_bytes(s3_roots, s3_server, video_ds, fresh, decode_path):
+    """40 random rows in one read (frames closer than FFmpeg's 64 KiB read-through): the bytes fetched, past
+    the files' headers, are at most 1.5x the distinct compressed bytes the frames decode from (PyAV's packet
+    table of the local file), and the frames equal the local read bit for bit. Through the demuxer, FFmpeg
+    reads through the gaps between the frames: they were served as zeros, not fetched."""
     src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
     rows = np.sort(np.random.default_rng(5).choice(len(src), 40, replace=False)).astype(np.int64)
     urls = {r.path for r in src.frame_requests(rows)}
@@ -395,14 +408,16 @@ def test_dense_frames_fetch_at_most_1_5x_their_compressed_bytes(s3_roots, s3_ser
     assert all(np.array_equal(got[k], _frames(LeRobotSource(root=video_ds), rows)[k]) for k in got)
     needed = _needed_bytes(src, video_ds, rows)
     assert counts["range_bytes"] <= 1.5 * needed, (counts, needed)
-    assert any(remote_file.object_for(u)._zeroed for u in urls)  # FFmpeg did read through gaps
+    zeroed = any(remote_file.object_for(u)._zeroed for u in urls)
+    assert zeroed == (decode_path == "demuxer")
 
 
-def test_packets_read_from_zero_filled_gaps_get_their_real_bytes(s3_roots, s3_server, video_ds, fresh,
-                                                                  monkeypatch):
-    """With nothing fetched before decoding (prefetch off), every packet the demuxer reads lies in bytes served
-    as zeros: each one is fetched then and replaced before decoding, so every frame still equals the local
-    read bit for bit (and equals it again, in another order, from what is now held)."""
+def test_frames_decode_exactly_with_nothing_prefetched(s3_roots, s3_server, video_ds, fresh, decode_path,
+                                                       monkeypatch):
+    """With nothing fetched before decoding (prefetch off), every packet is fetched as the decoder needs it —
+    through the demuxer, each packet it reads lies in bytes served as zeros and is replaced by its real bytes
+    before decoding — so every frame still equals the local read bit for bit (and again, in another order,
+    from what is now held)."""
     from fastmix.sources import frames
 
     monkeypatch.setattr(frames, "prefetch_videos", lambda times: None)
@@ -413,7 +428,7 @@ def test_packets_read_from_zero_filled_gaps_get_their_real_bytes(s3_roots, s3_se
     remote.reset_stats()
     got = _frames(src, rows)
     assert all(np.array_equal(got[k], want[k]) for k in want)
-    assert remote.stats()["range_gets"] >= len(rows)  # packet by packet, as the demuxer met them
+    assert remote.stats()["range_gets"] >= len(rows)  # packet by packet, as the decoder met them
     back = _frames(src, rows[::-1].copy())
     assert all(np.array_equal(back[k], want[k][::-1]) for k in want)
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import av.logging
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,8 +33,9 @@ from av.video.reformatter import VideoReformatter
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
 from fastmix.sources import remote
 from fastmix.sources.remote import RemoteError, is_url
-from fastmix.sources.remote_file import RemoteFile, object_for, real_packets
+from fastmix.sources.remote_file import RemoteFile, object_for
 from fastmix.sources.remote_prefetch import prefetch_ranges, prefetch_videos
+from fastmix.sources.remote_video import RemoteVideo
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
 
@@ -81,16 +81,10 @@ class _OpenVideo:
         # an .mp4 is opened with its demuxer named: no format probing (a part of every open, which matters when
         # a mixture has thousands of files and most reads open one)
         fmt = "mp4" if path.lower().endswith(".mp4") else None
-        self.remote = self.index = None
-        if is_url(path):  # read by byte ranges, the header (sample table) first
-            self.remote = object_for(path)
-            self.index = self.remote.sample_index()
-            file = RemoteFile(self.remote)
-            with av.logging.Capture():  # FFmpeg's note that a Python file object names no protocol
-                self.container = av.open(file, format=fmt, metadata_errors="ignore")
-            file.zero_fill = self.index is not None  # gaps read through, never parsed: zeros (see _decode)
-        else:
-            self.container = av.open(path, format=fmt, metadata_errors="ignore")
+        self.remote = RemoteVideo(path, fmt) if is_url(path) else None  # by byte ranges, the sample table first
+        self.index = self.remote.index if self.remote is not None else None
+        self.container = (self.remote.container if self.remote is not None
+                          else av.open(path, format=fmt, metadata_errors="ignore"))
         if not self.container.streams.video:
             self.container.close()
             raise DecodeError(f"file {path} has no video stream")
@@ -107,20 +101,17 @@ class _OpenVideo:
         # known from the sample table, if any: seek exactly where the prefetched ranges begin
         self.key_interval_s: float | None = (self.index.key_interval_s or None) if self.index is not None else None
 
-    def seek(self, t: float) -> None:
-        """Position the decoder at the last keyframe at or before `t` seconds."""
-        self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
-                            stream=self.stream)
-        self.frames = self._decode()
+    def seek(self, t: float, early_s: float = 0.0) -> None:
+        """Position the decoder at the last keyframe at or before `t` seconds (a remote file: `t + early_s`,
+        `RemoteVideo.frames_from`)."""
+        if self.remote is not None:
+            self.frames = self.remote.frames_from(self.stream, t, early_s)
+        else:
+            self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
+                                stream=self.stream)
+            self.frames = self.container.decode(self.stream)
         self.prev = self.cur = None
         self.last_key_s = None
-
-    def _decode(self) -> Iterable[av.VideoFrame]:
-        """Decoded frames from the demuxer's position; a packet of a remote file that overlaps bytes served as
-        zeros (remote_file's zero-filled gaps) gets its real bytes before decoding."""
-        if self.index is None or self.remote is None:
-            return self.container.decode(self.stream)
-        return (f for p in real_packets(self.container.demux(self.stream), self.remote) for f in p.decode())
 
     def seek_before(self, t: float, early_s: float = 0.0) -> None:
         """Seek so that the first decoded frame lies at or before `t` (+ early_s), and decode it into `cur`.
@@ -131,7 +122,7 @@ class _OpenVideo:
         or the start of the file is reached."""
         back = 0.0
         while True:
-            self.seek(t - back)
+            self.seek(t - back, early_s)
             if not self.advance() or self.cur is None or self.cur[0] <= t + early_s or t - back <= 0.0:
                 return
             step = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S / 4
