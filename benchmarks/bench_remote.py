@@ -18,8 +18,10 @@ compressed bytes each sample's frames decode from: the packets from each frame's
 packet table of the local file), `distinct_needed_bytes_per_sample` (the same over distinct packets: what
 the node must fetch at least once, samples and neighbours sharing keyframes), `bytes_ratio` (fetched / distinct
 needed; the files' headers included), `requests_per_batch` (requests of the decode workers per batch, headers
-included), and `load_avg` (the machine's 1-minute load average before and after the row: on a shared machine
-the rows of one run are comparable only when it stayed low). Not run while /tmp/bench.lock exists is the
+included), `cpu_ms_per_sample` (CPU time, user + system, per timed sample of this process, the decode workers,
+the SeaweedFS server and the latency proxy: what each part costs whatever else runs on the machine) and
+`load_avg` (the machine's 1-minute load average before and after the row: on a shared machine the rows of one
+run are comparable only when it stayed low). Not run while /tmp/bench.lock exists is the
 caller's rule, not checked here.
 Run: python -m pytest benchmarks/bench_remote.py --benchmark-enable -o python_files='bench_*.py' -q
 """

@@ -98,14 +98,15 @@ class _OpenVideo:
         self.prev: tuple[float, av.VideoFrame] | None = None  # frame decoded just before `cur`
         self.cur: tuple[float, av.VideoFrame] | None = None
         self.last_key_s: float | None = None
+        self.early_s = 0.0  # seek_before's: a remote decode starts at the keyframe at or before t + early_s
         # known from the sample table, if any: seek exactly where the prefetched ranges begin
         self.key_interval_s: float | None = (self.index.key_interval_s or None) if self.index is not None else None
 
-    def seek(self, t: float, early_s: float = 0.0) -> None:
-        """Position the decoder at the last keyframe at or before `t` seconds (a remote file: `t + early_s`,
-        `RemoteVideo.frames_from`)."""
+    def seek(self, t: float) -> None:
+        """Position the decoder at the last keyframe at or before `t` seconds (a remote file: `t + early_s` of
+        the last `seek_before`, `RemoteVideo.frames_from`)."""
         if self.remote is not None:
-            self.frames = self.remote.frames_from(self.stream, t, early_s)
+            self.frames = self.remote.frames_from(self.stream, t, self.early_s)
         else:
             self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
                                 stream=self.stream)
@@ -121,8 +122,9 @@ class _OpenVideo:
         frame can lie past `t`. Then seek further back (one keyframe interval, doubling) until it does not,
         or the start of the file is reached."""
         back = 0.0
+        self.early_s = early_s
         while True:
-            self.seek(t - back, early_s)
+            self.seek(t - back)
             if not self.advance() or self.cur is None or self.cur[0] <= t + early_s or t - back <= 0.0:
                 return
             step = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S / 4
