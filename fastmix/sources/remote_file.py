@@ -9,11 +9,12 @@ asks again where the next range begins instead of fetching what it will not read
 
 Gaps served as zeros: FFmpeg reads through a short forward seek (under its 32 KiB short-seek threshold plus
 its 32 KiB buffer) instead of seeking, so between two prefetched frame ranges of an mp4 it reads bytes it
-throws away. A `RemoteFile` with `zero_fill` (set by FrameReader once the container is open and the sample
-table known) answers a read inside the file's sample data that neither memory nor the byte cache holds with
-zeros instead of fetching it, and records the span (`zero_served`). FrameReader demuxes such files packet by
-packet and replaces the data of any packet that overlaps a zero-served span with the real bytes
-(`RemoteObject.pread`, fetched then) before decoding it, so decoded frames are those of the real file.
+throws away. A `RemoteFile` with `zero_fill` (set by `remote_video.RemoteVideo` once the container is open and
+the sample table known) answers a read inside the file's sample data that neither memory nor the byte cache
+holds with zeros instead of fetching it, and records the span (`zero_served`). Such a file is demuxed packet by
+packet and any packet that overlaps a zero-served span gets its real bytes (`real_packets`: `pread`, fetched
+then) before decoding, so decoded frames are those of the real file. (Only files with reordered frames are
+demuxed at all: the others are decoded from their packets, `remote_video`.)
 
 What a work item reads is fetched before it is decoded, concurrently: `fastmix.sources.remote_prefetch`.
 Objects are kept per process in an LRU of 4096 (`object_for`); `RemoteFile(obj)` is one cursor over one.
