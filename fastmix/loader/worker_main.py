@@ -108,11 +108,14 @@ class LookAhead:
 
     def __init__(self, reader: Any) -> None:
         self.prefetch = getattr(reader, "prefetch", None)
+        self.ahead = os.environ.get("FASTMIX_REMOTE_LOOKAHEAD", "1").strip() not in ("0", "off", "no", "false")
         self._thread: ThreadPoolExecutor | None = None
 
     def start(self, msg: Any) -> Future | None:
-        """Start fetching for a received message (a work item of remote files), else None."""
-        if self.prefetch is None or not isinstance(msg, tuple) or not any("://" in r.path for r in msg[2]):
+        """Start fetching for a received message (a work item of remote files), else None (also with
+        FASTMIX_REMOTE_LOOKAHEAD=0: each item is then fetched when it is reached)."""
+        if (self.prefetch is None or not self.ahead or not isinstance(msg, tuple)
+                or not any("://" in r.path for r in msg[2])):
             return None
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="fastmix-lookahead")
