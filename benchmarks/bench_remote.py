@@ -17,7 +17,12 @@ included), `bytes_per_sample` (bytes fetched by range requests / samples), `need
 compressed bytes each sample's frames decode from: the packets from each frame's keyframe to it, from PyAV's
 packet table of the local file), `distinct_needed_bytes_per_sample` (the same over distinct packets: what
 the node must fetch at least once, samples and neighbours sharing keyframes), `bytes_ratio` (fetched / distinct
-needed), and `requests_per_batch` (requests of the decode workers per batch, headers included). Not run while /tmp/bench2.lock exists is the caller's rule, not checked here.
+needed; the files' headers included), `requests_per_batch` (requests of the decode workers per batch, headers
+included), `cpu_ms_per_sample` (CPU time, user + system, per timed sample of this process, the decode workers,
+the SeaweedFS server and the latency proxy: what each part costs whatever else runs on the machine) and
+`load_avg` (the machine's 1-minute load average before and after the row: on a shared machine the rows of one
+run are comparable only when it stayed low). Not run while /tmp/bench.lock exists is the
+caller's rule, not checked here.
 Run: python -m pytest benchmarks/bench_remote.py --benchmark-enable -o python_files='bench_*.py' -q
 """
 
@@ -118,6 +123,7 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
     os.environ.pop("FASTMIX_REMOTE_STATS_DIR", None)
     remote_file.forget_objects()
     remote.close_clients()
+    load_before = os.getloadavg()[0]
     with proxy_process(server, latency_s=rtt or 0.0) as proxy_endpoint:
         endpoint = proxy_endpoint if rtt else server.endpoint
         if rtt is None:
@@ -154,6 +160,7 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
                     n += len(b["task"])
                 return n
 
+            cpu_before = _cpu_ms(server.pid)
             benchmark.group = GROUP
             benchmark.extra_info.update(
                 role="reference" if rtt is None else "fastmix", items=BATCHES * BATCH, unit="samples",
@@ -162,9 +169,13 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
                       f"MixtureLoader over s3:// (SeaweedFS on 127.0.0.1, {int(rtt * 1000)} ms added per request, "
                       f"{cache} byte cache, fresh workers)"))
             assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1) == BATCHES * BATCH
+            timed = ROUNDS * BATCHES * BATCH
+            benchmark.extra_info["cpu_ms_per_sample"] = {
+                k: round((v - cpu_before.get(k, 0.0)) / timed, 3) for k, v in _cpu_ms(server.pid).items()}
         finally:
             loader.close()
         benchmark.extra_info["first_batch_s"] = round(first_batch_s, 3)
+        benchmark.extra_info["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         if rtt is not None:
             time.sleep(0.3)
             counts = remote.collect_stats(str(stats_dir))
@@ -180,6 +191,29 @@ def test_remote_loader(benchmark, remote_setup, name: str, rtt: float | None, ca
                 retries=counts.get("retries", 0))
     remote_file.forget_objects()
     remote.close_clients()
+
+
+def _cpu_ms(server_pid: int) -> dict[str, float]:
+    """CPU time (user + system, ms) so far of this process ("main": the loader's pipeline and the benchmark),
+    its decode workers ("workers": spawned children), the SeaweedFS server and the latency proxy: per sample,
+    the cost of each part whatever else runs on the machine."""
+    import psutil
+
+    def ms(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return 1000.0 * (t.user + t.system)
+
+    out = {"main": ms(psutil.Process()), "workers": 0.0, "server": 0.0, "proxy": 0.0}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            part = ("server" if child.pid == server_pid or "weed" in cmd else "proxy" if "tests.remote_server" in cmd
+                    else "workers" if "multiprocessing" in cmd else None)
+            if part is not None:
+                out[part] += ms(child)
+        except psutil.Error:
+            continue
+    return out
 
 
 def _rows(sources: list, batch: dict) -> list[int]:

@@ -357,3 +357,134 @@ def test_the_request_rate_is_bounded_per_process(s3_roots, s3_server, video_ds, 
     elapsed = time.monotonic() - start
     n = remote.stats()["requests"]
     assert n >= 30 and elapsed >= (n - 1) / 30 * 0.95 and remote.stats()["rate_waits"] > 0
+
+
+def _needed_bytes(src: LeRobotSource, local_root: Path, rows: np.ndarray) -> int:
+    """Compressed bytes the frames of `rows` decode from, every camera: the distinct packets from each frame's
+    keyframe to it, from PyAV's own packet table of the local file."""
+    ts = src.gather_lowdim(rows)["timestamp"]
+    distinct: set[tuple[str, int]] = set()
+    sizes: dict[tuple[str, int], int] = {}
+    for key in src.video_keys:
+        for row, t in zip(rows.tolist(), ts.tolist(), strict=True):
+            ep = row // EPISODE_LENGTH
+            rel = src.meta.episodes.video_file[key][ep]
+            p = _packets(local_root / rel)
+            t_file = float(t) + float(src.meta.episodes.video_from_ts[key][ep])
+            i = min(range(len(p)), key=lambda j: abs(p[j][0] - t_file))
+            k = max(j for j in range(i + 1) if p[j][3])
+            for j in range(k, i + 1):
+                distinct.add((rel, j))
+                sizes[(rel, j)] = p[j][2]
+    return sum(sizes[x] for x in distinct)
+
+
+@pytest.fixture(params=["packets", "demuxer"])
+def decode_path(request, monkeypatch) -> str:
+    """How remote mp4s are decoded: "packets" (the default for a file without reordered frames: its packets
+    fed to the decoder from the sample table) or "demuxer" (the container sought and demuxed, gaps FFmpeg
+    reads through served as zeros: what files with B-frames take)."""
+    from fastmix.sources.remote_video import RemoteVideo
+
+    if request.param == "demuxer":
+        monkeypatch.setattr(RemoteVideo, "direct", property(lambda self: False, lambda self, value: None),
+                            raising=False)
+    return request.param
+
+
+def test_dense_frames_fetch_at_most_1_5x_their_compressed_bytes(s3_roots, s3_server, video_ds, fresh, decode_path):
+    """40 random rows in one read (frames closer than FFmpeg's 64 KiB read-through): the bytes fetched, past
+    the files' headers, are at most 1.5x the distinct compressed bytes the frames decode from (PyAV's packet
+    table of the local file), and the frames equal the local read bit for bit. Through the demuxer, FFmpeg
+    reads through the gaps between the frames: they were served as zeros, not fetched."""
+    src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
+    rows = np.sort(np.random.default_rng(5).choice(len(src), 40, replace=False)).astype(np.int64)
+    urls = {r.path for r in src.frame_requests(rows)}
+    for url in urls:
+        remote_file.object_for(url).sample_index()
+    remote.reset_stats()
+    got = _frames(src, rows)
+    counts = remote.stats()
+    assert all(np.array_equal(got[k], _frames(LeRobotSource(root=video_ds), rows)[k]) for k in got)
+    needed = _needed_bytes(src, video_ds, rows)
+    assert counts["range_bytes"] <= 1.5 * needed, (counts, needed)
+    zeroed = any(remote_file.object_for(u)._zeroed for u in urls)
+    assert zeroed == (decode_path == "demuxer")
+
+
+def test_frames_decode_exactly_with_nothing_prefetched(s3_roots, s3_server, video_ds, fresh, decode_path,
+                                                       monkeypatch):
+    """With nothing fetched before decoding (prefetch off), every packet is fetched as the decoder needs it —
+    through the demuxer, each packet it reads lies in bytes served as zeros and is replaced by its real bytes
+    before decoding — so every frame still equals the local read bit for bit (and again, in another order,
+    from what is now held)."""
+    from fastmix.sources import frames
+
+    monkeypatch.setattr(frames, "prefetch_videos", lambda times: None)
+    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")
+    src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
+    rows = np.array([1, 2, 9, 33, 34, 61, 100, 131, 170, 239], dtype=np.int64)
+    want = _frames(LeRobotSource(root=video_ds), rows)
+    remote.reset_stats()
+    got = _frames(src, rows)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert remote.stats()["range_gets"] >= len(rows)  # packet by packet, as the decoder met them
+    back = _frames(src, rows[::-1].copy())
+    assert all(np.array_equal(back[k], want[k][::-1]) for k in want)
+
+
+def test_a_worker_fetches_the_items_sent_ahead_in_the_background(s3_roots, s3_server, video_ds, fresh,
+                                                                  monkeypatch):
+    """worker_main given three work items at once: the first is fetched whole before it is decoded, the two
+    others by the look-ahead thread while the first decodes; every read finds its frames' byte ranges already
+    held; the slots equal the local frames; the look-ahead thread has ended when the worker returns."""
+    import signal
+    import threading
+    from multiprocessing import Pipe
+
+    from fastmix.loader.slots import SlotRing
+    from fastmix.loader.worker_main import worker_main
+    from fastmix.sources.frames import FrameReader
+
+    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")  # held = in this process's memory
+    src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
+    items = [np.arange(e * EPISODE_LENGTH + 3, e * EPISODE_LENGTH + 27, 4, dtype=np.int64) for e in (1, 4, 6)]
+    prefetches: list[tuple[str, bool]] = []
+    missing_at_read: list[int] = []
+
+    class Recording(FrameReader):
+        def prefetch(self, requests, ahead=False):
+            prefetches.append((threading.current_thread().name, ahead))
+            super().prefetch(requests, ahead)
+
+        def read(self, requests, out, store=None):
+            for url in {r.path for r in requests}:
+                obj = remote_file.object_for(url)
+                ranges = obj.sample_index().ranges([r.timestamp for r in requests if r.path == url])
+                missing_at_read.append(len(obj.missing(ranges, 0)))
+            super().read(requests, out, store)
+
+    shapes = {k: (src.camera_shape(k), np.uint8) for k in src.camera_keys}
+    ring = SlotRing(shapes, batch_size=len(items[0]), num_slots=3, num_workers=1)
+    main_end, worker_end = Pipe()
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        for seq, rows in enumerate(items):
+            main_end.send((seq, seq, sorted(src.frame_requests(rows), key=lambda r: r.path)))
+        main_end.send(None)
+        worker_main(0, worker_end, ring.layout, Recording, os.getppid())
+        answers = [main_end.recv() for _ in range(4)]
+        assert answers[0][0] == "ready" and answers[1:] == [("done", 0), ("done", 1), ("done", 2)], answers
+        local = LeRobotSource(root=video_ds)
+        for seq, rows in enumerate(items):
+            want = _frames(local, rows)
+            assert all(np.array_equal(ring.views(seq)[k], want[k]) for k in want), seq
+    finally:
+        signal.signal(signal.SIGINT, old)
+        main_end.close()
+        ring.close()
+    assert prefetches[0] == (threading.current_thread().name, False)
+    assert [a for _, a in prefetches[1:]] == [True, True]
+    assert all(name.startswith("fastmix-lookahead") for name, _ in prefetches[1:])
+    assert missing_at_read and not any(missing_at_read), missing_at_read
+    assert not [t for t in threading.enumerate() if t.name.startswith("fastmix-lookahead")]

@@ -12,6 +12,9 @@ destination (`fastmix.sources.frames.Store`) instead of the plain copy. The stac
   converts each decoded frame straight into its float32 slot row; an inner reader without the hook decodes
   into a uint8 scratch row first.
 
+Each wrapper passes `prefetch(requests, ahead=False)` (fetch the remote bytes a later `read` of `requests`
+decodes; a decode worker's look-ahead, `fastmix.loader.worker_main.LookAhead`) on to its inner reader.
+
 Torch-free (numpy, fastmix.kernels, and PyAV / pyarrow through fastmix.sources.frames, imported only where a
 FrameReader is built): a spawned worker imports this module when it unpickles its reader factory.
 """
@@ -43,6 +46,13 @@ def _copy(dest: np.ndarray, slot: int, frame: np.ndarray) -> None:
     if dest.shape[1:] != frame.shape:
         raise ValueError(f"decoded frame has shape {frame.shape}, the output expects {dest.shape[1:]}")
     dest[slot] = frame
+
+
+def _prefetch(inner: Any, requests: Sequence[Any], ahead: bool) -> None:
+    """`inner.prefetch(requests, ahead)` when the inner reader has it (else nothing to fetch ahead)."""
+    fn = getattr(inner, "prefetch", None)
+    if fn is not None:
+        fn(requests, ahead)
 
 
 # -- FrameReader ----------------------------------------------------------------------------------------------
@@ -114,6 +124,9 @@ class ResizingReader:
             for j, r in enumerate(group):
                 store(dest, r.slot, resized[j])
 
+    def prefetch(self, requests: Sequence[Any], ahead: bool = False) -> None:
+        _prefetch(self.inner, requests, ahead)
+
     def close(self) -> None:
         self.inner.close()
 
@@ -176,6 +189,9 @@ class FloatingReader:
         self.inner.read(requests, scratch)
         for r in requests:
             to_float(scratch[r.key][r.slot:r.slot + 1], self.table, chw=True, out=out[r.key][r.slot:r.slot + 1])
+
+    def prefetch(self, requests: Sequence[Any], ahead: bool = False) -> None:
+        _prefetch(self.inner, requests, ahead)
 
     def close(self) -> None:
         self.inner.close()

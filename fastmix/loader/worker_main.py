@@ -9,6 +9,13 @@ Protocol, one duplex pipe per worker:
   ``("info", {...})``: pid and imported module names, for diagnostics), or None (exit).
   worker → main: ``("ready", pid)`` once, then ``("done", seq)`` or ``("error", seq, ExceptionWrapper)``.
 
+Look-ahead: while it decodes one work item, a worker receives the items the main process has already sent it
+(the plan is dispatched ahead, in order) and has its reader fetch their remote bytes in one background thread
+(`reader.prefetch(requests, ahead=True)`, readers that have it: `FrameReader` fetches what the item's frames
+decode from, concurrently), one item after the other; an item whose look-ahead is still running is waited for
+before it is decoded (nothing is fetched twice). A look-ahead that fails is forgotten: the item's own read
+fetches again and reports the failure. Items of local files start no look-ahead.
+
 Progress header (one row of the ring's header per worker, int64 words, see `slots.PROGRESS_WORDS`):
 ``SEQ`` the batch being decoded, ``START`` index of the file group being decoded within the work item,
 ``BUSY`` 1 while decoding, ``PID``, ``TICK`` incremented at every file group and every item, so the main
@@ -23,7 +30,9 @@ import pickle
 import signal
 import sys
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from fastmix.loader.slots import SlotAttachment, SlotLayout
@@ -93,6 +102,43 @@ class ExceptionWrapper:
             from self.original()
 
 
+class LookAhead:
+    """Fetches the remote bytes of work items received ahead, one at a time, in one background thread (named
+    `fastmix-lookahead`); `close()` cancels what has not started and joins the thread."""
+
+    def __init__(self, reader: Any) -> None:
+        self.prefetch = getattr(reader, "prefetch", None)
+        self.ahead = os.environ.get("FASTMIX_REMOTE_LOOKAHEAD", "1").strip() not in ("0", "off", "no", "false")
+        self._thread: ThreadPoolExecutor | None = None
+
+    def start(self, msg: Any) -> Future | None:
+        """Start fetching for a received message (a work item of remote files), else None (also with
+        FASTMIX_REMOTE_LOOKAHEAD=0: each item is then fetched when it is reached)."""
+        if (self.prefetch is None or not self.ahead or not isinstance(msg, tuple)
+                or not any("://" in r.path for r in msg[2])):
+            return None
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="fastmix-lookahead")
+        return self._thread.submit(self.prefetch, msg[2], True)
+
+    def before_decode(self, requests: Sequence[Any], future: Future | None) -> None:
+        """Wait for the item's look-ahead; without one (or a failed one) fetch the whole item now, every file
+        concurrently (errors raise)."""
+        if future is not None:
+            try:
+                future.result()
+                return
+            except Exception:  # noqa: BLE001 - fetched again below, where a failure is reported
+                pass
+        if self.prefetch is not None and any("://" in r.path for r in requests):
+            self.prefetch(requests)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True, cancel_futures=True)
+            self._thread = None
+
+
 def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: Callable[[], Any],
                 parent_pid: int) -> None:
     """Body of a decode worker process: attach the ring, build the reader, decode work items until told to
@@ -100,18 +146,24 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     att = None
     reader = None
+    look: LookAhead | None = None
+    pending: deque[tuple[Any, Future | None]] = deque()  # messages received ahead, with their look-ahead
     try:
         att = SlotAttachment(layout)
         progress = att.progress[worker_id]
         progress[PID] = os.getpid()
         reader = reader_factory()
+        look = LookAhead(reader)
         conn.send(("ready", os.getpid()))
         while True:
-            if not conn.poll(_PARENT_CHECK_S):
+            if pending:
+                msg, future = pending.popleft()
+            elif not conn.poll(_PARENT_CHECK_S):
                 if os.getppid() != parent_pid:
                     break
                 continue
-            msg = conn.recv()
+            else:
+                msg, future = conn.recv(), None
             if msg is None:
                 break
             if msg == INFO:
@@ -123,6 +175,10 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
             group: list[Any] = []
             try:
                 out = att.views(slot)
+                look.before_decode(requests, future)
+                while (not pending or pending[-1][0] is not None) and conn.poll(0):  # what was sent ahead
+                    ahead = conn.recv()
+                    pending.append((ahead, look.start(ahead)))
                 for start, group in file_groups(requests):
                     progress[START] = start
                     progress[TICK] += 1
@@ -141,6 +197,8 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
         except Exception:  # noqa: BLE001
             pass
     finally:
+        if look is not None:
+            look.close()
         if reader is not None:
             try:
                 reader.close()
@@ -151,4 +209,4 @@ def worker_main(worker_id: int, conn: Any, layout: SlotLayout, reader_factory: C
         conn.close()
 
 
-__all__ = ["INFO", "ExceptionWrapper", "describe_requests", "file_groups", "worker_main"]
+__all__ = ["INFO", "ExceptionWrapper", "LookAhead", "describe_requests", "file_groups", "worker_main"]

@@ -7,9 +7,9 @@ forward decoding pass over the file: it seeks to the keyframe before a target on
 a timestamp is the decoded frame nearest to it, which must lie within `tolerance_s` — what LeRobotDataset's
 "pyav" backend returns. Open containers live in a bounded LRU (one single-threaded codec context each).
 
-A path may be an s3:// URL (`fastmix.sources.remote_file`): the file is then read by byte ranges, and `read`
-first fetches, concurrently, what the work item's frames decode from (one request per file and nearby range);
-remote failures raise RemoteError / MissingFileError naming the request.
+A path may be an s3:// URL (`fastmix.sources.remote_file`): read by byte ranges; `read` (or `prefetch` before
+it) first fetches, concurrently, what the frames decode from (one request per file and nearby range); remote
+failures raise RemoteError / MissingFileError naming the request.
 
 Frames are uint8 (H, W, C) RGB. Where they land is the caller's: `read(requests, out, store=...)` hands each
 decoded frame to a store hook (`Store`; default `store_frame`, a plain copy into `out[key][slot]`), so a
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import av.logging
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,7 +33,9 @@ from av.video.reformatter import VideoReformatter
 from fastmix.errors import DatasetFormatError, DecodeError, MissingFileError
 from fastmix.sources import remote
 from fastmix.sources.remote import RemoteError, is_url
-from fastmix.sources.remote_file import RemoteFile, object_for, prefetch_ranges, prefetch_videos
+from fastmix.sources.remote_file import RemoteFile, object_for
+from fastmix.sources.remote_prefetch import prefetch_ranges, prefetch_videos
+from fastmix.sources.remote_video import RemoteVideo
 
 _UNKNOWN_KEY_INTERVAL_S = 1.0  # assumed keyframe spacing until two keyframes of a file have been seen
 
@@ -80,14 +81,10 @@ class _OpenVideo:
         # an .mp4 is opened with its demuxer named: no format probing (a part of every open, which matters when
         # a mixture has thousands of files and most reads open one)
         fmt = "mp4" if path.lower().endswith(".mp4") else None
-        index = None
-        if is_url(path):  # read by byte ranges, the header (sample table) first
-            obj = object_for(path)
-            index = obj.sample_index()
-            with av.logging.Capture():  # FFmpeg's note that a Python file object names no protocol
-                self.container = av.open(RemoteFile(obj), format=fmt, metadata_errors="ignore")
-        else:
-            self.container = av.open(path, format=fmt, metadata_errors="ignore")
+        self.remote = RemoteVideo(path, fmt) if is_url(path) else None  # by byte ranges, the sample table first
+        self.index = self.remote.index if self.remote is not None else None
+        self.container = (self.remote.container if self.remote is not None
+                          else av.open(path, format=fmt, metadata_errors="ignore"))
         if not self.container.streams.video:
             self.container.close()
             raise DecodeError(f"file {path} has no video stream")
@@ -101,15 +98,19 @@ class _OpenVideo:
         self.prev: tuple[float, av.VideoFrame] | None = None  # frame decoded just before `cur`
         self.cur: tuple[float, av.VideoFrame] | None = None
         self.last_key_s: float | None = None
-        self.key_interval_s: float | None = None
-        if index is not None:  # known from the sample table: seek exactly where the prefetched ranges begin
-            self.key_interval_s = index.key_interval_s or None
+        self.early_s = 0.0  # seek_before's: a remote decode starts at the keyframe at or before t + early_s
+        # known from the sample table, if any: seek exactly where the prefetched ranges begin
+        self.key_interval_s: float | None = (self.index.key_interval_s or None) if self.index is not None else None
 
     def seek(self, t: float) -> None:
-        """Position the decoder at the last keyframe at or before `t` seconds."""
-        self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
-                            stream=self.stream)
-        self.frames = self.container.decode(self.stream)
+        """Position the decoder at the last keyframe at or before `t` seconds (a remote file: `t + early_s` of
+        the last `seek_before`, `RemoteVideo.frames_from`)."""
+        if self.remote is not None:
+            self.frames = self.remote.frames_from(self.stream, t, self.early_s)
+        else:
+            self.container.seek(int(round(max(t, 0.0) / self.time_base)), backward=True, any_frame=False,
+                                stream=self.stream)
+            self.frames = self.container.decode(self.stream)
         self.prev = self.cur = None
         self.last_key_s = None
 
@@ -121,6 +122,7 @@ class _OpenVideo:
         frame can lie past `t`. Then seek further back (one keyframe interval, doubling) until it does not,
         or the start of the file is reached."""
         back = 0.0
+        self.early_s = early_s
         while True:
             self.seek(t - back)
             if not self.advance() or self.cur is None or self.cur[0] <= t + early_s or t - back <= 0.0:
@@ -157,6 +159,9 @@ class _OpenVideo:
         cur_s = self.cur[0]
         if t < cur_s:  # behind us: fine only if the frame before `cur` still brackets t
             return self.prev is None or t < self.prev[0]
+        ahead = self.index.seek_ahead(cur_s, t) if self.index is not None else None
+        if ahead is not None:  # from the sample table: seek when the target's keyframe lies ahead
+            return ahead
         interval = self.key_interval_s if self.key_interval_s is not None else _UNKNOWN_KEY_INTERVAL_S
         return t - cur_s > interval
 
@@ -288,6 +293,7 @@ class FrameReader:
         self.tolerance_s = float(tolerance_s)
         self._open: OrderedDict[str, _OpenVideo | _OpenParquet] = OrderedDict()
         self._row_groups = _RowGroupCache(cache_bytes)
+        self._fetched: dict[tuple, None] = {}  # (path, requests) `prefetch` fetched: `read` need not again
 
     @property
     def cache_bytes(self) -> int:
@@ -330,13 +336,12 @@ class FrameReader:
         """Write `out[req.key][req.slot]` (uint8 (H, W, C)) for every request — or, with `store`, call
         `store(out[req.key], req.slot, frame)` with the uint8 (H, W, C) frame instead; raises MissingFileError or
         DecodeError naming dataset, episode, file, key and timestamp/row."""
-        by_path: dict[str, list[FrameRequest]] = defaultdict(list)
-        for req in requests:
-            by_path[req.path].append(req)
+        by_path = _by_path(requests)
         store = store_frame if store is None else store
         remote_paths = [p for p in by_path if is_url(p)]
         if remote_paths:
-            self._prefetch(remote_paths, by_path)
+            self._prefetch([p for p in remote_paths if self._fetched.pop((p, tuple(by_path[p])), 0) is not None],
+                           by_path)  # what `prefetch` fetched is not looked up again
         for path, reqs in by_path.items():
             if reqs[0].row < 0:
                 self._read_video(path, reqs, out, store)
@@ -345,19 +350,28 @@ class FrameReader:
         if remote_paths:
             remote.dump_stats()
 
-    def _prefetch(self, paths: list[str], by_path: dict[str, list[FrameRequest]]) -> None:
-        """Fetch what the requests of remote files will read, concurrently, one GET per file and nearby range:
-        video frames from their keyframe, image column chunks of the row groups not cached yet."""
+    def prefetch(self, requests: Sequence[FrameRequest], ahead: bool = False) -> None:
+        """Fetch what `read(requests)` will read from remote files, concurrently. ahead: called from another
+        thread while this reader decodes (a worker's look-ahead): no file is opened, only open images are."""
+        by_path = _by_path(r for r in requests if is_url(r.path))
+        if by_path:
+            self._prefetch(list(by_path), by_path, ahead)
+            done = {(p, tuple(r)): None for p, r in by_path.items() if r[0].row < 0 or not ahead or p in self._open}
+            self._fetched = {**self._fetched, **done} if len(self._fetched) < 256 else done
+
+    def _prefetch(self, paths: list[str], by_path: dict[str, list[FrameRequest]], ahead: bool = False) -> None:
+        """What the requests of remote files read (video frames from their keyframe, image column chunks not
+        cached yet), fetched concurrently, one GET per file and nearby range."""
         try:
             prefetch_videos({p: [r.timestamp for r in by_path[p]] for p in paths if by_path[p][0].row < 0})
             wanted = []
             for p in paths:
                 reqs = by_path[p]
                 if reqs[0].row >= 0:
-                    pf = self._get(p, reqs[0], _OpenParquet)
-                    assert isinstance(pf, _OpenParquet)
-                    wanted.append((pf.remote, pf.chunk_ranges({(r.key, pf.locate(r.row)[0]) for r in reqs},
-                                                              self._row_groups)))
+                    pf = self._open.get(p) if ahead else self._get(p, reqs[0], _OpenParquet)
+                    if isinstance(pf, _OpenParquet):
+                        wanted.append((pf.remote, pf.chunk_ranges({(r.key, pf.locate(r.row)[0]) for r in reqs},
+                                                                  self._row_groups)))
             prefetch_ranges(wanted)
         except (RemoteError, MissingFileError) as e:
             req = next((by_path[p][0] for p in paths if p in str(e)), by_path[paths[0]][0])
@@ -453,6 +467,13 @@ class FrameReader:
         if len(frames) != 1:
             raise DecodeError(f"image decoded into {len(frames)} frames: {_where(req)}")
         return frames[0].to_ndarray(format="rgb24")
+
+
+def _by_path(requests: Iterable[FrameRequest]) -> dict[str, list[FrameRequest]]:
+    out: dict[str, list[FrameRequest]] = defaultdict(list)
+    for req in requests:
+        out[req.path].append(req)
+    return out
 
 
 def _with_where(e: Exception, req: FrameRequest) -> Exception:

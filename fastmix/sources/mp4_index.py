@@ -17,13 +17,15 @@ import numpy as np
 
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
 _MAX_MOOV = 256 << 20
+EARLY_S = 5e-5  # FrameReader's default tolerance_s / 2: a frame this close before a time ends its search
 
 
 @dataclass(frozen=True)
 class SampleIndex:
     """Per sample, in decode order: pts_s float64 (N,) presentation time in seconds (edit list applied, as
     FFmpeg reports it), offset int64 (N,) and size int64 (N,) in bytes, sync bool (N,) keyframes.
-    reorder: whether presentation order differs from decode order (B-frames)."""
+    reorder: whether presentation order differs from decode order (B-frames). extent: (first, end) byte of the
+    sample data."""
 
     pts_s: np.ndarray
     offset: np.ndarray
@@ -38,37 +40,62 @@ class SampleIndex:
         object.__setattr__(self, "_keys", keys if len(keys) and keys[0] == 0 else np.concatenate([[0], keys]))
         gaps = np.diff(self.pts_s[self._keys]) if len(self._keys) > 1 else np.array([0.0])
         object.__setattr__(self, "key_interval_s", float(gaps.max()) if len(gaps) else 0.0)
+        object.__setattr__(self, "extent", (int(self.offset.min()), int((self.offset + self.size).max())))
 
     def sample_at(self, t: float) -> int:
         """Decode index of the sample presented nearest to `t` seconds."""
         pts = self._sorted_pts
-        k = int(np.searchsorted(pts, t))
-        if k > 0 and (k == len(pts) or abs(pts[k - 1] - t) <= abs(pts[k] - t)):
+        k = int(pts.searchsorted(t))
+        if k > 0 and (k == len(pts) or abs(float(pts[k - 1]) - t) <= abs(float(pts[k]) - t)):
             k -= 1
         return int(self._order[k])
 
-    def span(self, t: float) -> tuple[int, int]:
-        """(first, last) decode indices read to output the frame nearest `t`: its keyframe .. itself, plus the
-        frames presented up to it and two more when frames are reordered."""
+    def start_of(self, t: float) -> int:
+        """Decode index of the keyframe a forward decode to time `t` starts from: the last keyframe presented at
+        or before `t` (or the first sample), without reordered frames."""
+        k = int(self._sorted_pts.searchsorted(t, side="right")) - 1
+        return self.key_of(int(self._order[max(k, 0)]))
+
+    def span(self, t: float, early_s: float = EARLY_S) -> tuple[int, int]:
+        """(first, last) decode indices read to output the frame nearest `t`. Without reordered frames: from
+        the keyframe at or before `t + early_s` (`start_of`) to the first frame at or after `t - early_s`, as
+        FrameReader decodes them (`early_s`: its tolerance_s / 2). With reordered frames: the nearest frame's
+        keyframe to it, plus the frames presented up to it and two more."""
+        if not self.reorder:
+            n = len(self.pts_s)
+            last = min(int(self._sorted_pts.searchsorted(t - early_s, side="left")), n - 1)
+            return self.start_of(t + early_s), last
         i = self.sample_at(t)
-        key = int(self._keys[np.searchsorted(self._keys, i, side="right") - 1])
-        last = i
+        key = self.key_of(i)
+        nxt = np.searchsorted(self._keys, i, side="right")
+        stop = int(self._keys[nxt]) if nxt < len(self._keys) else len(self.pts_s)
+        gop = np.arange(key, stop)
+        shown = gop[self.pts_s[gop] <= self.pts_s[i]]
+        return key, min(int(shown.max()) + 2, len(self.pts_s) - 1)
+
+    def key_of(self, i: int) -> int:
+        """Decode index of the keyframe at or before sample `i` (decode order)."""
+        return int(self._keys[self._keys.searchsorted(i, side="right") - 1])
+
+    def seek_ahead(self, cur_t: float, t: float, early_s: float = EARLY_S) -> bool | None:
+        """Whether a forward decode from the frame at `cur_t` to the frame at `t` (> cur_t) should seek: the
+        keyframe it would start from lies past the frame after the current one (seeking then decodes fewer
+        frames and reads fewer bytes). None with reordered frames (the caller decides by time)."""
         if self.reorder:
-            nxt = np.searchsorted(self._keys, i, side="right")
-            stop = int(self._keys[nxt]) if nxt < len(self._keys) else len(self.pts_s)
-            gop = np.arange(key, stop)
-            shown = gop[self.pts_s[gop] <= self.pts_s[i]]
-            last = min(int(shown.max()) + 2, len(self.pts_s) - 1)
-        return key, last
+            return None
+        return self.start_of(t + early_s) > self.sample_at(cur_t) + 1
 
     def ranges(self, times: Sequence[float]) -> list[tuple[int, int]]:
         """Byte ranges [(start, end)] a forward decode of the sorted `times` reads, merged where they touch.
-        Consecutive times closer than a keyframe interval are decoded straight through (as FrameReader does)."""
+        Two frames are decoded straight through when the second's keyframe is not past the frame after the
+        first (`seek_ahead`); with reordered frames, when they are closer than a keyframe interval (as
+        FrameReader decodes them)."""
         spans: list[list[int]] = []
         prev_t = None
         for t in sorted(times):
             a, b = self.span(t)
-            if spans and prev_t is not None and t - prev_t <= self.key_interval_s and a >= spans[-1][0]:
+            if (self.reorder and spans and prev_t is not None and t - prev_t <= self.key_interval_s
+                    and a >= spans[-1][0]):
                 spans[-1][1] = max(spans[-1][1], b)
             elif spans and a <= spans[-1][1] + 1:
                 spans[-1][1] = max(spans[-1][1], b)

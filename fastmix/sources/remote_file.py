@@ -1,4 +1,4 @@
-"""Remote objects read by byte ranges: a seekable file object for PyAV and pyarrow, and batched prefetch.
+"""Remote objects read by byte ranges: a seekable file object for PyAV and pyarrow.
 
 `RemoteObject(url)` is one object version (its size and ETag from the root's manifest, else one HEAD): the
 byte ranges this process holds (`memory`, a process-wide LRU bounded by `FASTMIX_REMOTE_MEMORY`, default
@@ -7,12 +7,16 @@ once. A read at a position held nowhere fetches one ranged GET from there (read-
 the exact bytes for parquet); a read never returns bytes past the range it hit (a short read), so the decoder
 asks again where the next range begins instead of fetching what it will not read.
 
-`prefetch_videos({url: [timestamps]})` is what FrameReader calls per work item: the sample tables of the
-files (fetched concurrently when missing), the byte ranges those frames decode from (`SampleIndex.ranges`),
-minus what memory and the byte cache hold, merged where the gap is under `FASTMIX_REMOTE_MERGE_GAP` (default
-16K) — one GET per file and nearby range — fetched concurrently by a pool of `FASTMIX_REMOTE_THREADS`
-(default 32) threads. `prefetch_ranges` does the same for explicit ranges (parquet column chunks).
+Gaps served as zeros: FFmpeg reads through a short forward seek (under its 32 KiB short-seek threshold plus
+its 32 KiB buffer) instead of seeking, so between two prefetched frame ranges of an mp4 it reads bytes it
+throws away. A `RemoteFile` with `zero_fill` (set by `remote_video.RemoteVideo` once the container is open and
+the sample table known) answers a read inside the file's sample data that neither memory nor the byte cache
+holds with zeros instead of fetching it, and records the span (`zero_served`). Such a file is demuxed packet by
+packet and any packet that overlaps a zero-served span gets its real bytes (`real_packets`: `pread`, fetched
+then) before decoding, so decoded frames are those of the real file. (Only files with reordered frames are
+demuxed at all: the others are decoded from their packets, `remote_video`.)
 
+What a work item reads is fetched before it is decoded, concurrently: `fastmix.sources.remote_prefetch`.
 Objects are kept per process in an LRU of 4096 (`object_for`); `RemoteFile(obj)` is one cursor over one.
 """
 
@@ -25,7 +29,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastmix.sources import byte_cache, mp4_index, remote
@@ -35,9 +38,9 @@ VIDEO_READAHEAD = 64 << 10  # fetched past a read that misses, while the file's 
 INDEXED_READAHEAD = 4 << 10  # ... once it is known (prefetch fetches the frames; misses are box headers)
 HEADER_READAHEAD = 16 << 10  # the first read of an mp4 (its top-level boxes; the moov of a faststart file)
 # FFmpeg reads through a forward seek shorter than this (its 32 KiB short-seek threshold plus what its 32 KiB
-# buffer holds) instead of seeking: gaps that short between two prefetched ranges are read anyway, so they are
-# fetched with them (one request)
+# buffer holds) instead of seeking; such gaps are served as zeros (`RemoteFile.zero_fill`), not fetched
 FFMPEG_READ_THROUGH = 64 << 10
+_ZEROS = bytes(64 << 10)
 _NO_INDEX = object()
 
 
@@ -107,7 +110,8 @@ class RemoteObject:
         self._starts: list[int] = []
         self._data: dict[int, bytes] = {}
         self._index: Any = None
-        self.cursor = 0  # the position after the last bytes read
+        self._index_lock = threading.Lock()
+        self._zeroed: list[tuple[int, int]] = []  # spans served as zeros (sorted, merged)
 
     # -- held ranges ---------------------------------------------------------------------------------------
     def _held(self, pos: int) -> tuple[int, bytes] | None:
@@ -153,6 +157,7 @@ class RemoteObject:
                 _MEMORY.remove(self, s)
             self._starts.clear()
             self._data.clear()
+            self._zeroed.clear()
             self._index = None
 
     def _gaps(self, a: int, b: int) -> list[tuple[int, int]]:
@@ -176,22 +181,58 @@ class RemoteObject:
         return out
 
     # -- reading -------------------------------------------------------------------------------------------
-    def read_at(self, pos: int, n: int, readahead: int) -> bytes:
-        """Up to `n` bytes at `pos` (at least one unless pos is at the end), from one held range. `cursor`
-        becomes the position after them (where a reader reading on would continue)."""
+    def read_at(self, pos: int, n: int, readahead: int, zero_fill: bool = False) -> bytes:
+        """Up to `n` bytes at `pos` (at least one unless pos is at the end), from one held range. With
+        `zero_fill`, a position inside the sample data (known sample table) held neither in memory nor in the
+        byte cache reads as zeros up to the next held byte (recorded, see `zero_served`) instead of a GET."""
         if pos >= self.size or n <= 0:
             return b""
+        tried_disk = False
         while True:
             with self.lock:
                 hit = self._held(pos)
                 if hit is not None:
                     s, d = hit
                     _MEMORY.touch(self, s)
-                    out = d[pos - s:pos - s + n]
-                    self.cursor = pos + len(out)
-                    return out
+                    return d[pos - s:pos - s + n]
                 stop = self._next_start(pos)
+            extent = self._data_extent() if zero_fill else None
+            if extent is not None and extent[0] <= pos < extent[1]:
+                if not tried_disk:  # what the byte cache holds is real: load it, then look again (a gap is
+                    tried_disk = True  # read through, not parsed: the cache is not listed again for it)
+                    missing = self._from_disk(pos, min(stop, extent[1]), refresh=False)
+                    if not missing or missing[0][0] != pos:
+                        continue
+                    stop = missing[0][1]
+                return self._zeros(pos, min(n, stop - pos, extent[1] - pos, len(_ZEROS)))
             self._fill(pos, min(stop, self.size, pos + max(n, readahead)))
+
+    def _data_extent(self) -> tuple[int, int] | None:
+        index = self._index
+        return None if index is None or index is _NO_INDEX else index.extent
+
+    def _zeros(self, pos: int, n: int) -> bytes:
+        end = pos + n
+        with self.lock:
+            z = self._zeroed
+            i = bisect.bisect_left(z, (pos, pos))
+            if i > 0 and z[i - 1][1] >= pos:  # extends the span before
+                i -= 1
+                pos = z[i][0]
+                end = max(end, z[i][1])
+                del z[i]
+            while i < len(z) and z[i][0] <= end:
+                end = max(end, z[i][1])
+                del z[i]
+            z.insert(i, (pos, end))
+        return _ZEROS[:n]
+
+    def zero_served(self, pos: int, n: int) -> bool:
+        """Whether any of bytes [pos, pos + n) was served as zeros (`read_at` with zero_fill)."""
+        with self.lock:
+            z = self._zeroed
+            i = bisect.bisect_right(z, (pos + n, pos + n))
+            return i > 0 and z[i - 1][1] > pos
 
     def pread(self, pos: int, n: int, readahead: int = 0) -> bytes:
         """Exactly bytes [pos, min(pos + n, size))."""
@@ -204,12 +245,13 @@ class RemoteObject:
             pos += len(chunk)
         return b"".join(parts)
 
-    def _from_disk(self, a: int, b: int) -> list[tuple[int, int]]:
-        """Load what the byte cache holds of [a, b); returns the parts still missing."""
+    def _from_disk(self, a: int, b: int, refresh: bool = True) -> list[tuple[int, int]]:
+        """Load what the byte cache holds of [a, b); returns the parts still missing. refresh: list the cache
+        again (at most every 0.2 s) before calling a part missing (another process may have fetched it)."""
         if self.disk is None:
             return [(a, b)]
         missing, pos = [], a
-        refreshed = False
+        refreshed = not refresh
         while pos < b:
             r = self.disk.covering(pos)
             if r is None and not refreshed:
@@ -223,7 +265,9 @@ class RemoteObject:
                     self._insert(r[0], data)
                     pos = r[1]
                     continue
-            nxt = min([s for s, _ in self.disk.ranges() if s > pos] + [b])
+            ranges = self.disk.ranges()
+            i = bisect.bisect_right(ranges, (pos, 1 << 62))
+            nxt = min(ranges[i][0], b) if i < len(ranges) else b
             missing.append((pos, nxt))
             pos = nxt
         return missing
@@ -241,30 +285,26 @@ class RemoteObject:
         if self.disk is not None:
             self.disk.write(a, data)
 
-    def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int, read_through: int = 0
-                ) -> list[tuple[int, int]]:
-        """The GETs that make `ranges` held: the ranges are merged where the gap between two is at most
-        `merge_gap` bytes and at most a quarter of the two ranges' bytes (so merging fetches at most 1.5x what
-        was asked: one request per nearby range, not one per frame), or at most `read_through` bytes (what the
-        reader reads through anyway instead of seeking); each merged span then costs one GET from its first to
-        its last part held neither in memory nor in the byte cache (cached parts are loaded), or none."""
-        merged: list[list[int]] = []
-        last = 0  # bytes of the last range merged into merged[-1]
-        for a, b in sorted((max(a, 0), min(b, self.size)) for a, b in ranges):
-            gap = a - merged[-1][1] if merged else 0
-            if merged and (gap <= read_through or (gap <= merge_gap and 4 * gap <= last + (b - a))):
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-            last = b - a
-        out = []
-        for a, b in merged:
+    def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int) -> list[tuple[int, int]]:
+        """The GETs that make `ranges` held: of the parts of `ranges` held neither in memory nor in the byte
+        cache (cached parts are loaded), one GET per run of parts whose gaps are at most `merge_gap` bytes and
+        at most a quarter of the two parts' bytes (so merging fetches at most 1.25x what is missing: one
+        request per nearby range, not one per frame)."""
+        parts = []
+        for a, b in _merge((max(a, 0), min(b, self.size)) for a, b in ranges):
             with self.lock:
                 gaps = self._gaps(a, b)
-            parts = [p for g in gaps for p in self._from_disk(*g)]
-            if parts:
-                out.append((parts[0][0], parts[-1][1]))
-        return out
+            parts += [p for g in gaps for p in self._from_disk(*g)]
+        out: list[list[int]] = []
+        last = 0  # bytes of the last part merged into out[-1]
+        for a, b in parts:
+            gap = a - out[-1][1] if out else 0
+            if out and gap <= merge_gap and 4 * gap <= last + (b - a):
+                out[-1][1] = b
+            else:
+                out.append([a, b])
+            last = b - a
+        return [(a, b) for a, b in out]
 
     def fetch_missing(self, a: int, b: int) -> None:
         """Fetch [a, b) (only its parts not held: a merged range may span held ones)."""
@@ -276,21 +316,24 @@ class RemoteObject:
     # -- mp4 -----------------------------------------------------------------------------------------------
     def sample_index(self) -> mp4_index.SampleIndex | None:
         """The video sample table (read once; None when the file has none usable)."""
-        if self._index is None:
-            moov = mp4_index.find_moov(lambda p, n: self.pread(p, n, HEADER_READAHEAD), self.size)
-            index = mp4_index.parse(moov) if moov else None
-            self._index = _NO_INDEX if index is None else index
+        with self._index_lock:
+            if self._index is None:
+                moov = mp4_index.find_moov(lambda p, n: self.pread(p, n, HEADER_READAHEAD), self.size)
+                index = mp4_index.parse(moov) if moov else None
+                self._index = _NO_INDEX if index is None else index
         return None if self._index is _NO_INDEX else self._index
 
 
 class RemoteFile(io.RawIOBase):
     """A read-only, seekable file over a RemoteObject (what PyAV and pyarrow are given). A read returns the
     bytes of one held range (a short read: PyAV asks again); `whole_reads` (pyarrow, which takes a short read
-    for the end of the file) returns all that was asked."""
+    for the end of the file) returns all that was asked. `zero_fill`: reads inside the sample data held
+    nowhere are zeros (`RemoteObject.read_at`; for a demuxer whose packets are checked with `zero_served`)."""
 
     def __init__(self, obj: RemoteObject, readahead: int | None = None, whole_reads: bool = False) -> None:
         super().__init__()
         self.obj, self._readahead, self.pos, self.whole_reads = obj, readahead, 0, whole_reads
+        self.zero_fill = False
         self.name = obj.url
 
     @property
@@ -323,7 +366,7 @@ class RemoteFile(io.RawIOBase):
             n = self.obj.size - self.pos if n is None or n < 0 else n
             data = self.obj.pread(self.pos, n, self.readahead)
         else:
-            data = self.obj.read_at(self.pos, n, self.readahead)
+            data = self.obj.read_at(self.pos, n, self.readahead, self.zero_fill)
         self.pos += len(data)
         return data
 
@@ -331,6 +374,26 @@ class RemoteFile(io.RawIOBase):
         data = self.read(len(b))
         b[:len(data)] = data
         return len(data)
+
+
+def real_packets(packets: Any, obj: RemoteObject) -> Any:
+    """The demuxed `packets` (PyAV) of `obj`, each one that overlaps bytes served as zeros given its real bytes
+    (fetched now unless held)."""
+    for packet in packets:
+        if packet.size and obj.zero_served(packet.pos, packet.size):
+            packet.update(obj.pread(packet.pos, packet.size))
+        yield packet
+
+
+def _merge(ranges: Any) -> list[tuple[int, int]]:
+    """Sorted ranges, those that overlap or touch merged."""
+    out: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        elif b > a:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
 
 
 # -- object info and objects per process ------------------------------------------------------------------
@@ -399,65 +462,5 @@ def forget_objects() -> None:
     _MANIFESTS.clear()
 
 
-# -- concurrent prefetch ----------------------------------------------------------------------------------
-_POOL: list[Any] = [None, -1]
-
-
-def _pool() -> ThreadPoolExecutor:
-    if _POOL[0] is None or _POOL[1] != os.getpid():
-        threads = int(_env_size("FASTMIX_REMOTE_THREADS", 32))
-        _POOL[0] = ThreadPoolExecutor(max(1, threads), thread_name_prefix="fastmix-remote")
-        _POOL[1] = os.getpid()
-    return _POOL[0]
-
-
-def _run_all(calls: list[tuple[Any, ...]]) -> None:
-    """Run fn(*args) for each call concurrently; the first exception is raised after all have ended."""
-    if not calls:
-        return
-    if len(calls) == 1:
-        fn, *args = calls[0]
-        fn(*args)
-        return
-    futures = [_pool().submit(fn, *args) for fn, *args in calls]
-    error = None
-    for f in futures:
-        try:
-            f.result()
-        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others ended
-            error = error or e
-    if error is not None:
-        raise error
-
-
-def merge_gap() -> int:
-    return _env_size("FASTMIX_REMOTE_MERGE_GAP", 16 << 10)
-
-
-def prefetch_ranges(wanted: Sequence[tuple[RemoteObject, Sequence[tuple[int, int]]]], read_through: int = 0
-                    ) -> None:
-    """Hold the byte ranges `wanted` [(object, [(start, end)])]: cached parts loaded, the rest fetched
-    concurrently, one GET per merged missing range (`RemoteObject.missing`)."""
-    gap = merge_gap()
-    _run_all([(obj.fetch_missing, a, b) for obj, ranges in wanted
-              for a, b in obj.missing(ranges, gap, read_through)])
-
-
-def prefetch_videos(times: dict[str, Sequence[float]]) -> None:
-    """Hold what decoding the frames at `times` ({mp4 url: [seconds in the file's timeline]}) reads."""
-    objs = {url: object_for(url) for url in times}
-    _run_all([(o.sample_index,) for o in objs.values() if o._index is None])
-    wanted = []
-    for url, obj in objs.items():
-        index = obj.sample_index()
-        if index is not None:
-            ranges = index.ranges(times[url])
-            # FFmpeg's position is where the last read ended: a first range shortly after it is read through to
-            if ranges and obj.cursor <= ranges[0][0] <= obj.cursor + FFMPEG_READ_THROUGH:
-                ranges[0] = (obj.cursor, ranges[0][1])
-            wanted.append((obj, ranges))
-    prefetch_ranges(wanted, FFMPEG_READ_THROUGH)
-
-
-__all__ = ["RemoteFile", "RemoteObject", "forget_objects", "object_for", "object_info", "prefetch_ranges",
-           "prefetch_videos"]
+__all__ = ["FFMPEG_READ_THROUGH", "RemoteFile", "RemoteObject", "forget_objects", "object_for", "object_info",
+           "real_packets"]
