@@ -113,7 +113,9 @@ def test_cli_arguments():
     parser = argparse.ArgumentParser()
     cns.add_arguments(parser)
     args = parser.parse_args(["cfg", "--max-frames", "100"])
-    assert (args.config_name, args.max_frames, args.batch_size) == ("cfg", 100, 256)
+    assert (args.config_name, args.max_frames, args.batch_size, args.workers) == ("cfg", 100, None, None)
+    args = parser.parse_args(["cfg", "--workers", "3", "--batch-size", "64"])
+    assert (args.workers, args.batch_size) == (3, 64)
 
 
 # ------------------------------------------------------------------------------- compute-norm-stats command
@@ -141,7 +143,8 @@ def fake_sources():
 
 
 def _compute(cfg, sources, **kw):
-    """compute_norm_stats with the sources injected (no LeRobot roots)."""
+    """compute_norm_stats with the sources injected (no LeRobot roots), in this process."""
+    kw.setdefault("workers", 1)
     return cns.compute_norm_stats(cfg, progress=False, open_sources=lambda data_config: sources, **kw)
 
 
@@ -191,7 +194,7 @@ def _run_cli(monkeypatch, tmp_path, sources, argv, name="ns_fake_cli") -> int:
     monkeypatch.setattr(data_loader, "open_sources", lambda data_config: sources)
     cfg = R.register(_fake_config(tmp_path, name=name))
     try:
-        return cli.main(["compute-norm-stats", name, *argv])
+        return cli.main(["compute-norm-stats", name, "--workers", "1", *argv])
     finally:
         R.unregister(cfg.name)
 

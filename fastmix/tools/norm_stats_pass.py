@@ -1,0 +1,304 @@
+"""The two passes of `fastmix compute-norm-stats` over a config's frames, in one or several processes.
+
+Frames are taken in `order` (global indices of the mixture: every frame in dataset order, or a sorted uniform
+draw) and cut into statistics batches of `batch_size` frames (the batches openpi's script feeds RunningStats; the
+last one may be shorter). Each process reads a contiguous share of the batches, many batches per read
+(`chunk_frames`), low-dim columns only (cameras are 1x1 placeholders, never decoded), and runs the config's
+repack and data transforms on the whole chunk (openpi's transforms of known types batched, the rest per sample).
+
+Pass 1 gives each batch's moments (`fastmix.kernels.stats_tables.moments_table`); the main process replays the
+running min/max (`schedule_table`); pass 2 histograms each batch on its epoch's edges, folded per share
+(`HistFold`); `reduce_table` gives RunningStats' state. The result does not depend on the number of processes
+(same batches, same order, integer counts): bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from fastmix.errors import ConfigError, DatasetFormatError
+from fastmix.kernels.stats import ReducedStats
+from fastmix.kernels.stats_tables import HistFold, MomentsTable, TableSchedule, moments_table, reduce_table, schedule_table
+from fastmix.openpi import data_loader as _dl
+from fastmix.openpi import transforms as _t
+from fastmix.openpi.transforms.batched import batched
+
+STATS_KEYS = ("state", "actions")
+MAX_WORKERS = 8
+CHUNK_FRAMES = 1 << 15
+
+
+def default_context() -> str:
+    """"fork" where the platform has it (workers inherit the opened datasets: no second open; they only read
+    low-dim columns and run numpy transforms, no decoder or device state), else "spawn"."""
+    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on, at most MAX_WORKERS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_WORKERS))
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """What every process needs: the data config (repack and data transforms, datasets), openpi's action
+    horizon, `open_sources(data_config)` (picklable when processes > 1), the frame order (int64 (F,)), the
+    statistics batch size (frames) and the frames read per chunk."""
+
+    data_config: Any
+    action_horizon: int
+    open_sources: Callable[[Any], list]
+    order: np.ndarray
+    batch_size: int
+    chunk_frames: int = CHUNK_FRAMES
+    keys: tuple[str, ...] = STATS_KEYS
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+
+def for_workers(data_config: Any) -> Any:
+    """`data_config` without what the passes never use (model transforms, loaded norm stats), so it pickles."""
+    if dataclasses.is_dataclass(data_config):
+        names = {f.name for f in dataclasses.fields(data_config)}
+        changes = {k: v for k, v in (("model_transforms", type(data_config.model_transforms)()),
+                                     ("norm_stats", None)) if k in names}
+        try:
+            return dataclasses.replace(data_config, **changes)
+        except (TypeError, ValueError):
+            return data_config
+    return data_config
+
+
+class FrameStatsReader:
+    """Reads frames of the mixture and gives the transformed values of the statistics keys."""
+
+    def __init__(self, spec: PassSpec) -> None:
+        dc = spec.data_config
+        self.spec = spec
+        self.sources = spec.open_sources(dc)
+        self.planner = _dl.lowdim_planner(self.sources, dc, spec.action_horizon)
+        self.prompt = bool(getattr(dc, "prompt_from_task", False))
+        stages = [("repack", [batched(t) for t in dc.repack_transforms.inputs]),
+                  ("data", [batched(t) for t in dc.data_transforms.inputs])]
+        self.pipeline = [*stages[0][1], *stages[1][1], _t.RemoveStrings()]
+        self.float_images = _dl.raw_image_dtype(stages) == "float32"
+
+    @property
+    def total(self) -> int:
+        return int(self.planner.index_map.total)
+
+    def raw(self, global_index: np.ndarray) -> dict[str, Any]:
+        """The raw batch of `global_index` as the loader gathers it, cameras as 1x1 black placeholders (uint8
+        (n, 1, 1, 3), or float32 (n, 3, 1, 1) where a per-sample openpi transform reads LeRobotDataset's format),
+        "task" (and "prompt" with `prompt_from_task`) as a numpy str array (n,) (never counted: strings are
+        dropped before the statistics)."""
+        p = self.planner
+        n = int(global_index.size)
+        out: dict[str, Any] = {k: np.zeros((n, *p.fields[k][0]), dtype=p.fields[k][1]) for k in p.lowdim_fields}
+        dataset, local = p.index_map.to_local(global_index)
+        out["dataset_index"][:] = dataset
+        tasks = np.zeros(n, dtype=np.str_)
+        for d in np.unique(dataset).tolist():
+            pos = np.flatnonzero(dataset == d)
+            if len(pos) == n:
+                pos = slice(None)  # one dataset: plain copies
+            src, rows = self.sources[d], local[pos]
+            low = src.gather_lowdim(rows, p.delta_timestamps[d])
+            for key in p.lowdim_fields:
+                if key != "dataset_index":
+                    out[key][pos] = low[key]
+            tasks = _put_tasks(tasks, pos, src, rows, low["task_index"])
+        for key in p.camera_keys:
+            out[key] = (np.zeros((n, 3, 1, 1), np.float32) if self.float_images else np.zeros((n, 1, 1, 3), np.uint8))
+        out["task"] = tasks
+        if self.prompt:
+            out["prompt"] = tasks
+        return out
+
+    def values(self, global_index: np.ndarray, check: bool) -> dict[str, np.ndarray]:
+        """{key: (n * m, dim)}: each statistics key after the transforms, m rows per frame (an action chunk's
+        steps), as RunningStats.update reshapes them. `check`: NaN/inf is a DatasetFormatError naming where."""
+        batch = self.raw(global_index)
+        out = _t.apply_batch(self.pipeline, dict(batch))
+        n = len(global_index)
+        result = {}
+        for k in self.spec.keys:
+            if k not in out:
+                raise ConfigError(f"key {k!r} is not in the transformed data; keys: {sorted(_t.flatten_dict(out))}")
+            v = np.asarray(out[k])
+            if v.ndim < 2 or v.shape[0] != n:
+                raise DatasetFormatError(f"key {k!r} after the transforms has shape {v.shape}: expected ({n}, ..., dim)")
+            if check and not np.isfinite(v).all():
+                raise DatasetFormatError(first_non_finite(batch, out, k, self.sources))
+            result[k] = v.reshape(-1, v.shape[-1])
+        return result
+
+
+def _put_tasks(tasks: np.ndarray, pos: Any, src: Any, rows: np.ndarray, task_index: np.ndarray) -> np.ndarray:
+    """Write the task strings of `rows` of `src` into `tasks` (a numpy str array, widened as needed) at `pos`,
+    one `tasks_of` lookup per distinct task."""
+    uniq, first, inv = np.unique(np.asarray(task_index).reshape(-1), return_index=True, return_inverse=True)
+    names = np.asarray(src.tasks_of(rows[first]), dtype=np.str_)
+    if names.dtype.itemsize > tasks.dtype.itemsize:
+        tasks = tasks.astype(names.dtype)
+    tasks[pos] = names[inv.reshape(-1)]
+    return tasks
+
+
+def first_non_finite(batch: dict[str, Any], out: dict[str, Any], key: str, sources: Sequence[Any]) -> str:
+    """Where the first non-finite value of transformed `out[key]` comes from: dataset, episode, frame, and the raw
+    numeric features that hold a NaN/inf there (an action chunk's bad step names the frame it was read from)."""
+    n = len(batch["dataset_index"])
+    bad_rows = ~np.isfinite(np.asarray(out[key], dtype=np.float64).reshape(n, -1)).all(axis=1)
+    row = int(np.flatnonzero(bad_rows)[0])
+    d = int(batch["dataset_index"][row])
+    episode = batch["episode_index"][row] if "episode_index" in batch else "?"
+    frame = batch["frame_index"][row] if "frame_index" in batch else None
+    raw, steps = [], []
+    for k, v in batch.items():
+        if not (isinstance(v, np.ndarray) and v.dtype.kind == "f") or np.isfinite(v[row]).all():
+            continue
+        step = 0
+        if v.ndim == 3:  # an action chunk (n, horizon, dim): its first bad step is the frame that holds the value
+            step = int(np.flatnonzero(~np.isfinite(v[row]).all(axis=1))[0])
+        raw.append(repr(k) + (f" (action chunk step {step} of frame {frame})" if step else ""))
+        steps.append(step)
+    at = "?" if frame is None else int(frame) + min(steps, default=0)
+    cause = f"raw feature(s) {', '.join(raw)} hold NaN/inf" if raw else "the transforms produced it"
+    return (f"dataset '{sources[d].name}', episode {episode}, frame {at}: key {key!r} is not finite ({cause}). "
+            f"Fix or drop that episode: norm stats would be NaN; nothing was written.")
+
+
+_READER: list[Any] = [None, None]  # [spec token, reader] of this process
+
+
+def _reader(spec: PassSpec, token: int) -> FrameStatsReader:
+    if _READER[0] != token:
+        _READER[:] = [token, FrameStatsReader(spec)]
+    return _READER[1]
+
+
+def _chunks(spec: PassSpec, lo: int, hi: int):
+    """(first batch, frame starts of its batches relative to the chunk (int64), global indices) per chunk of
+    batches lo..hi."""
+    per = max(1, spec.chunk_frames // spec.batch_size)
+    f_total = len(spec.order)
+    for k in range(lo, hi, per):
+        k_end = min(hi, k + per)
+        starts = np.minimum(np.arange(k, k_end + 1, dtype=np.int64) * spec.batch_size, f_total)
+        yield k, starts - starts[0], spec.order[starts[0]:starts[-1]]
+
+
+def pass_moments(spec: PassSpec, token: int, lo: int, hi: int) -> dict[str, MomentsTable]:
+    """Pass 1 over batches lo..hi: {key: MomentsTable}."""
+    reader = _reader(spec, token)
+    tables: dict[str, list[MomentsTable]] = {k: [] for k in spec.keys}
+    for _, starts, gi in _chunks(spec, lo, hi):
+        for k, x in reader.values(gi, check=True).items():
+            tables[k].append(moments_table(x, starts * (len(x) // len(gi))))
+    return {k: _concat(k, t) for k, t in tables.items()}
+
+
+def pass_histograms(spec: PassSpec, token: int, lo: int, hi: int,
+                    schedules: dict[str, TableSchedule]) -> dict[str, HistFold]:
+    """Pass 2 over batches lo..hi: {key: its histogram folded over the share}."""
+    reader = _reader(spec, token)
+    folds = {k: HistFold(s) for k, s in schedules.items()}
+    for k0, starts, gi in _chunks(spec, lo, hi):
+        for k, x in reader.values(gi, check=False).items():
+            rows = starts * (len(x) // len(gi))
+            epochs = schedules[k].epoch_of_batch[k0:k0 + len(starts) - 1]
+            cut = np.flatnonzero(np.diff(epochs)) + 1  # runs of batches on the same edges
+            for a, b in zip(np.r_[0, cut], np.r_[cut, len(epochs)], strict=True):
+                folds[k].add(x[rows[a]:rows[b]], int(epochs[a]))
+    return folds
+
+
+def _concat(key: str, tables: Sequence[MomentsTable]) -> MomentsTable:
+    dims = sorted({t.mean.shape[1] for t in tables})
+    if len(dims) > 1:
+        raise DatasetFormatError(f"key {key!r} has vectors of different lengths {dims} in different frames; "
+                                 f"norm stats need one length")
+    return MomentsTable.concat(tables)
+
+
+def shares(num_batches: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous, balanced ranges of batches, one per process (no empty one)."""
+    w = max(1, min(workers, num_batches))
+    cuts = [num_batches * i // w for i in range(w + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+def reduce_all(spec: PassSpec, workers: int = 1, mp_context: str | None = None,
+               progress: Callable[[str], None] | None = None,
+               reader: FrameStatsReader | None = None) -> dict[str, ReducedStats]:
+    """RunningStats' final state of each key over `spec`'s batches, in `workers` processes (1: this one, reading
+    with `reader` when given)."""
+    parts = shares(spec.num_batches, workers)
+    mp_context = mp_context or default_context()
+    token = int.from_bytes(os.urandom(8), "little")
+    say = progress or (lambda _msg: None)
+    if reader is not None and (len(parts) == 1 or mp_context == "fork"):
+        _READER[:] = [token, reader]  # this process's reader (inherited by forked workers: datasets opened once)
+    if len(parts) == 1:
+        run = _InProcess()
+    else:
+        run = ProcessPoolExecutor(len(parts), mp_context=mp.get_context(mp_context))
+    t0 = time.perf_counter()
+    with run as pool:
+        futures = [pool.submit(pass_moments, spec, token, a, b) for a, b in parts]
+        per_share = [f.result() for f in futures]
+        say(f"pass 1 of 2 done ({spec.num_batches} batches of {spec.batch_size} frames, {len(parts)} process(es), "
+            f"{time.perf_counter() - t0:.1f} s)")
+        tables = {k: MomentsTable.concat([p[k] for p in per_share]) for k in spec.keys}
+        schedules = {k: schedule_table(t) for k, t in tables.items()}
+        futures = [pool.submit(pass_histograms, spec, token, a, b, schedules) for a, b in parts]
+        folds = [f.result() for f in futures]
+        say(f"pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
+    out = {}
+    for k in spec.keys:
+        fold = folds[0][k].attach(schedules[k])
+        for f in folds[1:]:
+            fold = fold.merge(f[k].attach(schedules[k]))
+        out[k] = reduce_table(tables[k], schedules[k], fold)
+    return out
+
+
+class _Done:
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+
+class _InProcess:
+    """ProcessPoolExecutor's `submit` for one share, run here."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _READER[:] = [None, None]
+
+    def submit(self, fn: Callable, *args: Any) -> _Done:
+        return _Done(fn(*args))
+
+
+__all__ = ["CHUNK_FRAMES", "MAX_WORKERS", "PassSpec", "STATS_KEYS", "FrameStatsReader", "default_context", "default_workers",
+           "first_non_finite", "for_workers", "pass_histograms", "pass_moments", "reduce_all", "shares"]
