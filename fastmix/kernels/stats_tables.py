@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from fastmix.kernels.stats import EDGE_EPS, NUM_BINS, ReducedStats, linspace_edges, rebin
+from fastmix.kernels.stats import EDGE_EPS, NUM_BINS, ReducedStats, linspace_edges
 
 
 @njit(cache=True, nogil=True)
@@ -59,8 +59,9 @@ def _moments(x, starts, mean, mean_sq, lo, hi):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _histogram(hist, edges, inv_step, x):  # pragma: no cover - compiled
+def _histogram(hist, edges, inv_step, x, w):  # pragma: no cover - compiled
     nb = hist.shape[1]
+    weighted = w.shape[0] > 0
     for i in range(x.shape[0]):
         for d in range(x.shape[1]):
             v = np.float64(x[i, d])
@@ -75,7 +76,10 @@ def _histogram(hist, edges, inv_step, x):  # pragma: no cover - compiled
                 j -= 1
             while j < nb - 1 and v >= edges[d, j + 1]:
                 j += 1
-            hist[d, j] += 1.0
+            if weighted:
+                hist[d, j] += w[i, d]
+            else:
+                hist[d, j] += 1.0
 
 
 @njit(cache=True, nogil=True)
@@ -90,11 +94,13 @@ def _running_mean(n, bm, out):  # pragma: no cover - compiled
             out[d] += (bm[k, d] - out[d]) * frac
 
 
-def histogram_exact(hist: np.ndarray, edges: np.ndarray, x: np.ndarray) -> np.ndarray:
+def histogram_exact(hist: np.ndarray, edges: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None
+                    ) -> np.ndarray:
     """Add np.histogram's counts of each column of `x` (float (N, dim)) on `edges[d]` (float64 (dim, B+1),
     non-decreasing) to `hist` (float64 (dim, B)) in place: bin j holds edges[j] <= v < edges[j+1], the last bin
-    also v == edges[-1]; values outside the edges dropped. A first guess from the uniform step, then corrected
-    against the actual edges: exact for any edges. Returns hist."""
+    also v == edges[-1]; values outside the edges dropped; `weights` (float64 (N, dim)) summed in row order as
+    np.histogram sums them. A first guess from the uniform step, then corrected against the actual edges: exact
+    for any edges. Returns hist."""
     x = np.ascontiguousarray(x)
     if x.ndim != 2 or x.shape[1] != edges.shape[0]:
         raise ValueError(f"values of shape {x.shape} do not match edges of {edges.shape[0]} dimensions")
@@ -103,8 +109,15 @@ def histogram_exact(hist: np.ndarray, edges: np.ndarray, x: np.ndarray) -> np.nd
         width = edges[:, -1] - edges[:, 0]
         inv = np.where(width > 0, nb / np.where(width > 0, width, 1.0), 0.0)
     inv[~np.isfinite(inv)] = 0.0
-    _histogram(hist, np.ascontiguousarray(edges, dtype=np.float64), inv, x)
+    w = np.zeros((0, x.shape[1])) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    _histogram(hist, np.ascontiguousarray(edges, dtype=np.float64), inv, x, w)
     return hist
+
+
+def rebin_exact(hist: np.ndarray, old_edges: np.ndarray, new_edges: np.ndarray) -> np.ndarray:
+    """`fastmix.kernels.stats.rebin` (each old bin's count placed at its left edge in the new bins), compiled."""
+    out = np.zeros((new_edges.shape[0], new_edges.shape[1] - 1))
+    return histogram_exact(out, new_edges, old_edges[:, :-1].T, weights=hist.T)
 
 
 @dataclass(frozen=True)
@@ -189,7 +202,7 @@ class HistFold:
             return
         for e in range(self.epoch + 1, epoch + 1):
             new = self.schedule.edges(e)
-            self.hist, self._edges = rebin(self.hist, self._edges, new), new
+            self.hist, self._edges = rebin_exact(self.hist, self._edges, new), new
         self.epoch = epoch
 
     def add(self, x: np.ndarray, epoch: int) -> None:
@@ -235,5 +248,5 @@ def reduce_table(table: MomentsTable, schedule: TableSchedule, fold: HistFold) -
                         fold.hist, schedule.edges(schedule.num_epochs - 1))
 
 
-__all__ = ["HistFold", "MomentsTable", "TableSchedule", "histogram_exact", "moments_table", "reduce_table",
+__all__ = ["HistFold", "MomentsTable", "TableSchedule", "histogram_exact", "moments_table", "rebin_exact", "reduce_table",
            "schedule_table"]

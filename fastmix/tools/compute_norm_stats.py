@@ -113,16 +113,16 @@ def compute_norm_stats(
     data_config = config.data.create(config.assets_dirs, config.model)
     out_dir = norm_stats_dir(config, data_config)  # a config without an asset id fails before any reading
     spec = _pass.PassSpec(_pass.for_workers(data_config), int(config.model.action_horizon),
-                          open_sources or _dl._default_open_sources, np.zeros(0, np.int64), batch_size)
+                          open_sources or _dl._default_open_sources, batch_size)
     reader = _pass.FrameStatsReader(spec)  # opens the datasets once here: the frame count, early errors
     total = reader.total
+    order = None
     if max_frames is not None and max_frames < total:
         order = np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False)).astype(np.int64)
-    else:
-        order = np.arange(total, dtype=np.int64)
-    if len(order) < 2:
-        raise ConfigError(f"Cannot compute statistics for less than 2 vectors (the mixture has {len(order)} frame(s))")
-    spec = dataclasses.replace(spec, order=order)
+    count = total if order is None else len(order)
+    if count < 2:
+        raise ConfigError(f"Cannot compute statistics for less than 2 vectors (the mixture has {count} frame(s))")
+    spec = dataclasses.replace(spec, num_frames=count, order=order)
     say = (lambda msg: print(f"compute-norm-stats: {msg}", file=sys.stderr)) if progress else None
     reduced = _pass.reduce_all(spec, workers=workers, mp_context=mp_context, progress=say, reader=reader)
     norm_stats = {k: NormStats(mean=r.mean, std=r.std, q01=r.quantile(0.01), q99=r.quantile(0.99))

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +28,14 @@ import numpy as np
 
 from fastmix.errors import ConfigError, DatasetFormatError
 from fastmix.kernels.stats import ReducedStats
-from fastmix.kernels.stats_tables import HistFold, MomentsTable, TableSchedule, moments_table, reduce_table, schedule_table
+from fastmix.kernels.stats_tables import (
+    HistFold,
+    MomentsTable,
+    TableSchedule,
+    moments_table,
+    reduce_table,
+    schedule_table,
+)
 from fastmix.openpi import data_loader as _dl
 from fastmix.openpi import transforms as _t
 from fastmix.openpi.transforms.batched import batched
@@ -39,8 +47,15 @@ CHUNK_FRAMES = 1 << 15
 
 def default_context() -> str:
     """"fork" where the platform has it (workers inherit the opened datasets: no second open; they only read
-    low-dim columns and run numpy transforms, no decoder or device state), else "spawn"."""
-    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    low-dim columns and run numpy transforms, no decoder or device state), except once JAX has started its
+    backends in this process (JAX's own condition for warning that fork may deadlock): then "spawn"."""
+    if "fork" not in mp.get_all_start_methods():
+        return "spawn"
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is None:
+        return "fork"
+    started = getattr(bridge, "backends_are_initialized", None)
+    return "spawn" if (started() if callable(started) else bool(getattr(bridge, "_backends", None))) else "fork"
 
 
 def default_workers() -> int:
@@ -55,20 +70,26 @@ def default_workers() -> int:
 @dataclasses.dataclass(frozen=True)
 class PassSpec:
     """What every process needs: the data config (repack and data transforms, datasets), openpi's action
-    horizon, `open_sources(data_config)` (picklable when processes > 1), the frame order (int64 (F,)), the
-    statistics batch size (frames) and the frames read per chunk."""
+    horizon, `open_sources(data_config)` (picklable for spawned processes), the statistics batch size (frames),
+    the frames counted (`num_frames`: the first ones of the mixture in order, or `order`, int64 (num_frames,)
+    global indices ascending) and the frames read per chunk."""
 
     data_config: Any
     action_horizon: int
     open_sources: Callable[[Any], list]
-    order: np.ndarray
     batch_size: int
+    num_frames: int = 0
+    order: np.ndarray | None = None
     chunk_frames: int = CHUNK_FRAMES
     keys: tuple[str, ...] = STATS_KEYS
 
     @property
     def num_batches(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
+        return math.ceil(self.num_frames / self.batch_size)
+
+    def frames(self, a: int, b: int) -> np.ndarray:
+        """Global indices of counted frames a..b (int64)."""
+        return np.arange(a, b, dtype=np.int64) if self.order is None else self.order[a:b]
 
 
 def for_workers(data_config: Any) -> Any:
@@ -97,6 +118,8 @@ class FrameStatsReader:
                   ("data", [batched(t) for t in dc.data_transforms.inputs])]
         self.pipeline = [*stages[0][1], *stages[1][1], _t.RemoveStrings()]
         self.float_images = _dl.raw_image_dtype(stages) == "float32"
+        self._gather = [ChunkGather(src, dts) for src, dts in zip(self.sources, self.planner.delta_timestamps,
+                                                                      strict=True)]
 
     @property
     def total(self) -> int:
@@ -118,7 +141,7 @@ class FrameStatsReader:
             if len(pos) == n:
                 pos = slice(None)  # one dataset: plain copies
             src, rows = self.sources[d], local[pos]
-            low = src.gather_lowdim(rows, p.delta_timestamps[d])
+            low = self._gather[d].gather(rows)
             for key in p.lowdim_fields:
                 if key != "dataset_index":
                     out[key][pos] = low[key]
@@ -147,6 +170,63 @@ class FrameStatsReader:
                 raise DatasetFormatError(first_non_finite(batch, out, k, self.sources))
             result[k] = v.reshape(-1, v.shape[-1])
         return result
+
+
+class ChunkGather:
+    """`source.gather_lowdim(rows, delta_timestamps)` for ascending `rows`, reading one contiguous run of rows.
+
+    Where every episode of the source is one run of local rows with consecutive frame indices and the chunk
+    offsets (delta_timestamps · fps) are integers >= 0, a chunk is rows r + min(offset, last row of r's episode
+    - r), padded where the offset passes the episode's end: LeRobot's chunk, clamped to the episode. The values
+    are read once for the run rows[0] .. the last chunk row (when that run is at most twice the rows asked for)
+    and the chunks are views into it: no per-row index lookup. Anything else takes `gather_lowdim` itself."""
+
+    def __init__(self, source: Any, delta_timestamps: dict[str, Sequence[float]] | None) -> None:
+        self.source, self.dts = source, delta_timestamps
+        self.offsets: dict[str, np.ndarray] | None = None
+        self.run_end: np.ndarray | None = None
+        try:
+            offsets = {k: np.asarray(v, dtype=np.float64) * float(source.fps) for k, v in (delta_timestamps or {}).items()}
+            ints = {k: np.rint(v).astype(np.int64) for k, v in offsets.items()}
+            if not all(np.all(np.abs(offsets[k] - ints[k]) < 1e-6) and np.all(ints[k] >= 0) for k in ints):
+                return
+            episode, frame = (np.asarray(a, dtype=np.int64) for a in source.frame_positions())
+        except (AttributeError, TypeError, ValueError):
+            return
+        n = len(episode)
+        same = episode[1:] == episode[:-1]
+        if n == 0 or not np.all(frame[1:][same] == frame[:-1][same] + 1):
+            return
+        starts = np.r_[0, np.flatnonzero(~same) + 1]
+        if len(np.unique(episode[starts])) != len(starts):  # an episode in two runs
+            return
+        ends = np.r_[starts[1:], n] - 1
+        self.run_end = np.repeat(ends, np.diff(np.r_[starts, n]))
+        self.offsets = ints
+
+    def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        if self.offsets is None or len(rows) == 0:
+            return self.source.gather_lowdim(rows, self.dts)
+        room = self.run_end[rows] - rows
+        pos = {k: rows[:, None] + np.minimum(off[None, :], room[:, None]) for k, off in self.offsets.items()}
+        lo = int(rows[0])
+        hi = max([int(rows[-1])] + [int(p.max()) for p in pos.values() if p.size]) + 1
+        if hi - lo > 2 * (len(rows) + max((len(o) for o in self.offsets.values()), default=0)):
+            return self.source.gather_lowdim(rows, self.dts)
+        plain = self.source.gather_lowdim(np.arange(lo, hi, dtype=np.int64), {})
+        local = rows - lo
+        index = plain.get("index")
+        if index is not None and any(not np.array_equal(index[p - lo] - index[local][:, None], p - rows[:, None])
+                                     for p in pos.values()):
+            return self.source.gather_lowdim(rows, self.dts)  # index values do not advance with the rows
+        out = {}
+        for key, v in plain.items():
+            if key in pos:
+                out[key] = v[pos[key] - lo]
+                out[f"{key}_is_pad"] = self.offsets[key][None, :] > room[:, None]
+            else:
+                out[key] = v[local]
+        return out
 
 
 def _put_tasks(tasks: np.ndarray, pos: Any, src: Any, rows: np.ndarray, task_index: np.ndarray) -> np.ndarray:
@@ -184,29 +264,32 @@ def first_non_finite(batch: dict[str, Any], out: dict[str, Any], key: str, sourc
             f"Fix or drop that episode: norm stats would be NaN; nothing was written.")
 
 
-_READER: list[Any] = [None, None]  # [spec token, reader] of this process
+_STATE: dict[str, Any] = {"token": None, "spec": None, "reader": None}  # this process's run: its spec, reader
 
 
-def _reader(spec: PassSpec, token: int) -> FrameStatsReader:
-    if _READER[0] != token:
-        _READER[:] = [token, FrameStatsReader(spec)]
-    return _READER[1]
+def _use(token: int, spec: PassSpec | None) -> tuple[PassSpec, FrameStatsReader]:
+    """The run's spec and this process's reader: from `_STATE` (set before forking, or by an earlier task of the
+    same run), else opened from `spec`."""
+    if _STATE["token"] != token:
+        if spec is None:
+            raise RuntimeError("a norm-stats worker got no spec and inherited none (start method without fork)")
+        _STATE.update(token=token, spec=spec, reader=FrameStatsReader(spec))
+    return _STATE["spec"], _STATE["reader"]
 
 
 def _chunks(spec: PassSpec, lo: int, hi: int):
     """(first batch, frame starts of its batches relative to the chunk (int64), global indices) per chunk of
     batches lo..hi."""
     per = max(1, spec.chunk_frames // spec.batch_size)
-    f_total = len(spec.order)
     for k in range(lo, hi, per):
         k_end = min(hi, k + per)
-        starts = np.minimum(np.arange(k, k_end + 1, dtype=np.int64) * spec.batch_size, f_total)
-        yield k, starts - starts[0], spec.order[starts[0]:starts[-1]]
+        starts = np.minimum(np.arange(k, k_end + 1, dtype=np.int64) * spec.batch_size, spec.num_frames)
+        yield k, starts - starts[0], spec.frames(int(starts[0]), int(starts[-1]))
 
 
-def pass_moments(spec: PassSpec, token: int, lo: int, hi: int) -> dict[str, MomentsTable]:
+def pass_moments(token: int, spec: PassSpec | None, lo: int, hi: int) -> dict[str, MomentsTable]:
     """Pass 1 over batches lo..hi: {key: MomentsTable}."""
-    reader = _reader(spec, token)
+    spec, reader = _use(token, spec)
     tables: dict[str, list[MomentsTable]] = {k: [] for k in spec.keys}
     for _, starts, gi in _chunks(spec, lo, hi):
         for k, x in reader.values(gi, check=True).items():
@@ -214,10 +297,10 @@ def pass_moments(spec: PassSpec, token: int, lo: int, hi: int) -> dict[str, Mome
     return {k: _concat(k, t) for k, t in tables.items()}
 
 
-def pass_histograms(spec: PassSpec, token: int, lo: int, hi: int,
+def pass_histograms(token: int, spec: PassSpec | None, lo: int, hi: int,
                     schedules: dict[str, TableSchedule]) -> dict[str, HistFold]:
     """Pass 2 over batches lo..hi: {key: its histogram folded over the share}."""
-    reader = _reader(spec, token)
+    spec, reader = _use(token, spec)
     folds = {k: HistFold(s) for k, s in schedules.items()}
     for k0, starts, gi in _chunks(spec, lo, hi):
         for k, x in reader.values(gi, check=False).items():
@@ -253,23 +336,25 @@ def reduce_all(spec: PassSpec, workers: int = 1, mp_context: str | None = None,
     mp_context = mp_context or default_context()
     token = int.from_bytes(os.urandom(8), "little")
     say = progress or (lambda _msg: None)
-    if reader is not None and (len(parts) == 1 or mp_context == "fork"):
-        _READER[:] = [token, reader]  # this process's reader (inherited by forked workers: datasets opened once)
-    if len(parts) == 1:
-        run = _InProcess()
-    else:
-        run = ProcessPoolExecutor(len(parts), mp_context=mp.get_context(mp_context))
+    inherit = len(parts) == 1 or mp_context == "fork"
+    if inherit:  # this process's spec and reader, inherited by forked workers: datasets opened once
+        _STATE.update(token=token, spec=spec, reader=reader or FrameStatsReader(spec))
+    sent = None if inherit else spec
+    run = _InProcess() if len(parts) == 1 else ProcessPoolExecutor(len(parts), mp_context=mp.get_context(mp_context))
     t0 = time.perf_counter()
-    with run as pool:
-        futures = [pool.submit(pass_moments, spec, token, a, b) for a, b in parts]
-        per_share = [f.result() for f in futures]
-        say(f"pass 1 of 2 done ({spec.num_batches} batches of {spec.batch_size} frames, {len(parts)} process(es), "
-            f"{time.perf_counter() - t0:.1f} s)")
-        tables = {k: MomentsTable.concat([p[k] for p in per_share]) for k in spec.keys}
-        schedules = {k: schedule_table(t) for k, t in tables.items()}
-        futures = [pool.submit(pass_histograms, spec, token, a, b, schedules) for a, b in parts]
-        folds = [f.result() for f in futures]
-        say(f"pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
+    try:
+        with run as pool:
+            futures = [pool.submit(pass_moments, token, sent, a, b) for a, b in parts]
+            per_share = [f.result() for f in futures]
+            say(f"pass 1 of 2 done ({spec.num_batches} batches of {spec.batch_size} frames, {len(parts)} "
+                f"process(es), {time.perf_counter() - t0:.1f} s)")
+            tables = {k: MomentsTable.concat([p[k] for p in per_share]) for k in spec.keys}
+            schedules = {k: schedule_table(t) for k, t in tables.items()}
+            futures = [pool.submit(pass_histograms, token, sent, a, b, schedules) for a, b in parts]
+            folds = [f.result() for f in futures]
+            say(f"pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
+    finally:
+        _STATE.update(token=None, spec=None, reader=None)
     out = {}
     for k in spec.keys:
         fold = folds[0][k].attach(schedules[k])
@@ -294,7 +379,7 @@ class _InProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _READER[:] = [None, None]
+        return None
 
     def submit(self, fn: Callable, *args: Any) -> _Done:
         return _Done(fn(*args))
