@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -215,10 +214,11 @@ class ChunkGather:
             return self.source.gather_lowdim(rows, self.dts)
         plain = self.source.gather_lowdim(np.arange(lo, hi, dtype=np.int64), {})
         local = rows - lo
-        index = plain.get("index")
-        if index is not None and any(not np.array_equal(index[p - lo] - index[local][:, None], p - rows[:, None])
-                                     for p in pos.values()):
-            return self.source.gather_lowdim(rows, self.dts)  # index values do not advance with the rows
+        index, episode = plain.get("index"), plain.get("episode_index")
+        if index is not None and episode is not None:
+            same = episode[1:] == episode[:-1]
+            if not np.all(index[1:][same] == index[:-1][same] + 1):  # index values must advance with the rows
+                return self.source.gather_lowdim(rows, self.dts)
         out = {}
         for key, v in plain.items():
             if key in pos:
@@ -287,29 +287,76 @@ def _chunks(spec: PassSpec, lo: int, hi: int):
         yield k, starts - starts[0], spec.frames(int(starts[0]), int(starts[-1]))
 
 
-def pass_moments(token: int, spec: PassSpec | None, lo: int, hi: int) -> dict[str, MomentsTable]:
-    """Pass 1 over batches lo..hi: {key: MomentsTable}."""
-    spec, reader = _use(token, spec)
-    tables: dict[str, list[MomentsTable]] = {k: [] for k in spec.keys}
-    for _, starts, gi in _chunks(spec, lo, hi):
-        for k, x in reader.values(gi, check=True).items():
-            tables[k].append(moments_table(x, starts * (len(x) // len(gi))))
-    return {k: _concat(k, t) for k, t in tables.items()}
+class Share:
+    """One process's share of the batches, lo..hi, read once for pass 1 and, where the transformed values of a
+    chunk fit in `cache_bytes` (kept from pass 1), not read again for pass 2."""
+
+    def __init__(self, spec: PassSpec, reader: FrameStatsReader, lo: int, hi: int, cache_bytes: int) -> None:
+        self.spec, self.reader, self.lo, self.hi = spec, reader, lo, hi
+        self.room = int(cache_bytes)
+        self._cache: list[dict[str, np.ndarray] | None] = []
+
+    def moments(self) -> dict[str, MomentsTable]:
+        """Pass 1: {key: MomentsTable} of the share's batches (NaN/inf checked)."""
+        tables: dict[str, list[MomentsTable]] = {k: [] for k in self.spec.keys}
+        for _, starts, gi in _chunks(self.spec, self.lo, self.hi):
+            values = self.reader.values(gi, check=True)
+            size = sum(x.nbytes for x in values.values())
+            keep = size <= self.room
+            self.room -= size if keep else 0
+            self._cache.append(values if keep else None)
+            for k, x in values.items():
+                tables[k].append(moments_table(x, starts * (len(x) // len(gi))))
+        return {k: _concat(k, t) for k, t in tables.items()}
+
+    def histograms(self, schedules: dict[str, TableSchedule]) -> dict[str, HistFold]:
+        """Pass 2: {key: the share's histogram folded over its epochs}."""
+        folds = {k: HistFold(s) for k, s in schedules.items()}
+        for i, (k0, starts, gi) in enumerate(_chunks(self.spec, self.lo, self.hi)):
+            cached = self._cache[i] if i < len(self._cache) else None
+            values = cached if cached is not None else self.reader.values(gi, check=False)
+            for k, x in values.items():
+                rows = starts * (len(x) // len(gi))
+                epochs = schedules[k].epoch_of_batch[k0:k0 + len(starts) - 1]
+                cut = np.flatnonzero(np.diff(epochs)) + 1  # runs of batches on the same edges
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(epochs)], strict=True):
+                    folds[k].add(x[rows[a]:rows[b]], int(epochs[a]))
+        self._cache = []
+        return folds
 
 
-def pass_histograms(token: int, spec: PassSpec | None, lo: int, hi: int,
-                    schedules: dict[str, TableSchedule]) -> dict[str, HistFold]:
-    """Pass 2 over batches lo..hi: {key: its histogram folded over the share}."""
-    spec, reader = _use(token, spec)
-    folds = {k: HistFold(s) for k, s in schedules.items()}
-    for k0, starts, gi in _chunks(spec, lo, hi):
-        for k, x in reader.values(gi, check=False).items():
-            rows = starts * (len(x) // len(gi))
-            epochs = schedules[k].epoch_of_batch[k0:k0 + len(starts) - 1]
-            cut = np.flatnonzero(np.diff(epochs)) + 1  # runs of batches on the same edges
-            for a, b in zip(np.r_[0, cut], np.r_[cut, len(epochs)], strict=True):
-                folds[k].add(x[rows[a]:rows[b]], int(epochs[a]))
-    return folds
+def _share_main(conn: Any, token: int, spec: PassSpec | None, lo: int, hi: int, cache_bytes: int) -> None:
+    """A worker process: pass 1 of its share, then (given the schedules) pass 2; errors sent back."""
+    try:
+        spec, reader = _use(token, spec)
+        share = Share(spec, reader, lo, hi, cache_bytes)
+        conn.send(("ok", share.moments()))
+        try:
+            schedules = conn.recv()
+        except EOFError:  # the main process stopped (an error elsewhere)
+            return
+        conn.send(("ok", share.histograms(schedules)))
+    except BaseException as e:  # noqa: BLE001 - sent to the main process, which raises it
+        for answer in (e, RuntimeError(f"{type(e).__name__}: {e}")):  # the second when `e` does not pickle
+            try:
+                conn.send(("error", answer))
+                break
+            except OSError:  # the main process is gone
+                break
+            except Exception:  # noqa: BLE001, S112 - pickling failed: send the text
+                continue
+    finally:
+        conn.close()
+
+
+def default_cache_bytes(workers: int) -> int:
+    """Per process: a quarter of the memory available now (Linux MemAvailable) shared by `workers`; 0 elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+    return avail // 4 // max(1, workers)
 
 
 def _concat(key: str, tables: Sequence[MomentsTable]) -> MomentsTable:
@@ -328,33 +375,40 @@ def shares(num_batches: int, workers: int) -> list[tuple[int, int]]:
 
 
 def reduce_all(spec: PassSpec, workers: int = 1, mp_context: str | None = None,
-               progress: Callable[[str], None] | None = None,
-               reader: FrameStatsReader | None = None) -> dict[str, ReducedStats]:
+               progress: Callable[[str], None] | None = None, reader: FrameStatsReader | None = None,
+               cache_bytes: int | None = None) -> dict[str, ReducedStats]:
     """RunningStats' final state of each key over `spec`'s batches, in `workers` processes (1: this one, reading
-    with `reader` when given)."""
+    with `reader` when given). `cache_bytes`: per process, transformed values kept from pass 1 for pass 2
+    (default `default_cache_bytes`); the result does not depend on it."""
     parts = shares(spec.num_batches, workers)
     mp_context = mp_context or default_context()
+    cache_bytes = default_cache_bytes(len(parts)) if cache_bytes is None else int(cache_bytes)
     token = int.from_bytes(os.urandom(8), "little")
     say = progress or (lambda _msg: None)
     inherit = len(parts) == 1 or mp_context == "fork"
-    if inherit:  # this process's spec and reader, inherited by forked workers: datasets opened once
-        _STATE.update(token=token, spec=spec, reader=reader or FrameStatsReader(spec))
-    sent = None if inherit else spec
-    run = _InProcess() if len(parts) == 1 else ProcessPoolExecutor(len(parts), mp_context=mp.get_context(mp_context))
     t0 = time.perf_counter()
     try:
-        with run as pool:
-            futures = [pool.submit(pass_moments, token, sent, a, b) for a, b in parts]
-            per_share = [f.result() for f in futures]
-            say(f"pass 1 of 2 done ({spec.num_batches} batches of {spec.batch_size} frames, {len(parts)} "
-                f"process(es), {time.perf_counter() - t0:.1f} s)")
-            tables = {k: MomentsTable.concat([p[k] for p in per_share]) for k in spec.keys}
-            schedules = {k: schedule_table(t) for k, t in tables.items()}
-            futures = [pool.submit(pass_histograms, token, sent, a, b, schedules) for a, b in parts]
-            folds = [f.result() for f in futures]
-            say(f"pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
+        if inherit:  # this process's spec and reader, inherited by forked workers: datasets opened once
+            _STATE.update(token=token, spec=spec, reader=reader or FrameStatsReader(spec))
+        if len(parts) == 1:
+            share = Share(spec, _STATE["reader"], *parts[0], cache_bytes)
+            per_share = [share.moments()]
+        else:
+            workers_ = _Workers(parts, token, None if inherit else spec, cache_bytes, mp_context)
+            per_share = workers_.results()
+        say(f"pass 1 of 2 done ({spec.num_batches} batches of {spec.batch_size} frames, {len(parts)} "
+            f"process(es), {time.perf_counter() - t0:.1f} s)")
+        tables = {k: MomentsTable.concat([p[k] for p in per_share]) for k in spec.keys}
+        schedules = {k: schedule_table(t) for k, t in tables.items()}
+        if len(parts) == 1:
+            folds = [share.histograms(schedules)]
+        else:
+            folds = workers_.results(schedules)
+        say(f"pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
     finally:
         _STATE.update(token=None, spec=None, reader=None)
+        if len(parts) > 1 and "workers_" in locals():
+            workers_.close()
     out = {}
     for k in spec.keys:
         fold = folds[0][k].attach(schedules[k])
@@ -364,26 +418,55 @@ def reduce_all(spec: PassSpec, workers: int = 1, mp_context: str | None = None,
     return out
 
 
-class _Done:
-    def __init__(self, value: Any) -> None:
-        self._value = value
+class _Workers:
+    """One process per share (`_share_main`), talking over a pipe each."""
 
-    def result(self) -> Any:
-        return self._value
+    def __init__(self, parts: Sequence[tuple[int, int]], token: int, spec: PassSpec | None, cache_bytes: int,
+                 mp_context: str) -> None:
+        ctx = mp.get_context(mp_context)
+        self.procs, self.conns = [], []
+        try:
+            for lo, hi in parts:
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_share_main, args=(child, token, spec, lo, hi, cache_bytes),
+                                name=f"fastmix-norm-stats-{lo}", daemon=True)
+                p.start()
+                child.close()
+                self.procs.append(p)
+                self.conns.append(parent)
+        except BaseException:
+            self.close()
+            raise
+
+    def results(self, schedules: dict[str, TableSchedule] | None = None) -> list[Any]:
+        """Each share's answer (in share order); with `schedules`, sent first (pass 2). A worker's error is raised
+        here; a worker that died without answering is a RuntimeError naming its exit code."""
+        if schedules is not None:
+            for c in self.conns:
+                c.send(schedules)
+        out = []
+        for p, c in zip(self.procs, self.conns, strict=True):
+            try:
+                status, value = c.recv()
+            except EOFError:
+                p.join(5)
+                raise RuntimeError(f"norm-stats worker {p.name} (pid {p.pid}) exited with code {p.exitcode} "
+                                   f"without an answer") from None
+            if status == "error":
+                raise value
+            out.append(value)
+        return out
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
 
 
-class _InProcess:
-    """ProcessPoolExecutor's `submit` for one share, run here."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def submit(self, fn: Callable, *args: Any) -> _Done:
-        return _Done(fn(*args))
-
-
-__all__ = ["CHUNK_FRAMES", "MAX_WORKERS", "PassSpec", "STATS_KEYS", "FrameStatsReader", "default_context", "default_workers",
-           "first_non_finite", "for_workers", "pass_histograms", "pass_moments", "reduce_all", "shares"]
+__all__ = ["CHUNK_FRAMES", "MAX_WORKERS", "STATS_KEYS", "ChunkGather", "FrameStatsReader", "PassSpec", "Share",
+           "default_cache_bytes", "default_context", "default_workers", "first_non_finite", "for_workers",
+           "reduce_all", "shares"]
