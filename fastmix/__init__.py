@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "AssetsConfig": "fastmix.openpi.config",
     "DataConfig": "fastmix.openpi.config",
     "LeRobotLiberoDataConfig": "fastmix.openpi.config",
+    "MixtureDataConfig": "fastmix.openpi.mixture_config",
     "MultiDatasetLiberoDataConfig": "fastmix.openpi.config",
     "Pi0Config": "fastmix.openpi.config",
     "TrainConfig": "fastmix.openpi.config",

@@ -101,15 +101,21 @@ def images_to_float(t: torch.Tensor) -> torch.Tensor:
     return _unit_lut(t.device)[t.int()].permute(0, 3, 1, 2).contiguous()
 
 
-def host_batch(views: Mapping[str, np.ndarray], n: int, camera_keys: Sequence[str], *, pin: bool,
-               image_dtype: str) -> dict[str, torch.Tensor]:
-    """CPU path: fresh tensors copied out of rows [:n] of a slot (pinned when `pin`). float32 images are
+def rows_of(n: int | Mapping[str, int], key: str) -> int:
+    """Rows of field `key` to hand out: `n`, or `n[key]` when rows differ per field (grouped batches)."""
+    return n if isinstance(n, int) else int(n[key])
+
+
+def host_batch(views: Mapping[str, np.ndarray], n: int | Mapping[str, int], camera_keys: Sequence[str], *,
+               pin: bool, image_dtype: str) -> dict[str, torch.Tensor]:
+    """CPU path: fresh tensors copied out of rows [:n] of a slot (pinned when `pin`; `n` may give the rows per
+    field, see `rows_of`). float32 images are
     `unit_table()[image]` transposed, written by one native pass (`fastmix.kernels.pixels.to_float`, GIL
     released)."""
     out: dict[str, torch.Tensor] = {}
     cams = set(camera_keys)
     for key, arr in views.items():
-        src = arr[:n]
+        src = arr[:rows_of(n, key)]
         if key in cams and image_dtype == "float32" and src.dtype == np.uint8:  # (float slots: plain copy)
             b, h, w, c = src.shape
             t = torch.empty((b, c, h, w), dtype=torch.float32, pin_memory=pin)
@@ -137,14 +143,15 @@ class DeviceStage:
         self.streams = [torch.cuda.Stream(device=device) for _ in range(num_slots)]
         self.events: list[torch.cuda.Event | None] = [None] * num_slots
 
-    def copy(self, slot: int, views: Mapping[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
-        """Launch the copies of rows [:n] of `slot` on the slot's stream; record the slot's event."""
+    def copy(self, slot: int, views: Mapping[str, np.ndarray], n: int | Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """Launch the copies of rows [:n] of `slot` on the slot's stream (`n`: see `rows_of`); record the
+        slot's event."""
         stream = self.streams[slot]
         out: dict[str, torch.Tensor] = {}
         with torch.cuda.stream(stream):
             for key, arr in views.items():
-                t = torch.from_numpy(arr[:n]).to(self.device, non_blocking=True)
-                if key in self.camera_keys and self.image_dtype == "float32":
+                t = torch.from_numpy(arr[:rows_of(n, key)]).to(self.device, non_blocking=True)
+                if key in self.camera_keys and self.image_dtype == "float32" and t.dtype == torch.uint8:
                     t = images_to_float(t)
                 out[key] = t
             ev = torch.cuda.Event()
@@ -179,5 +186,5 @@ class DeviceStage:
                 pass
 
 
-__all__ = ["IMAGE_DTYPES", "DeviceStage", "PinnedRegion", "cuda_available", "host_batch", "images_to_float",
+__all__ = ["IMAGE_DTYPES", "DeviceStage", "PinnedRegion", "cuda_available", "host_batch", "images_to_float", "rows_of",
            "resolve_device", "resolve_pin_memory"]

@@ -65,7 +65,7 @@ class SlotLender:
     def can_lend(self) -> bool:
         return len(self._lent) < self.limit
 
-    def lend(self, slot: int, views: Mapping[str, np.ndarray], n: int, keys: Collection[str], *,
+    def lend(self, slot: int, views: Mapping[str, np.ndarray], n: int | Mapping[str, int], keys: Collection[str], *,
              numpy: bool = False) -> dict[str, Any]:
         """Tensors (numpy arrays with `numpy`) over rows [:n] of `slot`'s arrays named in `keys` (the cameras),
         fresh copies of the others (low-dim fields: a few KB, so that keeping an index or a state never holds a
@@ -76,10 +76,11 @@ class SlotLender:
         out: dict[str, Any] = {}
         refs: list[weakref.ref] = []
         for key, arr in views.items():
+            rows = n if isinstance(n, int) else int(n[key])  # per field in grouped batches
             if key not in keys:
-                out[key] = wrap(arr[:n].copy())
+                out[key] = wrap(arr[:rows].copy())
                 continue
-            owner = _Lent(arr[:n])  # a fresh owner per hand-out: its lifetime is this batch's
+            owner = _Lent(arr[:rows])  # a fresh owner per hand-out: its lifetime is this batch's
             refs.append(weakref.ref(owner))
             out[key] = wrap(np.asarray(owner))
         self._lent[slot] = refs

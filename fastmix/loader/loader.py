@@ -38,6 +38,7 @@ from fastmix.kernels.pixels import unit_table
 from fastmix.loader import slots, state
 from fastmix.loader.cursor import Cursor, Position
 from fastmix.loader.device import IMAGE_DTYPES, DeviceStage, PinnedRegion, resolve_device, resolve_pin_memory
+from fastmix.loader.groups import grouped_readers, grouped_setup, resolve_groups
 from fastmix.loader.lending import SlotLender
 from fastmix.loader.options import MemoryOptions, WorkerOptions, as_source, default_max_open_files, image_size
 from fastmix.loader.pipeline import BatchPipeline, InlineExecutor, drain
@@ -47,7 +48,7 @@ from fastmix.loader.resources import Resources, RingSizer, slot_fields
 from fastmix.loader.slots import SlotRing
 from fastmix.loader.stream import BatchStream
 from fastmix.loader.workers import WorkerPool
-from fastmix.sources.compat import check_mixture
+from fastmix.sources.compat import check_distinct, check_mixture
 
 
 class MixtureLoader:
@@ -76,6 +77,9 @@ class MixtureLoader:
         resize_images: (height, width): decode workers resize every camera frame to it with openpi's
             `resize_with_pad` (PIL bilinear, zero padding) before it reaches the slot; None: native size.
         transform: callable(batch) -> batch, applied in the main process at the hand-out.
+        groups: None, or the group of each source (0..G-1): datasets of different schemas (keys, shapes,
+            cameras, fps) in one stream, each group in its own layout (`fastmix.loader.groups`); then
+            `resize_images` / `image_dtype` may be lists with one entry per group.
         workers: `WorkerOptions` (reader factory, open files, stall timeout, process start method).
         memory: `MemoryOptions` (prefetch, pinning, zero-copy hand-out, shm directory).
 
@@ -94,16 +98,18 @@ class MixtureLoader:
                  shuffle: bool = True, num_batches: int | None = None, drop_last: bool = True,
                  rank: int | None = None, world_size: int | None = None, batching: str = "random",
                  strict_fps: bool = False, device: Any = None, image_dtype: str = "uint8",
-                 resize_images: tuple[int, int] | None = None, transform: Callable[[dict], dict] | None = None,
-                 workers: WorkerOptions | None = None, memory: MemoryOptions | None = None) -> None:
+                 resize_images: tuple[int, int] | list | None = None, transform: Callable[[dict], dict] | None = None,
+                 groups: Sequence[int] | None = None, workers: WorkerOptions | None = None,
+                 memory: MemoryOptions | None = None) -> None:
         self.workers = _option(workers, WorkerOptions, "workers")
         self.memory = _option(memory, MemoryOptions, "memory")
-        self.sources = _open_sources(sources, strict_fps)
+        self.sources = _open_sources(sources, strict_fps, grouped=groups is not None)
+        self.groups = resolve_groups(groups, self.sources, strict_fps)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.num_workers = check_int(num_workers, "num_workers", minimum=0)
-        if image_dtype not in IMAGE_DTYPES:
+        if image_dtype not in IMAGE_DTYPES and groups is None:
             raise ConfigError(f"image_dtype must be one of {IMAGE_DTYPES}, got image_dtype={image_dtype!r}")
-        self.image_dtype = image_dtype
+        self.image_dtype = image_dtype if isinstance(image_dtype, str) else "uint8"  # a list: per group (slots)
         if transform is not None and not callable(transform):
             raise ConfigError(f"transform must be callable or None, got transform={transform!r}")
         self.transform = transform
@@ -112,7 +118,7 @@ class MixtureLoader:
         self.pin_memory = resolve_pin_memory(self.memory.pin_memory)
         self.delta_timestamps = resolve_delta_timestamps(self.sources, action_horizon=action_horizon,
                                                          delta_timestamps=delta_timestamps, action_keys=action_keys)
-        self.resize_images = image_size(resize_images)
+        self.resize_images = image_size(resize_images) if self.groups is None else resize_images
         num_batches = check_optional_int(num_batches, "num_batches", minimum=1)
         rank, world_size = resolve_rank_world_size(rank, world_size)
         num_samples = None if num_batches is None else num_batches * self.batch_size * world_size
@@ -122,8 +128,13 @@ class MixtureLoader:
                                       batching=batching, shuffle=shuffle, batch_size=self.batch_size,
                                       names=[s.name for s in self.sources], frame_filters=filters,
                                       episodes=source_episodes(self.sources, filters, weighting))
-        self.planner = BatchPlanner(self.sources, self.delta_timestamps, self.resize_images,
-                                    index_map=self.sampler.index_map)
+        if self.groups is None:
+            self.planner: Any = BatchPlanner(self.sources, self.delta_timestamps, self.resize_images,
+                                             index_map=self.sampler.index_map)
+        else:
+            self.planner, self._group_sizes, self._group_floats = grouped_setup(
+                self.sources, self.groups, self.delta_timestamps, resize_images, image_dtype, self.device,
+                self.sampler.index_map)
         self._num_batches, self._last_size = self._epoch_shape(num_batches)
         self.max_open_files = self.workers.max_open_files or default_max_open_files(
             len(self.planner.camera_keys), self.batch_size)
@@ -161,7 +172,7 @@ class MixtureLoader:
         self._sizer = RingSizer(self.planner.fields, self.planner.camera_keys, batch_size=self.batch_size,
                                 prefetch=self.memory.prefetch, num_workers=self.num_workers,
                                 shm_dir=self.memory.shm_dir)
-        float_slots = self.image_dtype == "float32" and self.device is None
+        float_slots = self.image_dtype == "float32" and self.device is None and self.groups is None
         want_lend = self._sizer.lend_slots(float_slots) \
             if (zero_copy is not False and self.device is None and not self.pin_memory) else 0
         self._float_slots, self._lend = self._sizer.plan(float_slots=float_slots, lend=want_lend)
@@ -170,6 +181,8 @@ class MixtureLoader:
         """The worker-side reader stack: the reader, then decode-time resize, then float conversion."""
         tol = max([float(getattr(s, "tolerance_s", 1e-4)) for s in self.sources])
         factory = self.workers.reader_factory or default_reader_factory(self.max_open_files, tol)
+        if self.groups is not None:  # per group: its decode size and image format
+            return grouped_readers(self.planner, self._group_sizes, self._group_floats, factory, unit_table())
         if self.resize_images is not None:
             native = {(s.name, k): tuple(int(d) for d in s.camera_shape(k)) for s in self.sources
                       for k in self.planner.camera_keys}
@@ -348,7 +361,7 @@ def _option(value: Any, kind: type, name: str) -> Any:
     return value
 
 
-def _open_sources(sources: Any, strict_fps: bool) -> list[Any]:
+def _open_sources(sources: Any, strict_fps: bool, grouped: bool = False) -> list[Any]:
     """The mixture's sources: each opened or checked, distinct, non-empty, with the fps rule applied."""
     if isinstance(sources, str) or not isinstance(sources, Sequence) or not sources:
         raise ConfigError(f"sources must be a non-empty list of LeRobotSource objects, got sources={sources!r}")
@@ -358,7 +371,10 @@ def _open_sources(sources: Any, strict_fps: bool) -> list[Any]:
     if dup:
         raise ConfigError(f"duplicate datasets in the mixture: {dup}; each repo_id may appear once "
                           "(raise its weight instead)")
-    check_mixture(opened, strict_fps=strict_fps)  # one dataset under two names; the fps rule
+    if grouped:  # the fps rule applies within each group (resolve_groups)
+        check_distinct(opened)
+    else:
+        check_mixture(opened, strict_fps=strict_fps)  # one dataset under two names; the fps rule
     empty = [s.name for s in opened if len(s) == 0]
     if empty:
         raise ConfigError(f"dataset(s) {empty} have no frames; an empty dataset cannot be part of a mixture "

@@ -137,7 +137,8 @@ class BatchPipeline:
             return
         item = self._inflight[self._order[0]]
         if not item.pending and item.staged is None:
-            item.staged = self._stage.copy(item.slot, self._ring.views(item.slot), item.plan.size)
+            rows = item.plan.size if item.plan.rows is None else item.plan.rows
+            item.staged = self._stage.copy(item.slot, self._ring.views(item.slot), rows)
 
     # ------------------------------------------------------------------ delivery
     def next_batch(self, stop: threading.Event | None = None,
@@ -166,7 +167,7 @@ class BatchPipeline:
 
     def _copy_out(self, item: _InFlight) -> dict[str, Any]:
         views = self._ring.views(item.slot)
-        n = item.plan.size
+        n = item.plan.size if item.plan.rows is None else item.plan.rows
         if self._stage is not None:
             out = item.staged if item.staged is not None else self._stage.copy(item.slot, views, n)
             out = self._stage.hand_out(item.slot, out)

@@ -27,7 +27,8 @@ _INT_KEYS = frozenset(BATCH_INT_KEYS)
 
 @dataclass
 class BatchPlan:
-    """What one batch is: its rows (dataset, local index), task strings and frame requests (slot = row)."""
+    """What one batch is: its rows (dataset, local index), task strings and frame requests (slot = row).
+    `rows`: rows filled per slot field when they differ from `size` (grouped batches, `groups.py`), else None."""
 
     seq: int
     size: int
@@ -35,6 +36,7 @@ class BatchPlan:
     local_index: np.ndarray
     tasks: list[str]
     requests: list[Any]
+    rows: dict[str, int] | None = None
 
 
 def _request_order(r: Any) -> tuple:

@@ -191,5 +191,42 @@ def floating_reader_factory(inner_factory: Callable[[], Any], table: np.ndarray)
     return functools.partial(_make_floating_reader, inner_factory, table)
 
 
-__all__ = ["FloatStore", "FloatingReader", "ResizingReader", "accepts_store", "default_reader_factory",
-           "floating_reader_factory", "resizing_reader_factory"]
+# -- groups ---------------------------------------------------------------------------------------------------
+class GroupedReader:
+    """The reader of a grouped mixture (`fastmix.loader.groups`): one reader stack per group (its own
+    decode-time size and image format), each request routed by its dataset to its group's reader, which
+    writes `out[prefix + key][slot]` (slot: the row within the group). `group_of`: dataset name -> group;
+    `camera_keys`: each group's camera keys; `prefixes`: each group's field prefix."""
+
+    def __init__(self, readers: Sequence[Any], group_of: dict[str, int], camera_keys: Sequence[Sequence[str]],
+                 prefixes: Sequence[str]) -> None:
+        self.readers, self.group_of = list(readers), dict(group_of)
+        self.camera_keys, self.prefixes = [list(k) for k in camera_keys], list(prefixes)
+
+    def read(self, requests: Sequence[Any], out: dict[str, Any]) -> None:
+        by_group: dict[int, list[Any]] = {}
+        for r in requests:
+            by_group.setdefault(self.group_of[r.dataset], []).append(r)
+        for g, reqs in by_group.items():
+            pre = self.prefixes[g]
+            self.readers[g].read(reqs, {k: out[pre + k] for k in self.camera_keys[g]})
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+
+def _make_grouped_reader(factories: Sequence[Callable[[], Any]], group_of: dict[str, int],
+                         camera_keys: Sequence[Sequence[str]], prefixes: Sequence[str]) -> GroupedReader:
+    return GroupedReader([f() for f in factories], group_of, camera_keys, prefixes)
+
+
+def grouped_reader_factory(factories: Sequence[Callable[[], Any]], group_of: dict[str, int],
+                           camera_keys: Sequence[Sequence[str]], prefixes: Sequence[str]) -> Callable[[], Any]:
+    """Picklable factory of a `GroupedReader` over the per-group reader stacks `factories` build (in the worker)."""
+    return functools.partial(_make_grouped_reader, list(factories), dict(group_of),
+                             [list(k) for k in camera_keys], list(prefixes))
+
+
+__all__ = ["FloatStore", "FloatingReader", "GroupedReader", "ResizingReader", "accepts_store",
+           "default_reader_factory", "floating_reader_factory", "grouped_reader_factory", "resizing_reader_factory"]

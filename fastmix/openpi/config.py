@@ -8,8 +8,9 @@ the import changed:
     from fastmix.openpi.config import AssetsConfig, DataConfig, MultiDatasetLiberoDataConfig, Pi0Config, TrainConfig
 
 fastmix-only fields (all optional): `lerobot_home` (a root dir holding `<repo_id>/` datasets; None resolves
-like lerobot: `$HF_LEROBOT_HOME/<repo_id>`), `weighting` ("per_sample", the reference's semantics, or
-"per_dataset"), and on the LIBERO factories `model_transforms` (to add e.g. a tokenizer transform or change
+like lerobot: `$HF_LEROBOT_HOME/<repo_id>`), `weighting` ("per_sample", the reference's semantics,
+"per_dataset" or "per_episode"), `frame_filters` (one `fastmix.FrameFilter` or None per repo id, or a dict repo id
+-> filter), and on the LIBERO factories `model_transforms` (to add e.g. a tokenizer transform or change
 the image resolution).
 """
 
@@ -42,7 +43,8 @@ else:
 
 logger = logging.getLogger("fastmix")
 
-Weighting = Literal["per_sample", "per_dataset"]
+Weighting = Literal["per_sample", "per_dataset", "per_episode"]
+WEIGHTINGS = ("per_sample", "per_dataset", "per_episode")
 
 
 class ModelType(enum.Enum):
@@ -153,8 +155,11 @@ class DataConfig:
     prompt_from_task: bool = False
     # fastmix: root dir holding `<repo_id>/` (None: $HF_LEROBOT_HOME/<repo_id>).
     lerobot_home: str | None = None
-    # fastmix: "per_sample" (a frame's probability ∝ its dataset's weight) or "per_dataset" (share ∝ weight).
+    # fastmix: "per_sample" (a frame's probability ∝ its dataset's weight), "per_dataset" (share ∝ weight) or
+    # "per_episode" (share ∝ weight, each episode of a dataset equally likely).
     weighting: Weighting = "per_sample"
+    # fastmix: frames never drawn: one `fastmix.FrameFilter` (or None) per repo id, or a dict repo id -> filter.
+    frame_filters: Suppress[Any] = None
 
     @property
     def all_repo_ids(self) -> list[str]:
@@ -315,14 +320,17 @@ class MultiDatasetLiberoDataConfig(LeRobotLiberoDataConfig):
 
     repo_ids: Sequence[str] = ()
     dataset_weights: Sequence[float] | None = None
-    # fastmix: "per_sample" (reference semantics) or "per_dataset" (share ∝ w_i).
+    # fastmix: "per_sample" (reference semantics), "per_dataset" (share ∝ w_i) or "per_episode" (share ∝ w_i,
+    # each episode of a dataset equally likely).
     weighting: Weighting = "per_sample"
+    # fastmix: one `fastmix.FrameFilter` (or None) per repo id, or a dict repo id -> FrameFilter.
+    frame_filters: Suppress[Any] = None
 
     def __post_init__(self) -> None:
         _validate_repo_ids(self.repo_ids)
         validate_dataset_weights(self.repo_ids, self.dataset_weights)
-        if self.weighting not in ("per_sample", "per_dataset"):
-            raise ConfigError(f"weighting must be 'per_sample' or 'per_dataset', got weighting={self.weighting!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got weighting={self.weighting!r}")
 
     def _repo_ids(self) -> list[str]:
         if not self.repo_ids:
@@ -336,6 +344,7 @@ class MultiDatasetLiberoDataConfig(LeRobotLiberoDataConfig):
             repo_ids=tuple(self.repo_ids),
             dataset_weights=None if self.dataset_weights is None else tuple(float(w) for w in self.dataset_weights),
             weighting=self.weighting,
+            frame_filters=self.frame_filters,
         )
 
 

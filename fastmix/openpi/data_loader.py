@@ -29,6 +29,7 @@ from fastmix.errors import ConfigError
 from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
 from fastmix.loader.prefetch import Prefetcher
 from fastmix.openpi import transforms as _t
+from fastmix.openpi.mixture_pipeline import is_mixture, meta_in_order, mixture_loader_parts
 from fastmix.openpi.norm_stats import NORM_STATS_FILE, missing_norm_stats_message, norm_stats_dir
 from fastmix.openpi.observation import Observation, ObservationBuilder, observation_class, observation_float
 from fastmix.openpi.transforms.batched import batched
@@ -240,9 +241,11 @@ class DataLoader:
         """Position after the last batch handed out (epoch, batch, sampler stream)."""
         return self._loader.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly after the batch `state` was taken at (ends a running iteration)."""
-        self._loader.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], allow_mixture_change: bool = False) -> None:
+        """Continue exactly after the batch `state` was taken at (ends a running iteration).
+        `allow_mixture_change=True`: a state saved under other weights, weighting or frame filters continues
+        from its position with this loader's mixture (`MixtureLoader.load_state_dict`)."""
+        self._loader.load_state_dict(state, allow_mixture_change=allow_mixture_change)
 
     def close(self) -> None:
         self._loader.close()
@@ -261,6 +264,8 @@ class DataLoader:
 
     def _transform(self, raw: dict[str, Any], float_images: bool, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = {k: raw[k] for k in META_KEYS if k in raw}
+        if "group_index" in raw:  # a mixture of data configs: per-entry fields back in batch order
+            meta.update(meta_in_order(raw, ("index", "episode_index", "frame_index")))
         data = dict(raw)
         if not getattr(self._data_config, "prompt_from_task", False):
             data.pop("prompt", None)  # as LeRobotDataset items: a prompt only via PromptFromLeRobotTask
@@ -379,6 +384,26 @@ def _local_batch(config: Any, sources: Sequence[Any], framework: str,
     return rank, world, local_batch_size
 
 
+def _single_parts(config: Any, data_config: Any, skip_norm_stats: bool,
+                  opener: Callable[[Any], list]) -> tuple[list, dict[str, Any], list[tuple[str, list]]]:
+    """(sources, MixtureLoader keyword arguments, stages) of a data config of one schema."""
+    if not skip_norm_stats:
+        require_norm_stats(config, data_config)
+    sources = opener(data_config)
+    keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
+    action_delta_timestamps(sources, keys, int(config.model.action_horizon))  # checks the keys, naming the dataset
+    stages = transform_stages(data_config, skip_norm_stats=skip_norm_stats)
+    extra: dict[str, Any] = {} if (size := _t.decode_size(stages)) is None else {"resize_images": size}
+    if raw_image_dtype(stages) != "uint8":
+        extra["image_dtype"] = raw_image_dtype(stages)
+    weights = getattr(data_config, "dataset_weights", None)  # upstream openpi's DataConfig has no such field
+    extra.update(dataset_weights=None if weights is None else list(weights), action_keys=list(keys),
+                 weighting=getattr(data_config, "weighting", "per_sample"))
+    if getattr(data_config, "frame_filters", None) is not None:
+        extra["frame_filters"] = data_config.frame_filters
+    return sources, extra, stages
+
+
 def create_data_loader(
     config: Any,
     *,
@@ -411,25 +436,19 @@ def create_data_loader(
     num_batches = check_optional_int(num_batches, "num_batches", minimum=0)
     data_config = config.data.create(config.assets_dirs, config.model)
     logger.info("data_config: %s", data_config)
-    if not skip_norm_stats:
-        require_norm_stats(config, data_config)
-    sources = (open_sources or _default_open_sources)(data_config)
+    opener = open_sources or _default_open_sources
+    if is_mixture(data_config):  # a MixtureDataConfig: each entry a group with its own transforms
+        sources, extra, mixture = mixture_loader_parts(
+            config, data_config, skip_norm_stats=skip_norm_stats, open_sources=opener, stages_of=transform_stages,
+            image_dtype_of=raw_image_dtype, chunks_of=action_delta_timestamps)
+        stages: list[tuple[str, list]] = [("mixture", [mixture])]
+    else:
+        sources, extra, stages = _single_parts(config, data_config, skip_norm_stats, opener)
     rank, world, local_batch_size = _local_batch(config, sources, framework, rank_world)
-    keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
-    horizon = int(config.model.action_horizon)
-    action_delta_timestamps(sources, keys, horizon)  # checks the action keys, naming the dataset
-    stages = transform_stages(data_config, skip_norm_stats=skip_norm_stats)
-    extra: dict[str, Any] = {} if (size := _t.decode_size(stages)) is None else {"resize_images": size}
-    if raw_image_dtype(stages) != "uint8":
-        extra["image_dtype"] = raw_image_dtype(stages)
-    weights = getattr(data_config, "dataset_weights", None)  # upstream openpi's DataConfig has no such field
     loader = (loader_factory or make_mixture_loader)(
         sources,
-        dataset_weights=None if weights is None else list(weights),
-        weighting=getattr(data_config, "weighting", "per_sample"),
         batch_size=local_batch_size,
-        action_horizon=horizon,
-        action_keys=list(keys),
+        action_horizon=int(config.model.action_horizon),
         num_workers=int(config.num_workers),
         seed=int(config.seed),
         shuffle=bool(shuffle),

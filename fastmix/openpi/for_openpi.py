@@ -48,7 +48,7 @@ from fastmix.openpi.config import _validate_repo_ids, validate_dataset_weights
 
 CONFIG_MODULE = "openpi.training.config"
 _CLASSES = ("MultiDatasetDataConfig", "MultiDatasetLeRobotConfig")
-WEIGHTINGS = ("per_sample", "per_dataset")
+WEIGHTINGS = ("per_sample", "per_dataset", "per_episode")
 
 
 def _openpi_config() -> Any:
@@ -178,7 +178,7 @@ def _classes() -> dict[str, type]:
         repo_id: str | None = None  # type: ignore[assignment]
         repo_ids: Sequence[str] = ()
         dataset_weights: Sequence[float] | None = None
-        weighting: Literal["per_sample", "per_dataset"] = "per_sample"
+        weighting: Literal["per_sample", "per_dataset", "per_episode"] = "per_sample"
         dataset_config: suppress[oc.DataConfigFactory | None] = None
 
         def __post_init__(self) -> None:
