@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -307,31 +308,49 @@ def _parquet_frames(root):
     return col("state"), col("actions"), table.column("episode_index").to_numpy()
 
 
-def _reference_stats(home, batch_size, horizon, delta):
-    """openpi's computation, independently: frames of "a" then "b" in index order, each action chunk the next
-    `horizon` actions of its episode (the last one repeated past the end), deltas on the first 6 dims in
-    float32 as DeltaActions computes them, RunningStats (np.histogram form, tests/test_stats_kernels.py) fed
-    batches of `batch_size` frames in order."""
-    from tests.test_stats_kernels import RunningStats as Reference
-
-    states, chunks = [], []
-    for name in ("a", "b"):
+def _reference_parts(home, horizon, entries):
+    """[(state float32 (n, 8), action chunks float32 (n, horizon, 7))] per (dataset, delta, trim_start, trim_end)
+    of `entries`, read independently: frames in index order, each chunk the next `horizon` actions of its episode
+    (the last one repeated past the end), deltas on the first 6 dims in float32 as DeltaActions computes them;
+    only the frames the trims keep (their chunks read past the trimmed frames)."""
+    parts = []
+    for name, delta, trim_start, trim_end in entries:
         state, actions, episode = _parquet_frames(home / name)
         rows = np.arange(len(state))
+        first = np.array([np.flatnonzero(episode == e).min() for e in episode])
         last = np.array([np.flatnonzero(episode == e).max() for e in episode])
         chunk = actions[np.minimum(rows[:, None] + np.arange(horizon), last[:, None])]
         if delta:
             chunk[..., :6] -= state[:, None, :6]
-        states.append(state)
-        chunks.append(chunk)
-    state, chunk = np.concatenate(states), np.concatenate(chunks)
+        keep = (rows >= first + trim_start) & (rows <= last - trim_end)
+        parts.append((state[keep], chunk[keep]))
+    return parts
+
+
+def _reference_stats(parts, batch_size, *, across: bool):
+    """RunningStats (np.histogram form, tests/test_stats_kernels.py) of `parts` fed batches of `batch_size`
+    frames in order: `across` (one mixture) cuts the concatenation into batches; else each part (a pooled
+    entry) is cut on its own, its last batch shorter."""
+    from tests.test_stats_kernels import RunningStats as Reference
+
     out = {}
-    for key, values in (("state", state), ("actions", chunk)):
+    for key, idx in (("state", 0), ("actions", 1)):
         ref = Reference()
-        for i in range(0, len(values), batch_size):
-            ref.update(values[i:i + batch_size])
+        runs = [np.concatenate([p[idx] for p in parts])] if across else [p[idx] for p in parts]
+        for values in runs:
+            for i in range(0, len(values), batch_size):
+                ref.update(values[i:i + batch_size])
         out[key] = ref.get_statistics()
     return out
+
+
+def _assert_equal_stats(got, want):
+    """Histogram quantiles bit for bit; mean and std to float64 rounding (sums in another order)."""
+    for key in ("state", "actions"):
+        np.testing.assert_allclose(got[key].mean, want[key].mean, rtol=1e-12, atol=1e-15, err_msg=key)
+        np.testing.assert_allclose(got[key].std, want[key].std, rtol=1e-12, atol=1e-15, err_msg=key)
+        np.testing.assert_array_equal(got[key].q01, want[key].q01, err_msg=key)
+        np.testing.assert_array_equal(got[key].q99, want[key].q99, err_msg=key)
 
 
 @pytest.mark.parametrize("batch_size, delta", [(32, True), (100, False)])
@@ -345,13 +364,8 @@ def test_two_pass_stats_equal_the_reference_and_do_not_depend_on_workers(large_h
         path = cns.compute_norm_stats(config, progress=False, workers=workers, mp_context=ctx)
         files[(workers, ctx)] = path.read_bytes()
     assert len(set(files.values())) == 1, "the file depends on the number of processes"
-    got = ns.load(path.parent)
-    want = _reference_stats(large_home, batch_size, 5, delta)
-    for key in ("state", "actions"):
-        np.testing.assert_allclose(got[key].mean, want[key].mean, rtol=1e-12, atol=1e-15, err_msg=key)
-        np.testing.assert_allclose(got[key].std, want[key].std, rtol=1e-12, atol=1e-15, err_msg=key)
-        np.testing.assert_array_equal(got[key].q01, want[key].q01, err_msg=key)
-        np.testing.assert_array_equal(got[key].q99, want[key].q99, err_msg=key)
+    parts = _reference_parts(large_home, 5, [("a", delta, 0, 0), ("b", delta, 0, 0)])
+    _assert_equal_stats(ns.load(path.parent), _reference_stats(parts, batch_size, across=True))
 
 
 def test_max_frames_draw_is_the_same_for_any_number_of_workers(large_home, tmp_path):
@@ -399,3 +413,60 @@ def test_bad_workers_and_context_are_one_line_errors(tmp_path, fake_sources):
         _compute(_fake_config(tmp_path), fake_sources, workers=0)
     with pytest.raises(ConfigError, match="mp_context must be one of .*got mp_context='threads'"):
         _compute(_fake_config(tmp_path), fake_sources, mp_context="threads")
+
+
+# ------------------------------------------------------------------ a mixture of data configs (issue 22)
+
+
+def _mixture_config(home, tmp_path, assets, *, trim=(0, 0), batch_size=20):
+    """A MixtureDataConfig of two LIBERO-style entries: "a" with delta actions (asset assets[0], trims `trim`),
+    "b" without (asset assets[1])."""
+    from fastmix import FrameFilter
+    from fastmix.openpi import config as C
+    from fastmix.openpi.mixture_config import MixtureDataConfig
+
+    def entry(repo, delta, asset):
+        return C.MultiDatasetLiberoDataConfig(
+            repo_ids=[repo], extra_delta_transform=delta,
+            base_config=C.DataConfig(prompt_from_task=True, lerobot_home=str(home)),
+            assets=C.AssetsConfig(assets_dir=str(tmp_path / "assets"), asset_id=asset))
+
+    filters = [FrameFilter(trim_start=trim[0], trim_end=trim[1]) if trim != (0, 0) else None, None]
+    return C.TrainConfig(name="ns_mixture", model=C.Pi0Config(pi05=True, action_horizon=5), batch_size=batch_size,
+                         data=MixtureDataConfig(datasets=[entry("a", True, assets[0]), entry("b", False, assets[1])],
+                                                dataset_weights=[1.0, 2.0], frame_filters=filters))
+
+
+def test_mixture_of_data_configs_one_file_per_asset(large_home, tmp_path):
+    """Each entry's asset from that entry's frames through its own transforms (delta actions on "a" only), its
+    frame filter respected (trims): each file equals the reference of that entry alone; 1 and 2 processes give
+    the same bytes."""
+    config = _mixture_config(large_home, tmp_path, ("asset_a", "asset_b"), trim=(3, 2))
+    paths = cns.compute_norm_stats(config, progress=False, workers=2)
+    assert paths == [tmp_path / "assets" / a / "norm_stats.json" for a in ("asset_a", "asset_b")]
+    two = [p.read_bytes() for p in paths]
+    assert [p.read_bytes() for p in cns.compute_norm_stats(config, progress=False, workers=1)] == two
+    for path, entry in zip(paths, [("a", True, 3, 2), ("b", False, 0, 0)], strict=True):
+        _assert_equal_stats(ns.load(path.parent), _reference_stats(_reference_parts(large_home, 5, [entry]), 20,
+                                                                   across=False))
+
+
+def test_mixture_entries_sharing_an_asset_are_pooled(large_home, tmp_path):
+    """Two entries with one asset id: one file, the entries' frames pooled in entry order (each entry's own
+    batches and transforms)."""
+    config = _mixture_config(large_home, tmp_path, ("shared", "shared"), batch_size=32)
+    paths = cns.compute_norm_stats(config, progress=False, workers=3)
+    assert paths == [tmp_path / "assets" / "shared" / "norm_stats.json"]
+    parts = _reference_parts(large_home, 5, [("a", True, 0, 0), ("b", False, 0, 0)])
+    _assert_equal_stats(ns.load(paths[0].parent), _reference_stats(parts, 32, across=False))
+
+
+def test_frame_filters_of_a_plain_config_are_respected(large_home, tmp_path):
+    from fastmix import FrameFilter
+
+    config = _large_config(large_home, tmp_path, batch_size=25)
+    data = dataclasses.replace(config.data, frame_filters={"a": FrameFilter(trim_start=1, trim_end=4)})
+    config = dataclasses.replace(config, data=data)
+    path = cns.compute_norm_stats(config, progress=False, workers=2)
+    parts = _reference_parts(large_home, 5, [("a", True, 1, 4), ("b", True, 0, 0)])
+    _assert_equal_stats(ns.load(path.parent), _reference_stats(parts, 25, across=True))

@@ -29,13 +29,14 @@ import argparse
 import dataclasses
 import pathlib
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from fastmix._args import check_int, check_optional_int
-from fastmix.errors import ConfigError, FastmixError
+from fastmix.errors import ConfigError, DatasetFormatError, FastmixError
 from fastmix.openpi import data_loader as _dl
 from fastmix.openpi.norm_stats import NormStats, norm_stats_dir, save
 from fastmix.tools import norm_stats_pass as _pass
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     except FastmixError as e:
         print(f"fastmix compute-norm-stats: error: {e}", file=sys.stderr)
         return 2
-    print(f"Wrote {path}")
+    for p in path if isinstance(path, list) else [path]:
+        print(f"Wrote {p}")
     return 0
 
 
@@ -96,13 +98,19 @@ def compute_norm_stats(
     open_sources: Callable[[Any], list] | None = None,
     workers: int | None = None,
     mp_context: str | None = None,
-) -> pathlib.Path:
-    """Compute state/actions statistics over a config's whole mixture and save them; returns the file path.
+) -> pathlib.Path | list[pathlib.Path]:
+    """Compute state/actions statistics over a config's whole mixture and save them; returns the file path (for
+    a `MixtureDataConfig`: the list of paths, one per asset).
 
     `batch_size`: frames per statistics batch (default `config.batch_size`). `open_sources(data_config)` gives
-    the datasets (default: `fastmix.openpi.data_loader.open_sources`; picklable when `workers` > 1).
+    the datasets (default: `fastmix.openpi.data_loader.open_sources`; picklable for spawned workers).
     `workers`: processes (default `norm_stats_pass.default_workers()`; 1 runs here), started with `mp_context`
-    (default `norm_stats_pass.default_context()`: "fork" on Linux).
+    (default `norm_stats_pass.default_context()`: "fork" on Linux). Frame filters of the config (the data
+    config's `frame_filters`, a mixture's per entry) are respected: only kept frames are counted.
+
+    A `MixtureDataConfig`: each entry's frames go through that entry's own repack and data transforms; entries
+    with the same norm-stats folder (`(assets.assets_dir or assets_dirs) / asset_id`) are pooled (their batches
+    in entry order), the others get their own file. `max_frames` applies per asset.
     Raises DatasetFormatError (nothing written) when a value reaching the statistics is NaN or inf."""
     batch_size = check_int(getattr(config, "batch_size", 32) if batch_size is None else batch_size, "batch_size",
                            minimum=1)
@@ -111,23 +119,97 @@ def compute_norm_stats(
     if mp_context is not None and mp_context not in MP_CONTEXTS:
         raise ConfigError(f"mp_context must be one of {MP_CONTEXTS}, got mp_context={mp_context!r}")
     data_config = config.data.create(config.assets_dirs, config.model)
-    out_dir = norm_stats_dir(config, data_config)  # a config without an asset id fails before any reading
-    spec = _pass.PassSpec(_pass.for_workers(data_config), int(config.model.action_horizon),
-                          open_sources or _dl._default_open_sources, batch_size)
-    reader = _pass.FrameStatsReader(spec)  # opens the datasets once here: the frame count, early errors
-    total = reader.total
-    order = None
-    if max_frames is not None and max_frames < total:
-        order = np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False)).astype(np.int64)
-    count = total if order is None else len(order)
-    if count < 2:
-        raise ConfigError(f"Cannot compute statistics for less than 2 vectors (the mixture has {count} frame(s))")
-    spec = dataclasses.replace(spec, num_frames=count, order=order)
+    groups = _asset_groups(config, data_config)  # a config without an asset id fails before any reading
     say = (lambda msg: print(f"compute-norm-stats: {msg}", file=sys.stderr)) if progress else None
-    reduced = _pass.reduce_all(spec, workers=workers, mp_context=mp_context, progress=say, reader=reader)
-    norm_stats = {k: NormStats(mean=r.mean, std=r.std, q01=r.quantile(0.01), q99=r.quantile(0.99))
-                  for k, r in reduced.items()}
-    return save(out_dir, norm_stats)
+    results = []
+    for out_dir, entries in groups:
+        specs, readers = [], []
+        for _label, entry, filters in entries:
+            spec = _pass.PassSpec(_pass.for_workers(entry), int(config.model.action_horizon),
+                                  open_sources or _dl._default_open_sources, batch_size)
+            reader = _pass.FrameStatsReader(spec)  # opens the datasets once here: frame counts, early errors
+            specs.append(spec)
+            readers.append((reader, _kept_order(reader, filters)))
+        specs = _frames_to_count(specs, readers, max_frames, seed, out_dir)
+        label = f"{out_dir.name}: " if len(groups) > 1 else ""
+        try:
+            reduced = _pass.reduce_all(specs, workers=workers, mp_context=mp_context, progress=say,
+                                       readers=[r for r, _ in readers], label=label)
+        except DatasetFormatError as e:
+            if len(entries) == 1:
+                raise
+            raise DatasetFormatError(f"norm stats {out_dir} pool {', '.join(e_[0] for e_ in entries)}: {e}") from e
+        results.append((out_dir, {k: NormStats(mean=r.mean, std=r.std, q01=r.quantile(0.01), q99=r.quantile(0.99))
+                                  for k, r in reduced.items()}))
+    paths = [save(d, stats) for d, stats in results]  # written once every asset is computed
+    return paths if _is_mixture(data_config) else paths[0]
+
+
+def _is_mixture(data_config: Any) -> bool:
+    """A `MixtureDataConfig`'s created `MixtureData` (entries with their own data configs)."""
+    return hasattr(data_config, "entries") and hasattr(data_config, "names")
+
+
+def _asset_groups(config: Any, data_config: Any) -> list[tuple[pathlib.Path, list[tuple[str, Any, Any]]]]:
+    """[(norm-stats folder, [(entry label, its created data config, its frame filters), ...]), ...]: one
+    entry for a plain config; a mixture's entries grouped by folder, in entry order."""
+    if not _is_mixture(data_config):
+        return [(norm_stats_dir(config, data_config), [(config.name, data_config,
+                                                        getattr(data_config, "frame_filters", None))])]
+    from fastmix.openpi.mixture_config import entry_repo_ids, flat_frame_filters
+
+    mixture_filters = flat_frame_filters(data_config) or {}
+    groups: dict[pathlib.Path, list] = {}
+    for factory, entry, name in zip(config.data.datasets, data_config.entries, data_config.names, strict=True):
+        where = types.SimpleNamespace(data=factory, assets_dirs=config.assets_dirs, name=f"{config.name} {name}")
+        filters = getattr(entry, "frame_filters", None)
+        repos = entry_repo_ids(entry)
+        if any(r in mixture_filters for r in repos):
+            filters = {r: mixture_filters[r] for r in repos if r in mixture_filters}
+        groups.setdefault(norm_stats_dir(where, entry), []).append((name, entry, filters))
+    return list(groups.items())
+
+
+def _kept_order(reader: _pass.FrameStatsReader, frame_filters: Any) -> np.ndarray | None:
+    """Global indices (int64, ascending) of the frames `frame_filters` keeps in the reader's datasets (a list per
+    dataset or a dict repo id -> FrameFilter, as the loader takes them); None when nothing is filtered."""
+    from fastmix.core.episodes import EpisodeRuns
+    from fastmix.core.filters import kept_frames
+    from fastmix.loader.loader import resolve_frame_filters
+
+    filters = resolve_frame_filters(frame_filters, reader.sources)
+    if not filters or all(f is None for f in filters):
+        return None
+    offsets = reader.planner.index_map.offsets
+    parts = []
+    for d, src in enumerate(reader.sources):
+        flt = filters[d] if d < len(filters) else None
+        if flt is None:
+            parts.append(np.arange(len(src), dtype=np.int64) + offsets[d])
+            continue
+        runs = EpisodeRuns.from_rows(*src.frame_positions(), name=src.name)
+        kept = kept_frames(flt, runs, where=f"frame_filters[{d}] (dataset {src.name!r})")
+        parts.append(np.asarray(kept.local_indices(), dtype=np.int64) + offsets[d])
+    return np.concatenate(parts)
+
+
+def _frames_to_count(specs: list, readers: list, max_frames: int | None, seed: int,
+                     out_dir: pathlib.Path) -> list:
+    """Each spec with its counted frames: every kept frame, or `max_frames` drawn uniformly without replacement
+    from the pool's kept frames (ascending within each entry)."""
+    kept = [np.arange(r.total, dtype=np.int64) if order is None else order for r, order in readers]
+    counts = [len(k) for k in kept]
+    total = sum(counts)
+    if total < 2:
+        raise ConfigError(f"Cannot compute statistics for less than 2 vectors (norm stats {out_dir}: {total} "
+                          f"frame(s) kept)")
+    if max_frames is not None and max_frames < total:
+        q = np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False))
+        bounds = np.cumsum([0, *counts])
+        kept = [k[q[(q >= a) & (q < b)] - a] for k, a, b in zip(kept, bounds[:-1], bounds[1:], strict=True)]
+    elif all(order is None for _, order in readers):
+        return [dataclasses.replace(s, num_frames=n, order=None) for s, n in zip(specs, counts, strict=True)]
+    return [dataclasses.replace(s, num_frames=len(k), order=k) for s, k in zip(specs, kept, strict=True)]
 
 
 __all__ = ["STATS_KEYS", "add_arguments", "compute_norm_stats", "lookup_config", "run"]

@@ -264,17 +264,17 @@ def first_non_finite(batch: dict[str, Any], out: dict[str, Any], key: str, sourc
             f"Fix or drop that episode: norm stats would be NaN; nothing was written.")
 
 
-_STATE: dict[str, Any] = {"token": None, "spec": None, "reader": None}  # this process's run: its spec, reader
+_STATE: dict[str, Any] = {"token": None, "specs": None, "readers": None}  # this process's run
 
 
-def _use(token: int, spec: PassSpec | None) -> tuple[PassSpec, FrameStatsReader]:
-    """The run's spec and this process's reader: from `_STATE` (set before forking, or by an earlier task of the
-    same run), else opened from `spec`."""
+def _use(token: int, specs: Sequence[PassSpec] | None) -> tuple[Sequence[PassSpec], list[FrameStatsReader]]:
+    """The run's specs and this process's readers (one per spec): from `_STATE` (set before forking), else
+    opened from `specs`."""
     if _STATE["token"] != token:
-        if spec is None:
+        if specs is None:
             raise RuntimeError("a norm-stats worker got no spec and inherited none (start method without fork)")
-        _STATE.update(token=token, spec=spec, reader=FrameStatsReader(spec))
-    return _STATE["spec"], _STATE["reader"]
+        _STATE.update(token=token, specs=specs, readers=[FrameStatsReader(s) for s in specs])
+    return _STATE["specs"], _STATE["readers"]
 
 
 def _chunks(spec: PassSpec, lo: int, hi: int):
@@ -288,12 +288,14 @@ def _chunks(spec: PassSpec, lo: int, hi: int):
 
 
 class Share:
-    """One process's share of the batches, lo..hi, read once for pass 1 and, where the transformed values of a
-    chunk fit in `cache_bytes` (kept from pass 1), not read again for pass 2."""
+    """One process's share of one spec's batches, lo..hi (numbered from `offset` in the run's schedules), read
+    once for pass 1 and, where the transformed values of a chunk fit in `cache` (a one-item list of bytes left,
+    shared by the process's shares; kept from pass 1), not read again for pass 2."""
 
-    def __init__(self, spec: PassSpec, reader: FrameStatsReader, lo: int, hi: int, cache_bytes: int) -> None:
-        self.spec, self.reader, self.lo, self.hi = spec, reader, lo, hi
-        self.room = int(cache_bytes)
+    def __init__(self, spec: PassSpec, reader: FrameStatsReader, lo: int, hi: int, cache: list[int],
+                 offset: int = 0) -> None:
+        self.spec, self.reader, self.lo, self.hi, self.offset = spec, reader, lo, hi, offset
+        self.room = cache
         self._cache: list[dict[str, np.ndarray] | None] = []
 
     def moments(self) -> dict[str, MomentsTable]:
@@ -302,8 +304,8 @@ class Share:
         for _, starts, gi in _chunks(self.spec, self.lo, self.hi):
             values = self.reader.values(gi, check=True)
             size = sum(x.nbytes for x in values.values())
-            keep = size <= self.room
-            self.room -= size if keep else 0
+            keep = size <= self.room[0]
+            self.room[0] -= size if keep else 0
             self._cache.append(values if keep else None)
             for k, x in values.items():
                 tables[k].append(moments_table(x, starts * (len(x) // len(gi))))
@@ -317,7 +319,8 @@ class Share:
             values = cached if cached is not None else self.reader.values(gi, check=False)
             for k, x in values.items():
                 rows = starts * (len(x) // len(gi))
-                epochs = schedules[k].epoch_of_batch[k0:k0 + len(starts) - 1]
+                first = self.offset + k0
+                epochs = schedules[k].epoch_of_batch[first:first + len(starts) - 1]
                 cut = np.flatnonzero(np.diff(epochs)) + 1  # runs of batches on the same edges
                 for a, b in zip(np.r_[0, cut], np.r_[cut, len(epochs)], strict=True):
                     folds[k].add(x[rows[a]:rows[b]], int(epochs[a]))
@@ -325,17 +328,20 @@ class Share:
         return folds
 
 
-def _share_main(conn: Any, token: int, spec: PassSpec | None, lo: int, hi: int, cache_bytes: int) -> None:
-    """A worker process: pass 1 of its share, then (given the schedules) pass 2; errors sent back."""
+def _share_main(conn: Any, token: int, specs: Sequence[PassSpec] | None, work: Sequence[tuple[int, int, int, int]],
+                cache_bytes: int) -> None:
+    """A worker process: pass 1 of its shares `work` ((spec number, lo, hi, offset) each), then, given the
+    schedules, pass 2; errors sent back."""
     try:
-        spec, reader = _use(token, spec)
-        share = Share(spec, reader, lo, hi, cache_bytes)
-        conn.send(("ok", share.moments()))
+        specs, readers = _use(token, specs)
+        cache = [int(cache_bytes)]
+        mine = [Share(specs[e], readers[e], lo, hi, cache, off) for e, lo, hi, off in work]
+        conn.send(("ok", [share.moments() for share in mine]))
         try:
             schedules = conn.recv()
         except EOFError:  # the main process stopped (an error elsewhere)
             return
-        conn.send(("ok", share.histograms(schedules)))
+        conn.send(("ok", [share.histograms(schedules) for share in mine]))
     except BaseException as e:  # noqa: BLE001 - sent to the main process, which raises it
         for answer in (e, RuntimeError(f"{type(e).__name__}: {e}")):  # the second when `e` does not pickle
             try:
@@ -374,43 +380,53 @@ def shares(num_batches: int, workers: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
-def reduce_all(spec: PassSpec, workers: int = 1, mp_context: str | None = None,
-               progress: Callable[[str], None] | None = None, reader: FrameStatsReader | None = None,
-               cache_bytes: int | None = None) -> dict[str, ReducedStats]:
-    """RunningStats' final state of each key over `spec`'s batches, in `workers` processes (1: this one, reading
-    with `reader` when given). `cache_bytes`: per process, transformed values kept from pass 1 for pass 2
-    (default `default_cache_bytes`); the result does not depend on it."""
-    parts = shares(spec.num_batches, workers)
+def reduce_all(specs: PassSpec | Sequence[PassSpec], workers: int = 1, mp_context: str | None = None,
+               progress: Callable[[str], None] | None = None, readers: Sequence[FrameStatsReader] | None = None,
+               cache_bytes: int | None = None, label: str = "") -> dict[str, ReducedStats]:
+    """RunningStats' final state of each key over the batches of `specs` in order (several specs: pooled, e.g.
+    the entries of a mixture sharing one asset; each its own transforms), in `workers` processes (1: this one,
+    reading with `readers` when given; each process takes a contiguous share of every spec). `cache_bytes`: per
+    process, transformed values kept from pass 1 for pass 2 (default `default_cache_bytes`); the result does not
+    depend on it nor on `workers`."""
+    specs = [specs] if isinstance(specs, PassSpec) else list(specs)
+    w = max(1, min(int(workers), max(s.num_batches for s in specs)))
+    offsets = np.cumsum([0] + [s.num_batches for s in specs]).tolist()
+    per_worker: list[list[tuple[int, int, int, int]]] = [[] for _ in range(w)]
+    for e, s in enumerate(specs):
+        for i, (lo, hi) in enumerate(shares(s.num_batches, w)):
+            per_worker[i].append((e, lo, hi, offsets[e]))
+    work = [items for items in per_worker if items]
     mp_context = mp_context or default_context()
-    cache_bytes = default_cache_bytes(len(parts)) if cache_bytes is None else int(cache_bytes)
+    cache_bytes = default_cache_bytes(len(work)) if cache_bytes is None else int(cache_bytes)
     token = int.from_bytes(os.urandom(8), "little")
     say = progress or (lambda _msg: None)
-    inherit = len(parts) == 1 or mp_context == "fork"
+    inherit = len(work) == 1 or mp_context == "fork"
     t0 = time.perf_counter()
+    pool = None
     try:
-        if inherit:  # this process's spec and reader, inherited by forked workers: datasets opened once
-            _STATE.update(token=token, spec=spec, reader=reader or FrameStatsReader(spec))
-        if len(parts) == 1:
-            share = Share(spec, _STATE["reader"], *parts[0], cache_bytes)
-            per_share = [share.moments()]
+        if inherit:  # this process's specs and readers, inherited by forked workers: datasets opened once
+            _STATE.update(token=token, specs=specs, readers=list(readers) if readers else [FrameStatsReader(s)
+                                                                                             for s in specs])
+        if len(work) == 1:
+            local = [Share(specs[e], _STATE["readers"][e], lo, hi, [cache_bytes], off) for e, lo, hi, off in work[0]]
+            per_proc = [[share.moments() for share in local]]
         else:
-            workers_ = _Workers(parts, token, None if inherit else spec, cache_bytes, mp_context)
-            per_share = workers_.results()
-        say(f"pass 1 of 2 done ({spec.num_batches} batches of {spec.batch_size} frames, {len(parts)} "
-            f"process(es), {time.perf_counter() - t0:.1f} s)")
-        tables = {k: MomentsTable.concat([p[k] for p in per_share]) for k in spec.keys}
+            pool = _Workers(work, token, None if inherit else specs, cache_bytes, mp_context)
+            per_proc = pool.results()
+        say(f"{label}pass 1 of 2 done ({offsets[-1]} batches, {len(work)} process(es), "
+            f"{time.perf_counter() - t0:.1f} s)")
+        runs = _in_batch_order(work, per_proc)
+        tables = {k: _concat(k, [r[k] for _, r in runs]) for k in specs[0].keys}
         schedules = {k: schedule_table(t) for k, t in tables.items()}
-        if len(parts) == 1:
-            folds = [share.histograms(schedules)]
-        else:
-            folds = workers_.results(schedules)
-        say(f"pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
+        folds_per_proc = [[share.histograms(schedules) for share in local]] if pool is None else pool.results(schedules)
+        say(f"{label}pass 2 of 2 done ({time.perf_counter() - t0:.1f} s)")
     finally:
-        _STATE.update(token=None, spec=None, reader=None)
-        if len(parts) > 1 and "workers_" in locals():
-            workers_.close()
+        _STATE.update(token=None, specs=None, readers=None)
+        if pool is not None:
+            pool.close()
+    folds = [f for _, f in _in_batch_order(work, folds_per_proc)]
     out = {}
-    for k in spec.keys:
+    for k in specs[0].keys:
         fold = folds[0][k].attach(schedules[k])
         for f in folds[1:]:
             fold = fold.merge(f[k].attach(schedules[k]))
@@ -418,18 +434,26 @@ def reduce_all(spec: PassSpec, workers: int = 1, mp_context: str | None = None,
     return out
 
 
+def _in_batch_order(work: Sequence[Sequence[tuple[int, int, int, int]]], per_proc: Sequence[Sequence[Any]]
+                    ) -> list[tuple[int, Any]]:
+    """The processes' answers per share, ordered by the shares' first batch in the run's numbering."""
+    runs = [(off + lo, answer) for items, answers in zip(work, per_proc, strict=True)
+            for (_, lo, _, off), answer in zip(items, answers, strict=True)]
+    return sorted(runs, key=lambda r: r[0])
+
+
 class _Workers:
     """One process per share (`_share_main`), talking over a pipe each."""
 
-    def __init__(self, parts: Sequence[tuple[int, int]], token: int, spec: PassSpec | None, cache_bytes: int,
-                 mp_context: str) -> None:
+    def __init__(self, work: Sequence[Sequence[tuple[int, int, int, int]]], token: int,
+                 specs: Sequence[PassSpec] | None, cache_bytes: int, mp_context: str) -> None:
         ctx = mp.get_context(mp_context)
         self.procs, self.conns = [], []
         try:
-            for lo, hi in parts:
+            for i, items in enumerate(work):
                 parent, child = ctx.Pipe()
-                p = ctx.Process(target=_share_main, args=(child, token, spec, lo, hi, cache_bytes),
-                                name=f"fastmix-norm-stats-{lo}", daemon=True)
+                p = ctx.Process(target=_share_main, args=(child, token, specs, items, cache_bytes),
+                                name=f"fastmix-norm-stats-{i}", daemon=True)
                 p.start()
                 child.close()
                 self.procs.append(p)
