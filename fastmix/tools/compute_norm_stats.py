@@ -61,18 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def lookup_config(config_name: str, cli_entries: Any = None) -> Any:
-    """fastmix's registry (after loading the user's modules), else openpi's own registry when importable."""
+    """fastmix's registry (after loading the user's modules), else openpi's own registry when importable: a
+    config of openpi's config.py, or one a `--configs` module (or `FILE.py:NAME`) put there with
+    `fastmix.openpi.register_openpi_configs`."""
     try:
         return user_configs.lookup(config_name, cli_entries)
     except ConfigError as e:
-        try:
-            import openpi.training.config as _openpi_config
-        except ImportError:
-            raise e from None
-        try:
-            return _openpi_config.get_config(config_name)
-        except ValueError:
-            raise ConfigError(f"{e} (not in openpi's registry either)") from None
+        error = e
+    try:
+        import openpi.training.config as _openpi_config
+    except ImportError:
+        raise error from None
+    head, sep, tail = str(config_name).rpartition(":")
+    name = tail if sep and head else str(config_name)
+    try:
+        return _openpi_config.get_config(name)
+    except ValueError:
+        raise ConfigError(f"{error} (not in openpi's registry either)") from None
 
 
 def run(args: argparse.Namespace) -> int:

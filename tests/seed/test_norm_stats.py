@@ -18,6 +18,7 @@ of the batch size (openpi drops the last partial batch; fastmix counts it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -53,7 +54,7 @@ def assert_same_stats(ours: dict, theirs: dict, what: str) -> None:
                                        err_msg=f"{what} {key}.{stat}")
 
 
-def _fastmix(config, workers: int = 2):
+def _fastmix(config, workers: int = 1):
     from fastmix.tools.compute_norm_stats import compute_norm_stats
 
     return compute_norm_stats(config, progress=False, workers=workers)
@@ -74,7 +75,7 @@ def _single_configs():
 
 @pytest.mark.parametrize("kind", ["libero", "droid", "aloha"])
 def test_single_dataset_config_equals_the_trees_script(kind, datasets, schema_datasets, assets_dir):
-    """The tree's own script, then fastmix's command (2 processes) on the same config: same file, same numbers."""
+    """The tree's own script, then fastmix's command on the same config: same file, same numbers."""
     from tests.seed.seed_data import openpi_train_config, tree_compute_norm_stats
 
     config = openpi_train_config(f"seed_ns_{kind}", _single_configs()[kind](), assets_dir, batch_size=BATCH,
@@ -82,7 +83,7 @@ def test_single_dataset_config_equals_the_trees_script(kind, datasets, schema_da
     theirs_path = tree_compute_norm_stats(config, TREE)
     theirs = load_stats(theirs_path)
     theirs_path.unlink()
-    ours_path = _fastmix(config)
+    ours_path = _fastmix(config, workers=2 if kind == "aloha" else 1)  # AlohaInputs runs per sample: pickled
     assert ours_path == theirs_path  # assets_dirs / repo_id: where the tree's script writes and training reads
     assert_same_stats(load_stats(ours_path), theirs, f"{TREE} {kind}")
 
@@ -208,3 +209,58 @@ def test_norm_stats_cover_the_whole_mixture(datasets, assets_dir):
     ours = load_stats(_fastmix(config))["state"]
     np.testing.assert_allclose(ours["mean"], state.mean(0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ours["std"], state.std(0), rtol=1e-7, atol=1e-9)
+
+
+def test_mixture_of_data_configs_each_asset_equals_the_trees_script_on_its_entry(datasets, schema_datasets,
+                                                                                 assets_dir):
+    """fastmix's `MixtureDataConfig` of the tree's own LIBERO (delta actions), DROID and ALOHA configs, each with
+    its own asset id: one pass over each dataset (2 processes) writes one file per entry, each equal to the
+    tree's own script run on that entry alone."""
+    import openpi.training.config as _config
+
+    from fastmix.openpi.mixture_config import MixtureDataConfig
+    from tests.seed.seed_data import openpi_train_config, tree_compute_norm_stats
+    from tests.seed.test_data_configs import aloha_data, droid_data
+
+    entries = {"libero": _libero(FORK_REPO), "droid": droid_data(), "aloha": aloha_data()}
+    theirs = {}
+    for kind, entry in entries.items():
+        alone = openpi_train_config(f"seed_ns_entry_{kind}", entry, assets_dir, batch_size=BATCH, num_workers=0)
+        theirs[kind] = load_stats(tree_compute_norm_stats(alone, TREE))
+    mixture = openpi_train_config("seed_ns_robots", MixtureDataConfig(
+        datasets=[dataclasses.replace(e, assets=_config.AssetsConfig(asset_id=f"robot_{k}")) for k, e in entries.items()],
+        dataset_weights=[1.0, 2.0, 1.0], weighting="per_dataset"), assets_dir, batch_size=BATCH, num_workers=0)
+    paths = _fastmix(mixture, workers=2)
+    assert paths == [assets_dir / "seed_ns_robots" / f"robot_{k}" / "norm_stats.json" for k in entries]
+    for kind, path in zip(entries, paths, strict=True):
+        assert_same_stats(load_stats(path), theirs[kind], f"{TREE} mixture entry {kind}")
+
+
+def test_cli_in_a_fresh_process_with_a_configs_file(datasets, assets_dir, tmp_path):
+    """`python -m fastmix compute-norm-stats FILE.py:NAME --workers 2`, the file registering an openpi TrainConfig
+    into openpi's registry (`register_openpi_configs`): a fresh process (JAX not started: forked workers) writes
+    the same bytes as one process here."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.seed.seed_data import openpi_train_config
+
+    name = "seed_ns_cli_file"
+    configs = tmp_path / "my_configs.py"
+    configs.write_text(
+        "import openpi.models.pi0_config as pi0_config\n"
+        "import openpi.training.config as _config\n"
+        "from fastmix.openpi import register_openpi_configs\n"
+        f"register_openpi_configs(_config.TrainConfig(name={name!r}, model=pi0_config.Pi0Config(action_horizon=4),\n"
+        f"    data=_config.LeRobotLiberoDataConfig(repo_id={FORK_REPO!r}, extra_delta_transform=True,\n"
+        "        base_config=_config.DataConfig(prompt_from_task=True)),\n"
+        f"    assets_base_dir={str(tmp_path / 'cli_assets')!r}, batch_size={BATCH}, num_workers=0))\n")
+    run = subprocess.run([sys.executable, "-m", "fastmix", "compute-norm-stats", f"{configs}:{name}", "--workers",
+                          "2"], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    path = tmp_path / "cli_assets" / name / FORK_REPO / "norm_stats.json"
+    assert f"Wrote {path}" in run.stdout
+    assert "os.fork() was called" not in run.stderr
+    here = openpi_train_config(name, _libero(FORK_REPO), assets_dir, batch_size=BATCH, num_workers=0)
+    assert path.read_bytes() == _fastmix(here, workers=1).read_bytes()
