@@ -207,9 +207,9 @@ class ChunkGather:
         if self.offsets is None or len(rows) == 0:
             return self.source.gather_lowdim(rows, self.dts)
         room = self.run_end[rows] - rows
-        pos = {k: rows[:, None] + np.minimum(off[None, :], room[:, None]) for k, off in self.offsets.items()}
         lo = int(rows[0])
-        hi = max([int(rows[-1])] + [int(p.max()) for p in pos.values() if p.size]) + 1
+        hi = max([int(rows[-1])] + [int((rows + np.minimum(int(off.max()), room)).max()) for off in self.offsets.values()
+                                    if off.size]) + 1
         if hi - lo > 2 * (len(rows) + max((len(o) for o in self.offsets.values()), default=0)):
             return self.source.gather_lowdim(rows, self.dts)
         plain = self.source.gather_lowdim(np.arange(lo, hi, dtype=np.int64), {})
@@ -219,14 +219,35 @@ class ChunkGather:
             same = episode[1:] == episode[:-1]
             if not np.all(index[1:][same] == index[:-1][same] + 1):  # index values must advance with the rows
                 return self.source.gather_lowdim(rows, self.dts)
+        dense = int(local[-1]) - int(local[0]) == len(local) - 1  # rows lo.. in a run: slices, no index arrays
         out = {}
         for key, v in plain.items():
-            if key in pos:
-                out[key] = v[pos[key] - lo]
-                out[f"{key}_is_pad"] = self.offsets[key][None, :] > room[:, None]
+            if key in self.offsets:
+                off = self.offsets[key]
+                if dense and np.array_equal(off, np.arange(len(off))):
+                    out[key] = _chunks_of_run(v, int(local[0]), room, len(off))
+                else:
+                    out[key] = v[local[:, None] + np.minimum(off[None, :], room[:, None])]
+                out[f"{key}_is_pad"] = off[None, :] > room[:, None]
             else:
-                out[key] = v[local]
+                out[key] = v[local[0]:local[0] + len(local)] if dense else v[local]
         return out
+
+
+def _chunks_of_run(v: np.ndarray, first: int, room: np.ndarray, horizon: int) -> np.ndarray:
+    """(n, horizon, *v.shape[1:]): row i holds v[first + i + min(t, room[i])] for t < horizon, i.e. the chunks of n
+    consecutive rows clamped to their episodes (`room[i]`: rows left in row i's episode), built from `horizon`
+    contiguous slices and a gather of the clamped rows only."""
+    n = len(room)
+    out = np.empty((n, horizon, *v.shape[1:]), dtype=v.dtype)
+    for t in range(horizon):
+        count = max(0, min(n, len(v) - first - t))
+        out[:count, t] = v[first + t:first + t + count]
+    clamped = np.flatnonzero(room < horizon - 1)
+    if clamped.size:
+        rows = first + clamped[:, None] + np.minimum(np.arange(horizon)[None, :], room[clamped, None])
+        out[clamped] = v[rows]
+    return out
 
 
 def _put_tasks(tasks: np.ndarray, pos: Any, src: Any, rows: np.ndarray, task_index: np.ndarray) -> np.ndarray:
