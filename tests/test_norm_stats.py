@@ -381,7 +381,7 @@ def test_chunk_gather_equals_gather_lowdim(large_home, name, episodes):
     """The contiguous-run read gives what LeRobotSource.gather_lowdim gives (action chunks clamped to each
     episode, pads), for dense and sparse ascending rows, over a selection of episodes too."""
     from fastmix.sources.lerobot_source import LeRobotSource
-    from fastmix.tools.norm_stats_pass import ChunkGather
+    from fastmix.tools.norm_stats_reader import ChunkGather
 
     src = LeRobotSource(name, root=large_home / name, episodes=episodes)
     dts = {"actions": [t / src.fps for t in range(6)]}
