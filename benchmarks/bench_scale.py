@@ -5,7 +5,9 @@ episode) opened by LeRobotSource through the low-dim store.
 Per size: cold init (empty store: the build), warm init (store built), main-process memory after init and after
 touching every low-dim row (RSS / PSS / USS growth per frame, measured in fresh processes), the same with 4
 "ranks" opening the dataset at once on this node (PSS shows the sharing; the in-memory loader without the store
-is the reference), and the norm-stats kernel (RunningStats vs fastmix.kernels.stats.StatsAccumulator) per frame.
+is the reference), the norm-stats kernel (RunningStats vs fastmix.kernels.stats.StatsAccumulator) per frame, and
+`compute-norm-stats` end to end on a DROID-like config with 1 and 2 workers against openpi's RunningStats
+algorithm (np.histogram per dimension) fed the same 32-frame batches.
 1e7 and 3e7 are marked slow; FASTMIX_BENCH_SCALE_MAX (e.g. "1e6", "1e7") caps the sizes, and
 FASTMIX_BENCH_QUICK=1 runs 1e6 only. Datasets are cached under $FASTMIX_BENCH_DATA/scale (default
 ~/.cache/fastmix/bench/scale); stores go to a temporary FASTMIX_CACHE.
