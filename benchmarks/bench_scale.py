@@ -5,7 +5,9 @@ episode) opened by LeRobotSource through the low-dim store.
 Per size: cold init (empty store: the build), warm init (store built), main-process memory after init and after
 touching every low-dim row (RSS / PSS / USS growth per frame, measured in fresh processes), the same with 4
 "ranks" opening the dataset at once on this node (PSS shows the sharing; the in-memory loader without the store
-is the reference), and the norm-stats kernel (RunningStats vs fastmix.kernels.stats.StatsAccumulator) per frame.
+is the reference), the norm-stats kernel (RunningStats vs fastmix.kernels.stats.StatsAccumulator) per frame, and
+`compute-norm-stats` end to end on a DROID-like config with 1 and 2 workers against openpi's RunningStats
+algorithm (np.histogram per dimension) fed the same 32-frame batches.
 1e7 and 3e7 are marked slow; FASTMIX_BENCH_SCALE_MAX (e.g. "1e6", "1e7") caps the sizes, and
 FASTMIX_BENCH_QUICK=1 runs 1e6 only. Datasets are cached under $FASTMIX_BENCH_DATA/scale (default
 ~/.cache/fastmix/bench/scale); stores go to a temporary FASTMIX_CACHE.
@@ -15,6 +17,7 @@ Run: python -m pytest benchmarks/bench_scale.py --benchmark-enable -o python_fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -26,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+
+from fastmix.openpi import config as _C
+from fastmix.openpi import transforms as _T
 
 QUICK = os.environ.get("FASTMIX_BENCH_QUICK", "") not in ("", "0")
 SCALE_MAX = float(os.environ.get("FASTMIX_BENCH_SCALE_MAX", "1e6" if QUICK else "3e7"))
@@ -320,6 +326,73 @@ def test_norm_stats_parallel(benchmark, frames, store_cache):
             assert got.count == want.count
             np.testing.assert_array_equal(got.hist, want.hist)
             np.testing.assert_array_equal(got.mean, want.mean)
+
+
+def _droid_like_config(root: Path, assets: Path):
+    """A DROID-sized LIBERO-style config over the scale dataset (`ScaleLiberoConfig`: its cameras, state and
+    actions repacked, LiberoInputs, delta actions on 6 dims), action horizon 10, statistics batches of 32 frames
+    (openpi's default batch size)."""
+    data = ScaleLiberoConfig(repo_ids=[root.name], extra_delta_transform=True,
+                             base_config=_C.DataConfig(prompt_from_task=True, lerobot_home=str(root.parent)),
+                             assets=_C.AssetsConfig(assets_dir=str(assets), asset_id="scale"))
+    return _C.TrainConfig(name="scale_norm_stats", model=_C.Pi0Config(pi05=True, action_horizon=10), batch_size=32,
+                          data=data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleLiberoConfig(_C.MultiDatasetLiberoDataConfig):
+    """fastmix's LIBERO config with the scale dataset's key names in the repack."""
+
+    def create(self, assets_dirs, model_config):
+        repack = _T.Group(inputs=[_T.RepackTransform({
+            "observation/image": CAMERAS[0], "observation/wrist_image": CAMERAS[2],
+            "observation/state": "state", "actions": "actions", "prompt": "prompt"})])
+        return dataclasses.replace(super().create(assets_dirs, model_config), repack_transforms=repack)
+
+
+@pytest.mark.parametrize("frames", sizes())
+@pytest.mark.parametrize("workers", [1, 2])
+def test_norm_stats_command(benchmark, frames, workers, store_cache, tmp_path):
+    """`fastmix compute-norm-stats` end to end (datasets opened, low-dim store warm, both passes, the file
+    written) on the DROID-like config, 1 and 2 processes; the reference row is openpi's algorithm (one
+    np.histogram per dimension per batch, tests/test_stats_kernels.RunningStats) fed the same batches."""
+    from fastmix.tools.compute_norm_stats import compute_norm_stats
+
+    root = ensure_large("v3.0", frames, frames // FRAMES_PER_EPISODE)
+    _open(root, lowdim_keys=None)  # the store built before timing (cold init is its own row)
+    config = _droid_like_config(root, tmp_path)
+    benchmark.group = f"scale norm-stats command {frames:.0e} frames"
+    benchmark.pedantic(compute_norm_stats, args=(config,), kwargs=dict(workers=workers, progress=False),
+                       rounds=1, iterations=1)
+    benchmark.extra_info.update(role="fastmix", items=frames, unit="frames", workers=workers,
+                                us_per_frame=round(benchmark.stats.stats.median / frames * 1e6, 3))
+
+
+@pytest.mark.parametrize("frames", [pytest.param(10**5, id="1e5")])
+def test_norm_stats_command_reference(benchmark, frames, store_cache):
+    """openpi's RunningStats algorithm (np.histogram per dimension, float64) on what the command feeds it per
+    32-frame batch: state (32, 8) and delta action chunks (32, 10, 7), on 1e5 frames of the scale dataset."""
+    from tests.test_stats_kernels import RunningStats as Reference
+
+    root = ensure_large("v3.0", 10**6, 10**6 // FRAMES_PER_EPISODE)
+    src = _open(root, lowdim_keys=["state", "actions"])
+    state = np.asarray(src._low.values["state"][:frames + 10])
+    chunks = np.lib.stride_tricks.sliding_window_view(np.asarray(src._low.values["actions"][:frames + 10]), 10,
+                                                      axis=0).transpose(0, 2, 1)
+    benchmark.group = "scale norm-stats command 1e+06 frames"
+
+    def feed():
+        s, a = Reference(), Reference()
+        for i in range(0, frames, 32):
+            s.update(state[i:i + 32])
+            delta = chunks[i:i + 32].copy()
+            delta[..., :6] -= state[i:i + 32, None, :6]
+            a.update(delta)
+        return s.get_statistics(), a.get_statistics()
+
+    benchmark.pedantic(feed, rounds=1, iterations=1)
+    benchmark.extra_info.update(role="reference", items=frames, unit="frames",
+                                us_per_frame=round(benchmark.stats.stats.median / frames * 1e6, 3))
 
 
 @pytest.mark.parametrize("episodes", [pytest.param(V21_EPISODES, id=f"{V21_EPISODES}eps")])

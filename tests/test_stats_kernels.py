@@ -217,3 +217,89 @@ def test_parallel_partials_reduce_to_identical_stats(seed):
     np.testing.assert_array_equal(red.quantile(0.99), st.q99)
     np.testing.assert_array_equal(red.min, ref._min)
     np.testing.assert_array_equal(red.max, ref._max)
+
+
+# ------------------------------------------------------------ the table form (fastmix.kernels.stats_tables)
+from fastmix.kernels import stats_tables as st  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("num_bins", [1, 7, 5000])
+def test_histogram_exact_equals_np_histogram(num_bins, dtype):
+    """Values on every kind of edge, outside the range, NaN; zero-width and repeated edges; float32 values."""
+    rng = np.random.default_rng(num_bins)
+    lo = np.array([-1.0, 0.0, 3.0, 1e-9, -5.0])
+    hi = np.array([1.0, 1e-12, 3.0, 2e-9, 7.0])
+    edges = sk.linspace_edges(lo, hi, num_bins)
+    x = edge_heavy(rng, edges, 3000)
+    x[5:20] = rng.uniform(-10, 10, size=(15, 5))
+    x[20, 1] = np.nan
+    x = x.astype(dtype)
+    h = st.histogram_exact(np.zeros((5, num_bins)), edges, x)
+    want = np.stack([np.histogram(x[:, d].astype(np.float64), bins=edges[d])[0] for d in range(5)])
+    np.testing.assert_array_equal(h, want)
+    w = rng.integers(0, 9, size=x.shape).astype(np.float64)
+    hw = st.histogram_exact(np.zeros((5, num_bins)), edges, x, weights=w)
+    want_w = np.stack([np.histogram(x[:, d].astype(np.float64), bins=edges[d], weights=w[:, d])[0] for d in range(5)])
+    np.testing.assert_array_equal(hw, want_w)
+
+
+def test_rebin_exact_equals_rebin():
+    rng = np.random.default_rng(2)
+    old = sk.linspace_edges(np.array([-1.0, 0.0, 2.0]), np.array([1.0, 3.0, 2.0]))
+    new = sk.linspace_edges(np.array([-1.5, 0.0, 1.0]), np.array([1.0, 3.5, 2.0]))
+    hist = rng.integers(0, 50, size=(3, 5000)).astype(np.float64)
+    np.testing.assert_array_equal(st.rebin_exact(hist, old, new), sk.rebin(hist, old, new))
+
+
+def test_moments_table_equals_batch_moments():
+    batches = [b for b in batches_with_widening(1) if len(b)]
+    x = np.concatenate([b.astype(np.float64) for b in batches])
+    starts = np.r_[0, np.cumsum([len(b) for b in batches])]
+    table = st.moments_table(x, starts)
+    for k, b in enumerate(batches):
+        m = sk.batch_moments(b)
+        for f in ("mean", "mean_sq", "min", "max"):
+            np.testing.assert_array_equal(getattr(table, f)[k], getattr(m, f), err_msg=f"batch {k} {f}")
+        assert table.n[k] == m.n
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4])
+@pytest.mark.parametrize("shares", [1, 2, 5])
+def test_table_reduction_in_shares_equals_the_reference(seed, shares):
+    """Batches cut into `shares` contiguous runs (one per process): moments per run, one schedule, one folded
+    histogram per run (pickled as sent back), merged in order — RunningStats' state bit for bit."""
+    batches = batches_with_widening(seed)
+    ref = reference_stats(batches)
+    rows = [b.reshape(-1, b.shape[-1]).astype(np.float64) for b in batches]
+    cuts = np.linspace(0, len(rows), shares + 1).astype(int)
+    tables = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        starts = np.r_[0, np.cumsum([len(r) for r in rows[a:b]])]
+        tables.append(st.moments_table(np.concatenate(rows[a:b]) if b > a else np.zeros((0, 5)), starts))
+    table = st.MomentsTable.concat(tables)
+    schedule = st.schedule_table(table)
+    assert schedule.num_epochs >= 4
+    folds = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        fold = st.HistFold(schedule)
+        for k in range(a, b):
+            fold.add(rows[k], int(schedule.epoch_of_batch[k]))
+        folds.append(pickle.loads(pickle.dumps(fold)).attach(schedule))
+    merged = folds[0]
+    for f in folds[1:]:
+        merged = merged.merge(f)
+    red = st.reduce_table(table, schedule, merged)
+    st_ref = ref.get_statistics()
+    assert red.count == ref.count
+    np.testing.assert_array_equal(red.hist, np.stack(ref._hist))
+    np.testing.assert_array_equal(red.edges, np.stack(ref._edges))
+    for got, want in ((red.mean, st_ref.mean), (red.std, st_ref.std), (red.quantile(0.01), st_ref.q01),
+                      (red.quantile(0.99), st_ref.q99), (red.min, ref._min), (red.max, ref._max)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_schedule_of_no_rows_is_an_error():
+    table = st.moments_table(np.zeros((0, 3)), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="less than 2 vectors"):
+        st.schedule_table(table)
