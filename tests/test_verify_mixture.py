@@ -16,7 +16,15 @@ from scipy import stats
 from fastmix import FrameFilter, MixtureDataConfig
 from fastmix.openpi.data_loader import create_data_loader
 from fastmix.tools.verify import verify
-from tests.mixture_robots import REPOS, entries, frame_counts, nested_libero, train_config, write_norm_stats, write_robots
+from tests.mixture_robots import (
+    REPOS,
+    entries,
+    frame_counts,
+    nested_libero,
+    train_config,
+    write_norm_stats,
+    write_robots,
+)
 
 DATASETS = ("libero", "libero2", "droid", "aloha")  # the flat order of the mixtures below
 LIBERO_TRIM = FrameFilter(trim_start=5)  # only on the first dataset of the nested LIBERO entry
@@ -112,6 +120,7 @@ def test_verify_checks_shares_per_entry_dataset_and_episode(home, weighting, tmp
     assert "mixture entries" in names and "episodes" in names and "frame filters" in names
     assert any(n.startswith("datasets of entry 0") for n in names)
     assert sum(n.startswith("norm stats entry") for n in names) == 3
+    assert report.plot_path == tmp_path / "p.png" and report.plot_path.stat().st_size > 0
     assert "asset 'droid'" in report.check("norm stats entry 1 (DroidLikeDataConfig: robots/droid_like)").detail
 
 
@@ -140,3 +149,59 @@ def test_verify_names_a_missing_entry_asset_and_its_command(home, tmp_path) -> N
     assert len(bad) == 1 and "aloha" in bad[0].name, "\n".join(lines)
     assert "asset 'aloha' missing" in bad[0].detail and "compute-norm-stats" in bad[0].detail
     assert not report.ok
+
+
+# ------------------------------------------------------------------------------- fastmix equivalence --config
+def entry_shares(weighting: str) -> list[float]:
+    s = exact_dataset_shares(weighting)
+    return [float(s["libero"] + s["libero2"]), float(s["droid"]), float(s["aloha"])]
+
+
+@pytest.mark.parametrize("weighting", ["per_sample", "per_dataset", "per_episode"])
+def test_equivalence_of_a_mixture_config_passes_in_each_mode(home, weighting) -> None:
+    """The loader's sampler and WeightedRandomSampler over the exact probabilities both fit them (per entry,
+    dataset, episode, frame; coverage) and each other; the expected entry shares are the hand-computed ones."""
+    from fastmix.tools.equivalence_mixture import check_mixture_config
+
+    r = check_mixture_config(train_config(home, filtered_mixture(home, "per_sample")), draws=100_000,
+                             weighting=weighting)
+    assert r.passed, r.format()
+    assert r.weighting == weighting and r.zero_probability_draws == 0
+    np.testing.assert_allclose(r.expected_shares, entry_shares(weighting), rtol=1e-12)
+    assert {t.name for t in r.tests} >= {"fastmix vs expected (episodes)", "fastmix vs expected (frames)",
+                                         "fastmix vs reference (entries)", "reference vs expected (datasets)"}
+
+
+def test_equivalence_fails_a_sampler_of_another_weighting(home) -> None:
+    """The sampler of the per_sample loader checked against the per_dataset declaration fails."""
+    from fastmix.tools.equivalence_mixture import check_mixture_config
+
+    with create_data_loader(train_config(home, filtered_mixture(home, "per_sample")), num_batches=1) as dl:
+        wrong = dl.loader.sampler
+        r = check_mixture_config(train_config(home, filtered_mixture(home, "per_dataset")), draws=100_000,
+                                 sampler=wrong)
+    assert not r.passed
+    assert {t.name: t.p_value for t in r.tests}["fastmix vs expected (entries)"] < 1e-6
+
+
+def test_equivalence_cli_takes_a_mixture_config(home, tmp_path, capsys) -> None:
+    """`fastmix equivalence --config FILE.py:NAME --weighting all --json`: one PASS per mode, exit status 0."""
+    import argparse
+    import json
+
+    from fastmix.tools import equivalence, user_configs
+
+    f = tmp_path / "my_mix.py"
+    f.write_text("from pathlib import Path\nfrom tests.test_verify_mixture import filtered_mixture, train_config\n"
+                 f"CONFIG = train_config(Path({str(home)!r}), filtered_mixture(Path({str(home)!r}), 'per_dataset'), "
+                 "name='v_mix_cli')\n")
+    parser = argparse.ArgumentParser()
+    equivalence.add_arguments(parser)
+    args = parser.parse_args(["--config", f"{f}:v_mix_cli", "--weighting", "all", "--draws", "50000", "--json"])
+    try:
+        assert equivalence.run(args) == 0
+    finally:
+        user_configs.forget_loaded()
+    out = json.loads(capsys.readouterr().out)
+    assert [o["weighting"] for o in out] == ["per_sample", "per_dataset", "per_episode"]
+    assert all(o["verdict"] == "PASS" for o in out)

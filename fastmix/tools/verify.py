@@ -326,7 +326,8 @@ def verify(
     if _is_mixture(data_config):  # a MixtureDataConfig: shares per entry and per dataset, norm stats per entry
         from fastmix.tools.verify_mixture import verify_mixture
 
-        return verify_mixture(config, data_config, num_samples, alpha=alpha, out=out, create_loader=create_loader)
+        return verify_mixture(config, data_config, num_samples, alpha=alpha, out=out, create_loader=create_loader,
+                              plot_path=plot_path if plot_path is not None else f"verify_{config.name}.png")
     run.weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
     run.weighting = getattr(data_config, "weighting", "per_sample")
     run.frame_filters = getattr(data_config, "frame_filters", None)

@@ -22,7 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.tools.verify_report import Check, Report, chi_square, finish, fmt_row, sample_size_note, too_few_samples
+from fastmix.tools.verify_report import (
+    Check,
+    Report,
+    chi_square,
+    finish,
+    fmt_row,
+    plot_shares,
+    sample_size_note,
+    too_few_samples,
+)
 
 
 def kept_per_episode(flt: Any, episode_ids: np.ndarray, lengths: np.ndarray) -> list[set[int]]:
@@ -157,8 +166,9 @@ def _draw(config: Any, sources: list, num_samples: int, normalize: bool, create_
 
 
 def verify_mixture(config: Any, data: Any, num_samples: int, *, alpha: float, out: Callable[[str], None],
-                   create_loader: Callable[..., Any] | None = None) -> Report:
-    """`verify` of a config whose data is a `MixtureDataConfig` (`data`: its created `MixtureData`)."""
+                   create_loader: Callable[..., Any] | None = None, plot_path: Any = None) -> Report:
+    """`verify` of a config whose data is a `MixtureDataConfig` (`data`: its created `MixtureData`); the PNG
+    chart at `plot_path` (None: none) shows expected vs observed shares per entry."""
     from fastmix.openpi import data_loader as _dl
     from fastmix.openpi.mixture_config import flat_frame_filters
 
@@ -218,9 +228,23 @@ def verify_mixture(config: Any, data: Any, num_samples: int, *, alpha: float, ou
         _gof("episodes", cnt_c, exp_c, [f"{sources[j].name} episode {e}" for j, e in cells], alpha, add, pool=True)
     if filters:
         _check_filtered(sources, filters, d, ep, fr, kept, add)
+    if plot_path is not None:
+        _plot(report, plot_path, list(data.names), en_exp, en_cnt / n, f"{config.name}: p = {report.p_value:.3g}", add)
     for j, s in enumerate(sources):
         out(f"  prompts {s.name}: " + ("; ".join(f"{p!r} x{c}" for p, c in prompts[j].most_common(3)) or "(none)"))
     return finish(report, out)
+
+
+def _plot(report: Report, path: Any, names: list[str], exp: np.ndarray, obs: np.ndarray, title: str,
+          add: Callable[[str, bool, str], None]) -> None:
+    import pathlib
+
+    try:
+        plot_shares(pathlib.Path(path), names, exp, obs, title)
+        report.plot_path = pathlib.Path(path)
+        add("plot", True, f"wrote {path}")
+    except Exception as e:  # noqa: BLE001
+        add("plot", False, f"{type(e).__name__}: {e}")
 
 
 def _check_filtered(sources: list, filters: Mapping[str, Any], d: np.ndarray, ep: np.ndarray, fr: np.ndarray,
