@@ -205,3 +205,21 @@ def test_equivalence_cli_takes_a_mixture_config(home, tmp_path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert [o["weighting"] for o in out] == ["per_sample", "per_dataset", "per_episode"]
     assert all(o["verdict"] == "PASS" for o in out)
+
+
+def test_kept_mask_of_overlapping_ranges_unknown_keys_and_trims() -> None:
+    """verify's own reading of a filter, against sets written by hand: overlapping ranges united, an unlisted
+    episode keeps nothing, an ignored unknown key does nothing, trims cut each episode's ends."""
+    from fastmix.tools.verify_mixture import EpisodeLayout, kept_mask
+
+    class Rows:  # episodes 3 (6 frames) and 7 (5 frames), rows in episode, frame order
+        def frame_positions(self):
+            return np.array([3] * 6 + [7] * 5), np.array([*range(6), *range(5)])
+
+    layout = EpisodeLayout(Rows())
+    flt = FrameFilter({"3": [[0, 3], [2, 5]], "99": [[0, 1]]}, trim_start=1, unknown_episodes="ignore")
+    want = [f in {1, 2, 3, 4} for f in range(6)] + [False] * 5
+    assert kept_mask(flt, layout).tolist() == want
+    trim = FrameFilter(trim_start=1, trim_end=2)
+    assert kept_mask(trim, layout).tolist() == [f in {1, 2, 3} for f in range(6)] + [f in {1, 2} for f in range(5)]
+    assert layout.position(np.array([7, 7, 4]), np.array([4, 5, 0])).tolist() == [10, -1, -1]

@@ -80,21 +80,23 @@ def exact_frame_probabilities(data: Any, sources: list) -> tuple[np.ndarray, np.
     """(probability float64 (N,), dataset int64 (N,), (dataset, episode) cell int64 (N,)) of every frame of the
     concatenated datasets (sources in `data.repo_ids` order, each in its row order)."""
     from fastmix.openpi.mixture_config import flat_frame_filters
-    from fastmix.tools.verify_mixture import expected_episode_shares, kept_per_episode
+    from fastmix.tools.verify_mixture import EpisodeLayout, expected_episode_shares, kept_mask
 
     shares = expected_episode_shares(data, sources)
     filters = flat_frame_filters(data) or {}
     probs, dataset, cell, base = [], [], [], 0
     for j, s in enumerate(sources):
+        layout = EpisodeLayout(s)
+        keep = kept_mask(filters.get(s.name), layout)
+        per_ep = np.add.reduceat(keep, layout.offset)
+        ep_p = np.array([float(shares[j][e] / n) if n else 0.0
+                         for e, n in zip(layout.ids.tolist(), per_ep.tolist(), strict=True)])
         ep, fr = (np.asarray(a, dtype=np.int64) for a in s.frame_positions())
-        ids, lengths = np.unique(ep, return_counts=True)
-        kept = dict(zip(ids.tolist(), kept_per_episode(filters.get(s.name), ids, lengths), strict=True))
-        p = np.array([float(shares[j][e] / len(kept[e])) if f in kept[e] else 0.0
-                      for e, f in zip(ep.tolist(), fr.tolist(), strict=True)])
-        probs.append(p)
-        dataset.append(np.full(p.size, j, dtype=np.int64))
-        cell.append(base + np.searchsorted(ids, ep))
-        base += ids.size
+        k = np.searchsorted(layout.ids, ep)
+        probs.append(np.where(keep[layout.position(ep, fr)], ep_p[k], 0.0))
+        dataset.append(np.full(ep.size, j, dtype=np.int64))
+        cell.append(base + k)
+        base += layout.ids.size
     return np.concatenate(probs), np.concatenate(dataset), np.concatenate(cell)
 
 

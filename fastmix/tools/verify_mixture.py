@@ -34,31 +34,46 @@ from fastmix.tools.verify_report import (
 )
 
 
-def kept_per_episode(flt: Any, episode_ids: np.ndarray, lengths: np.ndarray) -> list[set[int]]:
-    """Frames (indices within the episode) that `flt` (a `FrameFilter` or None) keeps of each episode: the union
-    of its keep-ranges for that episode (all frames without keep-ranges; none for an episode they do not list),
-    then frames [trim_start, length - trim_end)."""
-    out = []
-    for ep, n in zip(episode_ids.tolist(), lengths.tolist(), strict=True):
-        if flt is None:
-            out.append(set(range(n)))
-            continue
-        if flt.has_ranges:
-            keep: set[int] = set()
-            for r in range(flt.range_key.size):
-                if int(flt.key_episode[int(flt.range_key[r])]) == ep:
-                    keep |= set(range(int(flt.range_start[r]), min(int(flt.range_end[r]), n)))
-        else:
-            keep = set(range(n))
-        out.append({f for f in keep if flt.trim_start <= f < n - flt.trim_end})
-    return out
+class EpisodeLayout:
+    """A dataset's frames laid out episode after episode: `ids` (E,) episode ids ascending, `lengths` (E,)
+    frames each (counted from the rows' episode_index), `offset` (E,) the position of each episode's frame 0."""
+
+    def __init__(self, source: Any) -> None:
+        ep, _ = source.frame_positions()
+        ids, counts = np.unique(np.asarray(ep, dtype=np.int64), return_counts=True)
+        self.ids, self.lengths = ids, counts.astype(np.int64)
+        self.offset = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.size = int(self.lengths.sum())
+
+    def position(self, episode: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        """int64 position of each (episode id, frame index); -1 where no such frame exists."""
+        episode, frame = np.asarray(episode, dtype=np.int64), np.asarray(frame, dtype=np.int64)
+        k = np.minimum(np.searchsorted(self.ids, episode), self.ids.size - 1)
+        ok = (self.ids[k] == episode) & (frame >= 0) & (frame < self.lengths[k])
+        return np.where(ok, self.offset[k] + frame, -1)
 
 
-def _episodes_of(source: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(episode ids ascending, frames per episode) of a source, counted from its rows' episode_index."""
-    ep, _ = source.frame_positions()
-    ids, counts = np.unique(np.asarray(ep), return_counts=True)
-    return ids.astype(np.int64), counts.astype(np.int64)
+def kept_mask(flt: Any, layout: EpisodeLayout) -> np.ndarray:
+    """bool (frames,) in `layout` order: what `flt` (a `FrameFilter` or None) keeps — the union of its
+    keep-ranges in each episode (all frames without keep-ranges; none in an episode they do not list), then
+    frames [trim_start, length - trim_end) of every episode."""
+    if flt is None:
+        return np.ones(layout.size, dtype=bool)
+    e_of = np.repeat(np.arange(layout.ids.size), layout.lengths)
+    f_of = np.arange(layout.size) - layout.offset[e_of]
+    if flt.has_ranges:
+        ep = np.asarray(flt.key_episode, dtype=np.int64)[np.asarray(flt.range_key, dtype=np.int64)]
+        k = np.minimum(np.searchsorted(layout.ids, ep), layout.ids.size - 1)
+        known = layout.ids[k] == ep
+        k, a, b = k[known], np.asarray(flt.range_start)[known], np.asarray(flt.range_end)[known]
+        a, b = np.minimum(a, layout.lengths[k]), np.minimum(b, layout.lengths[k])
+        cover = np.zeros(layout.size + 1, dtype=np.int64)
+        np.add.at(cover, layout.offset[k] + a, 1)
+        np.add.at(cover, layout.offset[k] + b, -1)
+        keep = np.cumsum(cover)[:-1] > 0
+    else:
+        keep = np.ones(layout.size, dtype=bool)
+    return keep & (f_of >= flt.trim_start) & (f_of < layout.lengths[e_of] - flt.trim_end)
 
 
 def expected_episode_shares(data: Any, sources: Sequence[Any]) -> list[dict[int, Fraction]]:
@@ -76,11 +91,10 @@ def expected_episode_shares(data: Any, sources: Sequence[Any]) -> list[dict[int,
     for i, e in enumerate(data.entries):
         inner = getattr(e, "dataset_weights", None) if len(entry_repo_ids(e)) > 1 else None
         for k, repo in enumerate(entry_repo_ids(e)):
-            src = sources[len(rows)]
-            ids, lengths = _episodes_of(src)
-            kept = kept_per_episode(filters.get(repo), ids, lengths)
+            layout = EpisodeLayout(sources[len(rows)])
+            per_ep = np.add.reduceat(kept_mask(filters.get(repo), layout), layout.offset) if layout.size else []
             v = Fraction(1) if inner is None else Fraction(float(inner[k])).limit_denominator(10**9)
-            rows.append((i, v, {int(ep): len(s) for ep, s in zip(ids.tolist(), kept, strict=True)}))
+            rows.append((i, v, dict(zip(layout.ids.tolist(), np.asarray(per_ep).tolist(), strict=True))))
     out: list[dict[int, Fraction]] = []
     if data.weighting == "per_sample":
         total = sum(w_entry[i] * v * sum(m.values()) for i, v, m in rows)
@@ -211,8 +225,7 @@ def verify_mixture(config: Any, data: Any, num_samples: int, *, alpha: float, ou
         out(fmt_row([name, f"{data.dataset_weights[i]:g}", "", f"{en_exp[i]:.4f}", f"{en_cnt[i] / n:.4f}",
                      int(en_cnt[i])], widths))
         for j in np.flatnonzero(entry_of == i):
-            ids, lengths = _episodes_of(sources[j])
-            kept[j] = sum(map(len, kept_per_episode(filters.get(sources[j].name), ids, lengths)))
+            kept[j] = int(kept_mask(filters.get(sources[j].name), EpisodeLayout(sources[j])).sum())
             out(fmt_row([f"  {sources[j].name}", "", f"{kept[j]}/{len(sources[j])}", f"{ds_exp[j]:.4f}",
                          f"{ds_cnt[j] / n:.4f}", int(ds_cnt[j])], widths))
     report.p_value = _gof("mixture entries", en_cnt, en_exp, list(data.names), alpha, add)
@@ -252,14 +265,14 @@ def _check_filtered(sources: list, filters: Mapping[str, Any], d: np.ndarray, ep
     """No draw is a frame its dataset's filter drops."""
     bad = []
     for j, s in enumerate(sources):
-        ids, lengths = _episodes_of(s)
-        keep = dict(zip(ids.tolist(), kept_per_episode(filters.get(s.name), ids, lengths), strict=True))
+        layout = EpisodeLayout(s)
+        keep = np.r_[kept_mask(filters.get(s.name), layout), False]  # position -1: no such frame
         sel = np.flatnonzero(d == j)
-        bad += [f"{s.name} episode {int(ep[k])} frame {int(fr[k])}" for k in sel
-                if int(fr[k]) not in keep.get(int(ep[k]), ())][:3]
+        out = sel[~keep[layout.position(ep[sel], fr[sel])]]
+        bad += [f"{s.name} episode {int(ep[k])} frame {int(fr[k])}" for k in out[:3]]
     summary = ", ".join(f"{s.name} {kept[j]}/{len(s)}" for j, s in enumerate(sources))
     add("frame filters", not bad, f"kept frames {summary}; none of the {d.size} draws is a filtered-out frame"
         if not bad else f"draws of filtered-out frames: {'; '.join(bad)}")
 
 
-__all__ = ["expected_episode_shares", "kept_per_episode", "verify_mixture"]
+__all__ = ["EpisodeLayout", "expected_episode_shares", "kept_mask", "verify_mixture"]
