@@ -20,7 +20,8 @@ Weights (`dataset_weights`, one per entry, default all 1) and `weighting` are th
 "per_sample" (a frame of entry i is drawn with probability ∝ w_i), "per_dataset" (entry i's share is
 w_i / Σw) or "per_episode" (share ∝ w_i, each episode of an entry's dataset equally likely). An entry with
 several datasets keeps its own `dataset_weights` inside (they must be "per_sample" weights): under "per_sample"
-a frame of its dataset d weighs w_i·v_d; otherwise entry i's share is split over its datasets ∝ v_d·N_d.
+a frame of its dataset d weighs w_i·v_d; otherwise entry i's share is split over its datasets ∝ v_d·M_d (M_d:
+the frames of d that its frame filter keeps, all N_d without one).
 `frame_filters`: one `FrameFilter` (or None) per entry (applied to each of its datasets), or a dict repo id ->
 `FrameFilter`.
 
@@ -168,9 +169,11 @@ class MixtureDataConfig(DataConfigFactory):
                            weighting=self.weighting, frame_filters=self.frame_filters)
 
 
-def flat_weights(data: MixtureData, sizes: Sequence[int]) -> tuple[list[float], str]:
+def flat_weights(data: MixtureData, sources: Sequence[Any]) -> tuple[list[float], str]:
     """(weight per dataset of `data.repo_ids`, weighting) for `MixtureLoader`: the entries' weights, with each
-    multi-dataset entry's own per-sample weights inside (module docstring). `sizes`: frames per dataset."""
+    multi-dataset entry's own per-sample weights inside (module docstring). `sources`: the opened datasets in
+    `data.repo_ids` order; under per_dataset / per_episode a multi-dataset entry's share is split over its
+    datasets ∝ v_d·M_d, M_d = frames its frame filter keeps (N_d without one)."""
     entry_of = data.entry_of()
     inner: list[float] = []
     for i, e in enumerate(data.entries):
@@ -186,9 +189,26 @@ def flat_weights(data: MixtureData, sizes: Sequence[int]) -> tuple[list[float], 
         return w.tolist(), data.weighting
     if data.weighting == "per_sample":
         return (w * v).tolist(), "per_sample"
-    mass = v * np.asarray(sizes, dtype=np.float64)
+    mass = v * np.asarray(kept_sizes(data, sources), dtype=np.float64)
     per_entry = np.bincount(entry_of, weights=mass, minlength=len(data.entries))
     return (w * mass / per_entry[entry_of]).tolist(), data.weighting
+
+
+def kept_sizes(data: MixtureData, sources: Sequence[Any]) -> list[int]:
+    """Frames per dataset of `sources` (in `data.repo_ids` order) that the config's frame filters keep."""
+    from fastmix.core.episodes import EpisodeRuns
+    from fastmix.core.filters import kept_frames
+
+    filters = flat_frame_filters(data) or {}
+    out = []
+    for s in sources:
+        flt = filters.get(s.name)
+        if flt is None:
+            out.append(len(s))
+            continue
+        runs = EpisodeRuns.from_rows(*s.frame_positions(), name=s.name)
+        out.append(kept_frames(flt, runs, where=f"frame_filters (dataset {s.name!r})").num_kept)
+    return out
 
 
 def flat_frame_filters(data: MixtureData) -> dict[str, Any] | None:
@@ -233,4 +253,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MixtureData", "MixtureDataConfig", "entry_repo_ids", "flat_frame_filters", "flat_weights"]
+__all__ = ["MixtureData", "MixtureDataConfig", "entry_repo_ids", "flat_frame_filters", "flat_weights", "kept_sizes"]

@@ -148,7 +148,7 @@ def mixture_loader_parts(config: Any, data: MixtureData, *, skip_norm_stats: boo
     if len(pads) > 1:
         raise ConfigError(f"the entries pad state/actions to different sizes ({sorted(pads, key=str)}); a mixture "
                           "batch needs one model action_dim")
-    weights, weighting = flat_weights(data, [len(s) for s in sources])
+    weights, weighting = flat_weights(data, sources)
     kwargs = dict(dataset_weights=weights, weighting=weighting, frame_filters=flat_frame_filters(data),
                   delta_timestamps=deltas, groups=groups, resize_images=sizes, image_dtype=dtypes)
     transform = MixtureTransform(stages, pads.pop(), [bool(getattr(e, "prompt_from_task", False))

@@ -34,18 +34,16 @@ The seeds are fixed, so a given run is reproducible. What it cannot see: a frame
 small (a few draws), and deviations smaller than the statistical noise of `draws` draws.
 CLI: `fastmix equivalence --sizes 10000 1000 --weights 1 10 --draws 1000000`; exit status 1 on FAIL;
 `fastmix equivalence --sizes 3000 800 --weighting all --episodes-seed 1 --filter-seed 2 --trim-start 1`.
+A mixture of data configs: `fastmix equivalence --config NAME [--configs MODULE_OR_FILE] [--weighting all]` checks
+that config's loader, per entry, dataset, episode and frame (`fastmix.tools.equivalence_mixture`).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -55,33 +53,19 @@ from fastmix.core.filters import FrameFilter
 from fastmix.core.mixture import WEIGHTINGS, Mixture
 from fastmix.core.sampler import MixtureSampler
 from fastmix.errors import ConfigError
+from fastmix.tools.equivalence_stats import (  # noqa: F401 - re-exported (former home of these helpers)
+    DEFAULT_ALPHA,
+    MIN_EXPECTED,
+    TestResult,
+    _coverage,
+    _pool_small,
+    _two_sample,
+    check_alpha,
+    chi_square_gof,
+    reference_draws,
+)
 
-DEFAULT_ALPHA = 1e-3  # family-wise false-alarm rate of the whole check
-MIN_EXPECTED = 5.0  # smallest expected count of a chi-square category
 RESIDUE_MODULUS = 6  # residue classes of the local frame index: mod 2 and mod 3 at once
-
-
-def check_alpha(alpha: Any, name: str = "alpha") -> float:
-    """`alpha` as a float: a significance level, a real number strictly between 0 and 1. Otherwise ConfigError
-    "`name` must be a number between 0 and 1 (exclusive), got name=value"."""
-    ok = isinstance(alpha, (numbers.Real, np.floating, np.integer)) and not isinstance(alpha, (bool, np.bool_))
-    if not (ok and math.isfinite(alpha) and 0.0 < float(alpha) < 1.0):
-        raise ConfigError(f"{name} must be a number between 0 and 1 (exclusive; a significance level such as "
-                          f"{DEFAULT_ALPHA:g}), got {name}={alpha!r}")
-    return float(alpha)
-
-
-@dataclass
-class TestResult:
-    """One test: chi-square `statistic` with `dof` degrees of freedom, or (coverage test) the largest expected
-    count of a never-drawn frame with `dof` = the number of frames at least that likely."""
-
-    __test__ = False  # not a pytest class
-
-    name: str
-    statistic: float
-    dof: int
-    p_value: float
 
 
 ChiSquareResult = TestResult  # former name
@@ -137,66 +121,6 @@ class EquivalenceResult:
         return "\n".join(lines)
 
 
-def _pool_small(observed: np.ndarray, expected: np.ndarray, min_expected: float) -> tuple[np.ndarray, np.ndarray]:
-    """Categories expecting fewer than `min_expected` counts pooled into one; a pool still short of it is merged
-    into the least expected of the others. Returns (observed, expected) float64."""
-    small = expected < min_expected
-    if not small.any() or min_expected <= 0:
-        return observed.astype(np.float64), expected.astype(np.float64)
-    obs, exp = observed[~small].astype(np.float64), expected[~small].astype(np.float64)
-    pool_o, pool_e = float(observed[small].sum()), float(expected[small].sum())
-    if pool_e >= min_expected or obs.size == 0:
-        return np.append(obs, pool_o), np.append(exp, pool_e)
-    j = int(np.argmin(exp))
-    obs[j] += pool_o
-    exp[j] += pool_e
-    return obs, exp
-
-
-def chi_square_gof(observed: np.ndarray, expected_p: np.ndarray, name: str = "goodness of fit", *,
-                   min_expected: float = 0.0) -> TestResult:
-    """Chi-square goodness of fit of counts (C,) to probabilities (C,) (normalized here). A count in a category of
-    probability 0 gives statistic inf, p = 0; categories expecting fewer than `min_expected` are pooled
-    (`_pool_small`); fewer than two categories left gives p = 1, dof 0."""
-    from scipy import stats
-
-    observed = np.asarray(observed)
-    expected_p = np.asarray(expected_p, dtype=np.float64)
-    keep = expected_p > 0
-    if observed[~keep].any():
-        return TestResult(name, float("inf"), int(keep.sum()) - 1, 0.0)
-    n = float(observed.sum())
-    obs, exp = _pool_small(observed[keep], expected_p[keep] / expected_p[keep].sum() * n, min_expected)
-    if obs.size < 2:
-        return TestResult(name, 0.0, 0, 1.0)
-    stat, p = stats.chisquare(obs, exp * (obs.sum() / exp.sum()))
-    return TestResult(name, float(stat), int(obs.size - 1), float(p))
-
-
-def _two_sample(name: str, a: np.ndarray, b: np.ndarray) -> TestResult:
-    """Chi-square test of homogeneity of two count vectors (categories empty in both dropped)."""
-    from scipy import stats
-
-    keep = (a + b) > 0
-    if keep.sum() < 2:
-        return TestResult(name, 0.0, 0, 1.0)
-    res = stats.chi2_contingency(np.stack([a[keep], b[keep]]), correction=False)
-    return TestResult(name, float(res.statistic), int(res.dof), float(res.pvalue))
-
-
-def _coverage(name: str, counts: np.ndarray, probabilities: np.ndarray, draws: int) -> TestResult:
-    """Frames never drawn: statistic e = the largest expected count among them, p = Σ (1 - p_i)^draws over the
-    frames expecting at least e (>= P(some frame that likely is never drawn), by the union bound)."""
-    expected = probabilities * draws
-    unseen = (counts == 0) & (probabilities > 0)
-    if not unseen.any():
-        return TestResult(name, 0.0, 0, 1.0)
-    e_max = float(expected[unseen].max())
-    likely = probabilities[expected >= e_max]
-    p = float(np.exp(draws * np.log1p(-likely)).sum())
-    return TestResult(name, e_max, int(likely.size), min(1.0, p))
-
-
 def frame_bins(probabilities: np.ndarray, draws: int, *, min_expected: float = MIN_EXPECTED,
                max_bins: int = 1000, order: np.ndarray | None = None) -> np.ndarray:
     """int64 (N,) bin of every frame: frames taken in `order` (default: index order) and grouped greedily so each
@@ -227,19 +151,6 @@ def hash_order(n: int) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return np.argsort(z, kind="stable").astype(np.int64)
-
-
-def reference_draws(weights: np.ndarray, draws: int, seed: int) -> np.ndarray:
-    """int64 (draws,) from torch's WeightedRandomSampler(weights, num_samples=len(weights), replacement=True),
-    iterated epoch after epoch like a DataLoader."""
-    import torch
-    from torch.utils.data import WeightedRandomSampler
-
-    gen = torch.Generator().manual_seed(seed)
-    sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(weights),
-                                    replacement=True, generator=gen)
-    epochs = itertools.chain.from_iterable(iter(sampler) for _ in itertools.count())
-    return np.fromiter(itertools.islice(epochs, draws), dtype=np.int64, count=draws)
 
 
 def check_equivalence(
@@ -361,10 +272,17 @@ def random_frame_filters(episode_lengths: Sequence[np.ndarray], seed: int, *, tr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=int, nargs="+", required=True, help="frames per dataset")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="frames per dataset (or --config)")
+    parser.add_argument("--config", default=None, metavar="CONFIG_NAME",
+                        help="check the loader of this config instead, a MixtureDataConfig (its entries' "
+                             "datasets, weights, weighting and frame filters; --weighting all: once per mode)")
+    from fastmix.tools import user_configs
+
+    user_configs.add_argument(parser)
     parser.add_argument("--weights", type=float, nargs="+", default=None, help="dataset weights (default 1 each)")
-    parser.add_argument("--weighting", choices=(*WEIGHTINGS, "all"), default="per_sample",
-                        help="weighting mode; 'all': the check once per mode")
+    parser.add_argument("--weighting", choices=(*WEIGHTINGS, "all"), default=None,
+                        help="weighting mode (default per_sample; with --config, the config's); 'all': the check "
+                             "once per mode")
     parser.add_argument("--episodes-seed", type=int, default=None,
                         help="split each dataset into random episodes (lengths ~40, from this seed); needed by "
                              "per_episode and the frame filters (default with them: seed 0)")
@@ -382,10 +300,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _run_config(args: argparse.Namespace) -> int:
+    """`--config NAME`: a MixtureDataConfig's loader (`fastmix.tools.equivalence_mixture`)."""
+    import sys
+
+    from fastmix.errors import FastmixError
+    from fastmix.tools import user_configs
+    from fastmix.tools.equivalence_mixture import check_mixture_config
+
+    try:
+        config = user_configs.lookup(args.config, getattr(args, "configs", None))
+        modes = list(WEIGHTINGS) if args.weighting == "all" else [args.weighting]
+        results = [check_mixture_config(config, draws=args.draws, weighting=m, alpha=args.alpha) for m in modes]
+    except FastmixError as e:
+        print(f"fastmix equivalence: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = [r.to_dict() for r in results]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+    else:
+        print("\n\n".join(r.format() for r in results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     check_alpha(args.alpha, "--alpha")
+    if getattr(args, "config", None) is not None:
+        return _run_config(args)
+    if not args.sizes:
+        raise ConfigError("fastmix equivalence needs --sizes N [N ...] (frames per dataset) or --config NAME")
     fw = None if args.frame_weights_seed is None else random_frame_weights(args.sizes, args.frame_weights_seed)
-    modes = list(WEIGHTINGS) if args.weighting == "all" else [args.weighting]
+    modes = list(WEIGHTINGS) if args.weighting == "all" else [args.weighting or "per_sample"]
     filtered = args.filter_seed is not None or args.trim_start or args.trim_end
     episodes = filters = None
     if args.episodes_seed is not None or filtered or "per_episode" in modes:

@@ -323,6 +323,11 @@ def verify(
     bar = "=" * 72
     out(f"{bar}\nVerifying config: {config.name}\n{bar}")
     data_config = run.data_config = config.data.create(config.assets_dirs, config.model)
+    if _is_mixture(data_config):  # a MixtureDataConfig: shares per entry and per dataset, norm stats per entry
+        from fastmix.tools.verify_mixture import verify_mixture
+
+        return verify_mixture(config, data_config, num_samples, alpha=alpha, out=out, create_loader=create_loader,
+                              plot_path=plot_path if plot_path is not None else f"verify_{config.name}.png")
     run.weights = None if data_config.dataset_weights is None else [float(w) for w in data_config.dataset_weights]
     run.weighting = getattr(data_config, "weighting", "per_sample")
     run.frame_filters = getattr(data_config, "frame_filters", None)
@@ -345,6 +350,12 @@ def verify(
     path = pathlib.Path(plot_path) if plot_path is not None else pathlib.Path(f"verify_{config.name}.png")
     _check_plot(run, path, exp, obs_share, p)
     return finish(run.report, out)
+
+
+def _is_mixture(data_config: Any) -> bool:
+    from fastmix.openpi.mixture_pipeline import is_mixture
+
+    return is_mixture(data_config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.tools.equivalence import MIN_EXPECTED, check_alpha
+from fastmix.tools.equivalence_stats import MIN_EXPECTED, check_alpha
 
 DEFAULT_NUM_SAMPLES = 1000
 DEFAULT_ALPHA = 1e-3
@@ -72,7 +72,7 @@ def expected_shares(sizes: list[int], weights: list[float] | None, weighting: st
 def chi_square(observed: np.ndarray, expected_share: np.ndarray) -> tuple[float, float]:
     """(statistic, p-value) of observed counts against expected shares (`equivalence.chi_square_gof`); a count
     where the share is 0 gives (inf, 0)."""
-    from fastmix.tools.equivalence import chi_square_gof
+    from fastmix.tools.equivalence_stats import chi_square_gof
 
     res = chi_square_gof(np.asarray(observed), np.asarray(expected_share, dtype=np.float64))
     return res.statistic, res.p_value

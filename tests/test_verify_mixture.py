@@ -1,0 +1,225 @@
+"""`fastmix verify` of a `MixtureDataConfig`, and the split of a multi-dataset entry's share over kept frames.
+
+Three generated robots (tests/mixture_robots.py, lerobot 0.4.4's writer) and a nested LIBERO entry of two
+datasets. References: exact probabilities written out here by hand (fractions from the datasets' episode
+lengths, the weights and the filters' definitions), never fastmix's own mixture tables.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fastmix import FrameFilter, MixtureDataConfig
+from fastmix.openpi.data_loader import create_data_loader
+from fastmix.tools.verify import verify
+from tests.mixture_robots import (
+    REPOS,
+    entries,
+    frame_counts,
+    nested_libero,
+    train_config,
+    write_norm_stats,
+    write_robots,
+)
+
+DATASETS = ("libero", "libero2", "droid", "aloha")  # the flat order of the mixtures below
+LIBERO_TRIM = FrameFilter(trim_start=5)  # only on the first dataset of the nested LIBERO entry
+ALOHA_RANGES = {0: [[0, 6]], 1: [[4, 15]]}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = write_robots(tmp_path_factory.mktemp("robots"))
+    write_norm_stats(home / "assets" / "cotrain")
+    return home
+
+
+def filtered_mixture(home, weighting: str, weights=(1.0, 2.0, 1.0)) -> MixtureDataConfig:
+    """LIBERO entry (libero, libero2; inner per-sample weights 1, 3) with libero trimmed by 5 frames per
+    episode; DROID; ALOHA keeping episode 0 frames 0-5 and episode 1 frames 4-14."""
+    e = entries(home)
+    return MixtureDataConfig(datasets=[nested_libero(home), e["droid"], e["aloha"]], dataset_weights=list(weights),
+                             weighting=weighting, frame_filters={REPOS["libero"]: LIBERO_TRIM,
+                                                                 REPOS["aloha"]: FrameFilter(ALOHA_RANGES)})
+
+
+def kept_frames() -> dict[str, list[set[int]]]:
+    """Per dataset, per episode: the frames kept, from the filters' definitions."""
+    out = {r: [set(range(n)) for n in frame_counts(r)] for r in DATASETS}
+    out["libero"] = [set(range(5, n)) for n in frame_counts("libero")]
+    out["aloha"] = [set(range(a, b)) for (a, b), in (ALOHA_RANGES[0], ALOHA_RANGES[1])]
+    return out
+
+
+def exact_dataset_shares(weighting: str, weights=(1, 2, 1)) -> dict[str, Fraction]:
+    """Per dataset, by hand: per_sample ∝ w_entry·v·M (M kept frames); per_dataset / per_episode: entry share
+    w/Σw, the LIBERO entry's split ∝ v·M over its two datasets."""
+    kept = {r: sum(len(s) for s in k) for r, k in kept_frames().items()}
+    w = {"libero": weights[0], "libero2": weights[0], "droid": weights[1], "aloha": weights[2]}
+    v = {"libero": 1, "libero2": 3, "droid": 1, "aloha": 1}
+    if weighting == "per_sample":
+        total = sum(w[r] * v[r] * kept[r] for r in DATASETS)
+        return {r: Fraction(w[r] * v[r] * kept[r], total) for r in DATASETS}
+    sw = sum(weights)
+    inner = v["libero"] * kept["libero"] + v["libero2"] * kept["libero2"]
+    return {"libero": Fraction(weights[0], sw) * Fraction(v["libero"] * kept["libero"], inner),
+            "libero2": Fraction(weights[0], sw) * Fraction(v["libero2"] * kept["libero2"], inner),
+            "droid": Fraction(weights[1], sw), "aloha": Fraction(weights[2], sw)}
+
+
+def exact_frame_probabilities(weighting: str) -> np.ndarray:
+    """Every frame of the flat concatenation: its dataset's share, then uniform over kept frames (per_sample,
+    per_dataset) or 1/E per kept episode and uniform inside it (per_episode); 0 for a dropped frame."""
+    share, kept, probs = exact_dataset_shares(weighting), kept_frames(), []
+    for r in DATASETS:
+        m, eps = sum(len(k) for k in kept[r]), sum(1 for k in kept[r] if k)
+        for e, length in enumerate(frame_counts(r)):
+            for f in range(length):
+                if f not in kept[r][e]:
+                    probs.append(Fraction(0))
+                else:
+                    probs.append(share[r] / m if weighting != "per_episode" else share[r] / eps / len(kept[r][e]))
+    assert sum(probs) == 1
+    return np.array([float(p) for p in probs])
+
+
+@pytest.mark.parametrize("weighting", ["per_dataset", "per_episode"])
+def test_a_multi_dataset_entry_is_split_over_its_kept_frames(home, weighting) -> None:
+    """The LIBERO entry's share is split ∝ v·M (kept frames), not v·N (all frames): the loader's exact
+    per-dataset shares equal the hand-computed fractions, and 40 000 draws fit every frame's exact probability
+    (chi-square); dropped frames are never drawn. Before the fix libero had 1/4·36/84 instead of 1/4·21/69."""
+    with create_data_loader(train_config(home, filtered_mixture(home, weighting)), shuffle=True, num_batches=1) as dl:
+        assert [s.name for s in dl.sources] == [REPOS[r] for r in DATASETS]
+        shares = np.asarray(dl.mixture.shares, dtype=np.float64)
+        draws = dl.loader.sampler.next_indices(40_000)
+    want = exact_dataset_shares(weighting)
+    np.testing.assert_allclose(shares, [float(want[r]) for r in DATASETS], rtol=1e-12)
+    probs = exact_frame_probabilities(weighting)
+    counts = np.bincount(draws, minlength=probs.size)
+    assert counts[probs == 0].sum() == 0
+    assert stats.chisquare(counts[probs > 0], probs[probs > 0] * draws.size).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("weighting", ["per_sample", "per_dataset", "per_episode"])
+def test_verify_checks_shares_per_entry_dataset_and_episode(home, weighting, tmp_path) -> None:
+    """`verify` of the filtered nested mixture passes in each mode; its expected per-dataset shares equal the
+    hand-computed fractions; it tests entries, the datasets inside the LIBERO entry, episodes and filters, and
+    reports each entry's norm stats asset."""
+    lines: list[str] = []
+    report = verify(train_config(home, filtered_mixture(home, weighting), batch_size=32), 512, out=lines.append,
+                    plot_path=tmp_path / "p.png")
+    assert report.ok, "\n".join(lines)
+    want = exact_dataset_shares(weighting)
+    np.testing.assert_allclose(report.expected_shares, [float(want[r]) for r in DATASETS], rtol=1e-12)
+    assert sum(report.observed_counts) == 512
+    names = [c.name for c in report.checks]
+    assert "mixture entries" in names and "episodes" in names and "frame filters" in names
+    assert any(n.startswith("datasets of entry 0") for n in names)
+    assert sum(n.startswith("norm stats entry") for n in names) == 3
+    assert report.plot_path == tmp_path / "p.png" and report.plot_path.stat().st_size > 0
+    assert "asset 'droid'" in report.check("norm stats entry 1 (DroidLikeDataConfig: robots/droid_like)").detail
+
+
+def test_verify_fails_draws_of_another_weighting(home, tmp_path) -> None:
+    """The loader draws per_sample while the config declares per_dataset: the entries' chi-square fails."""
+    declared = train_config(home, filtered_mixture(home, "per_dataset"), batch_size=32)
+    drawn = train_config(home, filtered_mixture(home, "per_sample"), batch_size=32)
+    lines: list[str] = []
+    report = verify(declared, 1024, out=lines.append, plot_path=tmp_path / "p.png",
+                    create_loader=lambda _cfg, **kw: create_data_loader(drawn, **kw))
+    assert not report.ok
+    assert not report.check("mixture entries").ok, "\n".join(lines)
+
+
+def test_verify_names_a_missing_entry_asset_and_its_command(home, tmp_path) -> None:
+    """An entry whose asset is missing: its norm stats check fails naming the asset and compute-norm-stats."""
+    e = entries(home)
+    data = MixtureDataConfig(datasets=[e["libero"], e["droid"], e["aloha"]])
+    cfg = train_config(home, data, name="cotrain_no_stats", batch_size=32)
+    (home / "assets" / "cotrain_no_stats").mkdir(parents=True, exist_ok=True)
+    write_norm_stats(home / "assets" / "cotrain_no_stats")
+    (home / "assets" / "cotrain_no_stats" / "aloha" / "norm_stats.json").unlink()
+    lines: list[str] = []
+    report = verify(cfg, 64, out=lines.append, plot_path=tmp_path / "p.png")
+    bad = [c for c in report.checks if c.name.startswith("norm stats") and not c.ok]
+    assert len(bad) == 1 and "aloha" in bad[0].name, "\n".join(lines)
+    assert "asset 'aloha' missing" in bad[0].detail and "compute-norm-stats" in bad[0].detail
+    assert not report.ok
+
+
+# ------------------------------------------------------------------------------- fastmix equivalence --config
+def entry_shares(weighting: str) -> list[float]:
+    s = exact_dataset_shares(weighting)
+    return [float(s["libero"] + s["libero2"]), float(s["droid"]), float(s["aloha"])]
+
+
+@pytest.mark.parametrize("weighting", ["per_sample", "per_dataset", "per_episode"])
+def test_equivalence_of_a_mixture_config_passes_in_each_mode(home, weighting) -> None:
+    """The loader's sampler and WeightedRandomSampler over the exact probabilities both fit them (per entry,
+    dataset, episode, frame; coverage) and each other; the expected entry shares are the hand-computed ones."""
+    from fastmix.tools.equivalence_mixture import check_mixture_config
+
+    r = check_mixture_config(train_config(home, filtered_mixture(home, "per_sample")), draws=100_000,
+                             weighting=weighting)
+    assert r.passed, r.format()
+    assert r.weighting == weighting and r.zero_probability_draws == 0
+    np.testing.assert_allclose(r.expected_shares, entry_shares(weighting), rtol=1e-12)
+    assert {t.name for t in r.tests} >= {"fastmix vs expected (episodes)", "fastmix vs expected (frames)",
+                                         "fastmix vs reference (entries)", "reference vs expected (datasets)"}
+
+
+def test_equivalence_fails_a_sampler_of_another_weighting(home) -> None:
+    """The sampler of the per_sample loader checked against the per_dataset declaration fails."""
+    from fastmix.tools.equivalence_mixture import check_mixture_config
+
+    with create_data_loader(train_config(home, filtered_mixture(home, "per_sample")), num_batches=1) as dl:
+        wrong = dl.loader.sampler
+        r = check_mixture_config(train_config(home, filtered_mixture(home, "per_dataset")), draws=100_000,
+                                 sampler=wrong)
+    assert not r.passed
+    assert {t.name: t.p_value for t in r.tests}["fastmix vs expected (entries)"] < 1e-6
+
+
+def test_equivalence_cli_takes_a_mixture_config(home, tmp_path, capsys) -> None:
+    """`fastmix equivalence --config FILE.py:NAME --weighting all --json`: one PASS per mode, exit status 0."""
+    import argparse
+    import json
+
+    from fastmix.tools import equivalence, user_configs
+
+    f = tmp_path / "my_mix.py"
+    f.write_text("from pathlib import Path\nfrom tests.test_verify_mixture import filtered_mixture, train_config\n"
+                 f"CONFIG = train_config(Path({str(home)!r}), filtered_mixture(Path({str(home)!r}), 'per_dataset'), "
+                 "name='v_mix_cli')\n")
+    parser = argparse.ArgumentParser()
+    equivalence.add_arguments(parser)
+    args = parser.parse_args(["--config", f"{f}:v_mix_cli", "--weighting", "all", "--draws", "50000", "--json"])
+    try:
+        assert equivalence.run(args) == 0
+    finally:
+        user_configs.forget_loaded()
+    out = json.loads(capsys.readouterr().out)
+    assert [o["weighting"] for o in out] == ["per_sample", "per_dataset", "per_episode"]
+    assert all(o["verdict"] == "PASS" for o in out)
+
+
+def test_kept_mask_of_overlapping_ranges_unknown_keys_and_trims() -> None:
+    """verify's own reading of a filter, against sets written by hand: overlapping ranges united, an unlisted
+    episode keeps nothing, an ignored unknown key does nothing, trims cut each episode's ends."""
+    from fastmix.tools.verify_mixture import EpisodeLayout, kept_mask
+
+    class Rows:  # episodes 3 (6 frames) and 7 (5 frames), rows in episode, frame order
+        def frame_positions(self):
+            return np.array([3] * 6 + [7] * 5), np.array([*range(6), *range(5)])
+
+    layout = EpisodeLayout(Rows())
+    flt = FrameFilter({"3": [[0, 3], [2, 5]], "99": [[0, 1]]}, trim_start=1, unknown_episodes="ignore")
+    want = [f in {1, 2, 3, 4} for f in range(6)] + [False] * 5
+    assert kept_mask(flt, layout).tolist() == want
+    trim = FrameFilter(trim_start=1, trim_end=2)
+    assert kept_mask(trim, layout).tolist() == [f in {1, 2, 3} for f in range(6)] + [f in {1, 2} for f in range(5)]
+    assert layout.position(np.array([7, 7, 4]), np.array([4, 5, 0])).tolist() == [10, -1, -1]
