@@ -204,7 +204,7 @@ def kept_frames() -> dict[str, list[set[int]]]:
 def expected_frame_probabilities(weighting: str) -> np.ndarray:
     """Probability of every frame of the flat concatenation, from exact fractions: entry weights (1, 2, 1), the
     LIBERO entry's inner per-sample weights (1, 3); per_sample ∝ w_entry·v_dataset per kept frame; per_dataset:
-    entry share w/Σw, split inside the entry ∝ v·N (N: its frames), uniform over kept frames; per_episode: the
+    entry share w/Σw, split inside the entry ∝ v·M (M: its kept frames), uniform over kept frames; per_episode: the
     same dataset shares, 1/E per kept episode, 1/M_e per kept frame of it."""
     w = {"libero": Fraction(1), "libero2": Fraction(1), "droid": Fraction(2), "aloha": Fraction(1)}
     v = {"libero": Fraction(1), "libero2": Fraction(3), "droid": Fraction(1), "aloha": Fraction(1)}
