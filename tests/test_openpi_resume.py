@@ -194,7 +194,8 @@ def test_state_of_another_mixture_names_the_file(fake, tmp_path):
     loader.close()
     saved["state"]["mixture"]["sizes"] = [99, 5]
     resume.write_state(run.checkpoint_dir / "1" / "assets", saved)
-    with pytest.raises(ConfigError, match=r"run/1/assets/fastmix_loader_state.json: .*sizes"):
+    with pytest.raises(ConfigError, match=r"(?s)run/1/assets/fastmix_loader_state.json: .*sizes=\[99, 5\].*"
+                                          r"delete this file"):
         make_loader(fake, tmp_path, resume_run=True, framework="pytorch")
 
 

@@ -135,7 +135,8 @@ def attach(loader: Any, config: Any, *, framework: str, shuffle: bool) -> Any:
             try:
                 loader.load_state_dict(saved["state"], handed_out=saved["batches"])
             except ConfigError as e:
-                raise ConfigError(f"{step_dir / 'assets' / STATE_FILE}: {e}") from None
+                raise ConfigError(f"{step_dir / 'assets' / STATE_FILE}: {e} (or delete this file to resume with "
+                                  "the data stream restarted)") from None
             loader.resumed = (step, saved["batches"])
             logger.info("data stream resumed from checkpoint %s after batch %d", step_dir, saved["batches"])
     if shuffle:

@@ -15,8 +15,9 @@ shapes and, for JAX, its sharding at the jitted step); the scripts themselves ar
   its first step after the resume trains on batch 0 — as openpi's own loader does (measured here too: its
   loader, built again as a resumed run builds it, gives batches 0, 1, ... again).
 
-CI runs `CI_VARIANTS` (JAX without workers, PyTorch with 2); FASTMIX_SEED_SLOW=1 adds `SLOW_VARIANTS` (the other
-worker counts) and the resumes without loader state, each one more run of a train script per tree.
+CI runs one train script per tree (the JAX one without loader workers on the fork, the PyTorch one with 2 on
+upstream: the trees' scripts are the same code, checked below); FASTMIX_SEED_SLOW=1 runs all four variants
+(JAX / PyTorch, 0 / 2 workers) on both trees, and the resumes without loader state.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ WEIGHTS = [1.0, 3.0]
 # JAX: steps 0..3, checkpoints after steps 1, 2, 3; resumed from 1, it trains steps 2 and 3. PyTorch: steps
 # 0..4, checkpoints after 3 and 4 steps (its checkpoints hold the full model and optimizer state, ≈ 5 GB each);
 # resumed from 3, it trains steps 3 and 4.
-CI_VARIANTS = [Variant("jax", 0, steps=4, save_interval=1, resume_from=1),
-               Variant("pytorch", 2, steps=5, save_interval=3, resume_from=3)]
-SLOW_VARIANTS = [dataclasses.replace(CI_VARIANTS[0], num_workers=2),
-                 dataclasses.replace(CI_VARIANTS[1], num_workers=0)]
+JAX = Variant("jax", 0, steps=4, save_interval=1, resume_from=1)
+PYTORCH = Variant("pytorch", 2, steps=5, save_interval=3, resume_from=3)
+ALL_VARIANTS = [JAX, dataclasses.replace(JAX, num_workers=2), PYTORCH, dataclasses.replace(PYTORCH, num_workers=0)]
+# The two trees' train scripts and checkpoint module are the same code (test_the_trees_train_the_same_way): CI
+# runs the JAX script on the fork and the PyTorch script on upstream; FASTMIX_SEED_SLOW=1 runs all four variants
+# on both trees, and the resumes without loader state.
 SLOW = os.environ.get("FASTMIX_SEED_SLOW") == "1"
-VARIANTS = CI_VARIANTS + (SLOW_VARIANTS if SLOW else [])
+VARIANTS = ALL_VARIANTS if SLOW else [JAX if TREE == "fork" else PYTORCH]
 IDS = [f"{v.framework}-w{v.num_workers}" for v in VARIANTS]
 
 
@@ -101,13 +104,14 @@ def shared_assets(datasets, tree_norm_stats):
 def runs(shared_assets, assets_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"train_scripts_{TREE}")
     configs = folder / "seed_train_configs.py"
-    configs.write_text(configs_source(CI_VARIANTS + SLOW_VARIANTS, repos=REPOS, weights=WEIGHTS,
+    configs.write_text(configs_source(ALL_VARIANTS, repos=REPOS, weights=WEIGHTS,
                                       assets_dir=shared_assets.assets_dir, asset_id=shared_assets.asset_id,
                                       assets_base=assets_dir, checkpoint_base=folder / "checkpoints"))
     yield Runs(folder, configs, Path(shared_assets.assets_dir) / shared_assets.asset_id)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # GBs of model and optimizer state
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_train_script_runs_unchanged_on_fastmix(runs, variant):
     """Every step 0..N-1 trained once, on a batch of openpi's shape (batch 2, action horizon 4, openpi's 32
@@ -126,6 +130,7 @@ def test_train_script_runs_unchanged_on_fastmix(runs, variant):
     assert len(set(digests)) == len(digests), "a batch repeated within the first steps of a shuffled stream"
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_checkpoint_assets_hold_norm_stats_and_loader_state(runs, variant):
     """The checkpoints the script's own rules give (`Variant.checkpoints`); each one's assets hold the config's norm stats
@@ -149,6 +154,7 @@ def test_checkpoint_assets_hold_norm_stats_and_loader_state(runs, variant):
         assert state["batches"] == variant.batches_trained(step), state["batches"]
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_resumed_run_continues_the_data_stream(runs, variant):
     """Resumed from checkpoint k (later checkpoints removed), the run trains steps first..N-1 on exactly the
@@ -177,8 +183,9 @@ def check_resume_without_loader_state(runs, variant):
             f"resumed step {step} did not retrain batch {i}"
 
 
-if SLOW:  # one more resumed run per tree; CI measures openpi's own loader instead (the test below)
-    @pytest.mark.parametrize("variant", CI_VARIANTS, ids=[f"{v.framework}-w{v.num_workers}" for v in CI_VARIANTS])
+if SLOW:  # one more resumed run per variant; CI measures openpi's own loader instead (the test below)
+    @pytest.mark.timeout(3600)
+    @pytest.mark.parametrize("variant", [JAX, PYTORCH], ids=["jax", "pytorch"])
     def test_without_loader_state_a_resume_replays_the_stream(runs, variant):
         check_resume_without_loader_state(runs, variant)
 
@@ -198,3 +205,18 @@ def test_openpis_own_loader_restarts_its_stream(datasets, shared_assets, assets_
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"batch {i} {key}")
     assert not all(np.array_equal(first[0]["actions"], f["actions"]) for f in first[1:])
+
+
+def test_the_trees_train_the_same_way():
+    """The fork's and upstream's train scripts and checkpoint module are the same code but for one wandb line
+    (why CI runs each script on one tree only)."""
+    import difflib
+
+    fork, upstream = tree_dir("fork"), tree_dir("upstream")
+    for path in ("scripts/train.py", "scripts/train_pytorch.py", "src/openpi/training/checkpoints.py"):
+        a = (fork / path).read_text().splitlines()
+        b = (upstream / path).read_text().splitlines()
+        changed = [line for line in difflib.unified_diff(a, b, n=0, lineterm="")
+                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        allowed = ["-            entity=config.wandb_entity,"] if path == "scripts/train.py" else []
+        assert changed == allowed, f"{path} differs between the trees: {changed}"

@@ -136,6 +136,8 @@ def run_script(tree_root: Path, variant: Variant, configs: Path, folder: Path, e
     record.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": python_path, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "JAX_PLATFORMS": "cpu",
+           # no persistent compilation cache (a run that loaded the previous run's CPU executable crashed once)
+           "JAX_ENABLE_COMPILATION_CACHE": "false",
            "FASTMIX_TRAIN_RECORD": str(record), "FASTMIX_TRAIN_FRAMEWORK": variant.framework}
     command = [sys.executable, "-m", "fastmix.openpi.launch", "--configs", str(configs),
                str(tree_root / "scripts" / SCRIPTS[variant.framework]), variant.name, f"--exp-name={exp_name}",
