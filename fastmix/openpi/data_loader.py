@@ -249,8 +249,12 @@ class DataLoader:
 
     def load_state_dict(self, state: dict[str, Any], *, handed_out: int | None = None) -> None:
         """Continue exactly after the batch `state` was taken at (ends a running iteration); `handed_out`: the
-        batches of the stream before that position (`state_after` counts from it; default: unchanged)."""
-        self._loader.load_state_dict(state)
+        batches of the stream before that position (`state_after` counts from it; default: unchanged). A state
+        saved by another number of processes with the same global batch continues the one stream."""
+        from fastmix.distributed import state_for_world
+
+        world = getattr(getattr(self._loader, "sampler", None), "world_size", None)
+        self._loader.load_state_dict(state if world is None else state_for_world(state, self._loader.batch_size, world))
         self._restart_count(handed_out)
 
     def state_after(self, batches: int) -> dict[str, Any]:

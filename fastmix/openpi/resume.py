@@ -102,7 +102,7 @@ def resume_step(config: Any, framework: str) -> int | None:
         return None
     try:
         checkpoint_dir = Path(config.checkpoint_dir)
-    except (AttributeError, ValueError):  # no exp_name: the script fails on its own
+    except (AttributeError, TypeError, ValueError):  # no exp_name (tyro.MISSING): the script fails on its own
         return None
     steps = checkpoint_steps(checkpoint_dir)
     if not steps or (framework == "jax" and steps == [0]):  # initialize_checkpoint_dir aborts such a resume
@@ -119,7 +119,7 @@ def attach(loader: Any, config: Any, *, framework: str, shuffle: bool) -> Any:
     PyTorch hook saves."""
     try:
         loader.checkpoint_dir = Path(config.checkpoint_dir).resolve()
-    except (AttributeError, ValueError):
+    except (AttributeError, TypeError, ValueError):  # no exp_name (tyro.MISSING)
         loader.checkpoint_dir = None
     loader.resumed = None
     step = resume_step(config, framework)

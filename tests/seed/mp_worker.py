@@ -3,8 +3,11 @@
     python -m tests.seed.mp_worker jax SPEC OUT PROCESS_ID PORT     # one of 2 JAX processes (jax.distributed)
     torchrun --standalone --nproc_per_node=2 -m tests.seed.mp_worker torch SPEC OUT
 
-SPEC is a pickle of {"jobs": [{"name", "config", "shuffle", "num_batches", "install"}, ...]}: openpi `TrainConfig`s
-and how to load them. Each job calls openpi's own `create_data_loader` as the train scripts call it (`train.py`:
+SPEC is a pickle of {"jobs": [{"name", "config", "shuffle", "num_batches", "install", "save"}, ...]}: openpi
+`TrainConfig`s and how to load them; "save" (optional) {"step": s}: after the job's batches, process (rank) 0
+writes the loader state into the config's checkpoint `<checkpoint_dir>/<s>/assets/` as fastmix's checkpoint
+hooks write it (`fastmix.openpi.resume.payload` / `write_state`). A config with `resume=True` resumes from there
+(`fastmix.openpi.resume.attach`, called by the installed `create_data_loader`). Each job calls openpi's own `create_data_loader` as the train scripts call it (`train.py`:
 `sharding=` the data sharding it builds from `openpi.training.sharding.make_mesh`, `shuffle=True`;
 `train_pytorch.py`: `framework="pytorch"`), after `fastmix.openpi.install()` where the job says so, and iterates
 it for `(Observation, actions)` pairs as the scripts do.
@@ -13,7 +16,7 @@ JAX: every global batch also goes through a jitted function with the data shardi
 `train.py`'s `ptrain_step`); the global batches are gathered (`multihost_utils.process_allgather`) and process 0
 writes them to OUT/<job>.npz, each process its local shard shapes to OUT/<job>.<process>.json. A job whose
 openpi loader raises records the error (type and message) instead. torch: each rank writes its own batches to
-OUT/<job>.<rank>.npz. Arrays are flattened to "<key>/<sub>" names, batch b's as "<b>:<key>".
+OUT/<job>.<rank>.npz and OUT/<job>.<rank>.json (what the loader resumed from). Arrays are flattened to "<key>/<sub>" names, batch b's as "<b>:<key>".
 """
 
 from __future__ import annotations
@@ -60,6 +63,17 @@ def load(path: Path) -> list[dict[str, np.ndarray]]:
     return [batches[b] for b in sorted(batches)]
 
 
+def save_state(job: dict, loader: Any, process: int) -> None:
+    """`job["save"]`: process 0 writes the loader position after the job's batches into the config's checkpoint."""
+    if job.get("save") is None or process != 0:
+        return
+    from fastmix.openpi import resume
+
+    step = int(job["save"]["step"])
+    step_dir = Path(job["config"].checkpoint_dir) / str(step)
+    resume.write_state(step_dir / "assets", resume.payload(loader, job["num_batches"], step))
+
+
 def run_jax(spec: dict, out: Path, process_id: int, port: int) -> None:
     import jax
 
@@ -98,6 +112,8 @@ def run_jax(spec: dict, out: Path, process_id: int, port: int) -> None:
                     want = gathered[k].reshape(len(v), -1).astype(np.float32).max(axis=1)
                     assert np.array_equal(v, want), f"jitted step: row maxima of {k} {v} vs gathered {want}"
                 batches.append(gathered)
+            info["resumed"] = getattr(loader, "resumed", None)
+            save_state(job, loader, process_id)
             getattr(loader, "close", lambda: None)()
             if process_id == 0:
                 save(out / f"{job['name']}.npz", batches)
@@ -127,11 +143,14 @@ def run_torch(spec: dict, out: Path) -> None:
                                                num_batches=job["num_batches"])
                 batches = [{k: v.detach().cpu().numpy() for k, v in flatten(observation_dict(obs, actions)).items()}
                            for obs, actions in loader]
+                resumed = getattr(loader, "resumed", None)
+                save_state(job, loader, rank)
                 getattr(loader, "close", lambda: None)()
             finally:
                 if job["install"]:
                     fastmix.openpi.uninstall()
             save(out / f"{job['name']}.{rank}.npz", batches)
+            (out / f"{job['name']}.{rank}.json").write_text(json.dumps({"resumed": resumed}))
             dist.barrier()
     finally:
         dist.destroy_process_group()
