@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,25 @@ def init_from_env(backend: str | None = None, timeout_s: float = 120.0) -> bool:
     return True
 
 
+def state_for_world(state: Any, local_batch_size: int, world_size: int) -> Any:
+    """A loader state dict (`MixtureLoader.state_dict()`) saved by another number of processes, for a loader of
+    `local_batch_size` rows on each of `world_size` processes, when both split the same global batch (openpi's
+    `batch_size`: local batch x processes; e.g. saved by 1 process with 32 rows, resumed by 2 with 16 each): its
+    batch size is this loader's; the sampler's global position then resumes the one stream
+    (`MixtureSampler.load_state_dict`). Any other state is returned unchanged (the loader names what differs)."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("sampler"), Mapping):
+        return state
+    saved_world, saved_batch = state["sampler"].get("world_size"), state.get("batch_size")
+    if not (isinstance(saved_world, int) and isinstance(saved_batch, int)) or saved_world == world_size \
+            or saved_batch * saved_world != local_batch_size * world_size:
+        return state
+    out = {**state, "batch_size": local_batch_size}
+    mixture = state.get("mixture")
+    if isinstance(mixture, Mapping) and mixture.get("batch_size") == saved_batch:
+        out["mixture"] = {**mixture, "batch_size": local_batch_size}
+    return out
+
+
 @contextlib.contextmanager
 def process_group(backend: str | None = None, timeout_s: float = 120.0) -> Iterator[bool]:
     """Context manager around `init_from_env`: yields whether running distributed; destroys what it created."""
@@ -113,5 +133,6 @@ __all__ = [
     "process_group",
     "rank",
     "rank_world",
+    "state_for_world",
     "world_size",
 ]

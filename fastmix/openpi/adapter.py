@@ -6,7 +6,8 @@
 
 After `install()`, openpi configs using `MultiDatasetLiberoDataConfig` (or any LeRobot data config) load with
 fastmix's weighted mixture loader: same arguments, same `(Observation, actions)` batches, openpi's own
-transforms (applied per sample where they are not fastmix's, on rows in LeRobotDataset's own format). RLDS and
+transforms (applied per sample where they are not fastmix's, on rows in LeRobotDataset's own format), and a
+resumed run continues its data stream (the loader state is saved with openpi's checkpoints: `resume`). RLDS and
 fake-data configs keep openpi's original functions. Call `install()` before other modules bind the functions
 with `from ... import`. Both openpi trees have these two functions with these signatures: the co-training fork
 and upstream openpi, whose configs mix LeRobot datasets through `fastmix.openpi.MultiDatasetLeRobotConfig`
@@ -55,6 +56,9 @@ def create_data_loader(
 ) -> Any:
     """openpi's `create_data_loader` signature and defaults, served by `fastmix.create_data_loader`.
 
+    When `config.resume` and the checkpoint the train script restores holds fastmix's loader state, the loader
+    continues after the batches that run trained on (`fastmix.openpi.resume`).
+
     With framework "jax" and no sharding, batches are placed with openpi's default data-parallel sharding
     when jax is importable (numpy arrays otherwise).
     """
@@ -70,9 +74,9 @@ def create_data_loader(
         )
     if framework == "jax" and sharding is None:
         sharding = _default_jax_sharding()
-    from fastmix.openpi import data_loader
+    from fastmix.openpi import data_loader, resume
 
-    return data_loader.create_data_loader(
+    loader = data_loader.create_data_loader(
         config,
         shuffle=shuffle,
         num_batches=num_batches,
@@ -80,6 +84,7 @@ def create_data_loader(
         framework=framework,  # type: ignore[arg-type]
         sharding=sharding,
     )
+    return resume.attach(loader, config, framework=framework, shuffle=shuffle)
 
 
 def _default_jax_sharding() -> Any:
@@ -108,7 +113,11 @@ def install() -> bool:
         _ORIGINALS[name] = getattr(module, name)
         setattr(module, name, replacement)
     module._fastmix_installed = True
-    logger.info("openpi's create_torch_dataset/create_data_loader now run on fastmix")
+    from fastmix.openpi import resume
+
+    hooked = resume.install_hooks()
+    logger.info("openpi's create_torch_dataset/create_data_loader now run on fastmix; loader state saved with "
+                "checkpoints through %s", hooked or "nothing (openpi's checkpoint modules are not importable)")
     return True
 
 
@@ -159,6 +168,9 @@ def uninstall() -> None:
         return
     for name, original in _ORIGINALS.items():
         setattr(module, name, original)
+    from fastmix.openpi import resume
+
+    resume.uninstall_hooks()
     _ORIGINALS.clear()
     module._fastmix_installed = False
 

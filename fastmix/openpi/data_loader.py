@@ -16,6 +16,7 @@ torch.distributed (each rank takes disjoint positions of one global weighted str
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pathlib
@@ -39,6 +40,7 @@ logger = logging.getLogger("fastmix")
 META_KEYS = ("dataset_index", "index", "episode_index", "frame_index", "task")
 STAGES = ("repack", "data", "normalize", "model")
 Trace = Callable[[str, int, Any, dict, dict], None]
+_RECENT = 8  # positions `DataLoader.state_after` keeps
 
 
 # ------------------------------------------------------------------------------------------- data access
@@ -209,6 +211,8 @@ class DataLoader:
         self.sources = list(sources)
         self.trace: Trace | None = None
         self.prefetch = check_optional_int(prefetch, "prefetch", minimum=0) or 0
+        self.handed_out = 0  # batches of the stream handed out (counted from the start of a resumed run's stream)
+        self._recent: collections.deque = collections.deque([(0, loader.position)], maxlen=_RECENT)
 
     # openpi's protocol
     def data_config(self) -> Any:
@@ -235,17 +239,46 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` (its own draw order) at its first batch; a no-op for the current epoch."""
+        before = self._loader.position
         self._loader.set_epoch(epoch)
+        if self._loader.position is not before:
+            self._restart_count(None)
 
     def state_dict(self) -> dict[str, Any]:
         """Position after the last batch handed out (epoch, batch, sampler stream)."""
         return self._loader.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any], allow_mixture_change: bool = False) -> None:
-        """Continue exactly after the batch `state` was taken at (ends a running iteration).
+    def load_state_dict(self, state: dict[str, Any], allow_mixture_change: bool = False, *,
+                        handed_out: int | None = None) -> None:
+        """Continue exactly after the batch `state` was taken at (ends a running iteration); `handed_out`: the
+        batches of the stream before that position (`state_after` counts from it; default: unchanged). A state
+        saved by another number of processes with the same global batch continues the one stream.
         `allow_mixture_change=True`: a state saved under other weights, weighting or frame filters continues
         from its position with this loader's mixture (`MixtureLoader.load_state_dict`)."""
+        from fastmix.distributed import state_for_world
+
+        world = getattr(getattr(self._loader, "sampler", None), "world_size", None)
+        if world is not None:
+            state = state_for_world(state, self._loader.batch_size, world)
         self._loader.load_state_dict(state, allow_mixture_change=allow_mixture_change)
+        self._restart_count(handed_out)
+
+    def state_after(self, batches: int) -> dict[str, Any]:
+        """The state dict of the position after batch number `batches` of the stream (`handed_out` counts),
+        one of the last batches handed out: e.g. the batches a training step has trained on while the loop
+        already holds the next (openpi's JAX loop draws one ahead). ConfigError when no longer recorded."""
+        from fastmix.loader.state import state_of
+
+        for count, position in self._recent:
+            if count == batches:
+                return state_of(self._loader, position)
+        raise ConfigError(f"the loader's position after batch {batches} is not recorded (it keeps the positions "
+                          f"after batches {[c for c, _ in self._recent]}, the last {_RECENT} handed out)")
+
+    def _restart_count(self, handed_out: int | None) -> None:
+        self.handed_out = self.handed_out if handed_out is None else int(handed_out)
+        self._recent.clear()
+        self._recent.append((self.handed_out, self._loader.position))
 
     def close(self) -> None:
         self._loader.close()
@@ -328,6 +361,8 @@ class DataLoader:
                 if stream.closed:  # superseded (a newer iteration, load_state_dict, set_epoch, close)
                     return
                 self._loader.hand_out(position)
+                self.handed_out += 1
+                self._recent.append((self.handed_out, position))
                 yield (batch, meta) if with_meta else batch
         finally:
             # this iteration's own stream and thread only (a newer iteration has its own)
@@ -472,18 +507,7 @@ def create_data_loader(
 
 
 __all__ = [
-    "DataLoader",
-    "Observation",
-    "create_data_loader",
-    "lowdim_batch",
-    "log_mixture",
-    "lowdim_planner",
-    "make_mixture_loader",
-    "observation_class",
-    "open_sources",
-    "raw_image_dtype",
-    "repo_ids_of",
-    "require_norm_stats",
-    "resolve_root",
-    "transform_stages",
+    "DataLoader", "Observation", "create_data_loader", "lowdim_batch", "log_mixture", "lowdim_planner",
+    "make_mixture_loader", "observation_class", "open_sources", "raw_image_dtype", "repo_ids_of",
+    "require_norm_stats", "resolve_root", "transform_stages",
 ]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.seed.conftest import ALOHA_REPO, DROID_REPO, DROID_REPO_2, FORK_REPO, SCHEMA_EPISODES, TREE
@@ -31,7 +33,6 @@ BATCH = 6
 ALOHA_CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
 UPSTREAM_TYPES = {"LeRobotAlohaDataConfig", "LeRobotDROIDDataConfig", "LeRobotLiberoDataConfig"}
 FORK_TYPES = {"MultiDatasetLiberoDataConfig", "MultiDatasetDROIDDataConfig", "LeRobotLiberoDataConfigWithReasoning"}
-FORK_ONLY = "a config type of the fork's registry that upstream does not have"
 
 
 def frames(*repos: str) -> int:
@@ -121,26 +122,51 @@ def test_droid(schema_datasets, tree_norm_stats, assets_dir, framework, num_work
     assert ref[0]["state"][:, 8:].max() == 0 and ref[0]["actions"].shape == (BATCH, 4, 32)
 
 
-@pytest.mark.tree("fork", reason=FORK_ONLY)
 def test_multi_dataset_droid(schema_datasets, tree_norm_stats, assets_dir):
-    """Sequential order over the two DROID datasets (the fork's own loader ignores the weights; in sequential
-    order nothing is drawn, so both walk the concatenation)."""
+    """The tree's two-DROID-dataset mixture in sequential order (nothing drawn: both walk the concatenation).
+    fork: its own MultiDatasetDROIDDataConfig through its own loader (which ignores the weights), before and
+    after install(). upstream (no such config): fastmix's MultiDatasetLeRobotConfig around upstream's
+    LeRobotDROIDDataConfig against upstream's own DROID dataset and transforms per repo in a torch ConcatDataset
+    through upstream's own TorchDataLoader (what an upstream user would build; `tests/seed/references.py`)."""
+    import dataclasses
+
     import openpi.training.config as _config
 
     from tests.seed.seed_data import openpi_train_config
 
+    n = frames(DROID_REPO, DROID_REPO_2) // BATCH
     assets = stats_assets(tree_norm_stats, "seed_droid_stats", droid_data(), DROID_REPO)
-    data = _config.MultiDatasetDROIDDataConfig(repo_ids=[DROID_REPO, DROID_REPO_2], dataset_weights=[1.0, 2.0],
-                                               assets=assets, base_config=_config.DataConfig(prompt_from_task=True))
+    base = _config.DataConfig(prompt_from_task=True)
+    if TREE == "fork":
+        data = _config.MultiDatasetDROIDDataConfig(repo_ids=[DROID_REPO, DROID_REPO_2], dataset_weights=[1.0, 2.0],
+                                                   assets=assets, base_config=base)
+        compare(openpi_train_config("seed_multi_droid", data, assets_dir, batch_size=BATCH, num_workers=0),
+                "pytorch", n)
+        return
+    from fastmix.openpi import MultiDatasetLeRobotConfig
+    from tests.seed.references import concat_batches
+
+    data = MultiDatasetLeRobotConfig(repo_ids=[DROID_REPO, DROID_REPO_2], dataset_weights=[1.0, 2.0], assets=assets,
+                                     dataset_config=_config.LeRobotDROIDDataConfig(base_config=base))
     config = openpi_train_config("seed_multi_droid", data, assets_dir, batch_size=BATCH, num_workers=0)
-    compare(config, "pytorch", frames(DROID_REPO, DROID_REPO_2) // BATCH)
+    singles = [dataclasses.replace(config, data=_config.LeRobotDROIDDataConfig(repo_id=r, assets=assets,
+                                                                               base_config=base))
+               for r in (DROID_REPO, DROID_REPO_2)]
+    ref = concat_batches(singles, framework="pytorch", num_batches=n)
+    with fastmix_installed():
+        got = openpi_batches(config, framework="pytorch", num_batches=n)
+    assert_same_batches(ref, got, f"{TREE} droid mixture vs ConcatDataset", n)
 
 
-@pytest.mark.tree("fork", reason=FORK_ONLY)
 @pytest.mark.parametrize("evaluating", [True, False])
 def test_libero_with_reasoning(datasets, tree_norm_stats, assets_dir, tmp_path, evaluating):
-    """eval=True: LIBERO plus episode/frame indices in the repack. eval=False: the reasoning prompts are drawn
-    per sample with Python's `random`, seeded alike before each loader: the same draws in the same order."""
+    """Per-sample prompts from the dataset's episode and frame indices, drawn with Python's `random`.
+    fork: its own LeRobotLiberoDataConfigWithReasoning; eval=True: LIBERO plus episode/frame indices in the
+    repack; eval=False: the reasoning prompts are drawn per sample (its ReplacePromptWithReasoning). upstream
+    (no such config): the same as an upstream user writes it, a LeRobotLiberoDataConfig subclass
+    (`UpstreamReasoningConfig`) with the indices in its repack and, for eval=False, a per-sample transform
+    drawing the prompt (`DrawReasoningPrompt`). Python's `random` seeded alike before each loader: the same
+    draws in the same order."""
     import openpi.training.config as _config
 
     from tests.seed.conftest import EPISODES
@@ -150,16 +176,62 @@ def test_libero_with_reasoning(datasets, tree_norm_stats, assets_dir, tmp_path, 
     assets = stats_assets(tree_norm_stats, "seed_reasoning_stats", libero, FORK_REPO)
     mapping, reasoning = tmp_path / "mapping.json", tmp_path / "reasoning.json"
     mapping.write_text(json.dumps({"mapping": {"0": {"reasonings_task_key": "t", "reasonings_episode_id": 0}}}))
-    reasoning.write_text(json.dumps({"t": {"0": {"0": {"subtask": "reach the bowl", "movement": "move left"}}}}))
-    data = _config.LeRobotLiberoDataConfigWithReasoning(
-        repo_id=FORK_REPO, assets=assets, base_config=_config.DataConfig(prompt_from_task=True), eval=evaluating,
-        mapping_file_path=str(mapping), reasoning_file_path=str(reasoning))
+    steps = {str(f): {"subtask": "reach the bowl", "movement": "move left"} for f in range(EPISODES[FORK_REPO][1])}
+    reasoning.write_text(json.dumps({"t": {"0": steps}}))  # every frame of episode 0
+    kind = _config.LeRobotLiberoDataConfigWithReasoning if TREE == "fork" else upstream_reasoning_config()
+    data = kind(repo_id=FORK_REPO, assets=assets, base_config=_config.DataConfig(prompt_from_task=True),
+                eval=evaluating, mapping_file_path=str(mapping), reasoning_file_path=str(reasoning))
     config = openpi_train_config(f"seed_reasoning_{'eval' if evaluating else 'train'}", data, assets_dir,
                                  batch_size=BATCH, num_workers=0)
     n = EPISODES[FORK_REPO][0] * EPISODES[FORK_REPO][1] // BATCH
     ref = compare(config, "pytorch", n, before=lambda: random.seed(1234))
     prompts = {tuple(t) for b in ref for t in b["tokenized_prompt"]}
     assert len(prompts) == (2 if evaluating else 4)  # the two tasks; or with the subtask and movement prompts
+
+
+def upstream_reasoning_config():
+    """An upstream user's LIBERO config with reasoning prompts (a `LeRobotLiberoDataConfig` subclass; upstream has
+    no `LeRobotLiberoDataConfigWithReasoning`): the repack keeps `episode_index` and `frame_index`; with
+    eval=False a per-sample transform (before LiberoInputs, which drops the indices) draws the prompt with Python's
+    `random` among the task and, where the reasoning file has that episode's frame, its subtask and movement."""
+    import dataclasses
+    from typing import Any
+
+    import openpi.training.config as _config
+    import openpi.transforms as _transforms
+
+    @dataclasses.dataclass(frozen=True)
+    class DrawReasoningPrompt(_transforms.DataTransformFn):
+        mapping_file_path: str
+        reasoning_file_path: str
+
+        def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+            mapping = json.loads(Path(self.mapping_file_path).read_text())["mapping"]
+            texts = json.loads(Path(self.reasoning_file_path).read_text())
+            entry = mapping.get(str(int(data["episode_index"])))
+            frame = None if entry is None else texts.get(entry["reasonings_task_key"], {}).get(
+                str(entry["reasonings_episode_id"]), {}).get(str(int(data["frame_index"])))
+            choices = [str(data["prompt"])] + ([frame["subtask"], frame["movement"]] if frame else [])
+            return {**data, "prompt": np.asarray(random.choice(choices))}
+
+    @dataclasses.dataclass(frozen=True)
+    class UpstreamReasoningConfig(_config.LeRobotLiberoDataConfig):
+        mapping_file_path: str | None = None
+        reasoning_file_path: str | None = None
+        eval: bool = True
+
+        def create(self, assets_dirs, model_config):
+            created = super().create(assets_dirs, model_config)
+            (repack,) = created.repack_transforms.inputs
+            keys = {**repack.structure, "episode_index": "episode_index", "frame_index": "frame_index"}
+            inputs = list(created.data_transforms.inputs)
+            if not self.eval:
+                inputs.insert(0, DrawReasoningPrompt(self.mapping_file_path, self.reasoning_file_path))
+            return dataclasses.replace(
+                created, repack_transforms=_transforms.Group(inputs=[_transforms.RepackTransform(keys)]),
+                data_transforms=_transforms.Group(inputs=inputs, outputs=created.data_transforms.outputs))
+
+    return UpstreamReasoningConfig
 
 
 def test_droid_mixture_in_openpis_types(schema_datasets, tree_norm_stats, assets_dir):
