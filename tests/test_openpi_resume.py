@@ -205,7 +205,7 @@ def test_state_after_keeps_the_last_positions(fake, tmp_path):
     for _ in range(12):
         next(it)
     assert loader.handed_out == 12
-    assert loader.state_after(12) == loader.state_dict()
+    assert resume.state_after(loader, 12) == loader.state_dict()
     with pytest.raises(ConfigError, match=r"position after batch 2 is not recorded .*\[5, 6, 7, 8, 9, 10, 11, 12\]"):
-        loader.state_after(2)
+        resume.state_after(loader, 2)
     loader.close()

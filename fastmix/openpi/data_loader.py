@@ -39,7 +39,6 @@ logger = logging.getLogger("fastmix")
 META_KEYS = ("dataset_index", "index", "episode_index", "frame_index", "task")
 STAGES = ("repack", "data", "normalize", "model")
 Trace = Callable[[str, int, Any, dict, dict], None]
-_RECENT = 8  # positions `DataLoader.state_after` keeps
 
 
 # ------------------------------------------------------------------------------------------- data access
@@ -210,8 +209,9 @@ class DataLoader:
         self.sources = list(sources)
         self.trace: Trace | None = None
         self.prefetch = check_optional_int(prefetch, "prefetch", minimum=0) or 0
-        self.handed_out = 0  # batches of the stream handed out (counted from the start of a resumed run's stream)
-        self._recent: collections.deque = collections.deque([(0, loader.position)], maxlen=_RECENT)
+        self.handed_out = 0  # batches of the stream handed out (with a resumed run's: `load_state_dict`)
+        # (handed_out, loader position) after the last batches handed out (`fastmix.openpi.resume.state_after`)
+        self.recent: collections.deque = collections.deque([(0, loader.position)], maxlen=8)
 
     # openpi's protocol
     def data_config(self) -> Any:
@@ -249,26 +249,14 @@ class DataLoader:
 
     def load_state_dict(self, state: dict[str, Any], *, handed_out: int | None = None) -> None:
         """Continue exactly after the batch `state` was taken at (ends a running iteration); `handed_out`: the
-        batches of the stream before that position (`state_after` counts from it; default: unchanged)."""
+        batches of the stream before that position (`handed_out` counts on from it; default: unchanged)."""
         self._loader.load_state_dict(state)
         self._restart_count(handed_out)
 
-    def state_after(self, batches: int) -> dict[str, Any]:
-        """The state dict of the position after batch number `batches` of the stream (`handed_out` counts),
-        one of the last batches handed out: e.g. the batches a training step has trained on while the loop
-        already holds the next (openpi's JAX loop draws one ahead). ConfigError when no longer recorded."""
-        from fastmix.loader.state import state_of
-
-        for count, position in self._recent:
-            if count == batches:
-                return state_of(self._loader, position)
-        raise ConfigError(f"the loader's position after batch {batches} is not recorded (it keeps the positions "
-                          f"after batches {[c for c, _ in self._recent]}, the last {_RECENT} handed out)")
-
     def _restart_count(self, handed_out: int | None) -> None:
         self.handed_out = self.handed_out if handed_out is None else int(handed_out)
-        self._recent.clear()
-        self._recent.append((self.handed_out, self._loader.position))
+        self.recent.clear()
+        self.recent.append((self.handed_out, self._loader.position))
 
     def close(self) -> None:
         self._loader.close()
@@ -350,7 +338,7 @@ class DataLoader:
                     return
                 self._loader.hand_out(position)
                 self.handed_out += 1
-                self._recent.append((self.handed_out, position))
+                self.recent.append((self.handed_out, position))
                 yield (batch, meta) if with_meta else batch
         finally:
             # this iteration's own stream and thread only (a newer iteration has its own)
@@ -481,7 +469,18 @@ def create_data_loader(
 
 
 __all__ = [
-    "DataLoader", "Observation", "create_data_loader", "lowdim_batch", "log_mixture", "lowdim_planner",
-    "make_mixture_loader", "observation_class", "open_sources", "raw_image_dtype", "repo_ids_of",
-    "require_norm_stats", "resolve_root", "transform_stages",
+    "DataLoader",
+    "Observation",
+    "create_data_loader",
+    "lowdim_batch",
+    "log_mixture",
+    "lowdim_planner",
+    "make_mixture_loader",
+    "observation_class",
+    "open_sources",
+    "raw_image_dtype",
+    "repo_ids_of",
+    "require_norm_stats",
+    "resolve_root",
+    "transform_stages",
 ]

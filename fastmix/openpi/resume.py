@@ -13,7 +13,7 @@ first batch. With `fastmix.openpi.install()` (these hooks, `install_hooks`), the
   PyTorch (`scripts/train_pytorch.py`): it writes `<checkpoint_dir>/tmp_<step>/` and renames it to `<step>/`;
   its norm stats go through `openpi.shared.normalize.save(tmp_<step>/assets/<asset_id>, ...)`, which is wrapped
   to write the file into that `assets/` folder, before the rename.
-- what: the position after the batches the run has trained on, `DataLoader.state_after(n)` with n the train
+- what: the position after the batches the run has trained on, `state_after(loader, n)` with n the train
   state's step (JAX: `state.step`; the loop already holds the next batch) or the step number (PyTorch:
   `global_step`, the batches trained); `{"format", "step", "batches": n, "state": <MixtureLoader state_dict>}`.
 - resume: both scripts build their loader with the `TrainConfig` (`resume`, `checkpoint_dir`) before restoring;
@@ -54,9 +54,23 @@ _HOOKED: list[tuple[Any, str, Any]] = []  # (module, name, original)
 # ----------------------------------------------------------------------------------------------- the file
 
 
+def state_after(loader: Any, batches: int) -> dict[str, Any]:
+    """The state dict of fastmix `DataLoader` `loader` at the position after batch number `batches` of its stream
+    (its `handed_out` count), one of the last batches handed out (`DataLoader.recent`): e.g. after the batches a
+    training step has trained on while the loop already holds the next (openpi's JAX loop draws one ahead).
+    ConfigError when that position is no longer recorded."""
+    from fastmix.loader.state import state_of
+
+    for count, position in loader.recent:
+        if count == batches:
+            return state_of(loader.loader, position)
+    raise ConfigError(f"the loader's position after batch {batches} is not recorded (it keeps the positions after "
+                      f"batches {[c for c, _ in loader.recent]}, the last ones handed out)")
+
+
 def payload(loader: Any, batches: int, step: int) -> dict[str, Any]:
     """What a checkpoint at `step` carries: the loader position after `batches` batches of its stream."""
-    return {"format": FORMAT, "step": int(step), "batches": int(batches), "state": loader.state_after(int(batches))}
+    return {"format": FORMAT, "step": int(step), "batches": int(batches), "state": state_after(loader, int(batches))}
 
 
 def write_state(assets_dir: Path, saved: dict[str, Any]) -> Path:
@@ -271,4 +285,4 @@ def uninstall_hooks() -> None:
 
 
 __all__ = ["FORMAT", "STATE_FILE", "attach", "checkpoint_steps", "install_hooks", "payload", "read_state",
-           "resume_step", "uninstall_hooks", "write_state"]
+           "resume_step", "state_after", "uninstall_hooks", "write_state"]
