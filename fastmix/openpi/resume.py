@@ -22,7 +22,8 @@ first batch. With `fastmix.openpi.install()` (these hooks, `install_hooks`), the
   for JAX when only step 0 exists, as `initialize_checkpoint_dir` then starts afresh) before the first batch, so
   the first batch trained after the resume is batch n of the uninterrupted stream. The wrapped `restore_state`
   checks that the restored train step is n (ConfigError naming both otherwise). A checkpoint without the file
-  (saved without fastmix) gives a RuntimeWarning: the stream starts again, as openpi's own loader does.
+  (saved without fastmix) gives a RuntimeWarning: the stream starts again, as openpi's own loader does, and its
+  batches are counted from the restored step on (`shift_count`), so later checkpoints carry a state again.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def attach(loader: Any, config: Any, *, framework: str, shuffle: bool) -> Any:
                           f"holds no fastmix loader state (assets/{STATE_FILE}; saved without "
                           "fastmix.openpi.install()?): the data stream starts again at its first batch, as "
                           "openpi's own loader does", RuntimeWarning, stacklevel=3)
+            if framework != "jax":  # train_pytorch.py resumes with global_step = the step; JAX: restore_state
+                shift_count(loader, step)
         else:
             try:
                 loader.load_state_dict(saved["state"], handed_out=saved["batches"])
@@ -157,6 +160,15 @@ def attach(loader: Any, config: Any, *, framework: str, shuffle: bool) -> Any:
         _TRAINING[:] = [r for r in _TRAINING if r() is not None]
         _TRAINING.append(weakref.ref(loader))
     return loader
+
+
+def shift_count(loader: Any, batches: int) -> None:
+    """A stream that restarts (no saved state) while the run has trained `batches` batches: count its batches
+    from there, so that the next checkpoint saves the position after the batches trained since."""
+    loader.handed_out += int(batches)
+    shifted = [(count + int(batches), position) for count, position in loader.recent]
+    loader.recent.clear()
+    loader.recent.extend(shifted)
 
 
 def _training_loader(checkpoint_dir: Path) -> Any:
@@ -224,8 +236,12 @@ def wrap_restore_state(original: Any) -> Any:
     @functools.wraps(original)
     def restore_state(checkpoint_manager: Any, state: Any, data_loader: Any, step: int | None = None) -> Any:
         restored = original(checkpoint_manager, state, data_loader, step)
-        resumed = getattr(data_loader, "resumed", None) if _is_fastmix(data_loader) else None
-        if resumed is not None and _as_int(restored.step) != resumed[1]:
+        if not _is_fastmix(data_loader):
+            return restored
+        resumed = data_loader.resumed
+        if resumed is None:  # no saved state: the stream restarted under a run that trained restored.step batches
+            shift_count(data_loader, _as_int(restored.step))
+        elif _as_int(restored.step) != resumed[1]:
             raise ConfigError(f"restore_state restored train step {_as_int(restored.step)}, but the data loader "
                               f"continues after batch {resumed[1]} (the state of checkpoint step {resumed[0]} in "
                               f"{data_loader.checkpoint_dir}); restore the latest checkpoint")

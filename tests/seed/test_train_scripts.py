@@ -181,6 +181,10 @@ def check_resume_without_loader_state(runs, variant):
     for i, step in enumerate(sorted(restarted.steps)):
         assert restarted.steps[step]["digest"] == full.steps[i]["digest"], \
             f"resumed step {step} did not retrain batch {i}"
+    from fastmix.openpi.resume import read_state
+
+    last = variant.checkpoints[-1]  # saved by the resumed run: its loader state counts from the restored step
+    assert read_state(restarted.checkpoint_dir / str(last))["batches"] == variant.batches_trained(last)
 
 
 if SLOW:  # one more resumed run per variant; CI measures openpi's own loader instead (the test below)
