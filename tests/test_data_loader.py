@@ -13,6 +13,7 @@ from fastmix.errors import ConfigError
 from fastmix.loader.options import WorkerOptions
 from fastmix.openpi import config as C
 from fastmix.openpi import data_loader as DL
+from fastmix.openpi.lowdim_batch import lowdim_batch, lowdim_planner
 from fastmix.openpi.torch_dataset import create_torch_dataset
 from fastmix.openpi.transforms import Transform as _t_Transform
 from fastmix.testing.fakes import FakeReader, FakeSource
@@ -122,8 +123,8 @@ def test_repo_id_not_set_error():
 def test_lowdim_batch_matches_sources_and_prompts(tmp_path, sources):
     cfg = _cfg(tmp_path)
     dc = cfg.data.create(cfg.assets_dirs, cfg.model)
-    planner = DL.lowdim_planner(sources, dc, horizon=3)
-    b = DL.lowdim_batch(planner, np.array([10 + 3, 9, 10 + 0, 4]), dc)  # fake/b starts at global index 10
+    planner = lowdim_planner(sources, dc, horizon=3)
+    b = lowdim_batch(planner, np.array([10 + 3, 9, 10 + 0, 4]), dc)  # fake/b starts at global index 10
     np.testing.assert_array_equal(b["state"][0], sources[1].value("state", np.array([3]))[0])
     np.testing.assert_array_equal(b["state"][1], sources[0].value("state", np.array([9]))[0])
     assert b["actions"].shape == (4, 3, 7) and b["actions_is_pad"][0].tolist() == [False, True, True]

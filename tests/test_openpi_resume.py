@@ -99,11 +99,11 @@ def test_jax_order_resume_continues_the_stream(fake, tmp_path):
     assert len({tuple(v) for v in full.values()}) == len(full)  # the stream moves on (no batch twice)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_pytorch_order_resume_continues_the_stream(fake, tmp_path, num_workers):
+@pytest.mark.parametrize(("num_workers", "resume_workers"), [(0, 2), (2, 0)])
+def test_pytorch_order_resume_continues_the_stream(fake, tmp_path, num_workers, resume_workers):
     """train_pytorch.py: global_step += 1 after each batch, then normalize.save into tmp_<step>/assets/<id>
     (renamed to <step> after): the state file lands there, after `step` batches; the resumed loader continues
-    with batch `step`, with 0 or 2 workers."""
+    with batch `step`, also with another number of workers."""
     save = resume.wrap_normalize_save(lambda directory, stats: Path(directory).mkdir(parents=True))
     loader, run = make_loader(fake, tmp_path, resume_run=False, framework="pytorch", num_workers=num_workers)
     full, it = [], iter(loader.batches(with_meta=True))
@@ -117,7 +117,7 @@ def test_pytorch_order_resume_continues_the_stream(fake, tmp_path, num_workers):
     assert resume.checkpoint_steps(run.checkpoint_dir) == [3, 6]
     assert resume.read_state(run.checkpoint_dir / "6")["batches"] == 6
     shutil.rmtree(run.checkpoint_dir / "6")
-    loader, _ = make_loader(fake, tmp_path, resume_run=True, framework="pytorch", num_workers=num_workers)
+    loader, _ = make_loader(fake, tmp_path, resume_run=True, framework="pytorch", num_workers=resume_workers)
     assert loader.resumed == (3, 3)
     again = [ids(b) for _, b in zip(range(4), loader.batches(with_meta=True), strict=False)]
     loader.close()
@@ -157,6 +157,29 @@ def test_resume_without_state_warns_and_restarts(fake, tmp_path):
         loader, _ = make_loader(fake, tmp_path, resume_run=True, framework="pytorch")
     assert loader.resumed is None
     assert [ids(b) for _, b in zip(range(2), loader.batches(with_meta=True), strict=False)] == first
+    # the run has trained 4 + 2 batches: its next checkpoint holds the position after this stream's batch 2
+    save = resume.wrap_normalize_save(lambda directory, stats: Path(directory).mkdir(parents=True))
+    save(run.checkpoint_dir / "tmp_6" / "assets" / "x", {})
+    assert resume.read_state(run.checkpoint_dir / "tmp_6")["state"] == loader.state_dict()
+    loader.close()
+
+
+def test_jax_resume_without_state_counts_from_the_restored_step(fake, tmp_path):
+    """train.py without a saved state: the stream restarts; restore_state gives the step (5), and the next
+    save (after step 5, state.step 6, the batch of step 6 drawn) holds the position after this stream's batch 1."""
+    save_state = resume.wrap_save_state(openpi_save_state)
+    (tmp_path / "ckpt" / "run" / "4").mkdir(parents=True)
+    with pytest.warns(RuntimeWarning, match="holds no fastmix loader state"):
+        loader, run = make_loader(fake, tmp_path, resume_run=True, framework="jax")
+    restore = resume.wrap_restore_state(lambda m, s, d, step=None: types.SimpleNamespace(step=np.int32(5)))
+    it = iter(loader.batches(with_meta=True))
+    next(it)
+    restore(None, None, loader)
+    after_first = loader.state_dict()
+    next(it)  # train.py draws the batch of step 6, then saves step 5
+    save_state(Manager(run.checkpoint_dir), types.SimpleNamespace(step=np.int32(6)), loader, 5)
+    saved = resume.read_state(run.checkpoint_dir / "5")
+    assert (saved["batches"], saved["state"]) == (6, after_first)
     loader.close()
 
 
@@ -205,7 +228,7 @@ def test_state_after_keeps_the_last_positions(fake, tmp_path):
     for _ in range(12):
         next(it)
     assert loader.handed_out == 12
-    assert loader.state_after(12) == loader.state_dict()
+    assert resume.state_after(loader, 12) == loader.state_dict()
     with pytest.raises(ConfigError, match=r"position after batch 2 is not recorded .*\[5, 6, 7, 8, 9, 10, 11, 12\]"):
-        loader.state_after(2)
+        resume.state_after(loader, 2)
     loader.close()

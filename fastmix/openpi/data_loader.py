@@ -26,8 +26,9 @@ from typing import Any, Literal
 import numpy as np
 
 from fastmix._args import check_optional_int
+from fastmix.distributed import state_for_world
 from fastmix.errors import ConfigError
-from fastmix.loader.plan import BatchPlanner, resolve_delta_timestamps
+from fastmix.loader.plan import resolve_delta_timestamps
 from fastmix.loader.prefetch import Prefetcher
 from fastmix.openpi import transforms as _t
 from fastmix.openpi.mixture_pipeline import is_mixture, meta_in_order, mixture_loader_parts
@@ -40,7 +41,6 @@ logger = logging.getLogger("fastmix")
 META_KEYS = ("dataset_index", "index", "episode_index", "frame_index", "task")
 STAGES = ("repack", "data", "normalize", "model")
 Trace = Callable[[str, int, Any, dict, dict], None]
-_RECENT = 8  # positions `DataLoader.state_after` keeps
 
 
 # ------------------------------------------------------------------------------------------- data access
@@ -90,30 +90,6 @@ def action_delta_timestamps(sources: Sequence[Any], keys: Sequence[str], horizon
                 f"(its numeric features: {source.lowdim_keys})"
             )
     return resolve_delta_timestamps(sources, action_horizon=horizon, delta_timestamps=None, action_keys=list(keys))
-
-
-def lowdim_planner(sources: Sequence[Any], data_config: Any, horizon: int) -> BatchPlanner:
-    """The loader's `BatchPlanner` over `sources` with openpi's action chunks of `horizon` steps."""
-    keys = tuple(getattr(data_config, "action_sequence_keys", ("actions",)))
-    return BatchPlanner(sources, action_delta_timestamps(sources, keys, horizon))
-
-
-def lowdim_batch(planner: BatchPlanner, global_index: np.ndarray, data_config: Any) -> dict[str, Any]:
-    """A raw batch of the low-dimensional data of `global_index` (n,) (global indices of the planner's mixture),
-    gathered as the loader gathers it (`BatchPlanner.plan`: same keys, dtypes, action chunks, `<key>_is_pad`,
-    indices), plus "task", "prompt" when `prompt_from_task`, and cameras as 1x1 black placeholders.
-    Used where images are not needed (norm stats)."""
-    global_index = np.asarray(global_index, dtype=np.int64)
-    n = int(global_index.size)
-    out: dict[str, Any] = {k: np.zeros((n, *planner.fields[k][0]), dtype=planner.fields[k][1])
-                           for k in planner.lowdim_fields}
-    plan = planner.plan(0, global_index, out)
-    for key in planner.camera_keys:
-        out[key] = np.zeros((n, 1, 1, 3), dtype=np.uint8)
-    out["task"] = list(plan.tasks)
-    if getattr(data_config, "prompt_from_task", False):
-        out["prompt"] = list(plan.tasks)
-    return out
 
 
 def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list[tuple[str, list]]:
@@ -211,8 +187,9 @@ class DataLoader:
         self.sources = list(sources)
         self.trace: Trace | None = None
         self.prefetch = check_optional_int(prefetch, "prefetch", minimum=0) or 0
-        self.handed_out = 0  # batches of the stream handed out (counted from the start of a resumed run's stream)
-        self._recent: collections.deque = collections.deque([(0, loader.position)], maxlen=_RECENT)
+        self.handed_out = 0  # batches of the stream handed out (with a resumed run's: `load_state_dict`)
+        # (handed_out, loader position) after the last batches handed out (`fastmix.openpi.resume.state_after`)
+        self.recent: collections.deque = collections.deque([(0, loader.position)], maxlen=8)
 
     # openpi's protocol
     def data_config(self) -> Any:
@@ -251,34 +228,20 @@ class DataLoader:
     def load_state_dict(self, state: dict[str, Any], allow_mixture_change: bool = False, *,
                         handed_out: int | None = None) -> None:
         """Continue exactly after the batch `state` was taken at (ends a running iteration); `handed_out`: the
-        batches of the stream before that position (`state_after` counts from it; default: unchanged). A state
+        batches of the stream before that position (`handed_out` counts on from it; default: unchanged). A state
         saved by another number of processes with the same global batch continues the one stream.
         `allow_mixture_change=True`: a state saved under other weights, weighting or frame filters continues
         from its position with this loader's mixture (`MixtureLoader.load_state_dict`)."""
-        from fastmix.distributed import state_for_world
-
         world = getattr(getattr(self._loader, "sampler", None), "world_size", None)
         if world is not None:
             state = state_for_world(state, self._loader.batch_size, world)
         self._loader.load_state_dict(state, allow_mixture_change=allow_mixture_change)
         self._restart_count(handed_out)
 
-    def state_after(self, batches: int) -> dict[str, Any]:
-        """The state dict of the position after batch number `batches` of the stream (`handed_out` counts),
-        one of the last batches handed out: e.g. the batches a training step has trained on while the loop
-        already holds the next (openpi's JAX loop draws one ahead). ConfigError when no longer recorded."""
-        from fastmix.loader.state import state_of
-
-        for count, position in self._recent:
-            if count == batches:
-                return state_of(self._loader, position)
-        raise ConfigError(f"the loader's position after batch {batches} is not recorded (it keeps the positions "
-                          f"after batches {[c for c, _ in self._recent]}, the last {_RECENT} handed out)")
-
     def _restart_count(self, handed_out: int | None) -> None:
         self.handed_out = self.handed_out if handed_out is None else int(handed_out)
-        self._recent.clear()
-        self._recent.append((self.handed_out, self._loader.position))
+        self.recent.clear()
+        self.recent.append((self.handed_out, self._loader.position))
 
     def close(self) -> None:
         self._loader.close()
@@ -362,7 +325,7 @@ class DataLoader:
                     return
                 self._loader.hand_out(position)
                 self.handed_out += 1
-                self._recent.append((self.handed_out, position))
+                self.recent.append((self.handed_out, position))
                 yield (batch, meta) if with_meta else batch
         finally:
             # this iteration's own stream and thread only (a newer iteration has its own)
@@ -507,7 +470,16 @@ def create_data_loader(
 
 
 __all__ = [
-    "DataLoader", "Observation", "create_data_loader", "lowdim_batch", "log_mixture", "lowdim_planner",
-    "make_mixture_loader", "observation_class", "open_sources", "raw_image_dtype", "repo_ids_of",
-    "require_norm_stats", "resolve_root", "transform_stages",
+    "DataLoader",
+    "Observation",
+    "create_data_loader",
+    "log_mixture",
+    "make_mixture_loader",
+    "observation_class",
+    "open_sources",
+    "raw_image_dtype",
+    "repo_ids_of",
+    "require_norm_stats",
+    "resolve_root",
+    "transform_stages",
 ]

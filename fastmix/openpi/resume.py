@@ -13,7 +13,7 @@ first batch. With `fastmix.openpi.install()` (these hooks, `install_hooks`), the
   PyTorch (`scripts/train_pytorch.py`): it writes `<checkpoint_dir>/tmp_<step>/` and renames it to `<step>/`;
   its norm stats go through `openpi.shared.normalize.save(tmp_<step>/assets/<asset_id>, ...)`, which is wrapped
   to write the file into that `assets/` folder, before the rename.
-- what: the position after the batches the run has trained on, `DataLoader.state_after(n)` with n the train
+- what: the position after the batches the run has trained on, `state_after(loader, n)` with n the train
   state's step (JAX: `state.step`; the loop already holds the next batch) or the step number (PyTorch:
   `global_step`, the batches trained); `{"format", "step", "batches": n, "state": <MixtureLoader state_dict>}`.
 - resume: both scripts build their loader with the `TrainConfig` (`resume`, `checkpoint_dir`) before restoring;
@@ -22,7 +22,8 @@ first batch. With `fastmix.openpi.install()` (these hooks, `install_hooks`), the
   for JAX when only step 0 exists, as `initialize_checkpoint_dir` then starts afresh) before the first batch, so
   the first batch trained after the resume is batch n of the uninterrupted stream. The wrapped `restore_state`
   checks that the restored train step is n (ConfigError naming both otherwise). A checkpoint without the file
-  (saved without fastmix) gives a RuntimeWarning: the stream starts again, as openpi's own loader does.
+  (saved without fastmix) gives a RuntimeWarning: the stream starts again, as openpi's own loader does, and its
+  batches are counted from the restored step on (`shift_count`), so later checkpoints carry a state again.
 """
 
 from __future__ import annotations
@@ -54,9 +55,23 @@ _HOOKED: list[tuple[Any, str, Any]] = []  # (module, name, original)
 # ----------------------------------------------------------------------------------------------- the file
 
 
+def state_after(loader: Any, batches: int) -> dict[str, Any]:
+    """The state dict of fastmix `DataLoader` `loader` at the position after batch number `batches` of its stream
+    (its `handed_out` count), one of the last batches handed out (`DataLoader.recent`): e.g. after the batches a
+    training step has trained on while the loop already holds the next (openpi's JAX loop draws one ahead).
+    ConfigError when that position is no longer recorded."""
+    from fastmix.loader.state import state_of
+
+    for count, position in loader.recent:
+        if count == batches:
+            return state_of(loader.loader, position)
+    raise ConfigError(f"the loader's position after batch {batches} is not recorded (it keeps the positions after "
+                      f"batches {[c for c, _ in loader.recent]}, the last ones handed out)")
+
+
 def payload(loader: Any, batches: int, step: int) -> dict[str, Any]:
     """What a checkpoint at `step` carries: the loader position after `batches` batches of its stream."""
-    return {"format": FORMAT, "step": int(step), "batches": int(batches), "state": loader.state_after(int(batches))}
+    return {"format": FORMAT, "step": int(step), "batches": int(batches), "state": state_after(loader, int(batches))}
 
 
 def write_state(assets_dir: Path, saved: dict[str, Any]) -> Path:
@@ -131,6 +146,8 @@ def attach(loader: Any, config: Any, *, framework: str, shuffle: bool) -> Any:
                           f"holds no fastmix loader state (assets/{STATE_FILE}; saved without "
                           "fastmix.openpi.install()?): the data stream starts again at its first batch, as "
                           "openpi's own loader does", RuntimeWarning, stacklevel=3)
+            if framework != "jax":  # train_pytorch.py resumes with global_step = the step; JAX: restore_state
+                shift_count(loader, step)
         else:
             try:
                 loader.load_state_dict(saved["state"], handed_out=saved["batches"])
@@ -143,6 +160,15 @@ def attach(loader: Any, config: Any, *, framework: str, shuffle: bool) -> Any:
         _TRAINING[:] = [r for r in _TRAINING if r() is not None]
         _TRAINING.append(weakref.ref(loader))
     return loader
+
+
+def shift_count(loader: Any, batches: int) -> None:
+    """A stream that restarts (no saved state) while the run has trained `batches` batches: count its batches
+    from there, so that the next checkpoint saves the position after the batches trained since."""
+    loader.handed_out += int(batches)
+    shifted = [(count + int(batches), position) for count, position in loader.recent]
+    loader.recent.clear()
+    loader.recent.extend(shifted)
 
 
 def _training_loader(checkpoint_dir: Path) -> Any:
@@ -210,8 +236,12 @@ def wrap_restore_state(original: Any) -> Any:
     @functools.wraps(original)
     def restore_state(checkpoint_manager: Any, state: Any, data_loader: Any, step: int | None = None) -> Any:
         restored = original(checkpoint_manager, state, data_loader, step)
-        resumed = getattr(data_loader, "resumed", None) if _is_fastmix(data_loader) else None
-        if resumed is not None and _as_int(restored.step) != resumed[1]:
+        if not _is_fastmix(data_loader):
+            return restored
+        resumed = data_loader.resumed
+        if resumed is None:  # no saved state: the stream restarted under a run that trained restored.step batches
+            shift_count(data_loader, _as_int(restored.step))
+        elif _as_int(restored.step) != resumed[1]:
             raise ConfigError(f"restore_state restored train step {_as_int(restored.step)}, but the data loader "
                               f"continues after batch {resumed[1]} (the state of checkpoint step {resumed[0]} in "
                               f"{data_loader.checkpoint_dir}); restore the latest checkpoint")
@@ -271,4 +301,4 @@ def uninstall_hooks() -> None:
 
 
 __all__ = ["FORMAT", "STATE_FILE", "attach", "checkpoint_steps", "install_hooks", "payload", "read_state",
-           "resume_step", "uninstall_hooks", "write_state"]
+           "resume_step", "state_after", "uninstall_hooks", "write_state"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastmix.errors import ConfigError, DatasetFormatError
 from fastmix.openpi import data_loader as _dl
+from fastmix.openpi.lowdim_batch import lowdim_planner
 from fastmix.openpi import transforms as _t
 from fastmix.openpi.transforms.batched import batched
 
@@ -68,7 +69,7 @@ class FrameStatsReader:
         dc = spec.data_config
         self.spec = spec
         self.sources = spec.open_sources(dc)
-        self.planner = _dl.lowdim_planner(self.sources, dc, spec.action_horizon)
+        self.planner = lowdim_planner(self.sources, dc, spec.action_horizon)
         self.prompt = bool(getattr(dc, "prompt_from_task", False))
         stages = [("repack", [batched(t) for t in dc.repack_transforms.inputs]),
                   ("data", [batched(t) for t in dc.data_transforms.inputs])]

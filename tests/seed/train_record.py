@@ -6,9 +6,10 @@ actions, state and images), "shapes", "loss"} and, for JAX, the batch's sharding
 `in_shardings` the script gave its jitted step.
 
 - JAX (`scripts/train.py`): `jax.jit` is wrapped; the function the script jits as `partial(train_step, config)`
-  gets a recording front (the step number is the train state's `step`, read before the call).
+  gets a recording front (the step number is the train state's `step`, read before the call). The dummy model
+  gets a small image encoder (`_debug_siglip`).
 - PyTorch (`scripts/train_pytorch.py`): `PI0Pytorch.forward` is wrapped; the step number is `global_step` of the
-  script's `train_loop` frame (the forward of that step).
+  script's `train_loop` frame (the forward of that step). The model is made a debug model (`_debug_paligemma`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,24 @@ def _batch_arrays(observation: Any, actions: Any, to_numpy) -> dict[str, np.ndar
     return arrays
 
 
+def _debug_siglip() -> None:
+    """The JAX debug model: pi0's image encoder as SigLIP's smallest variant ("mu/14": width 32, one layer)
+    instead of So400m, which dominates the dummy model (a step ≈ 60 s on 2 cores): `openpi.models.siglip.Module`,
+    which pi0 builds with variant="So400m/14", gets the variant replaced (openpi's code and the script unchanged)."""
+    import openpi.models.siglip as siglip
+
+    real = siglip.Module
+
+    def module(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **{**kwargs, "variant": "mu/14"})
+
+    siglip.Module = module
+
+
 def _install_jax() -> None:
     import jax
+
+    _debug_siglip()
 
     real_jit = jax.jit
 
@@ -85,8 +102,27 @@ def _global_step() -> int:
     raise RuntimeError("train_record: PI0Pytorch.forward called outside train_pytorch.py's train_loop")
 
 
+def _debug_paligemma() -> None:
+    """openpi's PyTorch pi0 fixes PaliGemma's image projection at gemma_2b's width (2048), so the "dummy"
+    variant (width 64), which its JAX model runs, cannot run in PyTorch, and gemma_2b does not fit a CPU test.
+    The debug model here: the projection at the language model's width and a one-layer SigLIP, set on the
+    transformers config openpi's `PaliGemmaWithExpertModel` builds (openpi's code and the script unchanged)."""
+    import openpi.models_pytorch.gemma_pytorch as gemma_pytorch
+
+    real = gemma_pytorch.PaliGemmaForConditionalGeneration
+
+    def paligemma(config: Any) -> Any:
+        config.vision_config.projection_dim = config.text_config.hidden_size
+        config.vision_config.num_hidden_layers = 1
+        return real(config=config)
+
+    gemma_pytorch.PaliGemmaForConditionalGeneration = paligemma
+
+
 def _install_pytorch() -> None:
     import openpi.models_pytorch.pi0_pytorch as pi0_pytorch
+
+    _debug_paligemma()
 
     real_forward = pi0_pytorch.PI0Pytorch.forward
 

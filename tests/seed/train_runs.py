@@ -72,9 +72,8 @@ class Run:
 def configs_source(variants: list[Variant], *, repos: list[str], weights: list[float], assets_dir: str,
                    asset_id: str, assets_base: Path, checkpoint_base: Path, batch_size: int = 2) -> str:
     """A `--configs` file for the launcher: loads the recorder, defines CONFIGS (one openpi TrainConfig per
-    variant: dummy pi0 as upstream's train_test.py, fastmix's MultiDatasetLeRobotConfig over `repos`). The JAX
-    runs freeze the image encoder (SigLIP So400m, the bulk of the dummy model: no optimizer state, bfloat16) and
-    keep no EMA copy, which keeps a process and its checkpoints to a few GB on a CPU machine."""
+    variant: dummy pi0 as upstream's train_test.py, with a small image encoder (`train_record`), fastmix's
+    MultiDatasetLeRobotConfig over `repos`)."""
     configs = ",\n".join(f"""    _config.TrainConfig(
         name={v.name!r},
         model=pi0_config.Pi0Config(paligemma_variant="dummy", action_expert_variant="dummy", action_horizon=4),
@@ -86,7 +85,7 @@ def configs_source(variants: list[Variant], *, repos: list[str], weights: list[f
         assets_base_dir={str(assets_base)!r}, checkpoint_base_dir={str(checkpoint_base)!r},
         batch_size={batch_size}, num_workers={v.num_workers}, seed=7, num_train_steps={v.steps},
         save_interval={v.save_interval}, keep_period={v.save_interval}, log_interval=1, wandb_enabled=False,
-        freeze_filter=nnx_utils.PathRegex(".*img.*"), ema_decay=None, pytorch_training_precision="float32",
+        pytorch_training_precision="float32",
     )""" for v in variants)
     return f"""import importlib.util
 import sys
@@ -97,7 +96,6 @@ sys.modules["seed_train_record"] = _recorder
 _spec.loader.exec_module(_recorder)
 
 import openpi.models.pi0_config as pi0_config
-import openpi.shared.nnx_utils as nnx_utils
 import openpi.training.config as _config
 from fastmix.openpi import MultiDatasetLeRobotConfig
 
