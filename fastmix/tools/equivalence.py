@@ -43,7 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from fastmix.errors import ConfigError
 from fastmix.tools.equivalence_stats import (  # noqa: F401 - re-exported (former home of these helpers)
     DEFAULT_ALPHA,
     MIN_EXPECTED,
+    BonferroniVerdict,
     TestResult,
     _coverage,
     _pool_small,
@@ -72,7 +73,7 @@ ChiSquareResult = TestResult  # former name
 
 
 @dataclass
-class EquivalenceResult:
+class EquivalenceResult(BonferroniVerdict):
     sizes: list[int]
     weights: list[float]
     weighting: str
@@ -87,18 +88,6 @@ class EquivalenceResult:
     zero_probability_draws: int = 0
     kept_frames: list[int] | None = None  # per dataset, with frame filters
     episodes: list[int] | None = None  # per dataset, where episodes were given
-
-    @property
-    def per_test_alpha(self) -> float:
-        """Bonferroni threshold: `alpha` / number of tests."""
-        return self.alpha / max(1, len(self.tests))
-
-    @property
-    def passed(self) -> bool:
-        return self.zero_probability_draws == 0 and all(t.p_value > self.per_test_alpha for t in self.tests)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "per_test_alpha": self.per_test_alpha, "verdict": "PASS" if self.passed else "FAIL"}
 
     def format(self) -> str:
         controls = "" if self.episodes is None else f" episodes={self.episodes}"

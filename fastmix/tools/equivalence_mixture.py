@@ -22,6 +22,7 @@ import numpy as np
 from fastmix.errors import ConfigError
 from fastmix.tools.equivalence_stats import (
     MIN_EXPECTED,
+    BonferroniVerdict,
     TestResult,
     _coverage,
     _two_sample,
@@ -32,7 +33,7 @@ from fastmix.tools.equivalence_stats import (
 
 
 @dataclass
-class MixtureEquivalenceResult:
+class MixtureEquivalenceResult(BonferroniVerdict):
     """The check of one config and weighting: exact vs observed shares per entry, and the tests."""
 
     config: str
@@ -46,18 +47,6 @@ class MixtureEquivalenceResult:
     reference_shares: list[float]
     tests: list[TestResult] = field(default_factory=list)
     zero_probability_draws: int = 0
-
-    @property
-    def per_test_alpha(self) -> float:
-        return self.alpha / max(1, len(self.tests))
-
-    @property
-    def passed(self) -> bool:
-        return self.zero_probability_draws == 0 and all(t.p_value > self.per_test_alpha for t in self.tests)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "per_test_alpha": self.per_test_alpha,
-                "verdict": "PASS" if self.passed else "FAIL"}
 
     def format(self) -> str:
         lines = [f"fastmix equivalence: config {self.config!r} weighting={self.weighting} draws={self.draws:,} "

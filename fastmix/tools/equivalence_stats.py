@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,23 @@ class TestResult:
     dof: int
     p_value: float
 
+
+
+class BonferroniVerdict:
+    """The verdict of a result dataclass with `alpha`, `tests` (list of TestResult) and `zero_probability_draws`:
+    each test must pass at `alpha` / number of tests, and no draw may have probability 0."""
+
+    @property
+    def per_test_alpha(self) -> float:
+        """Bonferroni threshold: `alpha` / number of tests."""
+        return self.alpha / max(1, len(self.tests))
+
+    @property
+    def passed(self) -> bool:
+        return self.zero_probability_draws == 0 and all(t.p_value > self.per_test_alpha for t in self.tests)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "per_test_alpha": self.per_test_alpha, "verdict": "PASS" if self.passed else "FAIL"}
 
 def _pool_small(observed: np.ndarray, expected: np.ndarray, min_expected: float) -> tuple[np.ndarray, np.ndarray]:
     """Categories expecting fewer than `min_expected` counts pooled into one; a pool still short of it is merged

@@ -15,8 +15,8 @@ import numpy as np
 
 from fastmix.errors import ConfigError, DatasetFormatError
 from fastmix.openpi import data_loader as _dl
-from fastmix.openpi.lowdim_batch import lowdim_planner
 from fastmix.openpi import transforms as _t
+from fastmix.openpi.lowdim_batch import lowdim_planner
 from fastmix.openpi.transforms.batched import batched
 
 STATS_KEYS = ("state", "actions")
