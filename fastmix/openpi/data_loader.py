@@ -214,6 +214,11 @@ class DataLoader:
         """The underlying `MixtureLoader`."""
         return self._loader
 
+    def stats(self) -> dict[str, int]:
+        """Counters of remote reads since the loader was made (`MixtureLoader.stats()`: requests, bytes, retries
+        by cause, failures, byte-cache hits and misses); {} for local datasets."""
+        return self._loader.stats()
+
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` (its own draw order) at its first batch; a no-op for the current epoch."""
         before = self._loader.position

@@ -76,17 +76,20 @@ atexit.register(dump_stats)
 os.register_at_fork(after_in_child=reset_stats)  # a forked child counts its own requests only
 
 STATS_ENV = "FASTMIX_REMOTE_STATS_DIR"
+STATS_PREFIX = "fastmix-remote-stats-"  # + "<owner pid>-<random>": the private directories ensure_stats_dir makes
 
 
 def ensure_stats_dir() -> str:
     """The directory counters are collected in: `$FASTMIX_REMOTE_STATS_DIR`, else a new private temporary one,
-    set in the environment (spawned workers inherit it) and removed at this process's exit."""
+    set in the environment (spawned workers inherit it) and removed at this process's exit (those of processes
+    that died without exiting are swept first: `sweep_stats_dirs`)."""
     d = os.environ.get(STATS_ENV)
     if d:
         return d
-    d = tempfile.mkdtemp(prefix="fastmix-remote-stats-")
-    os.environ[STATS_ENV] = d
     owner = os.getpid()
+    sweep_stats_dirs()
+    d = tempfile.mkdtemp(prefix=f"{STATS_PREFIX}{owner}-")
+    os.environ[STATS_ENV] = d
 
     def remove() -> None:
         if os.getpid() == owner:
@@ -94,6 +97,37 @@ def ensure_stats_dir() -> str:
 
     atexit.register(remove)
     return d
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stats_dirs(base: str | None = None) -> list[str]:
+    """Remove the private counter directories (`<tmp>/fastmix-remote-stats-<pid>-*`) whose owner process is
+    gone: one killed (SIGKILL, OOM) never ran its exit hook. Returns the removed paths. Directories of live
+    processes, and of other names, are left alone."""
+    base = base or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(STATS_PREFIX):
+            continue
+        pid = name[len(STATS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path = os.path.join(base, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def tree_stats() -> dict[str, int]:
@@ -121,4 +155,4 @@ def since(base: dict[str, int]) -> dict[str, int]:
 
 
 __all__ = ["STATS_ENV", "collect_stats", "count", "dump_stats", "ensure_stats_dir", "reset_stats", "since",
-           "stats", "tree_stats"]
+           "stats", "sweep_stats_dirs", "tree_stats"]
