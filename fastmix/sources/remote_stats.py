@@ -59,11 +59,12 @@ def dump_stats() -> None:
         pass
 
 
-def collect_stats(d: str) -> dict[str, int]:
-    """The sum of the counters every process wrote to directory `d`."""
+def collect_stats(d: str, *, skip: str | None = None) -> dict[str, int]:
+    """The sum of the counters every process wrote to directory `d` (but the file named `skip`); a file being
+    replaced or unreadable is left out."""
     total: Counter = Counter()
     for name in os.listdir(d):
-        if name.endswith(".json"):
+        if name.endswith(".json") and name != skip:
             try:
                 with open(os.path.join(d, name), encoding="utf-8") as f:
                     total.update(json.load(f))
@@ -136,14 +137,7 @@ def tree_stats() -> dict[str, int]:
     total = Counter(stats())
     d = os.environ.get(STATS_ENV)
     if d and os.path.isdir(d):
-        mine = f"{os.getpid()}.json"
-        for name in os.listdir(d):
-            if name.endswith(".json") and name != mine:
-                try:
-                    with open(os.path.join(d, name), encoding="utf-8") as f:
-                        total.update(json.load(f))
-                except (OSError, ValueError):
-                    continue
+        total.update(collect_stats(d, skip=f"{os.getpid()}.json"))
     return dict(total)
 
 
