@@ -69,6 +69,15 @@ def parse_image(img: Any) -> np.ndarray:
     return img
 
 
+def with_actions_and_prompt(d: dict, out: dict) -> dict:
+    """`out` plus the sample's `actions` (as an array) and `prompt`, where `d` has them (openpi's policies)."""
+    if "actions" in d:
+        out["actions"] = np.asarray(d["actions"])
+    if "prompt" in d:
+        out["prompt"] = d["prompt"]
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class DroidLikeInputs:
     """Per sample: two of the three cameras, state = joint (7) + gripper (1); the right wrist slot masked."""
@@ -79,11 +88,7 @@ class DroidLikeInputs:
         out = {"state": np.concatenate([np.asarray(d["observation/joint_position"]), grip]),
                "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
                "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.False_}}
-        if "actions" in d:
-            out["actions"] = np.asarray(d["actions"])
-        if "prompt" in d:
-            out["prompt"] = d["prompt"]
-        return out
+        return with_actions_and_prompt(d, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +101,7 @@ class AlohaLikeInputs:
                "image": {"base_0_rgb": im["cam_high"], "left_wrist_0_rgb": im["cam_left_wrist"],
                          "right_wrist_0_rgb": im["cam_right_wrist"]},
                "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.True_}}
-        if "actions" in d:
-            out["actions"] = np.asarray(d["actions"])
-        if "prompt" in d:
-            out["prompt"] = d["prompt"]
-        return out
+        return with_actions_and_prompt(d, out)
 
 
 @dataclasses.dataclass(frozen=True)
