@@ -16,12 +16,13 @@ from scipy import stats
 
 from fastmix import FrameFilter, MixtureDataConfig
 from fastmix.openpi import transforms as T
-from fastmix.openpi.config import AssetsConfig
+from fastmix.openpi.config import AssetsConfig, DataConfig
 from fastmix.openpi.data_loader import create_data_loader
 from fastmix.tools.verify import verify
 from tests.mixture_robots import (
     REPOS,
     AlohaLikeDataConfig,
+    DroidLikeDataConfig,
     entries,
     frame_counts,
     nested_libero,
@@ -347,3 +348,51 @@ def test_verify_names_an_entry_whose_transforms_give_other_keys(home, tmp_path) 
     assert f"keys only in {label}: ['effort']" in bad["entry outputs"], bad
     assert "different keys" in bad["loading"] and label in bad["loading"]
     assert all(report.check(f"{c} {label}").ok for c in PER_ENTRY_CHECKS), bad
+
+
+@dataclasses.dataclass(frozen=True)
+class SetPrompt:
+    prompt: str
+
+    def __call__(self, d: dict) -> dict:
+        return {**d, "prompt": self.prompt}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumePrompt:
+    """Per sample, as openpi's TokenizePrompt: `prompt` replaced by (stand-in) tokens."""
+
+    def __call__(self, d: dict) -> dict:
+        out = {k: v for k, v in d.items() if k != "prompt"}
+        out["tokens"] = np.frombuffer(str(d["prompt"]).encode()[:8].ljust(8), np.uint8).copy()
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DroidTokenized(DroidLikeDataConfig):
+    wrong_prompt: str | None = None
+
+    def create(self, assets_dirs, model_config):
+        dc = super().create(assets_dirs, model_config)
+        extra = ([SetPrompt(self.wrong_prompt)] if self.wrong_prompt else []) + [ConsumePrompt()]
+        return dataclasses.replace(dc, data_transforms=T.Group(inputs=[*dc.data_transforms.inputs, *extra]))
+
+
+@pytest.mark.parametrize("wrong_prompt", [None, "wave hello"])
+def test_verify_checks_the_prompts_an_entry_tokenizes(home, tmp_path, wrong_prompt) -> None:
+    """An entry whose transforms replace `prompt` by tokens (as openpi's TokenizePrompt does): its prompt check
+    reads the prompts as they entered that transform — its dataset's tasks pass; a prompt rewritten to another
+    text before it is tokenized fails, naming the entry, the dataset and the prompt."""
+    droid = DroidTokenized(repo_id=REPOS["droid"], assets=AssetsConfig(asset_id="droid"), lerobot_home=str(home),
+                           base_config=DataConfig(prompt_from_task=True), wrong_prompt=wrong_prompt)
+    e = entries(home)
+    data = MixtureDataConfig(datasets=[e["libero"], droid])
+    lines: list[str] = []
+    report = verify(train_config(home, data, batch_size=16), 64, out=lines.append, plot_path=tmp_path / "p.png")
+    check = report.check(f"prompts entry 1 (DroidTokenized: {REPOS['droid']})")
+    if wrong_prompt is None:
+        assert check.ok, "\n".join(lines)
+        assert any("'put the marker in the cup' x" in line for line in lines)
+    else:
+        assert not check.ok and f"{REPOS['droid']}: 'wave hello'" in check.detail, check.detail
+    assert "keys only in entry 1" in report.check("entry outputs").detail  # `tokens` instead of `prompt`

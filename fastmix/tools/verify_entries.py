@@ -5,7 +5,8 @@ Per entry (check names end with the entry's label, e.g. "finite data entry 2 (Le
 its datasets (table, empty ones), compatibility of its datasets (keys, shapes, dtypes, fps), NaN/inf in their
 numeric features (dataset, key, episode, frame), loading through the entry's own single-config pipeline
 (`Observation.from_dict`), per-key statistics of its final batches, every transform stage (`StageMonitor`:
-repack keys, LIBERO inputs, normalization with the entry's own norm stats, resize, padding) and its prompts.
+repack keys, LIBERO inputs, normalization with the entry's own norm stats, resize, padding) and its prompts
+(as they entered the tokenizer, where a model transform replaces them by tokens).
 The functions are verify.py's own (`_check_*` on a `_Run` whose checks carry the entry's label).
 
 Across entries ("entry outputs"): the entries' final batches hold the same keys with the same per-row shapes
@@ -17,6 +18,7 @@ key, episode, frame and row — and `Observation.from_dict` accepts the batch.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -49,23 +51,39 @@ class _EntryRun(_v._Run):  # noqa: SLF001 - the single-config checks' own state,
 
 
 class _Recording:
-    """A loader whose `batches()` records the structure of the final batches: {key: (dtype, per-row shape)}."""
+    """A loader whose `batches()` records the structure of the final batches ({key: (dtype, per-row shape)}) and
+    hands verify's prompt check the prompts a transform consumed (openpi's `TokenizePrompt` replaces `prompt` by
+    its tokens): each batch's `prompt` as it entered that transform, in the order the batches were transformed."""
 
     def __init__(self, loader: Any) -> None:
         object.__setattr__(self, "_inner", loader)
         object.__setattr__(self, "structure", {})
+        object.__setattr__(self, "consumed", collections.deque())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)  # e.g. `trace`, set by verify's loading check
+        if name == "trace" and value is not None:  # set by verify's loading check (its StageMonitor)
+            value = self._tap(value)
+        setattr(self._inner, name, value)
+
+    def _tap(self, trace: Callable[..., None]) -> Callable[..., None]:
+        def tapped(stage: str, i: int, t: Any, before: dict, after: dict) -> None:
+            if "prompt" in before and "prompt" not in after:
+                self.consumed.append([str(p) for p in before["prompt"]])
+            trace(stage, i, t, before, after)
+
+        return tapped
 
     def batches(self, *args: Any, **kwargs: Any) -> Any:
         for item in self._inner.batches(*args, **kwargs):
             batch = item[0] if isinstance(item, tuple) else item
             if not self.structure:
                 self.structure.update(structure_of(batch))
+            if "prompt" not in batch and self.consumed:
+                batch = {**batch, "prompt": self.consumed.popleft()}
+                item = (batch, *item[1:]) if isinstance(item, tuple) else batch
             yield item
 
 
