@@ -7,7 +7,7 @@ numeric features (dataset, key, episode, frame), loading through the entry's own
 (`Observation.from_dict`), per-key statistics of its final batches, every transform stage (`StageMonitor`:
 repack keys, LIBERO inputs, normalization with the entry's own norm stats, resize, padding) and its prompts
 (as they entered the tokenizer, where a model transform replaces them by tokens).
-The functions are verify.py's own (`_check_*` on a `_Run` whose checks carry the entry's label).
+The functions are `fastmix.tools.verify_checks`' (`check_*` on a `Run` whose checks carry the entry's label).
 
 Across entries ("entry outputs"): the entries' final batches hold the same keys with the same per-row shapes
 (what one mixture batch stacks); dtypes are listed (the mixture promotes them to one). On the mixture's own
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmix.tools import verify as _v
+from fastmix.tools import verify_checks as _v
 from fastmix.tools.verify_report import Report
 
 
@@ -41,8 +41,8 @@ class _Created:
 
 
 @dataclasses.dataclass
-class _EntryRun(_v._Run):  # noqa: SLF001 - the single-config checks' own state, reused per entry
-    """verify.py's `_Run` for one entry: its checks' names end with the entry's label."""
+class _EntryRun(_v.Run):
+    """The single-config checks' `Run` for one entry: its checks' names end with the entry's label."""
 
     label: str = ""
 
@@ -126,15 +126,15 @@ def check_entries(config: Any, data: Any, sources: Sequence[Any], num_samples: i
                         create, label=label)
         run.data_config = entry
         out(f"\n--- {label}")
-        if not _v._check_datasets(run):  # noqa: SLF001
+        if not _v.check_datasets(run):
             continue
-        _v._check_compatibility(run)  # noqa: SLF001
-        _v._check_finite_data(run)  # noqa: SLF001
-        if not _v._check_loading(run, entry.norm_stats is not None):  # noqa: SLF001
+        _v.check_compatibility(run)
+        _v.check_finite_data(run)
+        if not _v.check_loading(run, entry.norm_stats is not None):
             continue
-        _v._check_statistics(run)  # noqa: SLF001
-        _v._check_transforms(run)  # noqa: SLF001
-        _v._check_prompts(run)  # noqa: SLF001
+        _v.check_statistics(run)
+        _v.check_transforms(run)
+        _v.check_prompts(run)
         if recorded and recorded[-1].structure:
             structures[i] = recorded[-1].structure
     _check_entry_outputs(data.names, structures, report, out)
