@@ -396,3 +396,18 @@ def test_verify_checks_the_prompts_an_entry_tokenizes(home, tmp_path, wrong_prom
     else:
         assert not check.ok and f"{REPOS['droid']}: 'wave hello'" in check.detail, check.detail
     assert "keys only in entry 1" in report.check("entry outputs").detail  # `tokens` instead of `prompt`
+
+
+@pytest.mark.parametrize("wrong_prompt", [None, "wave hello"])
+def test_verify_of_a_single_config_checks_the_prompts_it_tokenizes(home, tmp_path, wrong_prompt) -> None:
+    """The same entry as a single config (the single-config checks the entries share): its tasks pass, a prompt
+    rewritten before it is tokenized fails naming the dataset and the prompt."""
+    droid = DroidTokenized(repo_id=REPOS["droid"], assets=AssetsConfig(asset_id="droid"), lerobot_home=str(home),
+                           base_config=DataConfig(prompt_from_task=True), wrong_prompt=wrong_prompt)
+    lines: list[str] = []
+    report = verify(train_config(home, droid, batch_size=16), 64, out=lines.append, plot_path=tmp_path / "p.png")
+    check = report.check("prompts")
+    if wrong_prompt is None:
+        assert report.ok, "\n".join(lines)
+    else:
+        assert not check.ok and f"{REPOS['droid']}: 'wave hello'" in check.detail, check.detail

@@ -122,9 +122,24 @@ def check_finite_data(run: Run) -> None:
             "NaN/inf in " + "; ".join(found[:6]) + (" ..." if len(found) > 6 else ""))
 
 
+class PromptTap:
+    """A loader trace that passes every call on to `trace` and keeps, per batch in the order the batches were
+    transformed, the `prompt` a transform consumed (openpi's `TokenizePrompt` replaces it by tokens): the
+    prompts as that transform read them (`consumed`, a deque of lists of str)."""
+
+    def __init__(self, trace: Callable[..., None]) -> None:
+        self.trace = trace
+        self.consumed: collections.deque[list[str]] = collections.deque()
+
+    def __call__(self, stage: str, i: int, t: Any, before: dict, after: dict) -> None:
+        if "prompt" in before and "prompt" not in after:
+            self.consumed.append([str(p) for p in before["prompt"]])
+        self.trace(stage, i, t, before, after)
+
+
 def check_loading(run: Run, normalize: bool) -> bool:
-    """Draw `num_samples` samples through the config's loader, recording per-dataset counts, prompts, final
-    values and every transform call."""
+    """Draw `num_samples` samples through the config's loader, recording per-dataset counts, prompts (as the
+    tokenizer read them, where a transform replaces them by tokens), final values and every transform call."""
     from fastmix.openpi import data_loader as _dl
 
     local_bs = max(1, int(run.config.batch_size))
@@ -135,12 +150,15 @@ def check_loading(run: Run, normalize: bool) -> bool:
     try:
         loader = run.create_loader(run.config, shuffle=True, num_batches=num_batches, skip_norm_stats=not normalize,
                                    framework="pytorch", open_sources=lambda _dc: run.sources)
-        loader.trace = run.monitor
+        tap = PromptTap(run.monitor)
+        loader.trace = tap
         run.stages = loader.stages
         obs_cls = _dl.observation_class()
         try:
             for batch, meta in loader.batches(with_meta=True):
                 run.n_batches += 1
+                if "prompt" not in batch and tap.consumed:  # tokenized by the transforms: the prompts they read
+                    batch = {**batch, "prompt": tap.consumed.popleft()}
                 d_idx = np.asarray(meta["dataset_index"]).astype(np.int64)
                 run.counts += np.bincount(d_idx, minlength=len(run.sources))
                 if run.frame_filters is not None and "episode_index" in meta:  # (dataset, episode, frame) drawn
@@ -273,4 +291,5 @@ def check_plot(run: Run, path: pathlib.Path, exp: np.ndarray, obs_share: np.ndar
         run.add("plot", False, f"{type(e).__name__}: {e}")
 
 
-__all__ = ['Run', 'check_compatibility', 'check_datasets', 'check_finite_data', 'check_kept', 'check_loading', 'check_mixture', 'check_norm_stats', 'check_plot', 'check_prompts', 'check_statistics', 'check_transforms']
+__all__ = ["PromptTap", "Run", "check_compatibility", "check_datasets", "check_finite_data", "check_kept", "check_loading",
+           "check_mixture", "check_norm_stats", "check_plot", "check_prompts", "check_statistics", "check_transforms"]

@@ -18,7 +18,6 @@ key, episode, frame and row — and `Observation.from_dict` accepts the batch.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -51,39 +50,22 @@ class _EntryRun(_v.Run):
 
 
 class _Recording:
-    """A loader whose `batches()` records the structure of the final batches ({key: (dtype, per-row shape)}) and
-    hands verify's prompt check the prompts a transform consumed (openpi's `TokenizePrompt` replaces `prompt` by
-    its tokens): each batch's `prompt` as it entered that transform, in the order the batches were transformed."""
+    """A loader whose `batches()` records the structure of the final batches: {key: (dtype, per-row shape)}."""
 
     def __init__(self, loader: Any) -> None:
         object.__setattr__(self, "_inner", loader)
         object.__setattr__(self, "structure", {})
-        object.__setattr__(self, "consumed", collections.deque())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "trace" and value is not None:  # set by verify's loading check (its StageMonitor)
-            value = self._tap(value)
-        setattr(self._inner, name, value)
-
-    def _tap(self, trace: Callable[..., None]) -> Callable[..., None]:
-        def tapped(stage: str, i: int, t: Any, before: dict, after: dict) -> None:
-            if "prompt" in before and "prompt" not in after:
-                self.consumed.append([str(p) for p in before["prompt"]])
-            trace(stage, i, t, before, after)
-
-        return tapped
+        setattr(self._inner, name, value)  # e.g. `trace`, set by the loading check
 
     def batches(self, *args: Any, **kwargs: Any) -> Any:
         for item in self._inner.batches(*args, **kwargs):
-            batch = item[0] if isinstance(item, tuple) else item
             if not self.structure:
-                self.structure.update(structure_of(batch))
-            if "prompt" not in batch and self.consumed:
-                batch = {**batch, "prompt": self.consumed.popleft()}
-                item = (batch, *item[1:]) if isinstance(item, tuple) else batch
+                self.structure.update(structure_of(item[0] if isinstance(item, tuple) else item))
             yield item
 
 
