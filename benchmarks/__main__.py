@@ -6,7 +6,8 @@ the whole benchmark suite and rewrite `benchmarks/RESULTS.md`.
    reported as not run, with the reason.
 2. Runs pytest over `benchmarks/` with `--benchmark-enable --benchmark-json` (main environment).
 3. Runs the seed-environment benchmarks (`benchmarks/bench_*_seed.py`: the real G1 v2.1 data against the
-   pinned lerobot, end to end against the openpi fork's own `create_data_loader`) with the seed env's python
+   pinned lerobot; end to end against the openpi fork's own `create_data_loader`; a three-robot mixture against
+   the fork's own loaders, one per robot, side by side) with the seed env's python
    (`--seed-python`, else the one `bash tests/seed/make-env` builds or reuses), this checkout's fastmix first
    on PYTHONPATH. When the seed env cannot be had, those rows are reported as not run, with the reason.
 4. Builds the report from both runs (`benchmarks/report.py`): items/s for every row, per group the
@@ -32,9 +33,10 @@ from benchmarks.report import RESULTS_PATH, print_table, write_report
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-SEED_FILES = ("bench_g1_seed.py", "bench_e2e_seed.py")
+SEED_FILES = ("bench_g1_seed.py", "bench_e2e_seed.py", "bench_mixture_seed.py")
 SEED_ROWS = ("test_reference_lerobot_v21", "test_fastmix_loader_g1[float32]", "test_fastmix_loader_g1[uint8]",
-             "test_fork_create_data_loader", "test_fastmix_installed")
+             "test_fork_create_data_loader", "test_fastmix_installed", "test_fork_loaders_side_by_side",
+             "test_fastmix_mixture_config")
 
 
 def torchcodec_loads(python: str = sys.executable) -> str | None:

@@ -137,3 +137,115 @@ def shutdown_fork_loader(loader: Any) -> str | None:
     except RuntimeError as exc:
         return str(exc)
     return None
+
+
+# ------------------------------------------------------------------------ three robots (bench_mixture_seed.py)
+# Written by the fork's own lerobot (v2.1; tests/seed/seed_data.py's writers, 10 fps each): LIBERO-like (cameras
+# "image", "wrist_image" 256x256 AV1, state 8, actions 7), DROID-like (three cameras 180x320 stored as PNG in the
+# parquet files, joint 7 + gripper 1, actions 8), ALOHA-like (four cameras 480x640 AV1, state / effort / action
+# 14). (repo_id, episodes, frames per episode, seed); the schemas are `robot_schemas()`.
+ROBOTS = (
+    ("bench_seed/robot_libero", 8, 40, 10),
+    ("bench_seed/robot_droid", 8, 40, 11),
+    ("bench_seed/robot_aloha", 4, 60, 12),
+)
+ROBOT_WEIGHTS = [1.0, 1.0, 1.0]
+ALOHA_CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
+ALOHA_PROMPT = "fold the towel"
+
+
+def robot_schemas() -> dict[str, Any]:
+    """{repo_id: tests.seed.seed_data.Schema} of `ROBOTS` (the seed tests' ALOHA / DROID schemas at the issue's
+    camera sizes; LIBERO-like as `write_fork_dataset` writes it)."""
+    import dataclasses
+
+    from tests.seed.seed_data import ALOHA, DROID, FORK_TASKS, Schema
+
+    libero = Schema(CAMERAS, CAMERA_SHAPE, {"state": STATE_DIM, "actions": ACTION_DIM}, True, FORK_TASKS)
+    return {ROBOTS[0][0]: libero, ROBOTS[1][0]: dataclasses.replace(DROID, camera_shape=(180, 320, 3)),
+            ROBOTS[2][0]: dataclasses.replace(ALOHA, camera_shape=(480, 640, 3))}
+
+
+def ensure_robots() -> dict[str, Path]:
+    """{repo_id: root} of the three robot datasets under lerobot's home, written when missing or stale."""
+    from tests.seed.seed_data import write_schema_dataset
+
+    home = SEED_DATA / "lerobot"
+    schemas = robot_schemas()
+    roots = {}
+    for repo_id, episodes, length, seed in ROBOTS:
+        root = home / repo_id
+        schema = schemas[repo_id]
+        spec = {"repo_id": repo_id, "episodes": episodes, "length": length, "seed": seed, "schema": repr(schema),
+                "writer": "fork's lerobot (v2.1)"}
+        try:
+            fresh = json.loads((root / MARKER).read_text(encoding="utf-8")) == spec
+        except (OSError, ValueError):
+            fresh = False
+        if not fresh:
+            shutil.rmtree(root, ignore_errors=True)
+            tmp = root.with_name(root.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_schema_dataset(tmp, repo_id, schema, num_episodes=episodes, episode_length=length, seed=seed)
+            (tmp / MARKER).write_text(json.dumps(spec, indent=1), encoding="utf-8")
+            tmp.rename(root)  # complete datasets only ever appear under `root`
+        roots[repo_id] = root
+    return roots
+
+
+def robot_entry(repo_id: str, assets: Any = None) -> Any:
+    """The fork's own data config factory of a `ROBOTS` dataset: `LeRobotLiberoDataConfig`,
+    `LeRobotDROIDDataConfig` (prompts from the tasks) or `LeRobotAlohaDataConfig` (all four cameras repacked,
+    a default prompt), with `assets` (an openpi AssetsConfig; None: the default)."""
+    import openpi.training.config as _config
+    import openpi.transforms as _transforms
+
+    assets = assets or _config.AssetsConfig()
+    task = _config.DataConfig(prompt_from_task=True)
+    if repo_id == ROBOTS[0][0]:
+        return _config.LeRobotLiberoDataConfig(repo_id=repo_id, assets=assets, base_config=task)
+    if repo_id == ROBOTS[1][0]:
+        return _config.LeRobotDROIDDataConfig(repo_id=repo_id, assets=assets, base_config=task)
+    repack = _transforms.RepackTransform({"images": {c: f"observation.images.{c}" for c in ALOHA_CAMERAS},
+                                          "state": "observation.state", "actions": "action"})
+    return _config.LeRobotAlohaDataConfig(repo_id=repo_id, assets=assets, default_prompt=ALOHA_PROMPT,
+                                          repack_transforms=_transforms.Group(inputs=[repack]))
+
+
+def robot_entries() -> list[Any]:
+    """The three entries, each with its own norm stats: the fork's `scripts/compute_norm_stats.py` run on that
+    entry alone (once; kept under `$FASTMIX_BENCH_DATA/seed/assets/robots/<repo_id>`)."""
+    import openpi.training.config as _config
+
+    from tests.seed.seed_data import openpi_train_config, tree_compute_norm_stats
+
+    ensure_tokenizer()
+    ensure_robots()
+    base = SEED_DATA / "assets"
+    out = []
+    for repo_id, *_ in ROBOTS:
+        name = "bench_seed_stats_" + repo_id.rsplit("/", 1)[-1]
+        config = openpi_train_config(name, robot_entry(repo_id), base, batch_size=8, num_workers=0,
+                                     action_horizon=HORIZON)
+        if not (Path(config.assets_dirs) / repo_id / "norm_stats.json").is_file():
+            tree_compute_norm_stats(config, "fork")
+        out.append(robot_entry(repo_id, _config.AssetsConfig(assets_dir=str(config.assets_dirs), asset_id=repo_id)))
+    return out
+
+
+def robot_train_config(name: str, data: Any, batch_size: int) -> Any:
+    """The fork's own TrainConfig (pi0, action horizon `HORIZON`, `WORKERS` workers) around `data`."""
+    from tests.seed.seed_data import openpi_train_config
+
+    return openpi_train_config(name, data, SEED_DATA / "assets", batch_size=batch_size, num_workers=WORKERS,
+                               action_horizon=HORIZON)
+
+
+def split_batch(batch: int, weights: list[float]) -> list[int]:
+    """Rows per entry of a `batch`-row step split by `weights` (largest remainders; sums to `batch`):
+    32 by [1, 1, 1] -> [11, 11, 10]."""
+    share = [batch * w / sum(weights) for w in weights]
+    rows = [int(s) for s in share]
+    for i in sorted(range(len(share)), key=lambda i: (rows[i] - share[i], i))[:batch - sum(rows)]:
+        rows[i] += 1
+    return rows

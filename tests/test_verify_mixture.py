@@ -7,6 +7,7 @@ lengths, the weights and the filters' definitions), never fastmix's own mixture 
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -14,10 +15,14 @@ import pytest
 from scipy import stats
 
 from fastmix import FrameFilter, MixtureDataConfig
+from fastmix.openpi import transforms as T
+from fastmix.openpi.config import AssetsConfig, DataConfig
 from fastmix.openpi.data_loader import create_data_loader
 from fastmix.tools.verify import verify
 from tests.mixture_robots import (
     REPOS,
+    AlohaLikeDataConfig,
+    DroidLikeDataConfig,
     entries,
     frame_counts,
     nested_libero,
@@ -27,6 +32,7 @@ from tests.mixture_robots import (
 )
 
 DATASETS = ("libero", "libero2", "droid", "aloha")  # the flat order of the mixtures below
+PER_ENTRY_CHECKS = ("datasets", "compatibility", "finite data", "loading", "statistics", "transforms", "prompts")
 LIBERO_TRIM = FrameFilter(trim_start=5)  # only on the first dataset of the nested LIBERO entry
 ALOHA_RANGES = {0: [[0, 6]], 1: [[4, 15]]}
 
@@ -122,6 +128,12 @@ def test_verify_checks_shares_per_entry_dataset_and_episode(home, weighting, tmp
     assert sum(n.startswith("norm stats entry") for n in names) == 3
     assert report.plot_path == tmp_path / "p.png" and report.plot_path.stat().st_size > 0
     assert "asset 'droid'" in report.check("norm stats entry 1 (DroidLikeDataConfig: robots/droid_like)").detail
+    labels = [f"entry 0 (MultiDatasetLiberoDataConfig: {REPOS['libero']}, {REPOS['libero2']})",
+              f"entry 1 (DroidLikeDataConfig: {REPOS['droid']})", f"entry 2 (AlohaLikeDataConfig: {REPOS['aloha']})"]
+    for label in labels:  # the single-config checks, per entry
+        for check in PER_ENTRY_CHECKS:
+            assert f"{check} {label}" in names, f"no check {check!r} of {label}: {names}"
+    assert "entry outputs" in names and "final batch" in names
 
 
 def test_verify_fails_draws_of_another_weighting(home, tmp_path) -> None:
@@ -223,3 +235,179 @@ def test_kept_mask_of_overlapping_ranges_unknown_keys_and_trims() -> None:
     trim = FrameFilter(trim_start=1, trim_end=2)
     assert kept_mask(trim, layout).tolist() == [f in {1, 2, 3} for f in range(6)] + [f in {1, 2} for f in range(5)]
     assert layout.position(np.array([7, 7, 4]), np.array([4, 5, 0])).tolist() == [10, -1, -1]
+
+
+# ------------------------------------------------------------------ per-entry checks: defects planted in one entry
+ALOHA_LABEL = f"entry 2 (AlohaLikeDataConfig: {REPOS['aloha']})"
+
+
+def copy_home(home, tmp_path):
+    """A copy of the robots' home (datasets and norm stats) to plant a defect in."""
+    import shutil
+
+    dst = tmp_path / "home"
+    shutil.copytree(home, dst)
+    return dst
+
+
+def three_robots(home, aloha=None) -> MixtureDataConfig:
+    e = entries(home)
+    return MixtureDataConfig(datasets=[e["libero"], e["droid"], aloha or e["aloha"]], weighting="per_dataset")
+
+
+def failed(report) -> dict[str, str]:
+    return {c.name: c.detail for c in report.checks if not c.ok}
+
+
+def test_verify_of_a_clean_mixture_passes_every_per_entry_check(home, tmp_path) -> None:
+    """The three robots as they were written: every check passes, the per-entry ones included, and the final
+    batch names each key's dtype and per-row shape (state padded to the model's action_dim)."""
+    lines: list[str] = []
+    report = verify(train_config(home, three_robots(home), batch_size=16), 96, out=lines.append,
+                    plot_path=tmp_path / "p.png")
+    assert report.ok, "\n".join(lines)
+    assert sum(c.name.startswith("transforms entry") for c in report.checks) == 3
+    assert "state float32 (32,)" in report.check("final batch").detail
+    assert "every entry gives the same" in report.check("entry outputs").detail
+
+
+def test_verify_names_nan_state_in_one_entrys_dataset(home, tmp_path) -> None:
+    """NaN in ALOHA's observation.state from frame 3 of episode 1 (the parquet rewritten): the ALOHA entry's
+    finite-data and statistics checks fail naming dataset, key, episode and frame; the mixture's final batch
+    names entry, dataset, key, episode and frame of a drawn NaN row; the other entries' checks pass."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dst = copy_home(home, tmp_path)
+    (path,) = (dst / REPOS["aloha"] / "data").rglob("*.parquet")
+    table = pq.read_table(path)
+    state = table.column("observation.state").to_pylist()
+    ep, fr = table.column("episode_index").to_pylist(), table.column("frame_index").to_pylist()
+    state = [[float("nan")] * len(s) if (e, f) >= (1, 3) else s for s, e, f in zip(state, ep, fr, strict=True)]
+    column = pa.array(state, type=table.schema.field("observation.state").type)
+    pq.write_table(table.set_column(table.schema.get_field_index("observation.state"), "observation.state", column),
+                   path)
+    lines: list[str] = []
+    report = verify(train_config(dst, three_robots(dst), batch_size=16), 256, out=lines.append,
+                    plot_path=tmp_path / "p.png")
+    bad = failed(report)
+    assert f"{REPOS['aloha']}: observation.state episode 1 frame 3" in bad[f"finite data {ALOHA_LABEL}"], lines
+    assert "state" in bad[f"statistics {ALOHA_LABEL}"]
+    assert f"{ALOHA_LABEL}, dataset '{REPOS['aloha']}', key 'state': episode 1 frame" in bad["final batch"]
+    assert [name for name in bad if name.startswith("finite data")] == [f"finite data {ALOHA_LABEL}"], bad
+
+
+def test_verify_names_a_wrong_shaped_key_inside_an_entry(home, tmp_path) -> None:
+    """A LIBERO entry of two datasets whose second one has a 9-dim state (written by lerobot's writer): the
+    entry's compatibility check fails naming the dataset and the key; the other entries' pass."""
+    from fastmix.openpi.config import AssetsConfig, DataConfig, MultiDatasetLiberoDataConfig
+    from fastmix.testing.robots import LIBERO_LIKE, RobotSchema, make_robot_dataset
+
+    dst = copy_home(home, tmp_path)
+    odd = RobotSchema(LIBERO_LIKE.cameras, {"state": 9, "actions": 7}, fps=LIBERO_LIKE.fps, tasks=LIBERO_LIKE.tasks)
+    make_robot_dataset(dst / "robots/libero_state9", "robots/libero_state9", odd, num_episodes=2, episode_length=8)
+    libero = MultiDatasetLiberoDataConfig(repo_ids=[REPOS["libero"], "robots/libero_state9"],
+                                          assets=AssetsConfig(asset_id="libero"), lerobot_home=str(dst),
+                                          base_config=DataConfig(prompt_from_task=True))
+    e = entries(dst)
+    data = MixtureDataConfig(datasets=[libero, e["droid"], e["aloha"]])
+    lines: list[str] = []
+    report = verify(train_config(dst, data, batch_size=16), 96, out=lines.append, plot_path=tmp_path / "p.png")
+    label = f"entry 0 (MultiDatasetLiberoDataConfig: {REPOS['libero']}, robots/libero_state9)"
+    detail = failed(report)[f"compatibility {label}"]
+    assert "robots/libero_state9" in detail and "state" in detail and "(9,)" in detail, detail
+    assert report.check(f"compatibility {ALOHA_LABEL}").ok
+    assert not report.ok
+
+
+@dataclasses.dataclass(frozen=True)
+class AddEffort:
+    """A user's per-sample transform that leaves an extra key in the sample (a bug for a mixture)."""
+
+    def __call__(self, d: dict) -> dict:
+        return {**d, "effort": np.zeros(14, np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlohaWithEffort(AlohaLikeDataConfig):
+    def create(self, assets_dirs, model_config):
+        dc = super().create(assets_dirs, model_config)
+        return dataclasses.replace(dc, data_transforms=T.Group(inputs=[*dc.data_transforms.inputs, AddEffort()]))
+
+
+def test_verify_names_an_entry_whose_transforms_give_other_keys(home, tmp_path) -> None:
+    """The ALOHA entry's data transforms leave an extra key: its own pipeline passes every single-config check,
+    "entry outputs" fails naming the entry and the key, and the mixture's loading fails naming both entries."""
+    aloha = AlohaWithEffort(repo_id=REPOS["aloha"], assets=AssetsConfig(asset_id="aloha"), lerobot_home=str(home),
+                            default_prompt="fold the towel")
+    lines: list[str] = []
+    report = verify(train_config(home, three_robots(home, aloha), batch_size=16), 96, out=lines.append,
+                    plot_path=tmp_path / "p.png")
+    bad = failed(report)
+    label = f"entry 2 (AlohaWithEffort: {REPOS['aloha']})"
+    assert f"keys only in {label}: ['effort']" in bad["entry outputs"], bad
+    assert "different keys" in bad["loading"] and label in bad["loading"]
+    assert all(report.check(f"{c} {label}").ok for c in PER_ENTRY_CHECKS), bad
+
+
+@dataclasses.dataclass(frozen=True)
+class SetPrompt:
+    prompt: str
+
+    def __call__(self, d: dict) -> dict:
+        return {**d, "prompt": self.prompt}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumePrompt:
+    """Per sample, as openpi's TokenizePrompt: `prompt` replaced by (stand-in) tokens."""
+
+    def __call__(self, d: dict) -> dict:
+        out = {k: v for k, v in d.items() if k != "prompt"}
+        out["tokens"] = np.frombuffer(str(d["prompt"]).encode()[:8].ljust(8), np.uint8).copy()
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DroidTokenized(DroidLikeDataConfig):
+    wrong_prompt: str | None = None
+
+    def create(self, assets_dirs, model_config):
+        dc = super().create(assets_dirs, model_config)
+        extra = ([SetPrompt(self.wrong_prompt)] if self.wrong_prompt else []) + [ConsumePrompt()]
+        return dataclasses.replace(dc, data_transforms=T.Group(inputs=[*dc.data_transforms.inputs, *extra]))
+
+
+@pytest.mark.parametrize("wrong_prompt", [None, "wave hello"])
+def test_verify_checks_the_prompts_an_entry_tokenizes(home, tmp_path, wrong_prompt) -> None:
+    """An entry whose transforms replace `prompt` by tokens (as openpi's TokenizePrompt does): its prompt check
+    reads the prompts as they entered that transform — its dataset's tasks pass; a prompt rewritten to another
+    text before it is tokenized fails, naming the entry, the dataset and the prompt."""
+    droid = DroidTokenized(repo_id=REPOS["droid"], assets=AssetsConfig(asset_id="droid"), lerobot_home=str(home),
+                           base_config=DataConfig(prompt_from_task=True), wrong_prompt=wrong_prompt)
+    e = entries(home)
+    data = MixtureDataConfig(datasets=[e["libero"], droid])
+    lines: list[str] = []
+    report = verify(train_config(home, data, batch_size=16), 64, out=lines.append, plot_path=tmp_path / "p.png")
+    check = report.check(f"prompts entry 1 (DroidTokenized: {REPOS['droid']})")
+    if wrong_prompt is None:
+        assert check.ok, "\n".join(lines)
+        assert any("'put the marker in the cup' x" in line for line in lines)
+    else:
+        assert not check.ok and f"{REPOS['droid']}: 'wave hello'" in check.detail, check.detail
+    assert "keys only in entry 1" in report.check("entry outputs").detail  # `tokens` instead of `prompt`
+
+
+@pytest.mark.parametrize("wrong_prompt", [None, "wave hello"])
+def test_verify_of_a_single_config_checks_the_prompts_it_tokenizes(home, tmp_path, wrong_prompt) -> None:
+    """The same entry as a single config (the single-config checks the entries share): its tasks pass, a prompt
+    rewritten before it is tokenized fails naming the dataset and the prompt."""
+    droid = DroidTokenized(repo_id=REPOS["droid"], assets=AssetsConfig(asset_id="droid"), lerobot_home=str(home),
+                           base_config=DataConfig(prompt_from_task=True), wrong_prompt=wrong_prompt)
+    lines: list[str] = []
+    report = verify(train_config(home, droid, batch_size=16), 64, out=lines.append, plot_path=tmp_path / "p.png")
+    check = report.check("prompts")
+    if wrong_prompt is None:
+        assert report.ok, "\n".join(lines)
+    else:
+        assert not check.ok and f"{REPOS['droid']}: 'wave hello'" in check.detail, check.detail

@@ -6,7 +6,11 @@ What it checks, beside what every entry's loader run shows (loading, prompts):
   fit (pass when p >= alpha; fail when a cell expects fewer than 5 draws, too few for the test);
 - per episode, where weighting is per_episode or a frame filter is set: the draws of every (dataset, episode)
   against its expected share (chi-square over the cells expecting >= 5 draws, the rest pooled);
-- frame filters: no drawn frame is one a filter drops.
+- frame filters: no drawn frame is one a filter drops;
+- per entry, the single-config checks (its datasets, their compatibility, NaN/inf in their numeric features,
+  loading through its own pipeline, per-key statistics, every transform stage, prompts), the entries' outputs
+  against each other, and the mixture's own final batches (structure, padding, finite values naming entry,
+  dataset, key, episode and frame): `fastmix.tools.verify_entries`.
 
 The expected probabilities are computed here, independently of the loader's sampling tables, as exact fractions
 (`fractions.Fraction`) from each dataset's episode lengths, the entry weights, a multi-dataset entry's inner
@@ -22,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from fastmix.tools.verify_entries import FinalBatches, check_entries
 from fastmix.tools.verify_report import (
     Check,
     Report,
@@ -159,10 +164,10 @@ def _norm_stats(config: Any, data: Any, add: Callable[[str, bool, str], None]) -
     return ok
 
 
-def _draw(config: Any, sources: list, num_samples: int, normalize: bool, create_loader: Callable[..., Any]
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+def _draw(config: Any, sources: list, num_samples: int, normalize: bool, create_loader: Callable[..., Any],
+          finals: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """(dataset, episode, frame) of `num_samples` samples (rounded up to whole batches) through the config's
-    loader, and the prompts per dataset."""
+    loader, and the prompts per dataset; every batch goes to `finals.add(batch, meta)` (`FinalBatches`)."""
     import collections
 
     num_batches = max(1, math.ceil(num_samples / max(1, int(config.batch_size))))
@@ -170,6 +175,7 @@ def _draw(config: Any, sources: list, num_samples: int, normalize: bool, create_
     with create_loader(config, shuffle=True, num_batches=num_batches, skip_norm_stats=not normalize,
                        framework="pytorch") as loader:
         for batch, meta in loader.batches(with_meta=True):
+            finals.add(batch, meta)
             d = np.asarray(meta["dataset_index"]).astype(np.int64)
             ds.append(d)
             ep.append(np.asarray(meta["episode_index"]).astype(np.int64))
@@ -202,14 +208,20 @@ def verify_mixture(config: Any, data: Any, num_samples: int, *, alpha: float, ou
         return finish(report, out)
     add("datasets", True, f"{len(sources)} datasets in {len(data.entries)} entries, {sum(map(len, sources))} frames")
     normalize = _norm_stats(config, data, add)
+    check_entries(config, data, sources, num_samples, alpha=alpha, report=report, out=out)
+    out("\n--- the mixture")
+    finals = FinalBatches(data.names, sources, data.entry_of(), int(config.batch_size),
+                          getattr(config.model, "action_dim", None))
     try:
         expected = expected_episode_shares(data, sources)
-        d, ep, fr, prompts = _draw(config, sources, num_samples, normalize, create_loader or _dl.create_data_loader)
+        d, ep, fr, prompts = _draw(config, sources, num_samples, normalize, create_loader or _dl.create_data_loader,
+                                   finals)
     except Exception as e:  # noqa: BLE001
         add("loading", False, f"{type(e).__name__}: {e}")
         return finish(report, out)
     n = d.size
     add("loading", True, f"{n} samples (dataset, episode and frame of each)")
+    finals.finish(add)
     entry_of = np.asarray(data.entry_of())
     ds_exp = np.array([float(sum(x.values())) for x in expected])
     ds_cnt = np.bincount(d, minlength=len(sources))
