@@ -295,6 +295,7 @@ def test_verify_names_nan_state_in_one_entrys_dataset(home, tmp_path) -> None:
     assert "state" in bad[f"statistics {ALOHA_LABEL}"]
     assert f"{ALOHA_LABEL}, dataset '{REPOS['aloha']}', key 'state': episode 1 frame" in bad["final batch"]
     assert [name for name in bad if name.startswith("finite data")] == [f"finite data {ALOHA_LABEL}"], bad
+    assert report.check(f"transforms {ALOHA_LABEL}").ok  # NaN in, NaN out: normalized as the stats say
 
 
 def test_verify_names_a_wrong_shaped_key_inside_an_entry(home, tmp_path) -> None:

@@ -64,8 +64,8 @@ class StageMonitor:
                 want = 2.0 * (x - q01) / (q99 - q01 + 1e-6) - 1.0
             else:
                 want = (x - np.asarray(s.mean)[:d]) / (np.asarray(s.std)[:d] + 1e-6)
-            got = np.asarray(flat_a[key], dtype=np.float64)
-            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+            got = np.asarray(flat_a[key], dtype=np.float64)  # NaN in, NaN out: the finite-data check names it
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4, equal_nan=True):
                 self._problem(f"normalize: {key} is not normalized with the config's norm stats")
             if t.use_quantiles:
                 self.normalized_in_range.append(float(np.mean(np.abs(got) <= 1.0 + 1e-3)))
