@@ -71,15 +71,18 @@ def _adapt(x: Any, gripper: Any) -> np.ndarray:
 
 
 def _image(img: Any, batched: bool) -> np.ndarray:
-    """One camera as openpi's AlohaInputs makes it uint8 (H, W, C): float images (LeRobotDataset's (C, H, W) in
-    [0, 1]) are scaled by 255, truncated to uint8 and moved channels-last, unconditionally as openpi does.
-    Batched uint8 images are the loader's (B, H, W, C) frames and pass as they are, except a batch shaped
-    (B, 3, H, W) with H, W != 3 (uint8 (C, H, W) rows), which is moved channels-last as openpi would."""
+    """One camera as uint8 (H, W, C) (batched: (B, H, W, C)), as openpi's AlohaInputs makes it.
+
+    Float images are LeRobotDataset's (C, H, W) in [0, 1]: scaled by 255, truncated to uint8 and moved
+    channels-last unconditionally, as openpi does. uint8 images shaped (3, H, W) with W != 3 are (C, H, W), moved
+    channels-last as openpi does; other uint8 images are taken as (H, W, C) frames, the loader's format, and
+    pass as they are (openpi would transpose those too, scrambling them: it is written for (C, H, W) input).
+    """
     img = np.asarray(img)
     lead = 1 if batched else 0
     if np.issubdtype(img.dtype, np.floating):
         return np.moveaxis((255 * img).astype(np.uint8), lead, -1)
-    if not batched or (img.ndim == 4 and img.shape[1] == 3 and img.shape[-1] != 3):
+    if img.ndim == lead + 3 and img.shape[lead] == 3 and img.shape[-1] != 3:
         return np.moveaxis(img, lead, -1)
     return img
 
@@ -89,9 +92,10 @@ class AlohaInputs(Transform):
     """ALOHA observation -> openpi model inputs (module docstring).
 
     adapt_to_pi: map joints and grippers from the standard ALOHA space to the pi runtime's (openpi's default).
-    Per sample (`t(sample)`): openpi's semantics, images (C, H, W) uint8 or float in [0, 1]. Batched
-    (`t.batch(batch)`): images as `_image` reads them (uint8 (B, H, W, C) frames as the loader gives them),
-    state (B, 14), actions (B, horizon, 14), masks (B,) bool, `prompt` a list of B strings.
+    Per sample (`t(sample)`): openpi's semantics; images float (C, H, W) in [0, 1] or uint8 (C, H, W), as openpi
+    takes them, or uint8 (H, W, C) frames, passed on as they are (`_image`). Batched (`t.batch(batch)`): the
+    same with a leading batch axis (the loader's uint8 (B, H, W, C) frames), state (B, 14), actions
+    (B, horizon, 14), masks (B,) bool, `prompt` a list of B strings.
     """
 
     adapt_to_pi: bool = True
@@ -139,7 +143,7 @@ class AlohaInputs(Transform):
         return self._inputs(data, self._cameras(data), batched=True)
 
     def pixel_effect(self) -> PixelEffect:
-        """"keep" for uint8 (B, H, W, C) frames, the loader's format: `cam_high` and the wrist cameras pass on
+        """"keep" for uint8 (H, W, C) frames, the loader's format: `cam_high` and the wrist cameras pass on
         unchanged, `cam_low` is dropped, and an absent wrist camera is zeros shaped as `cam_high` (zeros before
         a resize give the same bytes as zeros at the resized size). Float (C, H, W) images, which it scales to
         uint8 (H, W, C), are not the loader's format where this transform runs batched."""
