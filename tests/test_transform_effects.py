@@ -52,6 +52,24 @@ def _stats(dim: int, seed: int = 1) -> NormStats:
                      q99=q01 + rng.uniform(1, 3, size=dim))
 
 
+def _droid_batch(seed: int = 0) -> dict:
+    """DROID's repacked keys (openpi's LeRobotDROIDDataConfig): three uint8 cameras, joints 7 + gripper 1."""
+    rng = np.random.default_rng(seed)
+    cams = {f"observation/{c}": rng.integers(0, 256, size=(B, H, W, 3), dtype=np.uint8)
+            for c in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")}
+    return {**cams, "observation/joint_position": rng.normal(size=(B, 7)).astype(np.float32),
+            "observation/gripper_position": rng.normal(size=(B, 1)).astype(np.float32),
+            "actions": rng.normal(size=(B, 5, 8)).astype(np.float32), "prompt": [f"task {i % 2}" for i in range(B)]}
+
+
+def _aloha_batch(seed: int = 0, cams: tuple[str, ...] = ("cam_high", "cam_low", "cam_left_wrist")) -> dict:
+    """ALOHA's repacked keys (openpi's LeRobotAlohaDataConfig): uint8 cameras (the right wrist absent), 14 dims."""
+    rng = np.random.default_rng(seed)
+    return {"images": {c: rng.integers(0, 256, size=(B, H, W, 3), dtype=np.uint8) for c in cams},
+            "state": rng.normal(size=(B, 14)).astype(np.float32),
+            "actions": rng.normal(size=(B, 5, 14)).astype(np.float32)}
+
+
 class _Tokenizer:
     def tokenize(self, prompt: str, state: Any) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.zeros(6, dtype=np.int32)
@@ -83,6 +101,9 @@ KEEP_CASES = [
     ("libero_inputs_pi0", T.LiberoInputs(C.ModelType.PI0), _repacked, False),
     ("libero_inputs_fast", T.LiberoInputs(C.ModelType.PI0_FAST), _repacked, False),
     ("libero_outputs", T.LiberoOutputs(), _model_inputs, True),
+    ("droid_inputs_pi05", T.DroidInputs(C.ModelType.PI05), _droid_batch, True),  # exterior_image_2 dropped
+    ("droid_inputs_fast", T.DroidInputs(C.ModelType.PI0_FAST), _droid_batch, True),
+    ("aloha_inputs", T.AlohaInputs(), _aloha_batch, True),  # cam_low dropped
     ("delta_actions", T.DeltaActions(MASK), _model_inputs, False),
     ("absolute_actions", T.AbsoluteActions(MASK), _model_inputs, False),
     ("subsample_actions", T.SubsampleActions(2), _model_inputs, False),
@@ -325,7 +346,7 @@ def test_the_package_re_exports_every_public_name():
     assert old_public <= set(T.__all__) and T.__all__ == sorted(T.__all__)
     import importlib
 
-    modules = ("base", "effects", "common", "libero", "normalize", "batched")
+    modules = ("base", "effects", "common", "libero", "droid", "aloha", "normalize", "batched")
     names = [n for m in modules for n in importlib.import_module(f"fastmix.openpi.transforms.{m}").__all__]
     assert sorted(set(names) - {"batched"}) == T.__all__
     for name in T.__all__:

@@ -108,11 +108,12 @@ def transform_stages(data_config: Any, *, skip_norm_stats: bool = False) -> list
 def raw_image_dtype(stages: Sequence[tuple[str, Sequence[Any]]]) -> str:
     """The loader's camera format for the raw batch of `stages` (`transform_stages`' list).
 
-    "float32": (B, C, H, W) in [0, 1], LeRobotDataset's own item format, when an openpi transform that runs
-    per sample (not a fastmix `Transform`) is in the repack or data stage, the stages that read the dataset's
-    own format: openpi's policy transforms are written for LeRobotDataset items (e.g. `AlohaInputs` transposes
-    (C, H, W) to (H, W, C) unconditionally). Else "uint8" (B, H, W, C), the format fastmix's batched
-    transforms take directly.
+    "float32": (B, C, H, W) in [0, 1], LeRobotDataset's own item format, when a transform that runs per
+    sample (not a fastmix `Transform`) is in the repack or data stage, the stages that read the dataset's own
+    format: openpi-style policy transforms are written for LeRobotDataset items (openpi's `AlohaInputs`
+    transposes (C, H, W) to (H, W, C) unconditionally). Else "uint8" (B, H, W, C), the format fastmix's
+    batched transforms take directly; openpi's `LiberoInputs`, `DroidInputs` and `AlohaInputs` are among
+    those (`fastmix.openpi.transforms.batched`), so their data configs get uint8 frames.
     """
     for stage, transforms in stages:
         if stage in ("repack", "data") and any(not isinstance(t, _t.Transform) for t in transforms):

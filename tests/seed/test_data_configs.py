@@ -39,18 +39,20 @@ def frames(*repos: str) -> int:
     return sum(SCHEMA_EPISODES[r][0] * SCHEMA_EPISODES[r][1] for r in repos)
 
 
-def aloha_data(assets=None):
+def aloha_data(assets=None, cameras=ALOHA_CAMERAS, **fields):
+    """The tree's `LeRobotAlohaDataConfig` repacking `cameras` (openpi's AlohaInputs zero-fills absent wrists);
+    `fields` (adapt_to_pi, use_delta_joint_actions, ...) as given, else the tree's defaults."""
     import openpi.training.config as _config
     import openpi.transforms as _transforms
 
     repack = _transforms.RepackTransform({
-        "images": {cam: f"observation.images.{cam}" for cam in ALOHA_CAMERAS},
+        "images": {cam: f"observation.images.{cam}" for cam in cameras},
         "state": "observation.state",
         "actions": "action",
     })
     return _config.LeRobotAlohaDataConfig(repo_id=ALOHA_REPO, assets=assets or _config.AssetsConfig(),
                                           default_prompt="fold the towel",
-                                          repack_transforms=_transforms.Group(inputs=[repack]))
+                                          repack_transforms=_transforms.Group(inputs=[repack]), **fields)
 
 
 def droid_data(assets=None):
@@ -108,6 +110,22 @@ def test_aloha(schema_datasets, tree_norm_stats, assets_dir, framework, num_work
     assert {"image/base_0_rgb", "image/left_wrist_0_rgb", "image/right_wrist_0_rgb"} <= set(ref[0])
     assert ref[0]["image_mask/right_wrist_0_rgb"].all()  # a real right wrist camera, not the zero fill
     assert ref[0]["state"].shape == (BATCH, 32) and ref[0]["actions"].shape == (BATCH, 4, 32)
+    assert_runs_batched(config)
+
+
+def test_aloha_with_a_zero_filled_wrist(schema_datasets, tree_norm_stats, assets_dir):
+    """openpi's AlohaInputs zero-fills (mask False) the right wrist camera the repack does not map, and drops
+    cam_low; without delta joint actions. fastmix's batched AlohaInputs gives the same bytes with every camera
+    decoded straight to 224x224 (the zero fill made at that size)."""
+    from tests.seed.seed_data import openpi_train_config
+
+    assets = stats_assets(tree_norm_stats, "seed_aloha_stats", aloha_data(), ALOHA_REPO)
+    data = aloha_data(assets, cameras=("cam_high", "cam_low", "cam_left_wrist"), use_delta_joint_actions=False)
+    config = openpi_train_config("seed_aloha_zero_wrist", data, assets_dir, batch_size=BATCH, num_workers=2)
+    ref = compare(config, "pytorch", frames(ALOHA_REPO) // BATCH)
+    assert not ref[0]["image_mask/right_wrist_0_rgb"].any() and ref[0]["image_mask/left_wrist_0_rgb"].all()
+    assert ref[0]["image/right_wrist_0_rgb"].max() <= -1 + 1e-6  # openpi's zeros, as [-1, 1] floats
+    assert_runs_batched(config)
 
 
 @pytest.mark.parametrize(("framework", "num_workers"), [("pytorch", 0), ("jax", 2)])
@@ -120,6 +138,7 @@ def test_droid(schema_datasets, tree_norm_stats, assets_dir, framework, num_work
     ref = compare(config, framework, frames(DROID_REPO) // BATCH)
     assert ref[0]["image/base_0_rgb"].std() > 0.1 and not ref[0]["image_mask/right_wrist_0_rgb"].any()
     assert ref[0]["state"][:, 8:].max() == 0 and ref[0]["actions"].shape == (BATCH, 4, 32)
+    assert_runs_batched(config)
 
 
 def test_multi_dataset_droid(schema_datasets, tree_norm_stats, assets_dir):
@@ -258,3 +277,127 @@ def test_droid_mixture_in_openpis_types(schema_datasets, tree_norm_stats, assets
     with fastmix_installed():
         got = openpi_batches(config, framework="pytorch", num_batches=frames(DROID_REPO, DROID_REPO_2) // BATCH)
     assert_same_batches(ref, got, f"{TREE} droid mixture", frames(DROID_REPO, DROID_REPO_2) // BATCH)
+
+
+# ------------------------------------------------------------- openpi's DROID / ALOHA transforms, batched
+
+
+def entry_decodes(loader) -> list[tuple[list, object, bool]]:
+    """(stages, decode size, float images) of each entry of a fastmix `DataLoader` (one for a single config)."""
+    inner = loader._loader  # noqa: SLF001 - the MixtureLoader behind openpi's protocol
+    if inner.groups is None:
+        return [(loader.stages, inner.resize_images, inner.image_dtype == "float32")]
+    ((_, (mixture,)),) = loader.stages
+    return list(zip(mixture.stages, inner._group_sizes, inner._group_floats, strict=True))  # noqa: SLF001
+
+
+def assert_batched_stages(stages, where: str, size=(224, 224)) -> None:
+    """Every transform of `stages` is a fastmix one (none of openpi's left to run per sample), the raw batch's
+    cameras are uint8 and the decode size is the model stage's resize."""
+    from fastmix.openpi.data_loader import raw_image_dtype
+    from fastmix.openpi.transforms import Transform, decode_size
+
+    left = [f"{stage}: {type(t).__module__}.{type(t).__name__}" for stage, ts in stages for t in ts
+            if not isinstance(t, Transform) or not type(t).__module__.startswith("fastmix.")]
+    assert not left, f"{where}: transforms left per sample: {left}"
+    assert raw_image_dtype(stages) == "uint8", where
+    assert decode_size(stages) == size, f"{where}: decode size {decode_size(stages)}, want {size}"
+
+
+def assert_runs_batched(config) -> None:
+    """After install(), `config`'s loader runs each entry batched on uint8 frames decoded at 224x224."""
+    with fastmix_installed():
+        import openpi.training.data_loader as dl
+
+        loader = dl.create_data_loader(config, shuffle=False, num_batches=1, framework="pytorch")
+        try:
+            for g, (stages, size, floats) in enumerate(entry_decodes(loader)):
+                assert_batched_stages(stages, f"{TREE} {config.name} entry {g}")
+                assert tuple(size) == (224, 224) and not floats, f"{config.name} entry {g}: {size}, {floats}"
+        finally:
+            loader.close()
+
+
+def lerobot_rows(rng, n: int, cameras, hw, vectors: dict, prompts):
+    """`n` items as LeRobotDataset gives them (cameras float32 (C, H, W) = uint8 / 255, as lerobot's decoders
+    make them) and the same rows as fastmix's loader gives them (uint8 (B, H, W, C), vectors stacked, prompts a
+    list). Vector values span [-0.2, 1.2): ALOHA's gripper maps clip on both sides."""
+    frames = {c: rng.integers(0, 256, (n, *hw, 3), dtype=np.uint8) for c in cameras}
+    vecs = {k: rng.uniform(-0.2, 1.2, (n, *shape)).astype(np.float32) for k, shape in vectors.items()}
+    items = [{**{c: np.moveaxis(f[i], -1, 0).astype(np.float32) / np.float32(255) for c, f in frames.items()},
+              **{k: v[i].copy() for k, v in vecs.items()}} for i in range(n)]
+    rows = {**frames, **vecs}
+    if prompts is not None:
+        for item, p in zip(items, prompts, strict=True):
+            item["prompt"] = p
+        rows["prompt"] = list(prompts)
+    return items, rows
+
+
+def _policy_case(case: str, tmp_path):
+    """(the tree's data config created for the case, raw items, raw rows) of one transform case."""
+    import dataclasses
+
+    import openpi.models.model as _model
+    import openpi.models.pi0_config as pi0_config
+    import openpi.policies.droid_policy as droid_policy
+    import openpi.transforms as _transforms
+
+    rng = np.random.default_rng(sum(map(ord, case)))
+    kind, _, variant = case.partition("-")
+    if kind == "aloha":
+        cameras, fields = {"all": (ALOHA_CAMERAS, {}),
+                           "high_only": (("cam_high",), {}),  # openpi's default repack: both wrists zero-filled
+                           "no_left": (("cam_high", "cam_low", "cam_right_wrist"), {"adapt_to_pi": False}),
+                           "no_delta": (("cam_high", "cam_left_wrist"),
+                                        {"adapt_to_pi": False, "use_delta_joint_actions": False})}[variant]
+        data = aloha_data(cameras=cameras, **fields).create(tmp_path, pi0_config.Pi0Config())
+        items, rows = lerobot_rows(rng, 5, [f"observation.images.{c}" for c in cameras], (48, 64),
+                                   {"observation.state": (14,), "observation.effort": (14,), "action": (4, 14)},
+                                   None)
+        return data, items, rows
+    model_type, gripper = variant.split("_gripper_") if "_gripper_" in variant else (variant, "vector")
+    data = droid_data().create(tmp_path, pi0_config.Pi0Config(pi05=model_type == "pi05"))
+    if model_type == "pi0_fast":  # the FAST tokenizer is not offline: the tree's DroidInputs for FAST alone
+        inputs = [droid_policy.DroidInputs(model_type=_model.ModelType.PI0_FAST)]
+        data = dataclasses.replace(data, data_transforms=_transforms.Group(inputs=inputs))
+    shape = {"vector": (1,), "scalar": ()}[gripper]
+    prompts = ["put the marker in the cup", "close the drawer", b"close the drawer", "put the marker in the cup"]
+    items, rows = lerobot_rows(rng, 4, ["exterior_image_1_left", "exterior_image_2_left", "wrist_image_left"],
+                               (20, 28), {"joint_position": (7,), "gripper_position": shape, "actions": (4, 8)},
+                               prompts)
+    return data, items, rows
+
+
+POLICY_CASES = ["aloha-all", "aloha-high_only", "aloha-no_left", "aloha-no_delta", "droid-pi0", "droid-pi05",
+                "droid-pi0_fast", "droid-pi05_gripper_scalar"]
+
+
+@pytest.mark.parametrize("case", POLICY_CASES)
+def test_policy_transforms_run_batched_with_the_trees_bytes(tokenizer, case, tmp_path):
+    """The tree's own repack and data transforms of `LeRobotAlohaDataConfig` (adapt_to_pi, delta joint actions,
+    absent wrist cameras) and `LeRobotDROIDDataConfig` (pi0, pi05, pi0-FAST camera layouts; a scalar gripper)
+    applied per sample to LeRobotDataset-format items, against fastmix's batched equivalents on the loader's
+    uint8 rows of the same frames: the same keys, dtypes and bytes (images, masks, prompts, and state/actions
+    bit for bit, float64 where openpi's AlohaInputs makes them so); and no per-sample transform left."""
+    from fastmix.openpi import transforms as T
+    from fastmix.openpi.data_loader import transform_stages
+    from tests.seed.pipelines import flat_numpy
+
+    data, items, rows = _policy_case(case, tmp_path)
+    for t in [*data.repack_transforms.inputs, *data.data_transforms.inputs]:  # openpi's own, per sample
+        items = [t(dict(item)) for item in items]
+    flat = [flat_numpy(item) for item in items]
+    want = {k: [f[k] for f in flat] for k in flat[0]}
+    stages = transform_stages(data, skip_norm_stats=True)
+    assert_batched_stages(stages, f"{TREE} {case}")
+    got = flat_numpy(T.apply_batch([t for name, ts in stages if name in ("repack", "data") for t in ts], rows))
+    assert sorted(got) == sorted(want), f"{case}: keys {sorted(got)} vs openpi's {sorted(want)}"
+    for key, values in want.items():
+        if key == "prompt":
+            assert [str(p) for p in got[key]] == [str(p) for p in values], case
+            continue
+        ref = np.stack(values)
+        assert (got[key].dtype, got[key].shape) == (ref.dtype, ref.shape), \
+            f"{case} {key}: {got[key].dtype}{got[key].shape} vs openpi's {ref.dtype}{ref.shape}"
+        assert np.array_equal(got[key], ref), f"{case} {key}: values differ from openpi's"

@@ -11,6 +11,10 @@ openpi's values in the precision of the entry's own data (`pipelines.assert_same
 the LIBERO and DROID entries (fastmix's Normalize keeps float32 data float32, where openpi's PyTorch path mixes in
 its float64 stats), float64 for ALOHA (openpi's `AlohaInputs` makes its data float64). A batch holding ALOHA rows
 is float64 as a whole; its LIBERO and DROID rows then hold exactly their float32 values.
+
+Every entry runs batched: openpi's LiberoInputs, DroidInputs, AlohaInputs (and the rest of each entry's
+transforms) are replaced by fastmix's batched equivalents, and each entry's cameras are decoded as uint8 straight
+to the model's 224x224 (`test_data_configs.assert_batched_stages`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import numpy as np
 
 from tests.seed.conftest import ALOHA_REPO, DROID_REPO, FORK_REPO, TREE
 from tests.seed.pipelines import assert_same_batches, fastmix_installed, flat_numpy
-from tests.seed.test_data_configs import aloha_data, droid_data, stats_assets
+from tests.seed.test_data_configs import (
+    aloha_data,
+    assert_batched_stages,
+    droid_data,
+    entry_decodes,
+    stats_assets,
+)
 
 BATCH = 6
 NUM_BATCHES = 5
@@ -61,6 +71,11 @@ def test_every_row_equals_its_entrys_own_openpi_pipeline(datasets, schema_datase
 
         loader = dl.create_data_loader(config, shuffle=True, num_batches=NUM_BATCHES, framework="pytorch")
         assert type(loader).__module__ == "fastmix.openpi.data_loader"
+        decodes = entry_decodes(loader)
+        for g, (stages, size, floats) in enumerate(decodes):  # every entry batched, decoded at the model's size
+            assert_batched_stages(stages, f"{TREE} mixture entry {g}")
+            assert tuple(size) == (224, 224) and not floats, f"entry {g}: decode size {size}, float {floats}"
+        assert len(decodes) == 3
         rows = []
         try:
             for batch, meta in loader.batches(with_meta=True):

@@ -1,8 +1,8 @@
 """openpi-compatible data transforms, applied per sample (openpi's semantics) or to whole batches.
 
 Every transform is a frozen dataclass named and shaped as its openpi counterpart (`openpi.transforms`,
-`openpi.policies.libero_policy`). Calling it on one sample (`t(sample)`) does what openpi does. `t.batch(batch)`
-does the same to a whole batch at once (leading dimension B, strings as `list[str]`), vectorized where the math
+`openpi.policies.libero_policy`, `droid_policy`, `aloha_policy`). Calling it on one sample (`t(sample)`) does
+what openpi does. `t.batch(batch)` does the same to a whole batch at once (leading dimension B, strings as `list[str]`), vectorized where the math
 allows. `apply_batch` runs a sequence of transforms on a batch: a fastmix `Transform` runs through `.batch`, any
 other callable (e.g. an openpi tokenizer transform) is applied per sample and the results are stacked again, so
 users' own transforms run unchanged.
@@ -11,6 +11,8 @@ users' own transforms run unchanged.
     effects    `PixelEffect` (what a transform declares it does to camera pixels) and `decode_size`
     common     repacking, prompts, action math, padding, `ResizeImages` / `resize_with_pad`, `RemoveStrings`
     libero     `LiberoInputs`, `LiberoOutputs`
+    droid      `DroidInputs`
+    aloha      `AlohaInputs`
     normalize  `Normalize`, `Unnormalize`
     batched    openpi transforms of known types -> their batched equivalents (`batched.batched`)
 
@@ -34,6 +36,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
                "PromptFromLeRobotTask", "RemoveStrings", "RepackTransform", "ResizeImages", "SubsampleActions",
                "make_bool_mask", "pad_to_dim", "resize_with_pad"),
     "libero": ("LiberoInputs", "LiberoOutputs"),
+    "droid": ("DroidInputs",),
+    "aloha": ("AlohaInputs",),
     "normalize": ("Normalize", "Unnormalize"),
     "batched": ("BatchedTokenizePrompt",),  # `batched.batched` stays there: `batched` names the module here
 }
@@ -41,11 +45,13 @@ _EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items() f
 
 __all__ = [
     "AbsoluteActions",
+    "AlohaInputs",
     "BatchedTokenizePrompt",
     "CompositeTransform",
     "DataDict",
     "DataTransformFn",
     "DeltaActions",
+    "DroidInputs",
     "Group",
     "IMAGE_KEYS",
     "InjectDefaultPrompt",
@@ -77,6 +83,7 @@ __all__ = [
 ]  # sorted; each name found in its module through `_EXPORTS`
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
+    from fastmix.openpi.transforms.aloha import AlohaInputs
     from fastmix.openpi.transforms.base import (
         IMAGE_KEYS,
         CompositeTransform,
@@ -108,6 +115,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
         pad_to_dim,
         resize_with_pad,
     )
+    from fastmix.openpi.transforms.droid import DroidInputs
     from fastmix.openpi.transforms.effects import PixelEffect, decode_size, pixel_effect_of
     from fastmix.openpi.transforms.libero import LiberoInputs, LiberoOutputs
     from fastmix.openpi.transforms.normalize import Normalize, Unnormalize

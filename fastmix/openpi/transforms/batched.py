@@ -6,12 +6,17 @@ more than the transforms' own work. `batched(t)` maps a transform of a known ope
 fields, to a fastmix transform that works on the whole batch:
 
     RepackTransform, InjectDefaultPrompt, ResizeImages, PadStatesAndActions, DeltaActions (openpi.transforms),
-    LiberoInputs (openpi.policies.libero_policy)  → fastmix.openpi.transforms' batched versions;
+    LiberoInputs (openpi.policies.libero_policy), DroidInputs (openpi.policies.droid_policy),
+    AlohaInputs (openpi.policies.aloha_policy, with openpi's EXPECTED_CAMERAS)
+                                                   → fastmix.openpi.transforms' batched versions;
     TokenizePrompt (openpi.transforms)             → `BatchedTokenizePrompt`, the same tokenizer called once
                                                      per distinct prompt (per row when the state is tokenized).
 
 Anything else is returned unchanged and keeps the per-sample path (and declares no pixel effect: "change").
-Equality with the fork's own pipeline, batch for batch, is what `tests/seed/test_adapter.py` asserts.
+The policy transforms' batched versions take the loader's uint8 (B, H, W, C) frames and declare "keep", so an
+entry with only these in its repack and data stages gets uint8 frames decoded straight to the size of a
+`ResizeImages` in its model stage. Equality with each openpi tree's own pipeline, batch for batch, is what
+`tests/seed/test_adapter.py`, `test_data_configs.py` and `test_mixture_configs.py` assert.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fastmix.openpi.transforms.aloha import EXPECTED_CAMERAS, AlohaInputs
 from fastmix.openpi.transforms.base import DataDict, Transform
 from fastmix.openpi.transforms.common import (
     DeltaActions,
@@ -30,11 +36,14 @@ from fastmix.openpi.transforms.common import (
     RepackTransform,
     ResizeImages,
 )
+from fastmix.openpi.transforms.droid import DroidInputs
 from fastmix.openpi.transforms.effects import PixelEffect
 from fastmix.openpi.transforms.libero import LiberoInputs
 
 _TRANSFORMS = "openpi.transforms"
 _LIBERO = "openpi.policies.libero_policy"
+_DROID = "openpi.policies.droid_policy"
+_ALOHA = "openpi.policies.aloha_policy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +94,9 @@ _EQUIVALENTS: dict[tuple[str, str, tuple[str, ...]], Callable[[Any], Transform]]
     (_TRANSFORMS, "DeltaActions", ("mask",)): lambda t: DeltaActions(t.mask),
     (_TRANSFORMS, "TokenizePrompt", ("tokenizer", "discrete_state_input")): BatchedTokenizePrompt,
     (_LIBERO, "LiberoInputs", ("model_type",)): lambda t: LiberoInputs(t.model_type),
+    (_DROID, "DroidInputs", ("model_type",)): lambda t: DroidInputs(t.model_type),
+    (_ALOHA, "AlohaInputs", ("adapt_to_pi",)): lambda t: (
+        AlohaInputs(bool(t.adapt_to_pi)) if tuple(t.EXPECTED_CAMERAS) == EXPECTED_CAMERAS else t),
 }
 
 
