@@ -11,6 +11,7 @@ fractions (chi-square); resume against an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -19,11 +20,13 @@ from scipy import stats
 
 from fastmix import FrameFilter, MixtureDataConfig
 from fastmix.errors import ConfigError
+from fastmix.openpi import transforms as T
 from fastmix.openpi.data_loader import create_data_loader
 from tests.mixture_robots import (
     EPISODES,
     HORIZON,
     REPOS,
+    AlohaLikeDataConfig,
     assert_same_sample,
     entries,
     frame_counts,
@@ -160,6 +163,9 @@ def test_mixture_config_checks_its_fields(home) -> None:
         MixtureDataConfig(datasets=[e["libero"]], weighting="per_robot")
     with pytest.raises(ConfigError, match="frame_filters"):
         MixtureDataConfig(datasets=[e["libero"], e["droid"]], frame_filters=[None])
+    for bad in ("int32", "uint8", 32, "f8x"):
+        with pytest.raises(ConfigError, match="float_dtype must be a floating dtype"):
+            MixtureDataConfig(datasets=[e["libero"]], float_dtype=bad)
     inner = MixtureDataConfig(datasets=[e["libero"]])
     with pytest.raises(ConfigError, match="itself a MixtureDataConfig"):
         MixtureDataConfig(datasets=[inner, e["droid"]])
@@ -167,6 +173,46 @@ def test_mixture_config_checks_its_fields(home) -> None:
     cfg = train_config(home, twice)
     with pytest.raises(ConfigError, match=r"robots/libero_like.*datasets\[0\] and datasets\[1\]"):
         twice.create(cfg.assets_dirs, cfg.model)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlohaFloat64(AlohaLikeDataConfig):
+    """The ALOHA-like entry with openpi's `AlohaInputs` dtype: its data transforms give float64 state/actions."""
+
+    def create(self, assets_dirs, model_config):
+        made = super().create(assets_dirs, model_config)
+        return dataclasses.replace(made, data_transforms=T.Group(inputs=[*made.data_transforms.inputs, widen]))
+
+
+def widen(d: dict) -> dict:
+    """Per sample: state and actions as float64."""
+    return {**d, **{k: np.asarray(d[k], np.float64) for k in ("state", "actions") if k in d}}
+
+
+@pytest.mark.parametrize("float_dtype", ["float32", None])
+def test_one_float_dtype_in_every_batch(home, float_dtype) -> None:
+    """An entry whose own pipeline gives float64 (as openpi's AlohaInputs): with float_dtype="float32" (the
+    default) every batch's state/actions are float32, batches with ALOHA rows or without, the ALOHA rows its
+    float64 values rounded once; with None a batch is float64 exactly when it holds ALOHA rows."""
+    e = entries(home)
+    aloha = AlohaFloat64(repo_id=REPOS["aloha"], assets=e["aloha"].assets, lerobot_home=e["aloha"].lerobot_home,
+                         default_prompt="fold the towel")
+    data = MixtureDataConfig(datasets=[e["libero"], e["droid"], aloha], dataset_weights=[4.0, 4.0, 1.0],
+                             float_dtype=float_dtype)
+    ref = MixtureDataConfig(datasets=[e["libero"], e["droid"], aloha], dataset_weights=[4.0, 4.0, 1.0],
+                            float_dtype="float64")
+    seen = set()
+    with create_data_loader(train_config(home, data), shuffle=True, num_batches=12, framework="pytorch") as dl, \
+            create_data_loader(train_config(home, ref), shuffle=True, num_batches=12, framework="pytorch") as wide:
+        for (batch, meta), (wbatch, _) in zip(dl.batches(with_meta=True), wide.batches(with_meta=True), strict=True):
+            has_aloha = bool((np.asarray(meta["dataset_index"]) == 2).any())
+            want = np.float64 if float_dtype is None and has_aloha else np.float32
+            for key in ("state", "actions"):
+                got = batch[key].numpy()
+                assert got.dtype == want, (key, got.dtype, has_aloha)
+                np.testing.assert_array_equal(got, wbatch[key].numpy().astype(want))  # rounded once, from float64
+            seen.add(has_aloha)
+    assert seen == {True, False}, "batches with and without ALOHA rows"
 
 
 def test_missing_norm_stats_name_the_entry(home) -> None:

@@ -53,7 +53,7 @@ class MixtureData:
 
     entries: each entry's created data config (openpi's `DataConfig`, fastmix's, or a subclass).
     names: a label per entry for messages ("entry 1 (LeRobotDROIDDataConfig: droid)").
-    dataset_weights: (E,) float per entry. weighting: see `MixtureDataConfig`. frame_filters: as given.
+    dataset_weights: (E,) float per entry. weighting, frame_filters, float_dtype: see `MixtureDataConfig`.
     `repo_id`, `asset_id`, `norm_stats` are None (openpi's checkpointing saves no single asset for a
     mixture); `repo_ids` lists every dataset; `model_transforms` are the first entry's (openpi's policy code
     reads them); `prompt_from_task` is True so that the loader keeps the tasks (each entry decides)."""
@@ -63,6 +63,7 @@ class MixtureData:
     dataset_weights: tuple[float, ...]
     weighting: str = "per_sample"
     frame_filters: Any = None
+    float_dtype: str | None = "float32"
     repo_id: str | None = None
     asset_id: str | None = None
     norm_stats: Any = None
@@ -105,6 +106,10 @@ class MixtureDataConfig(DataConfigFactory):
     datasets: the entries, each a data config factory with `create(assets_dirs, model_config)`.
     dataset_weights: one per entry (None: all 1). weighting: "per_sample" | "per_dataset" | "per_episode".
     frame_filters: None, one `FrameFilter` or None per entry, or a dict repo id -> `FrameFilter`.
+    float_dtype: the dtype of every floating array of a batch ("float32", the dtype openpi's models consume), the
+    same in every batch whichever entries its rows come from (an entry whose own pipeline gives float64, as
+    openpi's `AlohaInputs` does, has its values rounded once); None: the widest dtype of the batch's own rows
+    (a batch's dtype then depends on which entries it holds, and a JAX step may compile again).
     The inherited `repo_id` must stay None (the entries name their datasets); `assets`, `base_config` and
     `lerobot_home` are the entries' own.
     """
@@ -113,6 +118,7 @@ class MixtureDataConfig(DataConfigFactory):
     dataset_weights: Sequence[float] | None = None
     weighting: str = "per_sample"
     frame_filters: Suppress[Any] = None
+    float_dtype: str | None = "float32"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MixtureDataConfig:
         if cls is MixtureDataConfig and _has_openpi_entry(kwargs.get("datasets")):
@@ -138,6 +144,9 @@ class MixtureDataConfig(DataConfigFactory):
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"MixtureDataConfig.weighting must be one of {WEIGHTINGS}, got "
                               f"weighting={self.weighting!r}")
+        if self.float_dtype is not None and not _is_float_dtype(self.float_dtype):
+            raise ConfigError(f"MixtureDataConfig.float_dtype must be a floating dtype name such as 'float32' or "
+                              f"None, got float_dtype={self.float_dtype!r}")
         ff = self.frame_filters
         if ff is not None and not isinstance(ff, Mapping) and (
                 isinstance(ff, str) or not isinstance(ff, Sequence) or len(ff) != len(self.datasets)):
@@ -166,7 +175,15 @@ class MixtureDataConfig(DataConfigFactory):
         weights = (1.0,) * len(entries) if self.dataset_weights is None else \
             tuple(float(w) for w in self.dataset_weights)
         return MixtureData(entries=tuple(entries), names=tuple(names), dataset_weights=weights,
-                           weighting=self.weighting, frame_filters=self.frame_filters)
+                           weighting=self.weighting, frame_filters=self.frame_filters,
+                           float_dtype=self.float_dtype)
+
+
+def _is_float_dtype(name: Any) -> bool:
+    try:
+        return isinstance(name, str) and np.issubdtype(np.dtype(name), np.floating)
+    except TypeError:
+        return False
 
 
 def flat_weights(data: MixtureData, sources: Sequence[Any]) -> tuple[list[float], str]:

@@ -7,6 +7,8 @@ sample): repack, data transforms, Normalize with the entry's norm stats, and the
 except a trailing `PadStatesAndActions`. Then the rows are merged into one batch in sampled order, `state` and
 `actions` zero-padded to the model's `action_dim` on the way (openpi's `pad_to_dim`: the same bytes as each
 entry's own `PadStatesAndActions`), so every row equals what its entry's own pipeline gives for that frame.
+Floating leaves are cast to the config's `float_dtype` (float32 by default) so that every batch has one dtype
+per key whichever entries it holds (an entry whose pipeline gives float64 then matches to float32 rounding).
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class MixtureTransform(_t.Transform):
     """A grouped raw batch (group g = entry g) → one transformed batch in sampled order (module docstring).
 
     stages: per entry, its (stage, transforms) list. pad_dim: the model's action_dim (None: no padding).
-    prompt_from_task: per entry, whether its rows keep the task as `prompt`. names: entry labels for errors."""
+    prompt_from_task: per entry, whether its rows keep the task as `prompt`. names: entry labels for errors.
+    float_dtype: the dtype of every floating leaf of the merged batch (None: the widest of the batch's rows)."""
 
     def __init__(self, stages: Sequence[list[tuple[str, list]]], pad_dim: int | None,
-                 prompt_from_task: Sequence[bool], names: Sequence[str]) -> None:
+                 prompt_from_task: Sequence[bool], names: Sequence[str], float_dtype: str | None = "float32") -> None:
         self.stages, self.pad_dim = list(stages), pad_dim
         self.prompt_from_task, self.names = list(prompt_from_task), list(names)
+        self.float_dtype = None if float_dtype is None else np.dtype(float_dtype)
 
     def __call__(self, data: dict) -> dict:
         return self.batch(data)
@@ -96,6 +100,8 @@ class MixtureTransform(_t.Transform):
             raise ValueError(f"key {key!r} has different shapes per row in the entries' outputs ({got}); a mixture "
                              "batch stacks them (resize images to one size, pad vectors to the model's action_dim)")
         dtype = np.result_type(*[a.dtype for _, _, a in arrays])
+        if self.float_dtype is not None and np.issubdtype(dtype, np.floating):
+            dtype = self.float_dtype  # one dtype in every batch, whichever entries its rows come from
         out_arr = np.empty((size, *shapes.pop()), dtype=dtype)
         for _, rows, a in arrays:
             out_arr[rows] = a
@@ -152,7 +158,8 @@ def mixture_loader_parts(config: Any, data: MixtureData, *, skip_norm_stats: boo
     kwargs = dict(dataset_weights=weights, weighting=weighting, frame_filters=flat_frame_filters(data),
                   delta_timestamps=deltas, groups=groups, resize_images=sizes, image_dtype=dtypes)
     transform = MixtureTransform(stages, pads.pop(), [bool(getattr(e, "prompt_from_task", False))
-                                                      for e in data.entries], data.names)
+                                                      for e in data.entries], data.names,
+                                 float_dtype=getattr(data, "float_dtype", "float32"))
     return sources, kwargs, transform
 
 

@@ -9,8 +9,10 @@ LeRobotDataset, its transforms, the entry's own norm stats computed by the tree'
 item `index` of the row's dataset. Images, masks and tokens bit-identical; state/actions within 4 ulps of
 openpi's values in the precision of the entry's own data (`pipelines.assert_same_batches`, per row): float32 for
 the LIBERO and DROID entries (fastmix's Normalize keeps float32 data float32, where openpi's PyTorch path mixes in
-its float64 stats), float64 for ALOHA (openpi's `AlohaInputs` makes its data float64). A batch holding ALOHA rows
-is float64 as a whole; its LIBERO and DROID rows then hold exactly their float32 values.
+its float64 stats); ALOHA's own pipeline gives float64 (openpi's `AlohaInputs` makes its data float64), and with
+the default `float_dtype="float32"` every batch is float32 whichever robots it holds, the ALOHA rows openpi's
+float64 values rounded to float32 (within 4 float32 ulps). With `float_dtype=None` a batch holding ALOHA rows is
+float64 as a whole (ALOHA within 4 float64 ulps), its LIBERO and DROID rows then hold exactly their float32 values.
 
 Every entry runs batched: openpi's LiberoInputs, DroidInputs, AlohaInputs (and the rest of each entry's
 transforms) are replaced by fastmix's batched equivalents, and each entry's cameras are decoded as uint8 straight
@@ -20,6 +22,7 @@ to the model's 224x224 (`test_data_configs.assert_batched_stages`).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.seed.conftest import ALOHA_REPO, DROID_REPO, FORK_REPO, TREE
 from tests.seed.pipelines import assert_same_batches, fastmix_installed, flat_numpy
@@ -58,12 +61,15 @@ def own_pipeline_items(config, entry):
     return dl.transform_dataset(dataset, data_config)
 
 
-def test_every_row_equals_its_entrys_own_openpi_pipeline(datasets, schema_datasets, tree_norm_stats, assets_dir):
+@pytest.mark.parametrize("float_dtype", ["float32", None])
+def test_every_row_equals_its_entrys_own_openpi_pipeline(datasets, schema_datasets, tree_norm_stats, assets_dir,
+                                                         float_dtype):
     from fastmix import MixtureDataConfig
     from tests.seed.seed_data import openpi_train_config
 
     parts = entries(tree_norm_stats)
-    data = MixtureDataConfig(datasets=parts, dataset_weights=[1.0, 1.0, 1.0], weighting="per_dataset")
+    data = MixtureDataConfig(datasets=parts, dataset_weights=[1.0, 1.0, 1.0], weighting="per_dataset",
+                             float_dtype=float_dtype)
     config = openpi_train_config("seed_mixture_of_configs", data, assets_dir, batch_size=BATCH, num_workers=2)
     refs = [own_pipeline_items(config, e) for e in parts]  # before install(): openpi's own functions
     with fastmix_installed():
@@ -76,16 +82,21 @@ def test_every_row_equals_its_entrys_own_openpi_pipeline(datasets, schema_datase
             assert_batched_stages(stages, f"{TREE} mixture entry {g}")
             assert tuple(size) == (224, 224) and not floats, f"entry {g}: decode size {size}, float {floats}"
         assert len(decodes) == 3
-        rows = []
+        rows, dtypes = [], []
         try:
             for batch, meta in loader.batches(with_meta=True):
                 flat = flat_numpy(batch)
+                dtypes.append((flat["state"].dtype, flat["actions"].dtype, 2 in meta["dataset_index"]))
                 for r in range(BATCH):
                     rows.append((int(meta["dataset_index"][r]), int(meta["index"][r]),
                                  {k: v[r:r + 1] for k, v in flat.items()}))
         finally:
             loader.close()
     assert {d for d, _, _ in rows} == {0, 1, 2}, "every robot appears in the batches"
+    if float_dtype == "float32":  # one dtype in every batch, ALOHA rows in it or not
+        assert {(s, a) for s, a, _ in dtypes} == {(np.dtype(np.float32),) * 2}, dtypes
+    else:  # the widest of the batch's rows: float64 exactly where ALOHA rows are
+        assert all((s, a) == ((np.float64,) * 2 if aloha else (np.float32,) * 2) for s, a, aloha in dtypes), dtypes
     for i, (d, index, row) in enumerate(rows):
         ref = {k: np.asarray(v)[None] for k, v in flat_numpy(refs[d][index]).items()}
         if d in FLOAT32_ENTRIES:
