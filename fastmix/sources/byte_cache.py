@@ -43,7 +43,7 @@ _OFF = ("off", "0", "none", "no", "false")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _TEMP = re.compile(r"^\.tmp-(\d+)-")
 _TOUCH_EVERY_S = 60.0
-_RELIST_S = 0.2
+_MTIME_SLACK_NS = 50_000_000  # a directory listed this long after its last change: a later change has another mtime
 
 
 def cache_path() -> Path | None:
@@ -77,25 +77,46 @@ class ByteCache:
         self.root = root
         self.dir = root / h[:2] / h[:32]
         self._ranges: list[tuple[int, int]] | None = None
-        self._listed = 0.0
+        self._names: dict[str, tuple[int, int] | None] = {}  # every name listed: its range (None: not a range)
+        self._stamp: tuple[int, int, int] | None = None  # the directory's (mtime ns, inode) at the last listing, and when
         self._touched: dict[str, float] = {}
 
     def ranges(self, refresh: bool = False) -> list[tuple[int, int]]:
-        """The cached ranges [(start, end)], sorted (listed again when `refresh` and the last listing is more
-        than 0.2 s old: what other processes wrote since is found then)."""
-        if self._ranges is None or (refresh and time.monotonic() - self._listed > _RELIST_S):
-            self._listed = time.monotonic()
-            try:
-                names = os.listdir(self.dir)
-            except OSError:
-                names = []
-            found = []
-            for n in names:
+        """The cached ranges [(start, end)], sorted. `refresh`: what other processes wrote since the last
+        listing is found (the directory is listed again when its mtime says it changed: one stat otherwise)."""
+        if self._ranges is not None and not (refresh and self._changed()):
+            return self._ranges
+        now = time.time_ns()
+        try:
+            st = os.stat(self.dir)
+            names = os.listdir(self.dir)
+        except OSError:
+            st, names = None, []
+        self._stamp = None if st is None else (st.st_mtime_ns, st.st_ino, now)
+        known = self._names
+        fresh: dict[str, tuple[int, int] | None] = {}
+        for n in names:
+            if n in known:
+                fresh[n] = known[n]
+            else:
                 m = _RANGE.match(n)
-                if m:
-                    found.append((int(m[1]), int(m[2])))
-            self._ranges = sorted(found)
+                fresh[n] = (int(m[1]), int(m[2])) if m else None
+        self._names = fresh
+        self._ranges = sorted(r for r in fresh.values() if r is not None)
         return self._ranges
+
+    def _changed(self) -> bool:
+        """Whether the directory may hold entries the last listing missed: its mtime or inode differ, or the
+        listing came within the filesystem's timestamp granularity of its last change (a later change may carry
+        the same mtime)."""
+        stamp = self._stamp
+        if stamp is None:
+            return True
+        try:
+            st = os.stat(self.dir)
+        except OSError:
+            return True
+        return (st.st_mtime_ns, st.st_ino) != stamp[:2] or stamp[2] - stamp[0] < _MTIME_SLACK_NS
 
     def covering(self, pos: int) -> tuple[int, int] | None:
         """A cached range holding byte `pos` (of those starting closest before it, the one reaching furthest),
@@ -148,7 +169,9 @@ class ByteCache:
             with contextlib.suppress(OSError, UnboundLocalError):
                 os.unlink(tmp)
             return
-        if self._ranges is not None:
+        name = f"{start}-{end}"
+        if self._ranges is not None and name not in self._names:
+            self._names[name] = (start, end)
             bisect.insort(self._ranges, (start, end))
         _written(self.root, len(data))
 

@@ -247,7 +247,7 @@ class RemoteObject:
 
     def _from_disk(self, a: int, b: int, refresh: bool = True) -> list[tuple[int, int]]:
         """Load what the byte cache holds of [a, b); returns the parts still missing. refresh: list the cache
-        again (at most every 0.2 s) before calling a part missing (another process may have fetched it)."""
+        again (when its directory changed) before calling a part missing (another process may have fetched it)."""
         if self.disk is None:
             return [(a, b)]
         missing, pos = [], a
