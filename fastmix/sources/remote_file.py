@@ -247,7 +247,7 @@ class RemoteObject:
 
     def _from_disk(self, a: int, b: int, refresh: bool = True) -> list[tuple[int, int]]:
         """Load what the byte cache holds of [a, b); returns the parts still missing. refresh: list the cache
-        again (when its directory changed) before calling a part missing (another process may have fetched it)."""
+        again (at most every 0.2 s) before calling a part missing (another process may have fetched it)."""
         if self.disk is None:
             return [(a, b)]
         missing, pos = [], a
@@ -278,12 +278,20 @@ class RemoteObject:
         if missing and missing[0][0] == a:  # the caller reads from `a`: fetch only when the cache lacks it
             self._fetch(*missing[0])
 
-    def _fetch(self, a: int, b: int) -> None:
+    def _fetch(self, a: int, b: int, store: bool = True) -> tuple[int, bytes]:
+        """GET [a, b) and hold it; `store`: write it to the byte cache now (else the caller does, with others:
+        `store_many`). Returns (a, the bytes)."""
         data = self.client.get_range(self.key, a, b, self.url, self.version)
         remote.count(range_gets=1, range_bytes=len(data))
         self._insert(a, data)
-        if self.disk is not None:
+        if store and self.disk is not None:
             self.disk.write(a, data)
+        return a, data
+
+    def store_many(self, parts: Sequence[tuple[int, bytes]]) -> None:
+        """Write fetched ranges [(start, bytes)] to the byte cache in one file (`ByteCache.write_many`)."""
+        if self.disk is not None and parts:
+            self.disk.write_many(parts)
 
     def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int) -> list[tuple[int, int]]:
         """The GETs that make `ranges` held: of the parts of `ranges` held neither in memory nor in the byte
@@ -306,12 +314,14 @@ class RemoteObject:
             last = b - a
         return [(a, b) for a, b in out]
 
-    def fetch_missing(self, a: int, b: int) -> None:
-        """Fetch [a, b) (only its parts not held: a merged range may span held ones)."""
+    def fetch_missing(self, a: int, b: int, store: bool = True) -> tuple[int, bytes] | None:
+        """Fetch [a, b) (only its parts not held: a merged range may span held ones); (start, bytes) fetched,
+        None when all was held. `store`: as for `_fetch`."""
         with self.lock:
             gaps = self._gaps(a, b)
         if gaps:
-            self._fetch(gaps[0][0], gaps[-1][1])
+            return self._fetch(gaps[0][0], gaps[-1][1], store)
+        return None
 
     # -- mp4 -----------------------------------------------------------------------------------------------
     def sample_index(self) -> mp4_index.SampleIndex | None:

@@ -7,7 +7,9 @@ memory and the byte cache hold, merged where the gap is under `FASTMIX_REMOTE_ME
 most a quarter of the two ranges' bytes — one GET per file and nearby range — fetched concurrently by a pool
 of `FASTMIX_REMOTE_THREADS` (default 32) threads. Gaps FFmpeg reads through (a short forward seek) are not
 fetched: `RemoteFile` serves them as zeros once the file's sample table is known (see `remote_file`).
-`prefetch_ranges` does the same for explicit ranges (parquet column chunks).
+`prefetch_ranges` does the same for explicit ranges (parquet column chunks). What one call fetches from an
+object is written to the node-local byte cache as one file (`ByteCache.write_many`: one file create, not one
+per range).
 
 The pool is one per process, its threads daemons named `fastmix-remote-*`; `shutdown_pool()` ends them.
 """
@@ -44,23 +46,24 @@ def shutdown_pool() -> None:
         pool.shutdown(wait=True)
 
 
-def _run_all(calls: list[tuple[Any, ...]]) -> None:
-    """Run fn(*args) for each call concurrently; the first exception is raised after all have ended."""
+def _run_all(calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Run fn(*args) for each call concurrently; their results in order. The first exception is raised after
+    all have ended."""
     if not calls:
-        return
+        return []
     if len(calls) == 1:
         fn, *args = calls[0]
-        fn(*args)
-        return
+        return [fn(*args)]
     futures = [_pool().submit(fn, *args) for fn, *args in calls]
-    error = None
+    error, out = None, []
     for f in futures:
         try:
-            f.result()
+            out.append(f.result())
         except BaseException as e:  # noqa: BLE001 - re-raised below, after the others ended
             error = error or e
     if error is not None:
         raise error
+    return out
 
 
 def merge_gap() -> int:
@@ -71,7 +74,14 @@ def prefetch_ranges(wanted: Sequence[tuple[RemoteObject, Sequence[tuple[int, int
     """Hold the byte ranges `wanted` [(object, [(start, end)])]: cached parts loaded, the rest fetched
     concurrently, one GET per merged missing range (`RemoteObject.missing`)."""
     gap = merge_gap()
-    _run_all([(obj.fetch_missing, a, b) for obj, ranges in wanted for a, b in obj.missing(ranges, gap)])
+    calls = [(obj, a, b) for obj, ranges in wanted for a, b in obj.missing(ranges, gap)]
+    fetched = _run_all([(obj.fetch_missing, a, b, False) for obj, a, b in calls])
+    by_obj: dict[int, tuple[RemoteObject, list]] = {}
+    for (obj, _, _), got in zip(calls, fetched, strict=True):
+        if got is not None:
+            by_obj.setdefault(id(obj), (obj, []))[1].append(got)
+    for obj, parts in by_obj.values():  # one byte-cache file per object for what this call fetched
+        obj.store_many(parts)
 
 
 def prefetch_videos(times: dict[str, Sequence[float]]) -> None:
