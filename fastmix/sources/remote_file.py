@@ -293,25 +293,25 @@ class RemoteObject:
         if self.disk is not None and parts:
             self.disk.write_many(parts)
 
-    def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int) -> list[tuple[int, int]]:
+    def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int, overfetch: float = 0.25
+                ) -> list[tuple[int, int]]:
         """The GETs that make `ranges` held: of the parts of `ranges` held neither in memory nor in the byte
-        cache (cached parts are loaded), one GET per run of parts whose gaps are at most `merge_gap` bytes and
-        at most a quarter of the two parts' bytes (so merging fetches at most 1.25x what is missing: one
-        request per nearby range, not one per frame)."""
-        parts = []
+        cache (cached parts are loaded), runs of parts joined into one GET across their gaps — the smallest
+        gaps first, each at most `merge_gap` bytes, while the bytes this process fetched across gaps stay
+        within `overfetch` times the bytes its prefetches needed (`_OVERFETCH`, counted over the process's
+        life: one request per nearby range, not one per frame, and at most 1 + overfetch times the bytes)."""
+        parts: list[tuple[int, int]] = []
         for a, b in _merge((max(a, 0), min(b, self.size)) for a, b in ranges):
             with self.lock:
                 gaps = self._gaps(a, b)
             parts += [p for g in gaps for p in self._from_disk(*g)]
+        joined = _OVERFETCH.allow(parts, merge_gap, overfetch)
         out: list[list[int]] = []
-        last = 0  # bytes of the last part merged into out[-1]
-        for a, b in parts:
-            gap = a - out[-1][1] if out else 0
-            if out and gap <= merge_gap and 4 * gap <= last + (b - a):
+        for j, (a, b) in enumerate(parts):
+            if j - 1 in joined:
                 out[-1][1] = b
             else:
                 out.append([a, b])
-            last = b - a
         return [(a, b) for a, b in out]
 
     def fetch_missing(self, a: int, b: int, store: bool = True) -> tuple[int, bytes] | None:
@@ -393,6 +393,33 @@ def real_packets(packets: Any, obj: RemoteObject) -> Any:
         if packet.size and obj.zero_served(packet.pos, packet.size):
             packet.update(obj.pread(packet.pos, packet.size))
         yield packet
+
+
+class _Overfetch:
+    """The process's prefetch byte budget: bytes needed (missing parts asked for) and bytes fetched across the
+    gaps joined between them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.needed = 0
+        self.extra = 0
+
+    def allow(self, parts: Sequence[tuple[int, int]], merge_gap: int, overfetch: float) -> set[int]:
+        """Indices j of the gaps (between parts[j] and parts[j + 1], sorted) to fetch across: the smallest
+        first, each at most `merge_gap` bytes, while extra <= overfetch * needed (this call's parts counted)."""
+        gaps = sorted((parts[j + 1][0] - parts[j][1], j) for j in range(len(parts) - 1))
+        joined: set[int] = set()
+        with self.lock:
+            self.needed += sum(b - a for a, b in parts)
+            for gap, j in gaps:
+                if gap > merge_gap or self.extra + gap > overfetch * self.needed:
+                    break
+                self.extra += gap
+                joined.add(j)
+        return joined
+
+
+_OVERFETCH = _Overfetch()
 
 
 def _merge(ranges: Any) -> list[tuple[int, int]]:
