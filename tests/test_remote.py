@@ -44,10 +44,11 @@ def s3_roots(s3_server, video_ds, image_ds, v21_ds) -> dict[str, str]:
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
     """A private fastmix cache (mirror, low-dim store) and byte cache for one test; this process's remote
-    objects, clients and counters start empty and are dropped after."""
+    objects, clients, counters and prefetch byte budget start empty and are dropped after."""
     monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
     monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
+    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_file._Overfetch())  # this test's reads' byte budget
     remote_file.forget_objects()
     remote.reset_stats()
     yield tmp_path

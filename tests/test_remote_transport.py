@@ -93,9 +93,9 @@ def test_sigv4_signature_equals_botocores(monkeypatch, token):
 
 
 # -- the transport --------------------------------------------------------------------------------------------
-def test_ranged_gets_reuse_one_connection_per_thread(s3_server, s3_video, video_ds, fresh):
-    """Ranged GETs through a proxy that counts: every GET is one request the proxy saw, a thread keeps one
-    connection for all of its requests (4 threads: 4 connections), and every range equals the local file's
+def test_ranged_gets_reuse_kept_alive_connections(s3_server, s3_video, video_ds, fresh):
+    """Ranged GETs through a proxy that counts: every GET is one request the proxy saw, connections are kept
+    alive and shared (40 GETs from 4 threads: at most 4 connections), and every range equals the local file's
     bytes; `close_clients` closes them (a later GET connects again)."""
     path = next(p for p in sorted(Path(video_ds).rglob("*.mp4")))
     rel = path.relative_to(video_ds).as_posix()
@@ -253,16 +253,21 @@ def test_nearby_ranges_are_joined_within_the_byte_budget(s3_server, s3_video, vi
 
 
 def test_the_budget_joins_the_smallest_gaps_first():
-    """`_Overfetch.allow` on hand-made parts: the smallest gaps are joined first, never one over merge_gap,
-    and the extra bytes never exceed overfetch x the needed bytes (counted over calls)."""
+    """`_Overfetch.allow` on hand-made parts: the smallest gaps are joined first, never one over merge_gap;
+    the extra bytes never exceed overfetch x the needed bytes over calls, and one call draws at most twice its
+    own allowance from what earlier calls left."""
     budget = remote_file._Overfetch()
     parts = [(0, 100), (110, 200), (300, 400), (405, 500), (10_000, 10_100)]  # gaps 10, 100, 5, 9500; 485 needed
     assert budget.allow(parts, merge_gap=1000, overfetch=0.1) == {0, 2}  # 5, then 5 + 10 fit 48.5; + 100 does not
     assert budget.allow(parts, merge_gap=1000, overfetch=0.0) == set()
+    assert budget.bank == pytest.approx(48.5 - 15)  # what the first call left unspent
     budget = remote_file._Overfetch()
     assert budget.allow(parts, merge_gap=1000, overfetch=0.5) == {0, 1, 2}
     assert budget.allow(parts, merge_gap=50, overfetch=100.0) == {0, 2}
     assert budget.extra <= 100.0 * budget.needed
+    budget = remote_file._Overfetch()
+    budget.bank = 1e9  # a long history of unspent allowance: one call draws at most twice its own
+    assert budget.allow(parts, merge_gap=10**6, overfetch=0.1) == {0, 1, 2}  # 115 <= 48.5 + 97; + 9500 is not
 
 
 # -- the byte cache's multi-range files -------------------------------------------------------------------------

@@ -298,8 +298,8 @@ class RemoteObject:
         """The GETs that make `ranges` held: of the parts of `ranges` held neither in memory nor in the byte
         cache (cached parts are loaded), runs of parts joined into one GET across their gaps — the smallest
         gaps first, each at most `merge_gap` bytes, while the bytes this process fetched across gaps stay
-        within `overfetch` times the bytes its prefetches needed (`_OVERFETCH`, counted over the process's
-        life: one request per nearby range, not one per frame, and at most 1 + overfetch times the bytes)."""
+        within `overfetch` times the bytes its prefetches needed (`_Overfetch.allow`: one request per nearby
+        range, not one per frame; at most 1 + overfetch times the bytes over the process's life)."""
         parts: list[tuple[int, int]] = []
         for a, b in _merge((max(a, 0), min(b, self.size)) for a, b in ranges):
             with self.lock:
@@ -396,26 +396,38 @@ def real_packets(packets: Any, obj: RemoteObject) -> Any:
 
 
 class _Overfetch:
-    """The process's prefetch byte budget: bytes needed (missing parts asked for) and bytes fetched across the
-    gaps joined between them."""
+    """The process's prefetch byte budget: bytes needed (the missing parts asked for), bytes fetched across the
+    gaps joined between them, and the allowance not spent yet (`bank`)."""
+
+    BANK_DRAW = 2.0  # a call may draw from the bank at most this many times its own allowance
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.needed = 0
         self.extra = 0
+        self.bank = 0.0
 
     def allow(self, parts: Sequence[tuple[int, int]], merge_gap: int, overfetch: float) -> set[int]:
         """Indices j of the gaps (between parts[j] and parts[j + 1], sorted) to fetch across: the smallest
-        first, each at most `merge_gap` bytes, while extra <= overfetch * needed (this call's parts counted)."""
+        first, each at most `merge_gap` bytes, within this call's allowance (overfetch x its needed bytes) plus
+        what earlier calls left unspent (at most twice its own allowance): over the process's life the bytes
+        fetched across gaps are at most overfetch x the bytes needed, and in one call at most 3 x overfetch x
+        its bytes."""
         gaps = sorted((parts[j + 1][0] - parts[j][1], j) for j in range(len(parts) - 1))
         joined: set[int] = set()
+        need = sum(b - a for a, b in parts)
+        own = overfetch * need
         with self.lock:
-            self.needed += sum(b - a for a, b in parts)
+            limit = own + min(self.bank, self.BANK_DRAW * own)
+            spent = 0
             for gap, j in gaps:
-                if gap > merge_gap or self.extra + gap > overfetch * self.needed:
+                if gap > merge_gap or spent + gap > limit:
                     break
-                self.extra += gap
+                spent += gap
                 joined.add(j)
+            self.bank += own - spent
+            self.needed += need
+            self.extra += spent
         return joined
 
 

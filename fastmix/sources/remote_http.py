@@ -32,10 +32,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 from fastmix.errors import ConfigError, FastmixError, MissingFileError
 from fastmix.sources.remote_stats import count
+from fastmix.sources.remote_wire import split_url
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -202,14 +203,14 @@ class Client:
         """One attempt: the request and the redirects it answers with; (status, response, body). With
         `redirect_ttl_s`, where a URL redirected to is remembered that long and asked directly; a remembered
         target that answers 401/403/404/410 (an expired signed URL) is forgotten and the URL asked again."""
-        origin, host = url, urlsplit(url).netloc
+        origin, host = url, split_url(url).netloc
         remembered = self._remembered(origin)
         if remembered is not None:
             url = remembered
         for _ in range(_MAX_REDIRECTS + 2):
             self.rate.wait()
             count(requests=1)
-            sent = self.headers_for(method, url, headers) if urlsplit(url).netloc == host else dict(headers)
+            sent = self.headers_for(method, url, headers) if split_url(url).netloc == host else dict(headers)
             r = self.pool.request(method, url, sent, timeout)
             body = r.body
             if r.status in _REDIRECTS and r.headers.get("Location"):

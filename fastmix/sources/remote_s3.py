@@ -22,11 +22,11 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from fastmix.errors import ConfigError
 from fastmix.sources.remote_http import Client, ObjectInfo
-from fastmix.sources.remote_wire import host_header
+from fastmix.sources.remote_wire import host_header, split_url
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 
@@ -140,7 +140,7 @@ def sign_v4(creds: Any, region: str, method: str, url: str, headers: dict[str, s
     leaves unsigned, and Host as the transport sends it (`remote_wire.host_header`). `creds`: botocore frozen
     credentials (access_key, secret_key, token); `keys`: a cache of signing keys (derived once per day and
     region). Requests without a body only (GET, HEAD, LIST)."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     now = time.gmtime()
     amz_date = time.strftime("%Y%m%dT%H%M%SZ", now)
     day = amz_date[:8]

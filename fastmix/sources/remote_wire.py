@@ -1,8 +1,8 @@
-"""A lean HTTP/1.1 transport for the object-store clients: one keep-alive connection per thread and host.
+"""A lean HTTP/1.1 transport for the object-store clients: keep-alive connections per host, shared by threads.
 
 `Wire.request(method, url, headers, timeout_s)` sends one request and reads the whole response (status, headers,
-body) over a connection the calling thread keeps open to that host (plain TCP or TLS), and puts it back when the
-response was framed (Content-Length or chunked) and the server did not say it closes. It does what a ranged GET
+body) over an idle connection to that host (plain TCP or TLS; a new one when none is idle), and puts it back
+when the response was framed (Content-Length or chunked) and the server did not say it closes. It does what a ranged GET
 needs and no more: no redirects (the caller follows them), no decompression, no cookies, no proxies.
 
 Why not urllib3: a ranged GET of a few KiB cost ~0.6 ms of client CPU through urllib3 (its URL parsing and
@@ -15,7 +15,7 @@ connection (`ConnectionError`), a response cut short (`IncompleteResponse`: fewe
 complete header block). A connection found closed by its peer before reuse is replaced without a request being
 sent on it; one that fails after a request was sent is not retried here (the caller's retry policy counts it).
 A TLS certificate that does not verify raises `ssl.SSLCertVerificationError` (the caller makes it a clear error,
-never retried). `clear()` closes every connection of every thread.
+never retried). `clear()` closes every connection.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import select
 import socket
 import ssl
 import threading
+from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+split_url = lru_cache(maxsize=4096)(urlsplit)  # the URLs of a dataset's objects recur request after request
 
 _MAX_HEAD = 64 << 10  # bytes of a response's status line and headers
 _NO_BODY = frozenset({204, 304})
@@ -113,17 +116,17 @@ class _Conn:
 
 
 class Wire:
-    """Keep-alive HTTP/1.1 connections, one per thread and (scheme, host, port). `tls`: {"verify": False} or
-    {"ca_certs": path} (else the system's certificates)."""
+    """Keep-alive HTTP/1.1 connections per (scheme, host, port), shared by the threads: a request takes an idle
+    one (the most recently used) or opens one, and puts it back after a framed response — as many connections
+    as requests run at once. `tls`: {"verify": False} or {"ca_certs": path} (else the system's certificates)."""
 
     def __init__(self, tls: dict[str, Any] | None = None) -> None:
         tls = tls or {}
         self._tls = tls
         self._ssl: ssl.SSLContext | None = None
-        self._local = threading.local()
+        self._idle: dict[tuple, list[_Conn]] = {}
         self._all: set[_Conn] = set()
         self._lock = threading.Lock()
-        self._generation = 0
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -134,11 +137,15 @@ class Wire:
             self._ssl = ctx
         return self._ssl
 
-    def _conns(self) -> dict[tuple, _Conn]:
-        local = self._local
-        if getattr(local, "generation", -1) != self._generation:
-            local.conns, local.generation = {}, self._generation
-        return local.conns
+    def _take(self, key: tuple) -> _Conn | None:
+        """An idle connection to `key` that its peer has not closed (closed ones are dropped), or None."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None or not conn.dropped():
+                return conn
+            self._close(conn)
 
     def _connect(self, scheme: str, host: str, port: int, timeout_s: float) -> _Conn:
         sock = socket.create_connection((host, port), timeout=timeout_s)
@@ -154,10 +161,7 @@ class Wire:
             self._all.add(conn)
         return conn
 
-    def _close(self, key: tuple, conn: _Conn) -> None:
-        conns = self._conns()
-        if conns.get(key) is conn:
-            del conns[key]
+    def _close(self, conn: _Conn) -> None:
         with self._lock:
             self._all.discard(conn)
         try:
@@ -167,37 +171,30 @@ class Wire:
 
     def request(self, method: str, url: str, headers: dict[str, str], timeout_s: float) -> Response:
         """One request and its whole response (no body read for HEAD, 204, 304)."""
-        parts = urlsplit(url)
-        scheme, host = parts.scheme, parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, host, port)
-        conns = self._conns()
-        conn = conns.get(key)
-        if conn is not None and conn.dropped():
-            self._close(key, conn)
-            conn = None
-        if conn is None:
-            conn = conns[key] = self._connect(scheme, host, port, timeout_s)
-        netloc = host_header(parts)
+        parts = split_url(url)
+        key = _endpoint(parts)
+        conn = self._take(key) or self._connect(*key, timeout_s)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {netloc}", "Accept-Encoding: identity"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header(parts)}", "Accept-Encoding: identity"]
         lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "accept-encoding")]
         try:
             conn.sock.settimeout(timeout_s)
             conn.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             response, reusable = _read_response(conn, method)
         except BaseException:
-            self._close(key, conn)
+            self._close(conn)
             raise
-        if not reusable:
-            self._close(key, conn)
+        with self._lock:
+            if reusable and conn in self._all:  # not closed by clear() meanwhile
+                self._idle.setdefault(key, []).append(conn)
+                return response
+        self._close(conn)
         return response
 
     def clear(self) -> None:
-        """Close every connection (of every thread)."""
+        """Close every connection (idle or in use)."""
         with self._lock:
-            conns, self._all = list(self._all), set()
-            self._generation += 1
+            conns, self._all, self._idle = list(self._all), set(), {}
         for conn in conns:
             try:
                 conn.sock.close()
@@ -205,7 +202,14 @@ class Wire:
                 pass
 
 
-def host_header(parts: Any) -> str:
+@lru_cache(maxsize=256)
+def _endpoint(parts: SplitResult) -> tuple[str, str, int]:
+    scheme = parts.scheme
+    return scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
+
+
+@lru_cache(maxsize=256)
+def host_header(parts: SplitResult) -> str:
     """The Host header of a request to the `urlsplit` result `parts` (the port only when not the scheme's
     default; what a signer must sign)."""
     host = parts.hostname or ""
@@ -219,34 +223,38 @@ def host_header(parts: Any) -> str:
 
 def _read_response(conn: _Conn, method: str) -> tuple[Response, bool]:
     """(the response, whether the connection may carry another request)."""
-    status_line = conn.line()
-    if not status_line and not conn.buf:
-        status_line = conn.line()
+    buf = conn.buf
+    while True:
+        while buf[:2] == b"\r\n":  # stray line ends before a status line
+            del buf[:2]
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        if len(buf) > _MAX_HEAD:
+            raise IncompleteResponse("a response head longer than 64 KiB")
+        conn.fill()
+    lines = bytes(buf[:end]).split(b"\r\n")
+    del buf[:end + 4]
     try:
-        version, code = status_line.split(b" ", 2)[:2]
+        version, code = lines[0].split(b" ", 2)[:2]
         status = int(code)
     except ValueError:
-        raise IncompleteResponse(f"not an HTTP status line: {status_line[:80]!r}") from None
+        raise IncompleteResponse(f"not an HTTP status line: {lines[0][:80]!r}") from None
     headers = Headers()
-    size = 0
-    while True:
-        line = conn.line()
-        if not line:
-            break
-        size += len(line)
-        if size > _MAX_HEAD:
-            raise IncompleteResponse("response headers longer than 64 KiB")
+    for line in lines[1:]:
         name, _, value = line.decode("latin-1").partition(":")
         name, value = name.strip().lower(), value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        old = dict.get(headers, name)
+        dict.__setitem__(headers, name, value if old is None else f"{old}, {value}")
     if 100 <= status < 200:  # an interim response: the real one follows
         return _read_response(conn, method)
-    keep = version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    get = dict.get
+    keep = version == b"HTTP/1.1" and get(headers, "connection", "").lower() != "close"
     if method == "HEAD" or status in _NO_BODY:
         return Response(status, headers, b""), keep
-    if "chunked" in headers.get("transfer-encoding", "").lower():
+    if "chunked" in get(headers, "transfer-encoding", "").lower():
         return Response(status, headers, _chunked(conn)), keep
-    length = headers.get("content-length")
+    length = get(headers, "content-length")
     if length is not None:
         try:
             n = int(length)
@@ -280,4 +288,4 @@ def _chunked(conn: _Conn) -> bytes:
             raise IncompleteResponse("a chunk not followed by CRLF")
 
 
-__all__ = ["Headers", "IncompleteResponse", "Response", "Wire", "host_header"]
+__all__ = ["Headers", "IncompleteResponse", "Response", "Wire", "host_header", "split_url"]
