@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fastmix.sources import byte_cache, remote, remote_file
+from fastmix.sources import byte_cache, remote, remote_budget, remote_file
 from fastmix.sources.lerobot_source import LeRobotSource
 from tests.conftest import EPISODE_LENGTH, FPS, NUM_EPISODES
 from tests.remote_server import BUCKET, read_frames_child, serve
@@ -48,7 +48,7 @@ def fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
     monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_file._Overfetch())  # this test's reads' byte budget
+    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())  # this test's reads' byte budget
     remote_file.forget_objects()
     remote.reset_stats()
     yield tmp_path

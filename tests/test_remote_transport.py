@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastmix.sources import byte_cache, remote, remote_file, remote_prefetch
+from fastmix.sources import byte_cache, remote, remote_budget, remote_file, remote_prefetch
 from fastmix.sources.frames import FrameReader
 from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.sources.remote_wire import IncompleteResponse, Wire
@@ -43,7 +43,7 @@ def fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
     monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_file._Overfetch())
+    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())
     remote_file.forget_objects()
     remote.close_clients()
     remote.reset_stats()
@@ -215,7 +215,7 @@ def test_a_response_cut_short_is_an_incomplete_response(response):
 # -- joining nearby ranges ------------------------------------------------------------------------------------
 def _read_through_proxy(s3_server, s3_video, rows, monkeypatch, overfetch: float) -> tuple[dict, int, dict]:
     monkeypatch.setenv("FASTMIX_REMOTE_OVERFETCH", str(overfetch))
-    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_file._Overfetch())
+    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())
     remote_file.forget_objects()
     remote.close_clients()
     with proxy_for(s3_server) as proxy:
@@ -253,19 +253,19 @@ def test_nearby_ranges_are_joined_within_the_byte_budget(s3_server, s3_video, vi
 
 
 def test_the_budget_joins_the_smallest_gaps_first():
-    """`_Overfetch.allow` on hand-made parts: the smallest gaps are joined first, never one over merge_gap;
+    """`remote_budget.Overfetch.allow` on hand-made parts: the smallest gaps are joined first, never one over merge_gap;
     the extra bytes never exceed overfetch x the needed bytes over calls, and one call draws at most twice its
     own allowance from what earlier calls left."""
-    budget = remote_file._Overfetch()
+    budget = remote_budget.Overfetch()
     parts = [(0, 100), (110, 200), (300, 400), (405, 500), (10_000, 10_100)]  # gaps 10, 100, 5, 9500; 485 needed
     assert budget.allow(parts, merge_gap=1000, overfetch=0.1) == {0, 2}  # 5, then 5 + 10 fit 48.5; + 100 does not
     assert budget.allow(parts, merge_gap=1000, overfetch=0.0) == set()
     assert budget.bank == pytest.approx(48.5 - 15)  # what the first call left unspent
-    budget = remote_file._Overfetch()
+    budget = remote_budget.Overfetch()
     assert budget.allow(parts, merge_gap=1000, overfetch=0.5) == {0, 1, 2}
     assert budget.allow(parts, merge_gap=50, overfetch=100.0) == {0, 2}
     assert budget.extra <= 100.0 * budget.needed
-    budget = remote_file._Overfetch()
+    budget = remote_budget.Overfetch()
     budget.bank = 1e9  # a long history of unspent allowance: one call draws at most twice its own
     assert budget.allow(parts, merge_gap=10**6, overfetch=0.1) == {0, 1, 2}  # 115 <= 48.5 + 97; + 9500 is not
 

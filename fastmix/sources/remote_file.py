@@ -33,6 +33,7 @@ from typing import Any
 
 from fastmix.sources import byte_cache, mp4_index, remote
 from fastmix.sources.remote import ObjectInfo
+from fastmix.sources.remote_budget import Overfetch
 
 VIDEO_READAHEAD = 64 << 10  # fetched past a read that misses, while the file's sample table is unknown
 INDEXED_READAHEAD = 4 << 10  # ... once it is known (prefetch fetches the frames; misses are box headers)
@@ -298,8 +299,8 @@ class RemoteObject:
         """The GETs that make `ranges` held: of the parts of `ranges` held neither in memory nor in the byte
         cache (cached parts are loaded), runs of parts joined into one GET across their gaps — the smallest
         gaps first, each at most `merge_gap` bytes, while the bytes this process fetched across gaps stay
-        within `overfetch` times the bytes its prefetches needed (`_Overfetch.allow`: one request per nearby
-        range, not one per frame; at most 1 + overfetch times the bytes over the process's life)."""
+        within `overfetch` times the bytes its prefetches needed (`remote_budget.Overfetch.allow`: one request
+        per nearby range, not one per frame; at most 1 + overfetch times the bytes over the process's life)."""
         parts: list[tuple[int, int]] = []
         for a, b in _merge((max(a, 0), min(b, self.size)) for a, b in ranges):
             with self.lock:
@@ -395,43 +396,7 @@ def real_packets(packets: Any, obj: RemoteObject) -> Any:
         yield packet
 
 
-class _Overfetch:
-    """The process's prefetch byte budget: bytes needed (the missing parts asked for), bytes fetched across the
-    gaps joined between them, and the allowance not spent yet (`bank`)."""
-
-    BANK_DRAW = 2.0  # a call may draw from the bank at most this many times its own allowance
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.needed = 0
-        self.extra = 0
-        self.bank = 0.0
-
-    def allow(self, parts: Sequence[tuple[int, int]], merge_gap: int, overfetch: float) -> set[int]:
-        """Indices j of the gaps (between parts[j] and parts[j + 1], sorted) to fetch across: the smallest
-        first, each at most `merge_gap` bytes, within this call's allowance (overfetch x its needed bytes) plus
-        what earlier calls left unspent (at most twice its own allowance): over the process's life the bytes
-        fetched across gaps are at most overfetch x the bytes needed, and in one call at most 3 x overfetch x
-        its bytes."""
-        gaps = sorted((parts[j + 1][0] - parts[j][1], j) for j in range(len(parts) - 1))
-        joined: set[int] = set()
-        need = sum(b - a for a, b in parts)
-        own = overfetch * need
-        with self.lock:
-            limit = own + min(self.bank, self.BANK_DRAW * own)
-            spent = 0
-            for gap, j in gaps:
-                if gap > merge_gap or spent + gap > limit:
-                    break
-                spent += gap
-                joined.add(j)
-            self.bank += own - spent
-            self.needed += need
-            self.extra += spent
-        return joined
-
-
-_OVERFETCH = _Overfetch()
+_OVERFETCH = Overfetch()  # the process's prefetch byte budget
 
 
 def _merge(ranges: Any) -> list[tuple[int, int]]:

@@ -1,4 +1,5 @@
-"""s3:// and gs:// roots: S3's REST API (SigV4-signed here, credentials resolved by botocore; sent by `remote_wire`), LIST by ListObjectsV2.
+"""s3:// and gs:// roots: S3's REST API (SigV4-signed here, credentials resolved by botocore, sent by
+`remote_wire`), LIST by ListObjectsV2.
 
 **S3 credentials and endpoint**, the standard way (botocore's resolution): `storage_options` (s3fs's names:
 `key`, `secret`, `token`, `endpoint_url` or `client_kwargs={"endpoint_url": ...}`, `region_name`, `profile`,
