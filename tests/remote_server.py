@@ -164,7 +164,7 @@ class FaultProxy:
     requests: `drop(n)` closes the connection when the request arrives; `fail(n, status)` answers HTTP `status`
     (503, 429 with Retry-After: 0) without forwarding; `cut(n, after)` forwards and closes the connection after
     `after` bytes of the response. `down()` resets every connection and every new one until `up()`.
-    `requests` counts the requests seen."""
+    `requests` counts the requests seen, `connections` the connections accepted."""
 
     def __init__(self, upstream: tuple[str, int], latency_s: float = 0.0) -> None:
         self.upstream, self.latency_s = upstream, latency_s
@@ -172,6 +172,7 @@ class FaultProxy:
         self.faults: list[tuple[str, int]] = []
         self.is_down = False
         self.requests = 0
+        self.connections = 0
         self.conns: set[socket.socket] = set()
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -232,6 +233,8 @@ class FaultProxy:
             if self.closed or self.is_down:
                 _reset(client)
                 continue
+            with self.lock:
+                self.connections += 1
             self._spawn(self._serve, client)
 
     def _serve(self, client: socket.socket) -> None:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fastmix.sources import byte_cache, remote, remote_file
+from fastmix.sources import byte_cache, remote, remote_budget, remote_file
 from fastmix.sources.lerobot_source import LeRobotSource
 from tests.conftest import EPISODE_LENGTH, FPS, NUM_EPISODES
 from tests.remote_server import BUCKET, read_frames_child, serve
@@ -44,10 +44,11 @@ def s3_roots(s3_server, video_ds, image_ds, v21_ds) -> dict[str, str]:
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
     """A private fastmix cache (mirror, low-dim store) and byte cache for one test; this process's remote
-    objects, clients and counters start empty and are dropped after."""
+    objects, clients, counters and prefetch byte budget start empty and are dropped after."""
     monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
     monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
+    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())  # this test's reads' byte budget
     remote_file.forget_objects()
     remote.reset_stats()
     yield tmp_path
@@ -227,10 +228,18 @@ def test_the_byte_cache_serves_another_process_without_range_requests(name, s3_r
     assert third[1].get("range_gets", 0) == 0 and third[1].get("cache_hits", 0) > 0
     names = [p.name for p in (fresh / "bytes").rglob("*") if p.is_file()]
     assert names and not [n for n in names if n.startswith(".tmp")]
-    for p in (fresh / "bytes").rglob("*"):
-        if p.is_file() and "-" in p.name and not p.name.startswith("."):
-            a, b = map(int, p.name.split("-"))
-            assert p.stat().st_size == b - a and p.stat().st_mode & 0o777 == 0o600
+    originals = [p.read_bytes() for p in Path(request.getfixturevalue(name)).rglob("*") if p.is_file()]
+    files = [p for p in (fresh / "bytes").rglob("*") if p.is_file() and "-" in p.name and not p.name.startswith(".")]
+    assert files
+    for p in files:  # a file holds the ranges its name lists, back to back: the object's own bytes
+        ranges = [tuple(map(int, r.split("-"))) for r in p.name.split(",")]
+        data = p.read_bytes()
+        assert len(data) == sum(b - a for a, b in ranges) and p.stat().st_mode & 0o777 == 0o600
+        pieces, pos = [], 0
+        for a, b in ranges:
+            pieces.append((a, b, data[pos:pos + b - a]))
+            pos += b - a
+        assert any(all(o[a:b] == piece for a, b, piece in pieces) for o in originals), p.name
 
 
 def test_the_byte_cache_is_bounded_lru_and_can_be_off(s3_roots, s3_server, video_ds, fresh, monkeypatch):

@@ -33,6 +33,7 @@ from typing import Any
 
 from fastmix.sources import byte_cache, mp4_index, remote
 from fastmix.sources.remote import ObjectInfo
+from fastmix.sources.remote_budget import Overfetch
 
 VIDEO_READAHEAD = 64 << 10  # fetched past a read that misses, while the file's sample table is unknown
 INDEXED_READAHEAD = 4 << 10  # ... once it is known (prefetch fetches the frames; misses are box headers)
@@ -278,40 +279,50 @@ class RemoteObject:
         if missing and missing[0][0] == a:  # the caller reads from `a`: fetch only when the cache lacks it
             self._fetch(*missing[0])
 
-    def _fetch(self, a: int, b: int) -> None:
+    def _fetch(self, a: int, b: int, store: bool = True) -> tuple[int, bytes]:
+        """GET [a, b) and hold it; `store`: write it to the byte cache now (else the caller does, with others:
+        `store_many`). Returns (a, the bytes)."""
         data = self.client.get_range(self.key, a, b, self.url, self.version)
         remote.count(range_gets=1, range_bytes=len(data))
         self._insert(a, data)
-        if self.disk is not None:
+        if store and self.disk is not None:
             self.disk.write(a, data)
+        return a, data
 
-    def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int) -> list[tuple[int, int]]:
+    def store_many(self, parts: Sequence[tuple[int, bytes]]) -> None:
+        """Write fetched ranges [(start, bytes)] to the byte cache in one file (`ByteCache.write_many`)."""
+        if self.disk is not None and parts:
+            self.disk.write_many(parts)
+
+    def missing(self, ranges: Sequence[tuple[int, int]], merge_gap: int, overfetch: float = 0.25
+                ) -> list[tuple[int, int]]:
         """The GETs that make `ranges` held: of the parts of `ranges` held neither in memory nor in the byte
-        cache (cached parts are loaded), one GET per run of parts whose gaps are at most `merge_gap` bytes and
-        at most a quarter of the two parts' bytes (so merging fetches at most 1.25x what is missing: one
-        request per nearby range, not one per frame)."""
-        parts = []
+        cache (cached parts are loaded), runs of parts joined into one GET across their gaps — the smallest
+        gaps first, each at most `merge_gap` bytes, while the bytes this process fetched across gaps stay
+        within `overfetch` times the bytes its prefetches needed (`remote_budget.Overfetch.allow`: one request
+        per nearby range, not one per frame; at most 1 + overfetch times the bytes over the process's life)."""
+        parts: list[tuple[int, int]] = []
         for a, b in _merge((max(a, 0), min(b, self.size)) for a, b in ranges):
             with self.lock:
                 gaps = self._gaps(a, b)
             parts += [p for g in gaps for p in self._from_disk(*g)]
+        joined = _OVERFETCH.allow(parts, merge_gap, overfetch)
         out: list[list[int]] = []
-        last = 0  # bytes of the last part merged into out[-1]
-        for a, b in parts:
-            gap = a - out[-1][1] if out else 0
-            if out and gap <= merge_gap and 4 * gap <= last + (b - a):
+        for j, (a, b) in enumerate(parts):
+            if j - 1 in joined:
                 out[-1][1] = b
             else:
                 out.append([a, b])
-            last = b - a
         return [(a, b) for a, b in out]
 
-    def fetch_missing(self, a: int, b: int) -> None:
-        """Fetch [a, b) (only its parts not held: a merged range may span held ones)."""
+    def fetch_missing(self, a: int, b: int, store: bool = True) -> tuple[int, bytes] | None:
+        """Fetch [a, b) (only its parts not held: a merged range may span held ones); (start, bytes) fetched,
+        None when all was held. `store`: as for `_fetch`."""
         with self.lock:
             gaps = self._gaps(a, b)
         if gaps:
-            self._fetch(gaps[0][0], gaps[-1][1])
+            return self._fetch(gaps[0][0], gaps[-1][1], store)
+        return None
 
     # -- mp4 -----------------------------------------------------------------------------------------------
     def sample_index(self) -> mp4_index.SampleIndex | None:
@@ -383,6 +394,9 @@ def real_packets(packets: Any, obj: RemoteObject) -> Any:
         if packet.size and obj.zero_served(packet.pos, packet.size):
             packet.update(obj.pread(packet.pos, packet.size))
         yield packet
+
+
+_OVERFETCH = Overfetch()  # the process's prefetch byte budget
 
 
 def _merge(ranges: Any) -> list[tuple[int, int]]:

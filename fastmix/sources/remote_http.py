@@ -1,6 +1,6 @@
 """One HTTP client with retries, a rate bound and counters: the base of every object-store client.
 
-`Client` sends ranged GETs and HEADs to one host over urllib3 (a pool per process and host), following
+`Client` sends ranged GETs and HEADs to one host over `remote_wire.Wire` (a keep-alive connection per thread), following
 redirects itself (up to 5; the Authorization header is dropped when a redirect leaves the host, as `requests`
 does; each hop counts as a request). A client with `redirect_ttl_s` (the Hub's: its resolve URLs redirect to
 signed CDN URLs) asks a redirect's target directly for that long, and asks the original URL again when the
@@ -27,14 +27,16 @@ from __future__ import annotations
 import os
 import random
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 from fastmix.errors import ConfigError, FastmixError, MissingFileError
 from fastmix.sources.remote_stats import count
+from fastmix.sources.remote_wire import split_url
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -128,19 +130,16 @@ class Client:
     redirect_ttl_s = 0.0  # how long a redirect's target is asked directly (0: every request follows it)
 
     def __post_init__(self) -> None:
-        import urllib3
+        from fastmix.sources.remote_wire import Wire
 
         self.policy = Policy.from_env()
         self.rate = RateLimit(self.policy.max_rps)
         tls: dict[str, Any] = {}
         if self.options.get("verify") is False:
-            tls["cert_reqs"] = "CERT_NONE"
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            tls["verify"] = False
         elif _ca_bundle(self.options):
             tls["ca_certs"] = _ca_bundle(self.options)
-        self.pool = urllib3.PoolManager(num_pools=8, maxsize=32, retries=False, block=False,
-                                        timeout=urllib3.Timeout(connect=self.policy.timeout_s,
-                                                                read=self.policy.timeout_s), **tls)
+        self.pool = Wire(tls)
         self.extra_headers = {str(k): str(v) for k, v in dict(self.options.get("headers") or {}).items()}
         self._redirects: dict[str, tuple[str, float]] = {}
         self._redirect_lock = threading.Lock()
@@ -163,15 +162,12 @@ class Client:
         """(status, headers, body) of one request (redirects followed), retried per the policy. 404 →
         MissingFileError, 401/403 → RemoteAccessError (by `check`), exhausted retries → RemoteError; `name`
         (the s3://, hf:// or https:// URL) is named. `expect`: the body length a ranged GET must return."""
-        import urllib3
-
         p = self.policy
         start = time.monotonic()
         attempt, last = 0, ""
         while True:
             cause, r = None, None
-            left = max(p.budget_s - (time.monotonic() - start), 0.1)  # an attempt never outlives the budget
-            timeout = urllib3.Timeout(connect=min(p.timeout_s, left), read=min(p.timeout_s, left))
+            timeout = min(p.timeout_s, max(p.budget_s - (time.monotonic() - start), 0.1))  # within the budget
             try:
                 status, r, body = self._follow(method, url, dict(headers or {}), timeout, name)
                 count(bytes=len(body))
@@ -180,12 +176,12 @@ class Client:
                 elif expect is not None and status == 206 and len(body) != expect:
                     cause, last = "short_body", f"a short body ({len(body)} of {expect} bytes)"
                 else:
-                    return status, {k.lower(): v for k, v in r.headers.items()}, body
-            except urllib3.exceptions.SSLError as e:
+                    return status, r.headers, body
+            except ssl.SSLCertVerificationError as e:
                 count(failures=1)
                 raise RemoteAccessError(f"{name}: the server's TLS certificate does not verify ({e}); give its CA "
                                         f"as storage_options={{'ca_bundle': path}} or SSL_CERT_FILE") from None
-            except (urllib3.exceptions.HTTPError, OSError) as e:
+            except OSError as e:
                 cause, last = _cause(e), f"{type(e).__name__}: {e}"
             elapsed = time.monotonic() - start
             delay = min(p.cap_s, p.base_s * (2 ** attempt)) * random.uniform(0.5, 1.0)
@@ -207,26 +203,20 @@ class Client:
         """One attempt: the request and the redirects it answers with; (status, response, body). With
         `redirect_ttl_s`, where a URL redirected to is remembered that long and asked directly; a remembered
         target that answers 401/403/404/410 (an expired signed URL) is forgotten and the URL asked again."""
-        origin, host = url, urlsplit(url).netloc
+        origin, host = url, split_url(url).netloc
         remembered = self._remembered(origin)
         if remembered is not None:
             url = remembered
         for _ in range(_MAX_REDIRECTS + 2):
             self.rate.wait()
             count(requests=1)
-            sent = self.headers_for(method, url, headers) if urlsplit(url).netloc == host else dict(headers)
-            r = self.pool.request(method, url, headers=sent, preload_content=False, redirect=False, timeout=timeout)
-            try:
-                body = r.read() if method != "HEAD" else b""
-            except BaseException:
-                r.close()  # a connection broken mid-body never goes back to the pool (its socket is closed)
-                raise
+            sent = self.headers_for(method, url, headers) if split_url(url).netloc == host else dict(headers)
+            r = self.pool.request(method, url, sent, timeout)
+            body = r.body
             if r.status in _REDIRECTS and r.headers.get("Location"):
-                r.release_conn()
                 count(redirects=1)
                 url = urljoin(url, r.headers["Location"])
                 continue
-            _release(r)
             if remembered is not None and url == remembered and r.status in (401, 403, 404, 410):
                 count(redirect_expired=1)
                 self._redirects.pop(origin, None)
@@ -298,17 +288,6 @@ class Client:
 
     def access_hint(self) -> str:
         return "check the server's credentials (storage_options={'headers': {'Authorization': ...}})"
-
-
-def _release(r: Any) -> None:
-    """Give a fully read response's connection back to the pool, or close it when the server said it closes
-    (or the body ended by the connection closing): a socket whose peer has closed is never pooled."""
-    if r.headers.get("Connection", "").lower() == "close" or r.length_remaining not in (None, 0) or (
-            r.headers.get("Content-Length") is None and "chunked" not in r.headers.get("Transfer-Encoding", "")
-            and r.status not in (204, 304)):
-        r.close()
-    else:
-        r.release_conn()
 
 
 def _etag(headers: dict[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""s3:// and gs:// roots: S3's REST API (SigV4-signed with botocore, sent with urllib3), LIST by ListObjectsV2.
+"""s3:// and gs:// roots: S3's REST API (SigV4-signed here, credentials resolved by botocore, sent by
+`remote_wire`), LIST by ListObjectsV2.
 
 **S3 credentials and endpoint**, the standard way (botocore's resolution): `storage_options` (s3fs's names:
 `key`, `secret`, `token`, `endpoint_url` or `client_kwargs={"endpoint_url": ...}`, `region_name`, `profile`,
@@ -16,13 +17,17 @@ used for gs:// (they name another store).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import time
 import xml.etree.ElementTree as ET
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from fastmix.errors import ConfigError
 from fastmix.sources.remote_http import Client, ObjectInfo
+from fastmix.sources.remote_wire import host_header, split_url
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 
@@ -33,7 +38,7 @@ class S3Client(Client):
     listable = True
 
     def setup(self) -> None:
-        self.signer = None
+        self._keys: dict[tuple, bytes] = {}  # SigV4 signing keys by (secret, date, region): one per day
         if self.scheme == "gs":
             self._setup_gcs()
         else:
@@ -51,13 +56,11 @@ class S3Client(Client):
             self.credentials = None
             return
         try:
-            from botocore.auth import S3SigV4Auth
             from botocore.credentials import Credentials
         except ImportError as e:
             raise ConfigError(f"gs://{self.bucket}: signed gs:// requests need botocore: pip install "
                               f"'fastmix[remote]'") from e
         self.credentials = Credentials(key, secret)
-        self.signer = S3SigV4Auth(self.credentials, "s3", self.region)
 
     def _setup_s3(self) -> None:
         try:
@@ -87,23 +90,15 @@ class S3Client(Client):
                 self.credentials = Credentials(key, secret, o.get("token") or o.get("aws_session_token"))
             else:
                 self.credentials = _quiet(session.get_credentials)
-        if self.credentials is not None:
-            from botocore.auth import S3SigV4Auth
-
-            self.signer = S3SigV4Auth(self.credentials, "s3", self.region)
 
     def url_for(self, key: str) -> str:
         return f"{self.base}/{quote(key.lstrip('/'), safe='/-_.~')}"
 
     def headers_for(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
         headers = {**self.extra_headers, **headers}
-        if self.signer is None:
+        if self.credentials is None:
             return headers
-        from botocore.awsrequest import AWSRequest
-
-        req = AWSRequest(method=method, url=url, headers=headers)
-        self.signer.add_auth(req)
-        return dict(req.headers.items())
+        return sign_v4(self.credentials.get_frozen_credentials(), self.region, method, url, headers, self._keys)
 
     def list(self, prefix: str, name: str) -> dict[str, ObjectInfo]:
         """{key relative to `prefix`: ObjectInfo} of every object under `prefix` (ListObjectsV2, paginated)."""
@@ -135,6 +130,53 @@ class S3Client(Client):
                 "AWS_PROFILE) and that they may read this bucket")
 
 
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_UNSIGNED = frozenset({"authorization", "user-agent", "expect", "transfer-encoding", "x-amzn-trace-id"})
+
+
+def sign_v4(creds: Any, region: str, method: str, url: str, headers: dict[str, str],
+            keys: dict[tuple, bytes] | None = None) -> dict[str, str]:
+    """`headers` with AWS Signature Version 4 for S3 added (x-amz-date, x-amz-content-sha256 of the empty
+    body, x-amz-security-token with a session token, Authorization), signing every header sent but those S3
+    leaves unsigned, and Host as the transport sends it (`remote_wire.host_header`). `creds`: botocore frozen
+    credentials (access_key, secret_key, token); `keys`: a cache of signing keys (derived once per day and
+    region). Requests without a body only (GET, HEAD, LIST)."""
+    parts = split_url(url)
+    now = time.gmtime()
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", now)
+    day = amz_date[:8]
+    out = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-amz-date",
+                                                                  "x-amz-content-sha256", "x-amz-security-token")}
+    out["X-Amz-Date"] = amz_date
+    out["X-Amz-Content-SHA256"] = _EMPTY_SHA256
+    if creds.token:
+        out["X-Amz-Security-Token"] = creds.token
+    signed = {"host": host_header(parts)}
+    for k, v in out.items():
+        if k.lower() not in _UNSIGNED:
+            signed[k.lower()] = " ".join(str(v).split())
+    names = sorted(signed)
+    query = sorted((quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~"))
+                   for k, _, v in (q.partition("=") for q in parts.query.split("&") if q))
+    canonical = "\n".join([method, parts.path or "/", "&".join(f"{k}={v}" for k, v in query),
+                           "".join(f"{n}:{signed[n]}\n" for n in names), ";".join(names), _EMPTY_SHA256])
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    cache = {} if keys is None else keys
+    key = cache.get((creds.secret_key, day, region))
+    if key is None:
+        key = f"AWS4{creds.secret_key}".encode()
+        for part in (day, region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        if len(cache) > 16:
+            cache.clear()
+        cache[(creds.secret_key, day, region)] = key
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+                            f"SignedHeaders={';'.join(names)}, Signature={signature}")
+    return out
+
+
 def _quiet(fn: Any) -> Any:
     try:
         return fn()
@@ -142,4 +184,4 @@ def _quiet(fn: Any) -> Any:
         return None
 
 
-__all__ = ["GCS_ENDPOINT", "S3Client"]
+__all__ = ["GCS_ENDPOINT", "S3Client", "sign_v4"]
