@@ -7,8 +7,8 @@ listed, the dataset's files are found from its metadata: `fastmix.sources.remote
 collapses "//", so `Path("s3://b/x")` ("s3:/b/x") is recognised too: a config's
 `lerobot_home="s3://bucket/lerobot"` joined with a repo id by `pathlib` still names the bucket.
 
-Requests, retries, TLS and the rate bound: `fastmix.sources.remote_http` (one urllib3 pool per process and
-client). The `storage_options` given to `LeRobotSource` reach the spawned decode workers through the environment
+Requests, retries, TLS and the rate bound: `fastmix.sources.remote_http` (over `remote_wire`'s keep-alive
+HTTP/1.1 connections, shared by the threads of a process). The `storage_options` given to `LeRobotSource` reach the spawned decode workers through the environment
 (`FASTMIX_REMOTE_ROOTS`, JSON {root url: {"options", "manifest"}}, set in the opening process): a secret passed
 there is visible to the child processes, as an `AWS_*` variable is.
 
