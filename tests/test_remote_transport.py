@@ -366,3 +366,25 @@ def test_overfetch_must_be_a_fraction(monkeypatch):
     monkeypatch.setenv("FASTMIX_REMOTE_OVERFETCH", "-1")
     with pytest.raises(ConfigError, match="FASTMIX_REMOTE_OVERFETCH"):
         remote_prefetch.overfetch()
+
+
+def test_a_read_loads_only_its_part_of_a_large_cached_range(s3_server, s3_video, video_ds, fresh):
+    """The byte cache holds a whole mp4 as one range (one GET of every byte); a process that then reads 100
+    bytes in the middle loads those 100 bytes from it (counted `cache_bytes`), not the whole range, and gets the
+    file's bytes; a sub-range read of a multi-range cache file is the bytes at its offset."""
+    path = next(p for p in sorted(Path(video_ds).rglob("*.mp4")))
+    url = f"{s3_video}/{path.relative_to(video_ds).as_posix()}"
+    data = path.read_bytes()
+    LeRobotSource(root=s3_video, storage_options={"key": KEY, "secret": SECRET,
+                                                  "endpoint_url": s3_server.endpoint}).close()
+    assert remote_file.object_for(url).fetch_missing(0, len(data)) is not None  # cached as one range
+    remote_file.forget_objects()
+    remote.reset_stats()
+    middle = len(data) // 2
+    assert remote_file.object_for(url).pread(middle, 100) == data[middle:middle + 100]
+    counts = remote.stats()
+    assert counts["cache_bytes"] == 100 and counts["cache_hits"] == 1 and "range_gets" not in counts
+    cache = byte_cache.ByteCache(fresh / "sub", "s3://b/o", "v1")
+    cache.write_many([(0, b"a" * 10), (20, bytes(range(10)))])
+    assert cache.ranges() == [(0, 10), (20, 30)]
+    assert cache.read(20, 30, 23, 26) == bytes([3, 4, 5]) and cache.read(20, 30, 15, 40) == bytes(range(10))

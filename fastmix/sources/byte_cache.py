@@ -132,23 +132,27 @@ class ByteCache:
                 best = (s, e)
         return best
 
-    def read(self, start: int, end: int) -> bytes | None:
-        """The whole cached range [start, end), or None when it is gone, damaged or not this user's."""
+    def read(self, start: int, end: int, lo: int | None = None, hi: int | None = None) -> bytes | None:
+        """Bytes [lo, hi) (default: all) of the cached range [start, end), or None when it is gone, damaged or
+        not this user's."""
         hit = self._where.get((start, end))
         if hit is None:
             return None
         name, offset = hit
+        lo = start if lo is None else max(lo, start)
+        hi = end if hi is None else min(hi, end)
+        offset += lo - start
         path = self.dir / name
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 if st.st_uid != os.geteuid() or st.st_size != sum(e - s for s, e in self._names[name]):
                     return None
-                data = os.pread(f.fileno(), end - start, offset)
+                data = os.pread(f.fileno(), hi - lo, offset)
         except OSError:
             self._ranges = None
             return None
-        if len(data) != end - start:
+        if len(data) != hi - lo:
             return None
         now = time.monotonic()
         if now - self._touched.get(name, -1e9) > _TOUCH_EVERY_S:

@@ -260,11 +260,12 @@ class RemoteObject:
                 refreshed = True
                 continue
             if r is not None:
-                data = self.disk.read(*r)
+                hi = min(b, r[1])  # only the part asked for: a cached range may span many frames' packets
+                data = self.disk.read(*r, pos, hi)
                 if data is not None:
                     remote.count(cache_hits=1, cache_bytes=len(data))
-                    self._insert(r[0], data)
-                    pos = r[1]
+                    self._insert(pos, data)
+                    pos = hi
                     continue
             ranges = self.disk.ranges()
             i = bisect.bisect_right(ranges, (pos, 1 << 62))
