@@ -47,29 +47,16 @@ def run_pipeline(benchmark, config, role: str) -> None:
     loader = dl.create_data_loader(config, shuffle=True, num_batches=None, framework="pytorch")
     it = iter(loader)
     try:
-        for _ in range(WARMUP):
-            obs, actions = next(it)
-        fmt = seed_setup.describe_batch(obs, actions)
-
-        def run() -> int:
-            n = 0
-            for _ in range(BATCHES):
-                _obs, actions = next(it)
-                n += int(actions.shape[0])
-            return n
-
         benchmark.group = GROUP
         who = ("the fork's own create_data_loader" if role == "reference"
                else "the fork's create_data_loader after fastmix.openpi.install()")
-        benchmark.extra_info.update(
+        seed_setup.time_batches(benchmark, it, warmup=WARMUP, batches=BATCHES, rounds=ROUNDS,
+                                items=BATCHES * seed_setup.BATCH, info=lambda fmt: dict(
             role=role, items=BATCHES * seed_setup.BATCH, unit="samples", format="Observation float32 BCHW 224",
             desc=f"{who}: MultiDatasetLiberoDataConfig, 2 LIBERO-like v2.1 datasets (2 cameras 256x256 AV1), "
                  f"weights {seed_setup.WEIGHTS}, pi0 transforms (224x224, tokenized prompts), batch "
                  f"{seed_setup.BATCH}, {seed_setup.WORKERS} workers, pytorch; batch: {fmt}",
-            env=seed_setup.seed_versions())
-        if role == "reference":
-            benchmark.extra_info["primary"] = True
-        assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1) == BATCHES * seed_setup.BATCH
+            env=seed_setup.seed_versions(), **({"primary": True} if role == "reference" else {})))
     finally:
         it.close()
         if role == "reference":

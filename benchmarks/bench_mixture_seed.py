@@ -118,25 +118,14 @@ def test_fastmix_mixture_config(benchmark, entries) -> None:
         assert type(loader).__module__ == "fastmix.openpi.data_loader"
         it = iter(loader)
         try:
-            for _ in range(WARMUP):
-                obs, actions = next(it)
-            fmt = seed_setup.describe_batch(obs, actions)
-
-            def run() -> int:
-                n = 0
-                for _ in range(BATCHES):
-                    _obs, actions = next(it)
-                    n += int(actions.shape[0])
-                return n
-
             benchmark.group = GROUP
-            benchmark.extra_info.update(
+            seed_setup.time_batches(benchmark, it, warmup=WARMUP, batches=BATCHES, rounds=ROUNDS,
+                                    items=BATCHES * BATCH, info=lambda fmt: dict(
                 role="fastmix", items=BATCHES * BATCH, unit="samples", format="Observation float32 BCHW 224",
                 desc=f"the fork's create_data_loader after fastmix.openpi.install(): MixtureDataConfig of the "
                      f"fork's LeRobotLiberoDataConfig / LeRobotDROIDDataConfig / LeRobotAlohaDataConfig ({ROBOTS}), "
                      f"weights {seed_setup.ROBOT_WEIGHTS} per_dataset, batch {BATCH} mixed in sampled order, "
-                     f"{seed_setup.WORKERS} workers, pytorch; batch: {fmt}", env=seed_setup.seed_versions())
-            assert benchmark.pedantic(run, rounds=ROUNDS, iterations=1) == BATCHES * BATCH
+                     f"{seed_setup.WORKERS} workers, pytorch; batch: {fmt}", env=seed_setup.seed_versions()))
         finally:
             it.close()
             loader.close()

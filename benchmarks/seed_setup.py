@@ -116,6 +116,26 @@ def e2e_config(name: str = "bench_seed_e2e") -> Any:
                              action_horizon=HORIZON, assets_dir=shared)
 
 
+def time_batches(benchmark: Any, it: Any, *, warmup: int, batches: int, rounds: int, items: int,
+                 info: Any) -> None:
+    """Time `batches` (Observation, actions) batches of iterator `it` per round, `rounds` rounds, after `warmup`
+    batches; `info(fmt)` gives the row's extra_info (fmt: `describe_batch` of the last warm-up batch), `items`
+    the samples per round the rows count."""
+    for _ in range(warmup):
+        obs, actions = next(it)
+    fmt = describe_batch(obs, actions)
+
+    def run() -> int:
+        n = 0
+        for _ in range(batches):
+            _obs, actions = next(it)
+            n += int(actions.shape[0])
+        return n
+
+    benchmark.extra_info.update(info(fmt))
+    assert benchmark.pedantic(run, rounds=rounds, iterations=1) == items
+
+
 def describe_batch(obs: Any, actions: Any) -> str:
     """"images float32 (32, 3, 224, 224) ...": dtype and shape of an (Observation, actions) batch's arrays."""
     def d(x: Any) -> str:

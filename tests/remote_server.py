@@ -358,6 +358,41 @@ def proxy_for(server: S3Server, latency_s: float = 0.0):
         proxy.close()
 
 
+def isolated_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, retry_budget_s: float | None = None,
+                    unset: tuple[str, ...] = ()):
+    """The body of the remote tests' per-test fixture (`yield from isolated_remote(tmp_path, monkeypatch)`): a
+    private fastmix cache and byte cache under `tmp_path`, no registered roots, this process's remote objects,
+    clients, counters and byte budget empty before and dropped after. retry_budget_s: FASTMIX_REMOTE_RETRY_BUDGET_S
+    (short bounds for the fault cases); unset: more environment variables removed for the test."""
+    from fastmix.sources import remote, remote_budget, remote_file
+
+    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
+    if retry_budget_s is not None:
+        monkeypatch.setenv("FASTMIX_REMOTE_RETRY_BUDGET_S", str(retry_budget_s))
+    for k in (remote.ROOTS_ENV, *unset):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())
+    remote_file.forget_objects()
+    remote.close_clients()
+    remote.reset_stats()
+    yield tmp_path
+    remote_file.forget_objects()
+    remote.close_clients()
+
+
+def read_frames(src, rows):
+    """Every camera's frames of `rows` of `src` (a LeRobotSource): {key: uint8 (B, H, W, C)} by one FrameReader."""
+    import numpy as np
+
+    from fastmix.sources.frames import FrameReader
+
+    out = {k: np.zeros((len(rows), *src.camera_shape(k)), np.uint8) for k in src.camera_keys}
+    with FrameReader() as reader:
+        reader.read(src.frame_requests(rows), out)
+    return out
+
+
 def read_frames_child(requests: list, shapes: dict, env: dict[str, str]) -> tuple[dict, dict]:
     """In a spawned process: decode `requests` (FrameRequests of s3:// files) with the environment `env` (the
     registered roots, the byte cache); returns the frames {key: uint8 (B, H, W, C)} and this process's remote

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fastmix.sources import byte_cache, remote, remote_budget, remote_file
+from fastmix.sources import byte_cache, remote, remote_file
 from fastmix.sources.lerobot_source import LeRobotSource
 from tests.conftest import EPISODE_LENGTH, FPS, NUM_EPISODES
-from tests.remote_server import BUCKET, read_frames_child, serve
+from tests.remote_server import BUCKET, isolated_remote, read_frames, read_frames_child, serve
 from tests.test_source_parity import MAX_FRAME_DIFF, assert_items_equal, lerobot_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:The video decoding and encoding capabilities:UserWarning")
@@ -45,15 +45,7 @@ def s3_roots(s3_server, video_ds, image_ds, v21_ds) -> dict[str, str]:
 def fresh(tmp_path, monkeypatch):
     """A private fastmix cache (mirror, low-dim store) and byte cache for one test; this process's remote
     objects, clients, counters and prefetch byte budget start empty and are dropped after."""
-    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
-    monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())  # this test's reads' byte budget
-    remote_file.forget_objects()
-    remote.reset_stats()
-    yield tmp_path
-    remote_file.forget_objects()
-    remote.close_clients()
+    yield from isolated_remote(tmp_path, monkeypatch)
 
 
 def assert_sources_equal(a: LeRobotSource, b: LeRobotSource) -> None:
@@ -190,20 +182,13 @@ def test_a_changed_object_is_read_again(s3_server, video_ds, fresh, tmp_path, mo
     remote_file.forget_objects()
     monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")
     with pytest.raises(remote.RemoteError, match=r"has changed since the dataset was opened .*dataset 'video_ds'"):
-        _frames(before, rows[100:101])
+        read_frames(before, rows[100:101])
     remote_file.forget_objects()
     now = LeRobotSource(root=url, storage_options=s3_server.options)
     local = LeRobotSource(root=video_ds)
-    assert np.array_equal(_frames(now, rows[100:101])["image"], _frames(local, rows[100:101])["wrist_image"])
+    assert np.array_equal(read_frames(now, rows[100:101])["image"], read_frames(local, rows[100:101])["wrist_image"])
 
 
-def _frames(src: LeRobotSource, rows: np.ndarray) -> dict[str, np.ndarray]:
-    from fastmix.sources.frames import FrameReader
-
-    out = {k: np.zeros((len(rows), *src.camera_shape(k)), np.uint8) for k in src.camera_keys}
-    with FrameReader() as reader:
-        reader.read(src.frame_requests(rows), out)
-    return out
 
 
 @pytest.mark.parametrize("name", ["video_ds", "image_ds"])
@@ -213,7 +198,7 @@ def test_the_byte_cache_serves_another_process_without_range_requests(name, s3_r
     src = LeRobotSource(root=s3_roots[name], storage_options=s3_server.options)
     local = LeRobotSource(root=request.getfixturevalue(name))
     rows = np.random.default_rng(0).permutation(len(src))[:64].astype(np.int64)
-    want = _frames(local, rows)
+    want = read_frames(local, rows)
     ctx = multiprocessing.get_context("spawn")
     shapes = {k: src.camera_shape(k) for k in src.camera_keys}
     env = {k: os.environ[k] for k in (remote.ROOTS_ENV, "FASTMIX_REMOTE_CACHE", "FASTMIX_CACHE")}
@@ -248,13 +233,13 @@ def test_the_byte_cache_is_bounded_lru_and_can_be_off(s3_roots, s3_server, video
     src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
     local = LeRobotSource(root=video_ds)
     rows = np.arange(len(src), dtype=np.int64)
-    want = _frames(local, rows)
+    want = read_frames(local, rows)
     limit = 40 << 10
     monkeypatch.setenv(byte_cache.ENV_MAX, str(limit))
     remote_file.forget_objects()
     got = {k: np.zeros_like(v) for k, v in want.items()}
     for chunk in np.array_split(rows, 24):  # episode after episode: the first ones are the least recent
-        part = _frames(src, chunk)
+        part = read_frames(src, chunk)
         for k in got:
             got[k][chunk] = part[k]
     assert all(np.array_equal(got[k], want[k]) for k in want)
@@ -270,7 +255,7 @@ def test_the_byte_cache_is_bounded_lru_and_can_be_off(s3_roots, s3_server, video
     for _ in range(2):
         remote_file.forget_objects()
         remote.reset_stats()
-        assert all(np.array_equal(v, want[k][:40]) for k, v in _frames(src, rows[:40]).items())
+        assert all(np.array_equal(v, want[k][:40]) for k, v in read_frames(src, rows[:40]).items())
         assert remote.stats()["range_gets"] > 0 and "cache_hits" not in remote.stats()
     assert not off.exists() and byte_cache.cache_path() is None
 
@@ -311,8 +296,8 @@ def test_frames_are_fetched_by_the_ranges_their_decoding_reads(s3_roots, s3_serv
     assert len(rows) >= 1
     needed = sum(span(k, r)[2] for k in packets for r in rows)
     remote.reset_stats()
-    got = _frames(src, np.array(rows, dtype=np.int64))
-    want = _frames(LeRobotSource(root=video_ds), np.array(rows, dtype=np.int64))
+    got = read_frames(src, np.array(rows, dtype=np.int64))
+    want = read_frames(LeRobotSource(root=video_ds), np.array(rows, dtype=np.int64))
     assert all(np.array_equal(got[k], want[k]) for k in want)
     counts = remote.stats()
     assert counts["range_bytes"] <= 1.5 * needed, (counts, needed)
@@ -322,9 +307,9 @@ def test_frames_are_fetched_by_the_ranges_their_decoding_reads(s3_roots, s3_serv
     for url in {r.path for r in src.frame_requests(rows)}:
         remote_file.object_for(url).sample_index()
     remote.reset_stats()
-    got = _frames(src, rows)
+    got = read_frames(src, rows)
     assert remote.stats()["range_gets"] == 2  # one per camera file
-    assert all(np.array_equal(got[k], _frames(LeRobotSource(root=video_ds), rows)[k]) for k in got)
+    assert all(np.array_equal(got[k], read_frames(LeRobotSource(root=video_ds), rows)[k]) for k in got)
 
 
 def test_the_mp4_sample_table_matches_pyav(video_ds, v21_ds):
@@ -356,12 +341,12 @@ def test_the_request_rate_is_bounded_per_process(s3_roots, s3_server, video_ds, 
     remote.close_clients()  # clients read the policy when made
     src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
     rows = np.arange(0, len(src), 24, dtype=np.int64)
-    want = _frames(LeRobotSource(root=video_ds), rows)
+    want = read_frames(LeRobotSource(root=video_ds), rows)
     remote.reset_stats()
     start = time.monotonic()
     for i, row in enumerate(rows.tolist()):
         remote_file.forget_objects()
-        got = _frames(src, np.array([row], dtype=np.int64))
+        got = read_frames(src, np.array([row], dtype=np.int64))
         assert all(np.array_equal(got[k][0], want[k][i]) for k in want)
     elapsed = time.monotonic() - start
     n = remote.stats()["requests"]
@@ -412,9 +397,9 @@ def test_dense_frames_fetch_at_most_1_5x_their_compressed_bytes(s3_roots, s3_ser
     for url in urls:
         remote_file.object_for(url).sample_index()
     remote.reset_stats()
-    got = _frames(src, rows)
+    got = read_frames(src, rows)
     counts = remote.stats()
-    assert all(np.array_equal(got[k], _frames(LeRobotSource(root=video_ds), rows)[k]) for k in got)
+    assert all(np.array_equal(got[k], read_frames(LeRobotSource(root=video_ds), rows)[k]) for k in got)
     needed = _needed_bytes(src, video_ds, rows)
     assert counts["range_bytes"] <= 1.5 * needed, (counts, needed)
     zeroed = any(remote_file.object_for(u)._zeroed for u in urls)
@@ -433,12 +418,12 @@ def test_frames_decode_exactly_with_nothing_prefetched(s3_roots, s3_server, vide
     monkeypatch.setenv("FASTMIX_REMOTE_CACHE", "off")
     src = LeRobotSource(root=s3_roots["video_ds"], storage_options=s3_server.options)
     rows = np.array([1, 2, 9, 33, 34, 61, 100, 131, 170, 239], dtype=np.int64)
-    want = _frames(LeRobotSource(root=video_ds), rows)
+    want = read_frames(LeRobotSource(root=video_ds), rows)
     remote.reset_stats()
-    got = _frames(src, rows)
+    got = read_frames(src, rows)
     assert all(np.array_equal(got[k], want[k]) for k in want)
     assert remote.stats()["range_gets"] >= len(rows)  # packet by packet, as the decoder met them
-    back = _frames(src, rows[::-1].copy())
+    back = read_frames(src, rows[::-1].copy())
     assert all(np.array_equal(back[k], want[k][::-1]) for k in want)
 
 
@@ -486,7 +471,7 @@ def test_a_worker_fetches_the_items_sent_ahead_in_the_background(s3_roots, s3_se
         assert answers[0][0] == "ready" and answers[1:] == [("done", 0), ("done", 1), ("done", 2)], answers
         local = LeRobotSource(root=video_ds)
         for seq, rows in enumerate(items):
-            want = _frames(local, rows)
+            want = read_frames(local, rows)
             assert all(np.array_equal(ring.views(seq)[k], want[k]) for k in want), seq
     finally:
         signal.signal(signal.SIGINT, old)

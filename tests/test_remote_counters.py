@@ -14,23 +14,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from fastmix.sources import remote, remote_file, remote_stats
-from tests.remote_server import BUCKET, proxy_for, serve
+from fastmix.sources import remote_stats
+from tests.remote_server import BUCKET, isolated_remote, proxy_for, serve
 
 s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 
 
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
-    monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    remote_file.forget_objects()
-    remote.close_clients()
-    remote.reset_stats()
-    yield tmp_path
-    remote_file.forget_objects()
-    remote.close_clients()
+    yield from isolated_remote(tmp_path, monkeypatch)
 
 
 def test_openpi_data_loader_stats_count_what_the_server_saw(s3_server, video_ds, image_ds, fresh, monkeypatch):

@@ -27,11 +27,10 @@ import torch
 
 from fastmix.errors import MissingFileError
 from fastmix.sources import remote, remote_file, remote_mirror
-from fastmix.sources.frames import FrameReader
 from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.sources.remote import RemoteAccessError
 from tests.remote_http_server import HubServer, StaticServer, self_signed_cert
-from tests.remote_server import BUCKET, KEY, SECRET, serve
+from tests.remote_server import BUCKET, KEY, SECRET, isolated_remote, read_frames, serve
 
 pytestmark = pytest.mark.filterwarnings("ignore:The video decoding and encoding capabilities:UserWarning")
 
@@ -63,29 +62,15 @@ def hub(video_ds, image_ds, v21_ds):
     server.close()
 
 
+HUB_AND_TLS_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
+                         "CURL_CA_BUNDLE", "GOOGLE_HMAC_ACCESS_KEY_ID", "GOOGLE_HMAC_SECRET", "GOOGLE_STORAGE_ENDPOINT")
+
+
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
-    """A private fastmix cache and byte cache; this process's remote objects, clients and counters start empty
-    and are dropped after."""
-    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
-    monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
-              "CURL_CA_BUNDLE", "GOOGLE_HMAC_ACCESS_KEY_ID", "GOOGLE_HMAC_SECRET", "GOOGLE_STORAGE_ENDPOINT"):
-        monkeypatch.delenv(k, raising=False)
-    remote_file.forget_objects()
-    remote.close_clients()
-    remote.reset_stats()
-    yield tmp_path
-    remote_file.forget_objects()
-    remote.close_clients()
-
-
-def frames(src: LeRobotSource, rows: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.zeros((len(rows), *src.camera_shape(k)), np.uint8) for k in src.camera_keys}
-    with FrameReader() as reader:
-        reader.read(src.frame_requests(rows), out)
-    return out
+    """A private fastmix cache and byte cache, none of the Hub's, TLS or GCS variables; this process's remote
+    objects, clients and counters start empty and are dropped after."""
+    yield from isolated_remote(tmp_path, monkeypatch, unset=HUB_AND_TLS_VARIABLES)
 
 
 def assert_equal_to_local(src: LeRobotSource, local_root: Path, items=(0, 37, 119, 239)) -> None:
@@ -96,7 +81,7 @@ def assert_equal_to_local(src: LeRobotSource, local_root: Path, items=(0, 37, 11
         rows = np.arange(len(local), dtype=np.int64)
         a, b = src.gather_lowdim(rows), local.gather_lowdim(rows)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-        got, want = frames(src, rows), frames(local, rows)
+        got, want = read_frames(src, rows), read_frames(local, rows)
         assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
         for i in items:
             x, y = src[i], local[i]
@@ -202,7 +187,7 @@ def test_hf_revision_is_pinned_for_the_whole_run(hub, video_ds, v21_ds, fresh, t
     again = LeRobotSource(root=f"hf://datasets/{repo}", storage_options=options)
     assert again._remote.options["_commit"] == new
     rows = np.arange(0, 240, 7, dtype=np.int64)
-    got, want = frames(again, rows), frames(LeRobotSource(root=video_ds), rows)
+    got, want = read_frames(again, rows), read_frames(LeRobotSource(root=video_ds), rows)
     assert np.array_equal(got[a.name], want[b.name]) and np.array_equal(got[b.name], want[a.name])
     again.close()
     pinned = LeRobotSource(root=f"hf://datasets/{repo}@{old}", storage_options=options)

@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 
 from fastmix.sources import byte_cache, remote, remote_budget, remote_file, remote_prefetch
-from fastmix.sources.frames import FrameReader
 from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.sources.remote_wire import IncompleteResponse, Wire
-from tests.remote_server import KEY, SECRET, proxy_for, serve
+from tests.remote_server import KEY, SECRET, isolated_remote, proxy_for, read_frames, serve
 
 s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 
@@ -40,23 +39,7 @@ def s3_video(s3_server, video_ds) -> str:
 def fresh(tmp_path, monkeypatch):
     """A private fastmix cache and byte cache; this process's remote objects, clients, counters and byte
     budget start empty and are dropped after."""
-    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
-    monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    monkeypatch.setattr(remote_file, "_OVERFETCH", remote_budget.Overfetch())
-    remote_file.forget_objects()
-    remote.close_clients()
-    remote.reset_stats()
-    yield tmp_path
-    remote_file.forget_objects()
-    remote.close_clients()
-
-
-def _frames(src: LeRobotSource, rows: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.zeros((len(rows), *src.camera_shape(k)), np.uint8) for k in src.camera_keys}
-    with FrameReader() as reader:
-        reader.read(src.frame_requests(rows), out)
-    return out
+    yield from isolated_remote(tmp_path, monkeypatch)
 
 
 # -- signing --------------------------------------------------------------------------------------------------
@@ -226,7 +209,7 @@ def _read_through_proxy(s3_server, s3_video, rows, monkeypatch, overfetch: float
             remote_file.object_for(url).sample_index()  # headers first: what follows is the frames' ranges
         remote.reset_stats()
         before = proxy.requests
-        got = _frames(src, rows)
+        got = read_frames(src, rows)
         seen = proxy.requests - before
         src.close()
     return got, seen, remote.stats()
@@ -239,7 +222,7 @@ def test_nearby_ranges_are_joined_within_the_byte_budget(s3_server, s3_video, vi
     within 1.25x the bytes needed (the no-budget run fetches exactly the needed parts), and both equal the
     local frames bit for bit."""
     rows = np.sort(np.random.default_rng(3).choice(240, 48, replace=False)).astype(np.int64)
-    want = _frames(LeRobotSource(root=video_ds), rows)
+    want = read_frames(LeRobotSource(root=video_ds), rows)
     runs = {}
     for i, overfetch in enumerate((0.0, 0.25)):
         monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / f"bytes-{i}"))

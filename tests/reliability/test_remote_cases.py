@@ -15,10 +15,9 @@ import pytest
 
 from fastmix.errors import MissingFileError, WorkerError
 from fastmix.sources import remote, remote_file
-from fastmix.sources.frames import FrameReader
 from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.sources.remote import RemoteAccessError, RemoteError
-from tests.remote_server import BUCKET, KEY, proxy_for, serve
+from tests.remote_server import BUCKET, KEY, isolated_remote, proxy_for, read_frames, serve
 
 s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 
@@ -33,27 +32,11 @@ def s3_video(s3_server, video_ds) -> str:
 def remote_env(tmp_path, monkeypatch):
     """A private fastmix cache and byte cache; short retry bounds; this process's remote state dropped after
     (requested after `no_leaks`, so its teardown runs before the leak check)."""
-    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
-    monkeypatch.setenv("FASTMIX_REMOTE_RETRY_BUDGET_S", "5")
-    monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    remote_file.forget_objects()
-    remote.close_clients()
-    remote.reset_stats()
-    yield tmp_path
-    remote_file.forget_objects()
-    remote.close_clients()
+    yield from isolated_remote(tmp_path, monkeypatch, retry_budget_s=5)
 
 
 def options(endpoint: str, secret: str = "fastmix-test-secret") -> dict:
     return {"key": KEY, "secret": secret, "endpoint_url": endpoint}
-
-
-def frames(src: LeRobotSource, rows: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.zeros((len(rows), *src.camera_shape(k)), np.uint8) for k in src.camera_keys}
-    with FrameReader() as reader:
-        reader.read(src.frame_requests(rows), out)
-    return out
 
 
 ROWS = np.array([3, 40, 77, 100, 151, 200, 239], dtype=np.int64)
@@ -64,7 +47,7 @@ def assert_frames_equal(src: LeRobotSource, local_root, rows: np.ndarray = ROWS)
     files and connections are released now, not at garbage collection)."""
     local = LeRobotSource(root=local_root)
     try:
-        got, want = frames(src, rows), frames(local, rows)
+        got, want = read_frames(src, rows), read_frames(local, rows)
     finally:
         src.close()
         local.close()
@@ -135,7 +118,7 @@ def test_errors_past_the_retry_budget_are_a_clear_error(no_leaks, s3_server, s3_
         proxy.fail(100_000, 503)
         start = time.monotonic()
         with pytest.raises(RemoteError) as info:
-            frames(src, np.array([100], dtype=np.int64))
+            read_frames(src, np.array([100], dtype=np.int64))
         assert time.monotonic() - start < 5
     msg = str(info.value)
     assert f"{s3_video}/videos/" in msg and "dataset 'video_ds'" in msg and "episode 3" in msg
@@ -168,7 +151,7 @@ def test_missing_objects(no_leaks, s3_server, video_ds, remote_env):
     assert f"{url}/{rel}" in msg and "episode(s) [*range(0, 8)]" in msg and "dataset 'video_ds'" in msg
     src = LeRobotSource(root=url, storage_options=s3_server.options, require_videos=False)
     with pytest.raises(MissingFileError) as info:
-        frames(src, np.array([45], dtype=np.int64))
+        read_frames(src, np.array([45], dtype=np.int64))
     msg = str(info.value)
     assert f"{url}/{rel}" in msg and "HTTP 404" in msg and "dataset 'video_ds', episode 1" in msg
 

@@ -15,11 +15,10 @@ import pytest
 
 from fastmix.errors import MissingFileError
 from fastmix.sources import remote, remote_file
-from fastmix.sources.frames import FrameReader
 from fastmix.sources.lerobot_source import LeRobotSource
 from fastmix.sources.remote import RemoteError
 from tests.remote_http_server import HubServer, StaticServer, _Handler
-from tests.remote_server import KEY, SECRET, proxy_for, serve
+from tests.remote_server import KEY, SECRET, isolated_remote, proxy_for, read_frames, serve
 
 s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 
@@ -27,23 +26,7 @@ s3_server = pytest.fixture(scope="module", name="s3_server")(serve)
 @pytest.fixture
 def remote_env(tmp_path, monkeypatch):
     """A private fastmix cache and byte cache, short retry bounds; this process's remote state dropped after."""
-    monkeypatch.setenv("FASTMIX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTMIX_REMOTE_CACHE", str(tmp_path / "bytes"))
-    monkeypatch.setenv("FASTMIX_REMOTE_RETRY_BUDGET_S", "5")
-    monkeypatch.delenv(remote.ROOTS_ENV, raising=False)
-    remote_file.forget_objects()
-    remote.close_clients()
-    remote.reset_stats()
-    yield tmp_path
-    remote_file.forget_objects()
-    remote.close_clients()
-
-
-def frames(src: LeRobotSource, rows: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.zeros((len(rows), *src.camera_shape(k)), np.uint8) for k in src.camera_keys}
-    with FrameReader() as reader:
-        reader.read(src.frame_requests(rows), out)
-    return out
+    yield from isolated_remote(tmp_path, monkeypatch, retry_budget_s=5)
 
 
 def test_retries_in_workers_show_in_the_loader_stats(no_leaks, s3_server, video_ds, remote_env, monkeypatch):
@@ -94,7 +77,7 @@ def test_a_file_missing_from_an_https_server(no_leaks, dataset_dir, video_ds, re
         assert rel.rsplit("/", 2)[-1] in msg and "episode(s) [*range(0, 8)]" in msg  # (long paths are elided)
         src = LeRobotSource(root=url, require_videos=False)
         with pytest.raises(MissingFileError) as info:
-            frames(src, np.array([45], dtype=np.int64))
+            read_frames(src, np.array([45], dtype=np.int64))
         src.close()
         msg = str(info.value)
         assert f"{url}/{rel}" in msg and "HTTP 404" in msg and "dataset 'video_ds', episode 1" in msg
@@ -140,7 +123,7 @@ def test_a_server_that_ignores_range(no_leaks, dataset_dir, video_ds, remote_env
         src = LeRobotSource(root=f"{server.url}/video_ds")
         rows = np.array([0, 77, 151, 239], dtype=np.int64)
         local = LeRobotSource(root=video_ds)
-        got, want = frames(src, rows), frames(local, rows)
+        got, want = read_frames(src, rows), read_frames(local, rows)
         src.close()
         local.close()
         assert all(np.array_equal(got[k], want[k]) for k in want)
@@ -160,11 +143,11 @@ def test_an_expired_cdn_url_is_resolved_again(no_leaks, video_ds, remote_env, mo
         src = LeRobotSource(root="hf://datasets/fastmix-test/video_ds", storage_options={"endpoint": hub.url})
         local = LeRobotSource(root=video_ds)
         rows = np.array([0, 77, 151, 239], dtype=np.int64)
-        assert all(np.array_equal(a, b) for a, b in zip(frames(src, rows).values(), frames(local, rows).values(),
+        assert all(np.array_equal(a, b) for a, b in zip(read_frames(src, rows).values(), read_frames(local, rows).values(),
                                                          strict=True))
         hub.rotate()
         remote_file.forget_objects()  # nothing held: the reads reach the CDN again
-        got, want = frames(src, rows[::-1].copy()), frames(local, rows[::-1].copy())
+        got, want = read_frames(src, rows[::-1].copy()), read_frames(local, rows[::-1].copy())
         src.close()
         local.close()
     finally:
