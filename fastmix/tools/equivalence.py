@@ -304,7 +304,12 @@ def _run_config(args: argparse.Namespace) -> int:
     except FastmixError as e:
         print(f"fastmix equivalence: error: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    return _report(results, as_json=args.json)
+
+
+def _report(results: list, *, as_json: bool) -> int:
+    """Print the results (JSON: one object, or a list for several modes); exit status 0 when all passed."""
+    if as_json:
         out = [r.to_dict() for r in results]
         print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
     else:
@@ -331,12 +336,7 @@ def run(args: argparse.Namespace) -> int:
     results = [check_equivalence(args.sizes, args.weights, weighting=mode, frame_weights=fw, episodes=episodes,
                                  frame_filters=filters, draws=args.draws, seed=args.seed, alpha=args.alpha,
                                  max_bins=args.max_bins) for mode in modes]
-    if args.json:
-        out = [r.to_dict() for r in results]
-        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
-    else:
-        print("\n\n".join(r.format() for r in results))
-    return 0 if all(r.passed for r in results) else 1
+    return _report(results, as_json=args.json)
 
 
 __all__ = ["EquivalenceResult", "ChiSquareResult", "TestResult", "add_arguments", "check_alpha", "check_equivalence",
